@@ -1,0 +1,45 @@
+# Every target installs what it needs: a fresh Debian machine with Python 3.11
+# is enough. Debian packages come through scripts/debian-packages (apt-get,
+# with sudo when not root); Python packages go into .venv.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DEBIAN_PACKAGES := ffmpeg prometheus curl
+
+.PHONY: demo test lint unit functional integration local-aws-start local-aws-stop bench clean
+
+$(VENV)/.installed: pyproject.toml
+	scripts/bootstrap-venv $(PYTHON) $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+debian-packages:
+	scripts/debian-packages $(DEBIAN_PACKAGES)
+
+demo: $(VENV)/.installed debian-packages
+	$(PY) scripts/local_aws.py install
+	$(PY) scripts/demo.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy auth transfer daemon
+
+test: $(VENV)/.installed debian-packages lint
+	$(PY) scripts/local_aws.py install
+	$(PY) -m pytest -q
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
+
+functional: $(VENV)/.installed
+	$(PY) -m pytest -q tests/functional
+
+integration: $(VENV)/.installed debian-packages
+	$(PY) scripts/local_aws.py install
+	$(PY) -m pytest -q tests/integration
+
+clean:
+	-$(PY) scripts/local_aws.py stop
+	rm -rf $(VENV) .local-aws .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""STS AssumeRole sessions per job and their background refresh."""

@@ -1,0 +1,1 @@
+"""The daemon: config, job registry, socket API, metrics, CLI and systemd glue."""
