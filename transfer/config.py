@@ -1,0 +1,75 @@
+"""Configuration of the data path: one frozen dataclass per component.
+
+Only daemon/config.py reads files; it builds these from the TOML sections
+[s3], [transfer] and [cache] (sizes already converted to bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where S3 requests go. With endpoint_url set (S3-compatible stores,
+    tests), every accepted AWS UriPath host maps onto it; it never widens
+    which UriPaths are accepted."""
+
+    endpoint_url: str | None = None
+    addressing: Literal["auto", "path", "virtual"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("s3.endpoint_url must start with http:// or https://")
+        if self.addressing not in ("auto", "path", "virtual"):
+            raise ValueError("s3.addressing must be one of auto, path, virtual")
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """Ranged-GET engine.
+
+    Memory bound: a cache-mode transfer holds no body in memory (each received
+    slice is pwritten at its offset); a stream holds at most `stream_window`
+    bytes ahead of its reader. Receive buffers: one per connection, so at most
+    `global_concurrency` x 1 MiB.
+    """
+
+    part_size: int = 16 * MiB
+    concurrency: int = 8  # ranges in flight per transfer
+    global_concurrency: int = 32  # ranges in flight across the daemon
+    stream_window: int = 256 * MiB
+    retries: int = 10  # retry budget per transfer
+    stall_timeout: float = 30.0  # seconds without a byte before a range is retried
+
+    def __post_init__(self) -> None:
+        if not 1 * MiB <= self.part_size <= 5 * GiB:
+            raise ValueError("transfer.part_size must be between 1MiB and 5GiB")
+        if self.concurrency < 1 or self.global_concurrency < 1:
+            raise ValueError("transfer.concurrency and global_concurrency must be >= 1")
+        if self.stream_window < self.part_size:
+            raise ValueError("transfer.stream_window must be at least transfer.part_size")
+        if self.retries < 0:
+            raise ValueError("transfer.retries must be >= 0")
+        if self.stall_timeout <= 0:
+            raise ValueError("transfer.stall_timeout must be > 0")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: Path = Path("/var/cache/s3feed")
+    max_size: int = 100 * GiB  # budget for complete and partial entries
+    min_free: int = 5 * GiB  # never fill the disk below this
+
+    def __post_init__(self) -> None:
+        if self.max_size <= 0:
+            raise ValueError("cache.max_size must be > 0")
+        if self.min_free < 0:
+            raise ValueError("cache.min_free must be >= 0")

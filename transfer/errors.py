@@ -1,0 +1,102 @@
+"""Errors of the data path.
+
+    TransferError                .code is the API error code (DESIGN.md)
+    ├── InvalidUriPath           the job's UriPath is not an accepted S3 form
+    ├── InvalidKey               a key or prefix would leave the job's folder, or is malformed
+    ├── InvalidRange             the requested byte range lies outside the object
+    ├── ObjectStoreError         S3 answered, finally
+    │   ├── NoSuchKey
+    │   ├── AccessDenied         S3 refused the job's role
+    │   └── SourceChanged        If-Match failed: the object changed during the transfer
+    ├── TransientError           worth retrying: .reason is the retry label for metrics
+    ├── S3Unavailable            retries exhausted; the message names the last cause
+    ├── ChecksumMismatch         bytes did not match what S3 says they are (retried, then final)
+    ├── InsufficientStorage      the cache cannot make room
+    └── Cancelled                the job or the reader went away
+
+botocore's ClientError and the raw data-plane client's statuses are
+translated into these in one place each (transfer/s3store.py).
+Messages say what to fix and never contain a secret.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TransferError(Exception):
+    code: ClassVar[str] = "InternalError"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidUriPath(TransferError):
+    code = "InvalidUriPath"
+
+
+class InvalidKey(TransferError):
+    code = "InvalidKey"
+
+
+class InvalidRange(TransferError):
+    code = "InvalidRange"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class ObjectStoreError(TransferError):
+    pass
+
+
+class NoSuchKey(ObjectStoreError):
+    code = "NoSuchKey"
+
+
+class AccessDenied(ObjectStoreError):
+    code = "AccessDenied"
+
+
+class SourceChanged(ObjectStoreError):
+    code = "SourceChanged"
+
+
+class TransientError(TransferError):
+    """A failure worth retrying. `reason` is one of RETRY_REASONS."""
+
+    code = "S3Unavailable"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# The label values of s3feed_range_retries_total{reason}.
+RETRY_REASONS = (
+    "server_error",  # 5xx other than SlowDown
+    "throttled",  # 503 SlowDown, 429, Throttling
+    "reset",  # connection reset/refused/closed early
+    "truncated",  # body shorter than Content-Length
+    "stall",  # no byte for stall_timeout
+    "expired_token",  # S3 said ExpiredToken; refreshed and retried
+    "checksum",  # bytes did not match a checksum
+)
+
+
+class S3Unavailable(TransferError):
+    code = "S3Unavailable"
+
+
+class ChecksumMismatch(TransferError):
+    code = "ChecksumMismatch"
+
+
+class InsufficientStorage(TransferError):
+    code = "InsufficientStorage"
+
+
+class Cancelled(TransferError):
+    code = "Cancelled"

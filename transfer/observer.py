@@ -1,0 +1,66 @@
+"""Observer protocol through which transfer/ reports to metrics (daemon/metrics.py).
+
+`mode` is "cache" or "stream"; `op` is the S3 operation ("GetObject",
+"HeadObject", "ListObjectsV2"); `outcome` is "success", "failed" or "cancelled".
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class TransferObserver(Protocol):
+    def transfer_started(self, mode: str) -> None: ...
+    def transfer_finished(self, mode: str, outcome: str, seconds: float) -> None: ...
+    def bytes_received(self, tenant: str, n: int) -> None: ...
+    def bytes_served(self, mode: str, n: int) -> None: ...
+    def s3_request(self, op: str, seconds: float) -> None:
+        """One request answered; for GETs, seconds is the time to first byte."""
+
+    def s3_request_error(self, op: str, code: str) -> None: ...
+    def range_retry(self, reason: str) -> None: ...
+    def stream_buffered(self, delta: int) -> None:
+        """Bytes held in stream windows changed by delta (may be negative)."""
+
+    def cache_hit(self) -> None: ...
+    def cache_miss(self) -> None: ...
+    def cache_eviction(self) -> None: ...
+    def cache_size(self, size_bytes: int, capacity_bytes: int) -> None: ...
+
+
+class NullTransferObserver:
+    def transfer_started(self, mode: str) -> None:
+        pass
+
+    def transfer_finished(self, mode: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def bytes_received(self, tenant: str, n: int) -> None:
+        pass
+
+    def bytes_served(self, mode: str, n: int) -> None:
+        pass
+
+    def s3_request(self, op: str, seconds: float) -> None:
+        pass
+
+    def s3_request_error(self, op: str, code: str) -> None:
+        pass
+
+    def range_retry(self, reason: str) -> None:
+        pass
+
+    def stream_buffered(self, delta: int) -> None:
+        pass
+
+    def cache_hit(self) -> None:
+        pass
+
+    def cache_miss(self) -> None:
+        pass
+
+    def cache_eviction(self) -> None:
+        pass
+
+    def cache_size(self, size_bytes: int, capacity_bytes: int) -> None:
+        pass

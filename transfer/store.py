@@ -1,0 +1,87 @@
+"""The one seam between transfer/ and S3: head, ranged get, list.
+
+`S3ObjectStore` (transfer/s3store.py) is the real implementation: control
+plane (HEAD, LIST) through aiobotocore, data plane (ranged GET) through a
+small keep-alive client that receives bodies into a reused buffer and hands
+each received slice to the caller's sink without copying. `FakeObjectStore`
+and `FailingObjectStore` (transfer/fakestore.py) stand beside it for unit
+tests; everything above this seam takes any of the three.
+
+Keys here are full S3 keys (the job's folder already joined); a store is
+bound to one bucket and one job's credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ObjectMeta:
+    key: str
+    size: int
+    etag: str  # as S3 returns it, quotes included
+    last_modified: datetime
+    version_id: str | None = None
+    # Checksums S3 returned with ChecksumMode=ENABLED, e.g. {"CRC32C": "base64=="}.
+    checksums: dict[str, str] = field(default_factory=dict)
+    checksum_type: str | None = None  # "FULL_OBJECT" or "COMPOSITE"
+
+
+@dataclass(frozen=True)
+class RangeMeta:
+    """What a ranged GET learned about the whole object (from its headers)."""
+
+    size: int  # total object size (Content-Range's /SIZE)
+    etag: str
+    last_modified: datetime | None = None
+    version_id: str | None = None
+    checksums: dict[str, str] = field(default_factory=dict)
+    checksum_type: str | None = None
+
+
+class BodySink(Protocol):
+    def write(self, offset: int, data: memoryview) -> None:
+        """Consume `data`, which starts at absolute object offset `offset`.
+
+        Called synchronously from the receiving code; `data` is only valid
+        during the call (the buffer is reused), so copy or pwrite it now.
+        """
+
+
+class ObjectStore(Protocol):
+    bucket: str
+    endpoint: str  # where requests go; part of the cache key
+
+    async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:
+        """Raises NoSuchKey, AccessDenied, SourceChanged (If-Match failed), TransientError."""
+        ...
+
+    async def get_range(
+        self,
+        key: str,
+        start: int,
+        end: int | None,
+        sink: BodySink,
+        *,
+        if_match: str | None = None,
+        stall_timeout: float = 30.0,
+    ) -> RangeMeta:
+        """GET bytes start..end (inclusive; end None = to the end) into `sink`.
+
+        Delivers the body as it arrives. Raises NoSuchKey, AccessDenied,
+        SourceChanged (412), InvalidRange (416), or TransientError with a
+        reason (5xx, throttling, reset, truncated body, stall). Bytes already
+        handed to the sink before a TransientError are valid: the caller may
+        retry from where they stopped.
+        """
+        ...
+
+    def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
+        """Every object under prefix, all pages, no delimiter."""
+        ...
+
+    async def close(self) -> None: ...
