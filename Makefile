@@ -24,7 +24,7 @@ demo: $(VENV)/.installed debian-packages
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy auth transfer daemon
+	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.transfer -p s3feed.daemon
 
 test: $(VENV)/.installed debian-packages lint
 	$(PY) scripts/local_aws.py install

@@ -1,0 +1,196 @@
+"""The daemon's configuration: one TOML file, one frozen dataclass per component.
+
+This is the only module that reads configuration files. Every key is
+optional; unknown keys and bad values raise ConfigError naming the key
+(`[transfer] part_size: ...`), which stops start-up and is what
+`s3feed config check` prints. Sizes accept `16MiB`-style strings or integers
+(bytes); durations are seconds.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from s3feed.auth.config import StsConfig
+from s3feed.transfer.config import CacheConfig, S3Config, TransferConfig
+
+DEFAULT_CONFIG_PATH = Path("/etc/s3feed/s3feed.toml")
+DEFAULT_SOCKET = Path("/run/s3feed/s3feed.sock")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    socket: Path = DEFAULT_SOCKET
+    socket_mode: int = 0o660
+    max_body: int = 1024 * 1024  # request bodies above this get 413 RequestTooLarge
+    job_idle_ttl: float = 24 * 3600.0  # jobs untouched this long are reaped
+    drain_grace: float = 30.0  # SIGTERM: seconds running transfers get to finish
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.socket_mode <= 0o777:
+            raise ValueError('must be an octal file mode such as 0o660 or "0660"')
+        if self.job_idle_ttl <= 0 or self.drain_grace < 0:
+            raise ValueError("job_idle_ttl must be > 0 and drain_grace >= 0")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str | None = "127.0.0.1:9464"  # host:port of the TCP listener; "" disables it
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError("must be HOST:PORT, e.g. 127.0.0.1:9464")
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sts: StsConfig = field(default_factory=StsConfig)
+    s3: S3Config = field(default_factory=S3Config)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_UNITS = {
+    None: 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+}  # fmt: skip
+
+
+def parse_size(value: object) -> int:
+    """`16MiB`, `1.5GiB`, `500MB` or an integer number of bytes."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as 16MiB or a number of bytes")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str) and (m := _SIZE.match(value)):
+        return int(float(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError(f"{value!r} is not a size; write e.g. 16MiB, 2GiB or 1048576")
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r} is not a number of seconds")
+    return float(value)
+
+
+def _mode(value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
+        return int(value.replace("o", ""), 8)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f'{value!r} is not a file mode; write it as a string, e.g. "0660"')
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} must be a string")
+    return value
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} must be an integer")
+    return value
+
+
+def _path(value: object) -> Path:
+    return Path(_str(value))
+
+
+Converter = Callable[[object], Any]
+_SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
+    "api": (ApiConfig, {
+        "socket": _path, "socket_mode": _mode, "max_body": parse_size,
+        "job_idle_ttl": _seconds, "drain_grace": _seconds,
+    }),
+    "metrics": (MetricsConfig, {"listen": _str}),
+    "sts": (StsConfig, {"region": _str, "endpoint_url": _str}),
+    "s3": (S3Config, {"endpoint_url": _str, "addressing": _str}),
+    "transfer": (TransferConfig, {
+        "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
+        "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,
+    }),
+    "cache": (CacheConfig, {"dir": _path, "max_size": parse_size, "min_free": parse_size}),
+}  # fmt: skip
+
+
+def _section(name: str, raw: object) -> Any:
+    cls, converters = _SECTIONS[name]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"[{name}] must be a table")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in converters:
+            known = ", ".join(sorted(converters))
+            raise ConfigError(f"[{name}] {key}: unknown key (known keys: {known})")
+        try:
+            kwargs[key] = converters[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"[{name}] {key}: {exc}") from None
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"[{name}]: {exc}") from None
+
+
+def config_from_mapping(data: Mapping[str, object]) -> Config:
+    unknown = set(data) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"unknown section [{sorted(unknown)[0]}] (known: {', '.join(sorted(_SECTIONS))})"
+        )
+    sections = {name: _section(name, data[name]) for name in _SECTIONS if name in data}
+    return Config(**sections)
+
+
+def load_config(path: Path | None) -> Config:
+    """Read `path`; None means the default path if it exists, else all defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.exists():
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return config_from_mapping(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def config_keys() -> dict[str, list[str]]:
+    """Section -> keys, for docs and tests that the example config covers everything."""
+    return {name: sorted(conv) for name, (_, conv) in _SECTIONS.items()}
+
+
+assert all(set(conv) <= {f.name for f in fields(cls)} for cls, conv in _SECTIONS.values()), (
+    "a config key has no dataclass field"
+)
