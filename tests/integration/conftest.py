@@ -1,0 +1,202 @@
+"""Integration fixtures: a real local AWS (ministack) on 127.0.0.1.
+
+`local_aws` (session) starts ministack through scripts/local_aws.py unless it
+is already running for this state directory (`scripts/local_aws.py start`, or
+another test session), and stops it at the end only if a test session started
+it and no other session still uses it.  `bucket` / `globex_bucket` give each
+test a fresh bucket that the acme (resp. globex) role may read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_local_aws() -> ModuleType:
+    name = "s3feed_local_aws"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "local_aws.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+local_aws_script = _load_local_aws()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass(frozen=True)
+class LocalAws:
+    """What a test needs to talk to the local AWS (all of it local and throwaway)."""
+
+    endpoint_url: str
+    region: str
+    account_id: str
+    daemon_access_key_id: str
+    daemon_secret_access_key: str
+    daemon_arn: str
+    admin_access_key_id: str
+    admin_secret_access_key: str
+    acme_tenant: str
+    acme_role_arn: str
+    acme_bucket: str
+    globex_tenant: str
+    globex_role_arn: str
+    globex_bucket: str
+    untrusting_role_arn: str
+    media_ts_key: str | None
+    media_ts_path: Path | None
+    media_mp4_key: str | None
+    media_mp4_path: Path | None
+    multipart_key: str
+    state_dir: Path
+
+    def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
+        """A sync botocore client; admin keys unless `creds` (an STS Credentials dict)
+        is given.  Close it (or use `closing_client`)."""
+        if creds is None:
+            key, secret, token = self.admin_access_key_id, self.admin_secret_access_key, None
+        else:
+            key, secret = creds["AccessKeyId"], creds["SecretAccessKey"]
+            token = creds.get("SessionToken")
+        return local_aws_script.client(service, self.endpoint_url, key, secret, token, self.region)
+
+    @contextlib.contextmanager
+    def closing_client(self, service: str, creds: dict[str, str] | None = None) -> Iterator[Any]:
+        c = self.client(service, creds)
+        try:
+            yield c
+        finally:
+            c.close()
+
+    @property
+    def daemon_creds(self) -> dict[str, str]:
+        return {
+            "AccessKeyId": self.daemon_access_key_id,
+            "SecretAccessKey": self.daemon_secret_access_key,
+        }
+
+    def assume(self, role_arn: str, external_id: str | None, **kw: Any) -> dict[str, str]:
+        """AssumeRole with the daemon's keys; returns the Credentials dict."""
+        args: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": "s3feed-test", **kw}
+        if external_id is not None:
+            args["ExternalId"] = external_id
+        with self.closing_client("sts", self.daemon_creds) as sts:
+            return dict(sts.assume_role(**args)["Credentials"])
+
+
+def _from_env(values: dict[str, str], state_dir: Path) -> LocalAws:
+    p = local_aws_script.ENV_PREFIX
+
+    def opt_path(name: str) -> Path | None:
+        return Path(values[p + name]) if p + name in values else None
+
+    return LocalAws(
+        endpoint_url=values[p + "ENDPOINT_URL"],
+        region=values[p + "REGION"],
+        account_id=values[p + "ACCOUNT_ID"],
+        daemon_access_key_id=values[p + "DAEMON_ACCESS_KEY_ID"],
+        daemon_secret_access_key=values[p + "DAEMON_SECRET_ACCESS_KEY"],
+        daemon_arn=values[p + "DAEMON_ARN"],
+        admin_access_key_id=values[p + "ADMIN_ACCESS_KEY_ID"],
+        admin_secret_access_key=values[p + "ADMIN_SECRET_ACCESS_KEY"],
+        acme_tenant=values[p + "ACME_TENANT"],
+        acme_role_arn=values[p + "ACME_ROLE_ARN"],
+        acme_bucket=values[p + "ACME_BUCKET"],
+        globex_tenant=values[p + "GLOBEX_TENANT"],
+        globex_role_arn=values[p + "GLOBEX_ROLE_ARN"],
+        globex_bucket=values[p + "GLOBEX_BUCKET"],
+        untrusting_role_arn=values[p + "UNTRUSTING_ROLE_ARN"],
+        media_ts_key=values.get(p + "MEDIA_TS_KEY"),
+        media_ts_path=opt_path("MEDIA_TS_PATH"),
+        media_mp4_key=values.get(p + "MEDIA_MP4_KEY"),
+        media_mp4_path=opt_path("MEDIA_MP4_PATH"),
+        multipart_key=values[p + "MULTIPART_KEY"],
+        state_dir=state_dir,
+    )
+
+
+@pytest.fixture(scope="session")
+def local_aws() -> Iterator[LocalAws]:
+    paths = local_aws_script.Paths()
+    local_aws_script.acquire(paths)
+    try:
+        yield _from_env(local_aws_script.env_vars(paths), paths.root)
+    finally:
+        local_aws_script.release(paths)
+
+
+@dataclass(frozen=True)
+class TestBucket:
+    """A fresh bucket for one test, written with the admin keys."""
+
+    __test__ = False  # not a test class, despite the name
+
+    name: str
+    s3: Any  # admin botocore S3 client, closed by the fixture
+
+    def put(self, key: str, body: bytes | Path, part_size: int | None = None) -> str:
+        """PUT the object (multipart when part_size is given, >= 5 MiB except the
+        last part); returns its ETag."""
+        return str(local_aws_script.put_object(self.s3, self.name, key, body, part_size))
+
+    def delete(self, key: str) -> None:
+        self.s3.delete_object(Bucket=self.name, Key=key)
+
+
+@pytest.fixture
+def put_object(local_aws: LocalAws) -> Callable[..., str]:
+    """put_object(bucket, key, body, part_size=None) -> ETag, with the admin keys,
+    into any bucket; multipart when part_size is given."""
+
+    def put(bucket: str, key: str, body: bytes | Path, part_size: int | None = None) -> str:
+        with local_aws.closing_client("s3") as s3:
+            return str(local_aws_script.put_object(s3, bucket, key, body, part_size))
+
+    return put
+
+
+@contextlib.contextmanager
+def _fresh_bucket(local_aws: LocalAws, prefix: str) -> Iterator[TestBucket]:
+    name = prefix + secrets.token_hex(6)
+    with local_aws.closing_client("s3") as s3:
+        s3.create_bucket(Bucket=name)
+        try:
+            yield TestBucket(name=name, s3=s3)
+        finally:
+            local_aws_script.empty_and_delete_bucket(s3, name)
+
+
+@pytest.fixture
+def bucket(local_aws: LocalAws) -> Iterator[TestBucket]:
+    """`s3feed-test-<hex>`: readable by the acme role, not by globex."""
+    with _fresh_bucket(local_aws, local_aws_script.TEST_BUCKET_PREFIX) as b:
+        yield b
+
+
+@pytest.fixture
+def globex_bucket(local_aws: LocalAws) -> Iterator[TestBucket]:
+    """`s3feed-test-globex-<hex>`: readable by the globex role, not by acme."""
+    with _fresh_bucket(local_aws, local_aws_script.GLOBEX_TEST_BUCKET_PREFIX) as b:
+        yield b
