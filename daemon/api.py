@@ -1,0 +1,229 @@
+"""The socket API, v1: routes, request envelopes and JSON documents.
+
+Every handler runs in aiohttp's task for its request. Errors of any layer
+become `{"Error": {"Code", "Message"}}` in one place (`_errors`), with the
+status from daemon/errors.py's table. Callers are identified by SO_PEERCRED
+on the Unix socket; on any other transport the caller has no uid and may use
+only /healthz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from s3feed.auth.validate import validate_tenant_name
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.errors import TransferError
+from s3feed.transfer.observer import TransferObserver
+
+from .errors import ApiError, describe, error_body
+from .identity import DaemonIdentity, trust_policy
+from .jobs import JobRegistry, TransferState
+from .streaming import stream_object
+
+log = logging.getLogger("s3feed.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def peer_uid(request: web.Request) -> int:
+    """The uid of the process on the other end of the Unix socket (SO_PEERCRED)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise ApiError("NotFound", "the jobs API is served on the Unix socket only")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return json_response(error_body("NotFound", f"no route {request.path}"), 404)
+        if exc.status == 405:
+            return json_response(
+                error_body(
+                    "MethodNotAllowed", f"{request.method} is not allowed on {request.path}"
+                ),
+                405,
+            )
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        status, code, message, headers = describe(exc)
+        if status >= 500 and code == "InternalError":
+            log.exception("request failed", extra={"path": request.path})
+        fetch = getattr(exc, "fetch_document", None)
+        extra = {"Fetch": fetch} if fetch is not None else {}
+        return json_response(error_body(code, message, **extra), status, headers)
+
+
+class Api:
+    def __init__(
+        self,
+        *,
+        registry: JobRegistry,
+        engine: Engine,
+        identity: DaemonIdentity,
+        transfer_observer: TransferObserver,
+        metrics_registry: CollectorRegistry,
+        max_body: int,
+        summary: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.identity = identity
+        self.observer = transfer_observer
+        self.metrics_registry = metrics_registry
+        self.max_body = max_body
+        self.summary = summary
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors], client_max_size=self.max_body)
+        r = app.router
+        r.add_post("/v1/jobs", self.create_job)
+        r.add_get("/v1/jobs", self.list_jobs)
+        r.add_get("/v1/jobs/{JobId}", self.get_job)
+        r.add_delete("/v1/jobs/{JobId}", self.delete_job)
+        r.add_get("/v1/jobs/{JobId}/objects", self.list_objects)
+        r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object)
+        r.add_post("/v1/jobs/{JobId}/fetches", self.create_fetch)
+        r.add_get("/v1/jobs/{JobId}/fetches/{FetchId}", self.get_fetch)
+        r.add_get("/v1/trust-policy", self.get_trust_policy)
+        r.add_get("/healthz", self.healthz)
+        r.add_get("/metrics", make_aiohttp_handler(self.metrics_registry))
+        return app
+
+    async def _body(self, request: web.Request) -> Any:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise ApiError(
+                "RequestTooLarge", f"request bodies are limited to {self.max_body} bytes"
+            )
+        data = bytearray()
+        while chunk := await request.content.read(64 * 1024):
+            data += chunk
+            if len(data) > self.max_body:
+                raise ApiError(
+                    "RequestTooLarge", f"request bodies are limited to {self.max_body} bytes"
+                )
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError("InvalidRequest", f"the request body is not valid JSON: {exc}") from None
+
+    async def create_job(self, request: web.Request) -> web.Response:
+        uid = peer_uid(request)
+        job = await self.registry.create(uid, await self._body(request))
+        return json_response(job.document(), 201)
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        uid = peer_uid(request)
+        return json_response({"Jobs": [j.document() for j in self.registry.visible(uid)]})
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        return json_response(job.document())
+
+    async def delete_job(self, request: web.Request) -> web.Response:
+        await self.registry.delete(peer_uid(request), request.match_info["JobId"])
+        return web.Response(status=204)
+
+    async def list_objects(self, request: web.Request) -> web.Response:
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        relative = request.query.get("Prefix", "")
+        prefix = job.location.prefix_for(relative)
+        objects = []
+        async for meta in job.store.list_objects(prefix):
+            objects.append(
+                {
+                    "Key": job.location.relative(meta.key),
+                    "Size": meta.size,
+                    "ETag": meta.etag,
+                    "LastModified": meta.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            )
+        return json_response({"Objects": objects})
+
+    async def get_object(self, request: web.Request) -> web.StreamResponse:
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        key = request.match_info["Key"]
+        full_key = job.location.key_for(key)
+        return await stream_object(request, job, key, full_key, self.engine, self.observer)
+
+    async def create_fetch(self, request: web.Request) -> web.Response:
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        body = await self._body(request)
+        if not isinstance(body, dict):
+            raise ApiError("InvalidRequest", "the request body must be a JSON object")
+        for name in body:
+            if name != "Key":
+                raise ApiError("InvalidRequest", f"unknown field {name!r}; allowed: Key")
+        key = body.get("Key")
+        if not isinstance(key, str):
+            raise ApiError("InvalidRequest", "field 'Key' must be a string")
+        full_key = job.location.key_for(key)
+        # Errors known before any byte moves are answered at once (DESIGN.md).
+        await job.store.head(full_key)
+        record = job.start_fetch(key, full_key)
+        if request.query.get("wait", "").lower() not in ("true", "1"):
+            return json_response(record.document(time.monotonic()), 202)
+        await record.finished.wait()
+        doc = record.document(time.monotonic())
+        if record.state is TransferState.DONE:
+            return json_response(doc, 200)
+        code, message = record.error or ("InternalError", "the fetch failed")
+        raise _FetchFailed(code, message, doc)
+
+    async def get_fetch(self, request: web.Request) -> web.Response:
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        fetch_id = request.match_info["FetchId"]
+        record = job.transfers.get(fetch_id)
+        if record is None or record.mode != "cache":
+            raise ApiError("NoSuchFetch", f"job {job.job_id!r} has no fetch {fetch_id!r}")
+        return json_response(record.document(time.monotonic()))
+
+    async def get_trust_policy(self, request: web.Request) -> web.Response:
+        peer_uid(request)
+        tenant = validate_tenant_name(request.query.get("TenantName"))
+        identity = await self.identity.get()
+        return json_response(trust_policy(identity, tenant))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        known = self.identity.known
+        if known is None:
+            await self.identity.try_learn()
+            known = self.identity.known
+        return json_response(
+            {"Status": "ok", "Principal": known.arn if known else None, **self.summary()}
+        )
+
+
+class _FetchFailed(TransferError):
+    """A waited-for fetch failed after bytes moved: its error, plus the fetch document."""
+
+    def __init__(self, code: str, message: str, fetch_document: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.code = code  # type: ignore[misc]
+        self.fetch_document = fetch_document

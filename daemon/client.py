@@ -1,0 +1,267 @@
+"""A small Python client for the socket API, sync and async, used by the CLI.
+
+    with Client() as c:                          async with AsyncClient() as c:
+        c.create_job("job-1", "acme", uri, arn)      await c.create_job(...)
+        path = c.fetch("job-1", "a.mp4")["Path"]     async for chunk in c.read_object(...)
+
+Both speak HTTP/1.1 over the Unix socket ($S3FEED_SOCKET, default
+/run/s3feed/s3feed.sock). The requests themselves are described once
+(`_Calls`); each client only sends them. An error answer raises
+S3feedError with the server's code and message.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import orjson
+
+DEFAULT_SOCKET = "/run/s3feed/s3feed.sock"
+READ_CHUNK = 1024 * 1024
+
+
+def socket_path(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("S3FEED_SOCKET") or DEFAULT_SOCKET
+
+
+class S3feedError(Exception):
+    def __init__(self, status: int, code: str, message: str, fetch: Any = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fetch = fetch
+
+
+def _error(status: int, body: bytes) -> S3feedError:
+    try:
+        doc = orjson.loads(body)
+        err = doc["Error"]
+        return S3feedError(status, err["Code"], err["Message"], doc.get("Fetch"))
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return S3feedError(status, "HttpError", body[:200].decode(errors="replace"))
+
+
+Call = tuple[str, str, Any]  # method, path with query, JSON body or None
+
+
+class _Calls:
+    """Each API call as (method, path, body)."""
+
+    @staticmethod
+    def create_job(
+        job_id: str, tenant: str, uri_path: str, role_arn: str, duration: int | None = None
+    ) -> Call:
+        source: dict[str, Any] = {
+            "Provider": "AmazonS3",
+            "UriPath": uri_path,
+            "RoleArnToAssume": role_arn,
+        }
+        if duration is not None:
+            source["RoleSessionDurationInSeconds"] = duration
+        return "POST", "/v1/jobs", {"JobId": job_id, "TenantName": tenant, "Source": source}
+
+    @staticmethod
+    def job(job_id: str, method: str = "GET") -> Call:
+        return method, f"/v1/jobs/{quote(job_id, safe='')}", None
+
+    @staticmethod
+    def list_objects(job_id: str, prefix: str = "") -> Call:
+        query = f"?{urlencode({'Prefix': prefix})}" if prefix else ""
+        return "GET", f"/v1/jobs/{quote(job_id, safe='')}/objects{query}", None
+
+    @staticmethod
+    def fetch(job_id: str, key: str, wait: bool) -> Call:
+        query = "?wait=true" if wait else ""
+        return "POST", f"/v1/jobs/{quote(job_id, safe='')}/fetches{query}", {"Key": key}
+
+    @staticmethod
+    def get_fetch(job_id: str, fetch_id: str) -> Call:
+        return "GET", f"/v1/jobs/{quote(job_id, safe='')}/fetches/{quote(fetch_id, safe='')}", None
+
+    @staticmethod
+    def object_path(job_id: str, key: str) -> str:
+        return f"/v1/jobs/{quote(job_id, safe='')}/objects/{quote(key, safe='/')}"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class Client:
+    """Blocking client (one connection per call; the CLI's needs are small)."""
+
+    def __init__(self, socket: str | None = None, timeout: float | None = None) -> None:
+        self.socket = socket_path(socket)
+        self.timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def _send(
+        self, call: Call, headers: dict[str, str] | None = None
+    ) -> tuple[_UnixHTTPConnection, http.client.HTTPResponse]:
+        method, path, body = call
+        conn = _UnixHTTPConnection(self.socket, self.timeout)
+        data = orjson.dumps(body) if body is not None else None
+        hdrs = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
+        return conn, conn.getresponse()
+
+    def _json(self, call: Call) -> Any:
+        conn, resp = self._send(call)
+        try:
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise _error(resp.status, body)
+        return orjson.loads(body) if body else None
+
+    def create_job(
+        self, job_id: str, tenant: str, uri_path: str, role_arn: str, duration: int | None = None
+    ) -> Any:
+        return self._json(_Calls.create_job(job_id, tenant, uri_path, role_arn, duration))
+
+    def list_jobs(self) -> Any:
+        return self._json(("GET", "/v1/jobs", None))["Jobs"]
+
+    def get_job(self, job_id: str) -> Any:
+        return self._json(_Calls.job(job_id))
+
+    def delete_job(self, job_id: str) -> None:
+        self._json(_Calls.job(job_id, "DELETE"))
+
+    def list_objects(self, job_id: str, prefix: str = "") -> Any:
+        return self._json(_Calls.list_objects(job_id, prefix))["Objects"]
+
+    def fetch(self, job_id: str, key: str, wait: bool = True) -> Any:
+        return self._json(_Calls.fetch(job_id, key, wait))
+
+    def get_fetch(self, job_id: str, fetch_id: str) -> Any:
+        return self._json(_Calls.get_fetch(job_id, fetch_id))
+
+    def trust_policy(self, tenant: str) -> Any:
+        return self._json(("GET", f"/v1/trust-policy?{urlencode({'TenantName': tenant})}", None))
+
+    def health(self) -> Any:
+        return self._json(("GET", "/healthz", None))
+
+    def read_object(self, job_id: str, key: str, byte_range: str | None = None) -> Iterator[bytes]:
+        """The object's bytes in order; raises S3feedError if the stream ends short."""
+        headers = {"Range": f"bytes={byte_range}"} if byte_range else {}
+        conn, resp = self._send(("GET", _Calls.object_path(job_id, key), None), headers)
+        try:
+            if resp.status >= 400:
+                raise _error(resp.status, resp.read())
+            expected = int(resp.headers.get("Content-Length", "-1"))
+            got = 0
+            while chunk := resp.read1(READ_CHUNK):
+                got += len(chunk)
+                yield chunk
+            if expected >= 0 and got != expected:
+                raise S3feedError(502, "ShortRead", f"stream ended after {got} of {expected} bytes")
+        except http.client.IncompleteRead as exc:
+            raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
+        finally:
+            conn.close()
+
+
+class AsyncClient:
+    def __init__(self, socket: str | None = None) -> None:
+        self.socket = socket_path(socket)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AsyncClient:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=self.socket),
+            base_url="http://localhost",
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use `async with AsyncClient() as client`")
+        return self._session
+
+    async def _json(self, call: Call) -> Any:
+        method, path, body = call
+        data = orjson.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        async with self.session.request(method, path, data=data, headers=headers) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise _error(resp.status, raw)
+            return orjson.loads(raw) if raw else None
+
+    async def create_job(
+        self, job_id: str, tenant: str, uri_path: str, role_arn: str, duration: int | None = None
+    ) -> Any:
+        return await self._json(_Calls.create_job(job_id, tenant, uri_path, role_arn, duration))
+
+    async def list_jobs(self) -> Any:
+        return (await self._json(("GET", "/v1/jobs", None)))["Jobs"]
+
+    async def get_job(self, job_id: str) -> Any:
+        return await self._json(_Calls.job(job_id))
+
+    async def delete_job(self, job_id: str) -> None:
+        await self._json(_Calls.job(job_id, "DELETE"))
+
+    async def list_objects(self, job_id: str, prefix: str = "") -> Any:
+        return (await self._json(_Calls.list_objects(job_id, prefix)))["Objects"]
+
+    async def fetch(self, job_id: str, key: str, wait: bool = True) -> Any:
+        return await self._json(_Calls.fetch(job_id, key, wait))
+
+    async def get_fetch(self, job_id: str, fetch_id: str) -> Any:
+        return await self._json(_Calls.get_fetch(job_id, fetch_id))
+
+    async def trust_policy(self, tenant: str) -> Any:
+        query = urlencode({"TenantName": tenant})
+        return await self._json(("GET", f"/v1/trust-policy?{query}", None))
+
+    async def health(self) -> Any:
+        return await self._json(("GET", "/healthz", None))
+
+    async def read_object(
+        self, job_id: str, key: str, byte_range: str | None = None
+    ) -> AsyncIterator[bytes]:
+        headers = {"Range": f"bytes={byte_range}"} if byte_range else None
+        async with self.session.get(_Calls.object_path(job_id, key), headers=headers) as resp:
+            if resp.status >= 400:
+                raise _error(resp.status, await resp.read())
+            try:
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+            except aiohttp.ClientPayloadError as exc:
+                raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None

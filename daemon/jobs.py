@@ -1,0 +1,401 @@
+"""Jobs: what an encoder registered, and everything the daemon holds for it.
+
+Design note. A `Job` owns, for its whole life: the role session (auth/, with
+its background refresher task), the object store bound to that session, the
+transfer records of its fetches and streams, and the tasks that run its
+fetches. `JobRegistry` owns the jobs. Deleting a job (DELETE, idle reaping,
+shutdown) cancels the job's fetch tasks, closes its session (the refresher
+stops, the credentials are dropped), closes its store and unpins its cache
+entries; a failing fetch only fails its own record. Streams run in the API
+handler's task, not the job's: the job counts them (so an idle job with an
+open stream is not reaped) and a stream finds its job closed the next time
+it asks for credentials.
+
+A JobId is reserved in the registry before the AssumeRole call, so two
+concurrent registrations of one id cannot both succeed. Jobs belong to the
+uid that created them; other uids (root aside) see NoSuchJob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from s3feed.auth.errors import AuthError
+from s3feed.auth.observer import CredentialObserver
+from s3feed.auth.session import RoleSession
+from s3feed.auth.sts import StsClient
+from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
+from s3feed.transfer.cache import Cache
+from s3feed.transfer.config import S3Config
+from s3feed.transfer.errors import TransferError
+from s3feed.transfer.progress import Progress
+from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.store import ObjectStore
+from s3feed.transfer.uri import S3Location, parse_uri_path
+
+from .errors import ApiError, describe
+
+log = logging.getLogger("s3feed.jobs")
+
+JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+KEEP_FINISHED = 50  # finished transfer records kept per job for GET /v1/jobs/{id}
+
+
+class TransferState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_NEXT_STATES = {
+    TransferState.QUEUED: {TransferState.RUNNING, TransferState.FAILED, TransferState.CANCELLED},
+    TransferState.RUNNING: {TransferState.DONE, TransferState.FAILED, TransferState.CANCELLED},
+    TransferState.DONE: set(),
+    TransferState.FAILED: set(),
+    TransferState.CANCELLED: set(),
+}
+
+
+@dataclass
+class TransferRecord:
+    """One fetch into the cache (mode "cache") or one stream (mode "stream")."""
+
+    transfer_id: str
+    mode: str
+    key: str  # relative to the job's folder
+    progress: Progress
+    state: TransferState = TransferState.QUEUED
+    path: Path | None = None
+    error: tuple[str, str] | None = None  # (code, message)
+    verified: tuple[str, ...] = ()
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def move(self, state: TransferState) -> None:
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(f"transfer {self.transfer_id}: {self.state} -> {state}")
+        self.state = state
+        if state in (TransferState.DONE, TransferState.FAILED, TransferState.CANCELLED):
+            self.finished.set()
+
+    def fail(self, exc: BaseException) -> None:
+        _, code, message, _ = describe(exc)
+        self.error = (code, message)
+        self.move(TransferState.FAILED)
+
+    def document(self, now: float) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "Mode": self.mode,
+            "Key": self.key,
+            "State": self.state.value,
+            "BytesDone": self.progress.bytes_done,
+            "SizeBytes": self.progress.size,
+            "BytesPerSecond": round(self.progress.rate(now)),
+        }
+        if self.mode == "cache":
+            doc["FetchId"] = self.transfer_id
+            doc["Path"] = str(self.path) if self.path else None
+            doc["Verified"] = list(self.verified)
+        if self.error:
+            doc["Error"] = {"Code": self.error[0], "Message": self.error[1]}
+        return doc
+
+
+def _rfc3339(t: datetime | None) -> str | None:
+    if t is None:
+        return None
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Job:
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        tenant: str,
+        uid: int,
+        location: S3Location,
+        session: RoleSession,
+        store: ObjectStore,
+        cache: Cache,
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.job_id = job_id
+        self.tenant = tenant
+        self.uid = uid
+        self.location = location
+        self.session = session
+        self.store = store
+        self.cache = cache
+        self.created_at = datetime.now(UTC)
+        self._monotonic = monotonic
+        self.last_used = monotonic()
+        self.pin_owner = f"{job_id}#{uuid.uuid4().hex[:12]}"
+        self.transfers: dict[str, TransferRecord] = {}
+        self.open_streams = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self.closed = False
+
+    def touch(self) -> None:
+        self.last_used = self._monotonic()
+
+    def idle_for(self) -> float:
+        if self.open_streams or any(
+            t.state in (TransferState.QUEUED, TransferState.RUNNING)
+            for t in self.transfers.values()
+        ):
+            return 0.0
+        return self._monotonic() - self.last_used
+
+    def new_record(self, mode: str, key: str) -> TransferRecord:
+        self._forget_old_records()
+        record = TransferRecord(f"{mode[0]}{next(self._ids)}", mode, key, Progress())
+        self.transfers[record.transfer_id] = record
+        return record
+
+    def _forget_old_records(self) -> None:
+        finished = [r for r in self.transfers.values() if r.finished.is_set()]
+        for record in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.transfers[record.transfer_id]
+
+    def start_fetch(self, key: str, full_key: str) -> TransferRecord:
+        """Queue a download of `full_key` into the cache, owned by this job."""
+        record = self.new_record("cache", key)
+        task = asyncio.create_task(self._fetch(record, full_key), name=f"fetch {self.job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return record
+
+    async def _fetch(self, record: TransferRecord, full_key: str) -> None:
+        record.move(TransferState.RUNNING)
+        try:
+            entry = await self.cache.fetch(
+                self.store,
+                full_key,
+                tenant=self.tenant,
+                owner=self.pin_owner,
+                progress=record.progress,
+            )
+        except asyncio.CancelledError:
+            record.error = ("Cancelled", "the job was deleted before the fetch finished")
+            record.move(TransferState.CANCELLED)
+            raise
+        except (AuthError, TransferError) as exc:
+            record.fail(exc)
+            log.warning(
+                "fetch failed",
+                extra={"job_id": self.job_id, "tenant": self.tenant, "key": record.key,
+                       "code": record.error[0] if record.error else None},
+            )  # fmt: skip
+        except Exception as exc:
+            record.fail(exc)
+            log.exception("fetch crashed", extra={"job_id": self.job_id, "tenant": self.tenant})
+        else:
+            record.path = entry.path
+            record.verified = tuple(entry.verified)
+            record.move(TransferState.DONE)
+        finally:
+            self.touch()
+
+    def document(self) -> dict[str, Any]:
+        status = self.session.status()
+        now = self._monotonic()
+        return {
+            "JobId": self.job_id,
+            "TenantName": self.tenant,
+            "UriPath": self.location.uri,
+            "Bucket": self.location.bucket,
+            "Prefix": self.location.prefix,
+            "Region": self.location.region,
+            "RoleArn": status.role_arn,
+            "RoleSessionName": status.session_name,
+            "CredentialsExpireAt": _rfc3339(status.expires_at),
+            "SessionDurationSeconds": status.granted_duration_seconds,
+            "Refreshes": status.refreshes,
+            "LastRefreshError": status.last_refresh_error,
+            "Warnings": list(status.warnings),
+            "CreatedAt": _rfc3339(self.created_at),
+            "Transfers": [r.document(now) for r in self.transfers.values()],
+        }
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.cache.unpin_all(self.pin_owner)
+        await self.store.close()
+        await self.session.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Let running fetches finish for up to `timeout` seconds."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    job_id: str
+    tenant: str
+    uri_path: str
+    role_arn: str
+    duration: int
+
+
+_ENVELOPE = {"JobId": str, "TenantName": str, "Source": dict}
+_SOURCE_FIELDS = ("Provider", "UriPath", "RoleArnToAssume", "RoleSessionDurationInSeconds")
+
+
+def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Location]:
+    """Validate a POST /v1/jobs body in DESIGN.md's order: envelope, JobId, Source, tenant."""
+    if not isinstance(body, Mapping):
+        raise ApiError("InvalidRequest", "the request body must be a JSON object")
+    for name in body:
+        if name not in _ENVELOPE:
+            raise ApiError(
+                "InvalidRequest", f"unknown field {name!r}; allowed: JobId, TenantName, Source"
+            )
+    for name, kind in _ENVELOPE.items():
+        if name not in body:
+            raise ApiError("InvalidRequest", f"missing field {name!r}")
+        if not isinstance(body[name], kind):
+            expected = "an object" if kind is dict else "a string"
+            raise ApiError("InvalidRequest", f"field {name!r} must be {expected}")
+    source = body["Source"]
+    for name in source:
+        if name not in _SOURCE_FIELDS:
+            raise ApiError(
+                "InvalidRequest",
+                f"unknown field 'Source.{name}'; allowed: {', '.join(_SOURCE_FIELDS)}",
+            )
+    for name in _SOURCE_FIELDS[:3]:
+        if name not in source:
+            raise ApiError("InvalidRequest", f"missing field 'Source.{name}'")
+    job_id = body["JobId"]
+    if not JOB_ID.fullmatch(job_id):
+        raise ApiError(
+            "InvalidRequest", "JobId must be 1-128 characters of letters, digits, '.', '_', '-'"
+        )
+    if source["Provider"] != "AmazonS3":
+        raise ApiError("InvalidProvider", 'Source.Provider must be "AmazonS3"')
+    location = parse_uri_path(source["UriPath"], s3)
+    role = parse_role_arn(source["RoleArnToAssume"])
+    duration = validate_duration(source.get("RoleSessionDurationInSeconds"))
+    tenant = validate_tenant_name(body["TenantName"])
+    return JobRequest(job_id, tenant, location.uri, role.arn, duration), location
+
+
+class JobRegistry:
+    def __init__(
+        self,
+        *,
+        sts: StsClient,
+        s3_clients: S3Clients,
+        s3_config: S3Config,
+        cache: Cache,
+        credential_observer: CredentialObserver,
+        make_store: Callable[[S3Location, RoleSession], ObjectStore] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sts = sts
+        self._s3_clients = s3_clients
+        self.s3_config = s3_config
+        self.cache = cache
+        self._credential_observer = credential_observer
+        self._make_store = make_store or self._real_store
+        self._monotonic = monotonic
+        self._jobs: dict[str, Job] = {}
+        self._reserved: set[str] = set()
+
+    def _real_store(self, location: S3Location, session: RoleSession) -> ObjectStore:
+        return S3ObjectStore(location, session, clients=self._s3_clients)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def all_jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    async def create(self, uid: int, body: object) -> Job:
+        request, location = parse_job_request(body, self.s3_config)
+        if request.job_id in self._jobs or request.job_id in self._reserved:
+            raise ApiError(
+                "JobExists",
+                f"a job {request.job_id!r} is live; DELETE it first or use another JobId",
+            )
+        self._reserved.add(request.job_id)
+        try:
+            session = await RoleSession.assume(
+                self._sts,
+                job_id=request.job_id,
+                role_arn=request.role_arn,
+                external_id=request.tenant,
+                duration=request.duration,
+                observer=self._credential_observer,
+            )
+            job = Job(
+                job_id=request.job_id,
+                tenant=request.tenant,
+                uid=uid,
+                location=location,
+                session=session,
+                store=self._make_store(location, session),
+                cache=self.cache,
+                monotonic=self._monotonic,
+            )
+            self._jobs[job.job_id] = job
+        finally:
+            self._reserved.discard(request.job_id)
+        log.info("job registered", extra={"job_id": job.job_id, "tenant": job.tenant})
+        return job
+
+    def get(self, uid: int, job_id: str) -> Job:
+        job = self._jobs.get(job_id)
+        if job is None or (uid != 0 and job.uid != uid):
+            raise ApiError(
+                "NoSuchJob", f"no job {job_id!r} for this caller; list them with GET /v1/jobs"
+            )
+        job.touch()
+        return job
+
+    def visible(self, uid: int) -> list[Job]:
+        return [j for j in self._jobs.values() if uid == 0 or j.uid == uid]
+
+    async def delete(self, uid: int, job_id: str) -> None:
+        job = self.get(uid, job_id)
+        del self._jobs[job_id]
+        await job.close()
+        log.info("job deleted", extra={"job_id": job_id, "tenant": job.tenant})
+
+    async def reap_idle(self, ttl: float) -> list[str]:
+        reaped = [j for j in self._jobs.values() if j.idle_for() > ttl]
+        for job in reaped:
+            del self._jobs[job.job_id]
+            await job.close()
+            log.info("idle job reaped", extra={"job_id": job.job_id, "tenant": job.tenant})
+        return [j.job_id for j in reaped]
+
+    async def drain(self, timeout: float) -> None:
+        if self._jobs:
+            await asyncio.gather(*(j.drain(timeout) for j in self._jobs.values()))
+
+    async def close(self) -> None:
+        jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            await job.close()

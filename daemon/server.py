@@ -1,0 +1,248 @@
+"""`s3feed serve`: wires the components together and runs them until SIGTERM.
+
+Design note. Everything runs on one event loop (uvloop). The daemon owns, in
+order of construction: the STS client, the shared S3 clients, the engine
+(global concurrency), the cache, the job registry, the identity, and two
+aiohttp runners (the API on the Unix socket, /metrics on TCP). A background
+task reaps idle jobs. SIGTERM: stop accepting, give running fetches and
+streams `drain_grace` seconds, then cancel what is left, close everything in
+reverse order, remove the socket file if we created it, exit 0. SIGHUP
+re-reads the configuration and applies what can change safely (the job idle
+TTL and drain grace); everything else is logged as needing a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+from s3feed.auth.sts import AioStsClient, StsClient
+from s3feed.transfer.cache import Cache
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.s3store import S3Clients
+
+from .api import Api
+from .config import Config, ConfigError, load_config
+from .identity import DaemonIdentity
+from .jobs import JobRegistry
+from .metrics import Metrics
+
+log = logging.getLogger("s3feed.server")
+
+
+def s3feed_version() -> str:
+    try:
+        return version("s3feed")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class SocketInUse(RuntimeError):
+    pass
+
+
+def bind_unix_socket(path: Path, mode: int) -> socket.socket:
+    """Bind `path` with `mode`; a stale socket file is replaced, a live one refused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise SocketInUse(
+                f"{path} exists and is not a socket; remove it or choose another path"
+            )
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+            path.unlink(missing_ok=True)  # stale: nobody listens
+        else:
+            raise SocketInUse(f"another daemon is already serving on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, mode)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        sts: StsClient | None = None,
+        make_store: Callable[..., Any] | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.metrics = Metrics(metrics_registry or CollectorRegistry(), s3feed_version())
+        self._own_sts = sts is None
+        self.sts: StsClient = sts or AioStsClient(config.sts)
+        self.s3_clients = S3Clients(config.s3, observer=self.metrics)
+        self.engine = Engine(config.transfer, self.metrics)
+        self.cache = Cache(config.cache, self.engine, self.metrics)
+        self.registry = JobRegistry(
+            sts=self.sts,
+            s3_clients=self.s3_clients,
+            s3_config=config.s3,
+            cache=self.cache,
+            credential_observer=self.metrics,
+            make_store=make_store,
+        )
+        self.identity = DaemonIdentity(self.sts)
+        self.api = Api(
+            registry=self.registry,
+            engine=self.engine,
+            identity=self.identity,
+            transfer_observer=self.metrics,
+            metrics_registry=self.metrics.registry,
+            max_body=config.api.max_body,
+            summary=self.summary,
+        )
+        self._runners: list[web.AppRunner] = []
+        self._created_socket: Path | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.stopping = asyncio.Event()
+        self.socket_path: Path | None = None
+        self.metrics_address: tuple[str, int] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        self.metrics.jobs_active.set(len(self.registry))
+        return {
+            "Jobs": len(self.registry),
+            "Transfers": sum(
+                1
+                for j in self.registry.all_jobs()
+                for t in j.transfers.values()
+                if not t.finished.is_set()
+            ),
+            "CacheSizeBytes": self.cache.size_bytes,
+            "CacheCapacityBytes": self.cache.capacity_bytes,
+        }
+
+    async def start(self, listen_socket: socket.socket | None = None) -> None:
+        if self._own_sts:
+            await self.sts.start()  # type: ignore[attr-defined]
+        await self.cache.start()
+        api_runner = web.AppRunner(self.api.app(), handle_signals=False, access_log=None)
+        await api_runner.setup()
+        self._runners.append(api_runner)
+        if listen_socket is None:
+            listen_socket = bind_unix_socket(self.config.api.socket, self.config.api.socket_mode)
+            self._created_socket = self.config.api.socket
+        self.socket_path = Path(listen_socket.getsockname())
+        await web.SockSite(api_runner, listen_socket).start()
+        if (hp := self.config.metrics.host_port) is not None:
+            app = web.Application()
+            app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            await runner.setup()
+            self._runners.append(runner)
+            site = web.TCPSite(runner, hp[0], hp[1], reuse_address=True)
+            await site.start()
+            server = site._server
+            assert isinstance(server, asyncio.base_events.Server)
+            self.metrics_address = server.sockets[0].getsockname()[:2]
+        self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
+        asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
+        log.info(
+            "s3feed serving",
+            extra={"socket": str(self.socket_path), "metrics": self.config.metrics.listen},
+        )
+
+    async def _reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, self.config.api.job_idle_ttl / 4))
+            await self.registry.reap_idle(self.config.api.job_idle_ttl)
+            self.metrics.jobs_active.set(len(self.registry))
+
+    def reload(self) -> None:
+        if self.config_path is None:
+            log.info("SIGHUP: no config file to reload")
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: config not reloaded", extra={"error": str(exc)})
+            return
+        applied = replace(
+            self.config.api, job_idle_ttl=new.api.job_idle_ttl, drain_grace=new.api.drain_grace
+        )
+        rest_changed = replace(new, api=applied) != replace(self.config, api=applied)
+        self.config = replace(self.config, api=applied)
+        log.info(
+            "SIGHUP: config reloaded",
+            extra={"needs_restart": "changes outside [api] job_idle_ttl/drain_grace"
+                   if rest_changed else None},
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Drain, then close everything in reverse order."""
+        log.info("stopping: draining transfers", extra={"grace_s": self.config.api.drain_grace})
+        for runner in self._runners:
+            for site in list(runner.sites):
+                await site.stop()
+        await self.registry.drain(self.config.api.drain_grace)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.registry.close()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        await self.identity.close()
+        await self.cache.close()
+        await self.s3_clients.close()
+        if self._own_sts:
+            await self.sts.close()  # type: ignore[attr-defined]
+        if self._created_socket is not None:
+            self._created_socket.unlink(missing_ok=True)
+        log.info("stopped")
+
+
+async def serve(config: Config, config_path: Path | None) -> int:
+    from .systemd import listen_fds
+
+    daemon = Daemon(config, config_path=config_path)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    passed = listen_fds()
+    try:
+        await daemon.start(passed[0] if passed else None)
+    except SocketInUse as exc:
+        log.error(str(exc))
+        await daemon.stop()
+        return 1
+    await stop.wait()
+    await daemon.stop()
+    return 0

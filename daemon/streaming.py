@@ -1,0 +1,190 @@
+"""GET /v1/jobs/{JobId}/objects/{Key}: an object, in order, over the socket.
+
+Design note. The handler runs in aiohttp's request task. It asks S3 (HEAD
+with the job's own credentials) for size and ETag first: that is both the
+access check and what picks the cache entry. A complete cache entry for that
+ETag is sent with sendfile; otherwise the engine's stream fetches ranges in
+parallel into a bounded window and this task writes them out in order.
+`resp.write` waits while the socket's buffer is full, so a slow reader stops
+the window from advancing and the window stops the fetches: memory stays
+under [transfer] stream_window. When the reader goes away, `write` raises,
+leaving the `async with` cancels the stream's fetches. A failure after the
+headers went out aborts the connection: the reader sees a short body (the
+Content-Length says so), never wrong bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+
+from aiohttp import web
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.errors import InvalidRange
+from s3feed.transfer.observer import TransferObserver
+from s3feed.transfer.store import ObjectMeta
+
+from .jobs import Job, TransferRecord, TransferState
+
+log = logging.getLogger("s3feed.stream")
+
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+SENDFILE_CHUNK = 8 * 1024 * 1024
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte of a single-range header, or None for the whole object.
+
+    Multi-range and unparsable headers are ignored (whole object, 200), as
+    DESIGN.md says; a well-formed range outside the object raises InvalidRange.
+    """
+    if not header:
+        return None
+    m = _RANGE.match(header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first_s, last_s = m.group(1), m.group(2)
+    unsatisfiable = InvalidRange(
+        f"range {header.strip()!r} is outside the object, which has {size} bytes", size
+    )
+    if not first_s:  # suffix: the last n bytes
+        n = int(last_s)
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last_s and last < first:
+        return None  # syntactically invalid: ignored
+    if first >= size:
+        raise unsatisfiable
+    return first, min(last, size - 1)
+
+
+async def stream_object(
+    request: web.Request,
+    job: Job,
+    key: str,
+    full_key: str,
+    engine: Engine,
+    observer: TransferObserver,
+) -> web.StreamResponse:
+    meta = await job.store.head(full_key)
+    byte_range = parse_range(request.headers.get("Range"), meta.size)
+    first, last = byte_range if byte_range else (0, meta.size - 1)
+    length = last - first + 1 if meta.size else 0
+
+    resp = web.StreamResponse(status=206 if byte_range else 200)
+    resp.content_length = length
+    resp.content_type = "application/octet-stream"
+    resp.headers["ETag"] = meta.etag
+    resp.headers["Accept-Ranges"] = "bytes"
+    resp.last_modified = meta.last_modified
+    if byte_range:
+        resp.headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
+
+    record = job.new_record("stream", key)
+    record.progress.size = length
+    record.progress.started = time.monotonic()
+    record.move(TransferState.RUNNING)
+    job.open_streams += 1
+    observer.transfer_started("stream")
+    started = time.monotonic()
+    entry = job.cache.lookup(job.store, full_key, meta.etag)
+    try:
+        if entry is not None:
+            resp.headers["X-S3feed-Source"] = "cache"
+            await _send_file(request, resp, entry.path, first, length, record, observer)
+        else:
+            resp.headers["X-S3feed-Source"] = "s3"
+            await _send_stream(
+                request, resp, job, full_key, meta, first, last, engine, record, observer
+            )
+    except asyncio.CancelledError:
+        record.error = ("Cancelled", "the reader went away")
+        record.move(TransferState.CANCELLED)
+        observer.transfer_finished("stream", "cancelled", time.monotonic() - started)
+        raise
+    except (ConnectionError, OSError) as exc:
+        # The reader went away (aiohttp raises ClientConnectionResetError).
+        record.error = ("Cancelled", f"the reader went away: {exc.__class__.__name__}")
+        record.move(TransferState.CANCELLED)
+        observer.transfer_finished("stream", "cancelled", time.monotonic() - started)
+        return resp
+    except Exception as exc:
+        record.fail(exc)
+        observer.transfer_finished("stream", "failed", time.monotonic() - started)
+        if not resp.prepared:
+            raise
+        log.warning(
+            "stream aborted after headers",
+            extra={"job_id": job.job_id, "tenant": job.tenant, "key": key,
+                   "code": record.error[0] if record.error else None},
+        )  # fmt: skip
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    finally:
+        job.open_streams -= 1
+        job.touch()
+    record.move(TransferState.DONE)
+    observer.transfer_finished("stream", "success", time.monotonic() - started)
+    return resp
+
+
+async def _send_stream(
+    request: web.Request,
+    resp: web.StreamResponse,
+    job: Job,
+    full_key: str,
+    meta: ObjectMeta,
+    first: int,
+    last: int,
+    engine: Engine,
+    record: TransferRecord,
+    observer: TransferObserver,
+) -> None:
+    if meta.size == 0:
+        await resp.prepare(request)
+        await resp.write_eof()
+        return
+    async with engine.stream(
+        job.store, full_key, tenant=job.tenant, start=first, end=last, meta=meta
+    ) as stream:
+        await resp.prepare(request)
+        async for chunk in stream:
+            await resp.write(chunk)
+            record.progress.bytes_done += len(chunk)
+            observer.bytes_served("stream", len(chunk))
+    await resp.write_eof()
+
+
+async def _send_file(
+    request: web.Request,
+    resp: web.StreamResponse,
+    path: os.PathLike[str],
+    offset: int,
+    count: int,
+    record: TransferRecord,
+    observer: TransferObserver,
+) -> None:
+    observer.cache_hit()
+    with open(path, "rb") as f:  # noqa: ASYNC230 (a local open, not I/O-bound)
+        writer = await resp.prepare(request)
+        assert writer is not None
+        await writer.drain()
+        loop = asyncio.get_running_loop()
+        transport = request.transport
+        while count > 0 and transport is not None:
+            n = min(count, SENDFILE_CHUNK)
+            sent = await loop.sendfile(transport, f, offset, n)
+            offset += sent
+            count -= sent
+            record.progress.bytes_done += sent
+            observer.bytes_served("stream", sent)
+            if sent == 0:
+                raise ConnectionResetError("the reader stopped taking bytes")
+    await resp.write_eof()
