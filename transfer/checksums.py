@@ -1,0 +1,250 @@
+"""Verification of what S3 says an object's bytes are.
+
+What is verified, in order of preference:
+- a full-object CRC (CRC32, CRC32C, CRC64NVME; `checksum_type` FULL_OBJECT, or
+  any CRC of a single-part object): every range keeps its own running CRC,
+  updated per received slice in order, and the range CRCs are combined in
+  offset order at the end (`combine`, O(log n) per range: no re-read);
+- a COMPOSITE checksum of a multipart object ("base64-N"): the CRC over the
+  concatenated per-part CRCs, which needs our ranges to tile the object's own
+  parts (the engine aligns them); when the part size is only guessed, a
+  mismatch is recorded as not verified rather than failed;
+- the ETag as MD5, for a single-part object with no checksum. MD5 cannot be
+  combined, so ranges that completed out of order are verified by re-reading
+  the finished file: measured 1.5 s per GiB on the 2-core VM (the CRC32 path
+  costs 0.38 s/GiB, CRC32C 0.05 s/GiB). SSE-KMS and SSE-C ETags are not MD5s
+  and the store does not say which objects those are: an MD5 mismatch is
+  retried by re-downloading, and when the second download has the same MD5 as
+  the first, the ETag is taken as not an MD5 and nothing is recorded.
+
+CRC32 comes from zlib. CRC32C uses the `crc32c` package and CRC64NVME
+awscrt's checksums, each only when importable; a checksum whose algorithm is
+missing is left out of `verified` (the fetch document says what was checked).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import ChecksumMismatch
+
+UpdateFn = Callable[[bytes | memoryview, int], int]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str  # as S3 names it in x-amz-checksum-*
+    width: int  # bits
+    poly: int  # reflected polynomial
+    update: UpdateFn  # update(data, crc) -> crc, crc of b"" is 0
+
+    def combine(self, crc1: int, crc2: int, len2: int) -> int:
+        """CRC of A+B from crc(A), crc(B) and len(B), as zlib's crc32_combine."""
+        return _multmodp(_x2nmodp(len2, 3, self), crc1, self) ^ crc2
+
+    def digest(self, crc: int) -> bytes:
+        return crc.to_bytes(self.width // 8, "big")
+
+
+def _multmodp(a: int, b: int, alg: Algorithm) -> int:
+    # Multiply a(x) by b(x) modulo p(x), reflected bit order.
+    top = 1 << (alg.width - 1)
+    m = top
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                break
+        m >>= 1
+        b = (b >> 1) ^ alg.poly if b & 1 else b >> 1
+    return p
+
+
+def _x2nmodp(n: int, k: int, alg: Algorithm) -> int:
+    # x^(n * 2^k) modulo p(x).
+    p = 1 << (alg.width - 1)  # x^0
+    x2k = 1 << (alg.width - 2)  # x^1
+    # x^(2^k) for k = 0, 1, 2: square x^1 k times.
+    for _ in range(k):
+        x2k = _multmodp(x2k, x2k, alg)
+    while n:
+        if n & 1:
+            p = _multmodp(x2k, p, alg)
+        n >>= 1
+        x2k = _multmodp(x2k, x2k, alg)
+    return p
+
+
+def _zlib_crc32(data: bytes | memoryview, crc: int) -> int:
+    return zlib.crc32(data, crc)
+
+
+def _load() -> dict[str, Algorithm]:
+    algs = {"CRC32": Algorithm("CRC32", 32, 0xEDB88320, _zlib_crc32)}
+    try:
+        import crc32c
+
+        def _crc32c(data: bytes | memoryview, crc: int) -> int:
+            return int(crc32c.crc32c(data, crc))
+
+        algs["CRC32C"] = Algorithm("CRC32C", 32, 0x82F63B78, _crc32c)
+    except ImportError:
+        pass
+    try:
+        from awscrt import checksums as crt  # type: ignore[import-not-found,unused-ignore]
+
+        if "CRC32C" not in algs:
+
+            def _crt32c(data: bytes | memoryview, crc: int) -> int:
+                return int(crt.crc32c(data, crc))
+
+            algs["CRC32C"] = Algorithm("CRC32C", 32, 0x82F63B78, _crt32c)
+
+        def _crc64(data: bytes | memoryview, crc: int) -> int:
+            return int(crt.crc64nvme(data, crc))
+
+        algs["CRC64NVME"] = Algorithm("CRC64NVME", 64, 0x9A6C9269032B2C3F, _crc64)
+    except ImportError:
+        pass
+    return algs
+
+
+ALGORITHMS: dict[str, Algorithm] = _load()
+_MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
+_MULTIPART_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}-(\d+)"?$')
+
+
+def etag_parts(etag: str) -> int | None:
+    """N for a multipart ETag ("...-N"), else None."""
+    m = _MULTIPART_ETAG.match(etag)
+    return int(m.group(1)) if m else None
+
+
+class RangeDigest:
+    """Running CRC of one range; slices must arrive in order."""
+
+    __slots__ = ("alg", "crc", "end", "pos", "start")
+
+    def __init__(self, alg: Algorithm, start: int, end: int) -> None:
+        self.alg, self.start, self.end, self.pos, self.crc = alg, start, end, start, 0
+
+    def update(self, offset: int, data: memoryview) -> None:
+        if offset != self.pos:
+            raise ValueError(f"range digest got offset {offset}, expected {self.pos}")
+        self.crc = self.alg.update(data, self.crc)
+        self.pos += len(data)
+
+
+class Verifier:
+    """What can be verified for one object, and the per-range state to do it.
+
+    `parts` is the object's own part layout as (start, end) tuples when its
+    ETag ends in -N; `parts_exact` says whether that layout was learned from
+    S3 or guessed from size and N.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        etag: str,
+        checksums: dict[str, str],
+        checksum_type: str | None,
+        parts: list[tuple[int, int]] | None = None,
+        parts_exact: bool = False,
+    ) -> None:
+        self.size = size
+        self.parts = parts
+        self.parts_exact = parts_exact
+        self.alg: Algorithm | None = None
+        self.expected = b""
+        self.composite = False
+        self.unverifiable: list[str] = []
+        for name, value in checksums.items():
+            alg = ALGORITHMS.get(name.upper())
+            raw, _, n = value.partition("-")
+            if alg is None:
+                self.unverifiable.append(name.upper())
+                continue
+            composite = bool(n) or checksum_type == "COMPOSITE"
+            if composite and parts is None:
+                self.unverifiable.append(name.upper())
+                continue
+            try:
+                self.expected = base64.b64decode(raw, validate=True)
+            except binascii.Error:
+                continue
+            self.alg, self.composite = alg, composite
+            break
+        m = _MD5_ETAG.match(etag)
+        self.md5_expected = (
+            m.group(1).lower() if (m and self.alg is None and not checksums) else None
+        )
+        self.md5_got: str | None = None
+        self._digests: dict[int, RangeDigest] = {}
+
+    def range_digest(self, start: int, end: int) -> RangeDigest | None:
+        """A fresh digest for range [start, end] (replacing any earlier one)."""
+        if self.alg is None:
+            return None
+        d = RangeDigest(self.alg, start, end)
+        self._digests[start] = d
+        return d
+
+    def missing_digests(self) -> list[tuple[int, int]]:
+        """Ranges (e.g. resumed from disk) whose CRC must come from re-reading."""
+        if self.alg is None or self.size == 0:
+            return []
+        covered = sorted((d.start, d.end) for d in self._digests.values() if d.pos > d.end)
+        out, pos = [], 0
+        for s, e in covered:
+            if s > pos:
+                out.append((pos, s - 1))
+            pos = max(pos, e + 1)
+        if pos < self.size:
+            out.append((pos, self.size - 1))
+        return out
+
+    def verify_crc(self) -> list[str]:
+        """Combine range CRCs and compare; returns the kinds verified."""
+        if self.alg is None:
+            return []
+        alg = self.alg
+        digests = sorted(self._digests.values(), key=lambda d: d.start)
+        if self.composite:
+            assert self.parts is not None
+            part_crcs = b""
+            for ps, pe in self.parts:
+                part_crcs += alg.digest(_combine_span(alg, digests, ps, pe))
+            got = alg.digest(alg.update(part_crcs, 0))
+            if got != self.expected:
+                if not self.parts_exact:
+                    return []  # our guess of the part layout may be what is wrong
+                raise ChecksumMismatch(f"{alg.name} composite checksum mismatch")
+            return [f"{alg.name}-COMPOSITE"]
+        got = alg.digest(_combine_span(alg, digests, 0, self.size - 1) if self.size else 0)
+        if got != self.expected:
+            raise ChecksumMismatch(
+                f"{alg.name} mismatch: S3 says {base64.b64encode(self.expected).decode()}, "
+                f"received bytes give {base64.b64encode(got).decode()}"
+            )
+        return [alg.name]
+
+
+def _combine_span(alg: Algorithm, digests: list[RangeDigest], start: int, end: int) -> int:
+    crc, pos = 0, start
+    for d in digests:
+        if d.end < start or d.start > end:
+            continue
+        if d.start != pos or d.end > end or d.pos != d.end + 1:
+            raise ValueError(f"ranges do not tile {start}-{end} at {pos}")
+        crc = alg.combine(crc, d.crc, d.end - d.start + 1)
+        pos = d.end + 1
+    if pos != end + 1:
+        raise ValueError(f"ranges do not tile {start}-{end}: stopped at {pos}")
+    return crc

@@ -1,0 +1,412 @@
+"""The ranged-GET engine: parallel, retried, verified downloads of one object.
+
+What runs where: everything runs on the daemon's one event loop. A download
+is one task (the caller's) that HEADs the object, plans ranges, then runs
+`concurrency` worker tasks in an `asyncio.TaskGroup`; each worker takes the
+next range, waits for a slot of the engine-wide `FairLimiter`, and GETs the
+range with If-Match into a sink that `os.pwrite`s each received slice at its
+offset. Nothing holds a part in memory: the store's receive buffer (one per
+connection) is the only body memory, so a download costs O(concurrency) x
+1 MiB whatever the object size. Streams (transfer/window.py) use the same
+`fetch_range` with a sink into their bounded window.
+
+Who waits on whom: workers wait on the limiter (round-robin across
+transfers, so a 100-range transfer cannot starve a 1-range one), then on the
+store. A range that fails with TransientError is retried after full-jitter
+backoff from the first byte not yet received, spending one unit of the
+transfer's `RetryBudget`; when the budget is spent the transfer fails with
+S3Unavailable naming the last cause. SourceChanged, AccessDenied, NoSuchKey
+and InvalidRange are final at once. A checksum mismatch re-downloads the whole
+object once, then is final.
+
+Cancellation spreads by ownership: cancelling the download task cancels its
+TaskGroup, hence every worker and its in-flight GET; a worker that fails
+cancels its siblings the same way. Limiter slots are released in `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from .checksums import RangeDigest, Verifier, etag_parts
+from .config import TransferConfig
+from .errors import ChecksumMismatch, S3Unavailable, TransientError
+from .observer import NullTransferObserver, TransferObserver
+from .progress import Progress, RangeSet
+from .store import BodySink, ObjectMeta, ObjectStore
+
+if TYPE_CHECKING:
+    from .window import ObjectStream
+
+T = TypeVar("T")
+BACKOFF_BASE = 0.1  # seconds; the n-th consecutive failure waits U(0, base * 2^n)
+BACKOFF_CAP = 20.0
+
+
+class FairLimiter:
+    """A counting semaphore that hands freed slots to waiting owners in turn."""
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._queues: OrderedDict[object, deque[asyncio.Future[None]]] = OrderedDict()
+
+    async def acquire(self, owner: object) -> None:
+        if self._free > 0 and not self._queues:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(owner, deque()).append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled
+            else:
+                queue = self._queues.get(owner)
+                if queue is not None and fut in queue:
+                    queue.remove(fut)
+                    if not queue:
+                        del self._queues[owner]
+            raise
+
+    def release(self) -> None:
+        while self._queues:
+            owner, queue = next(iter(self._queues.items()))
+            fut = queue.popleft()
+            del self._queues[owner]
+            if queue:
+                self._queues[owner] = queue  # to the back of the round
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
+
+
+@dataclass
+class RetryBudget:
+    remaining: int
+    last_cause: str = ""
+
+    def spend(self, exc: TransientError) -> None:
+        self.last_cause = f"{exc.reason}: {exc.message}"
+        if self.remaining <= 0:
+            raise S3Unavailable(
+                f"S3 kept failing, retries exhausted; last cause: {self.last_cause}"
+            )
+        self.remaining -= 1
+
+
+def object_parts(meta: ObjectMeta, part_size: int | None) -> list[tuple[int, int]] | None:
+    """The object's own part layout for a `-N` ETag: exact when `part_size` is
+    S3's size of part 1, else guessed (ceil(size/N), rounded up to a MiB when
+    that still gives N parts, as uploaders use MiB multiples). None if the
+    guess cannot be right."""
+    n = etag_parts(meta.etag)
+    if n is None or meta.size == 0:
+        return None
+    if part_size is None:
+        part_size = -(-meta.size // n)
+        rounded = -(-part_size // (1 << 20)) << 20
+        if (n - 1) * rounded < meta.size <= n * rounded:
+            part_size = rounded
+    layout = [(s, min(s + part_size, meta.size) - 1) for s in range(0, meta.size, part_size)]
+    return layout if len(layout) == n else None
+
+
+def plan_ranges(
+    start: int, end: int, part_size: int, parts: list[tuple[int, int]] | None
+) -> list[tuple[int, int]]:
+    """Ranges of at most part_size covering [start, end], cut at part boundaries."""
+    spans = parts if parts is not None else [(start, end)]
+    out: list[tuple[int, int]] = []
+    for ps, pe in spans:
+        s, e = max(ps, start), min(pe, end)
+        while s <= e:
+            out.append((s, min(s + part_size - 1, e)))
+            s += part_size
+    return out
+
+
+class _FileSink:
+    __slots__ = ("digest", "fd", "observer", "pos", "progress", "tenant")
+
+    def __init__(
+        self,
+        fd: int,
+        start: int,
+        digest: RangeDigest | None,
+        progress: Progress,
+        observer: TransferObserver,
+        tenant: str,
+    ) -> None:
+        self.fd, self.pos, self.digest = fd, start, digest
+        self.progress, self.observer, self.tenant = progress, observer, tenant
+
+    def write(self, offset: int, data: memoryview) -> None:
+        n = len(data)
+        done = 0
+        while done < n:
+            done += os.pwrite(self.fd, data[done:], offset + done)
+        if self.digest is not None:
+            self.digest.update(offset, data)
+        self.pos = offset + n
+        self.progress.add(n)
+        self.observer.bytes_received(self.tenant, n)
+
+
+class Engine:
+    def __init__(
+        self,
+        config: TransferConfig,
+        observer: TransferObserver | None = None,
+        *,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.observer: TransferObserver = observer or NullTransferObserver()
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.monotonic = monotonic
+        self.limiter = FairLimiter(config.global_concurrency)
+
+    async def retrying(self, budget: RetryBudget, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run fn, retrying TransientError with full-jitter backoff on `budget`."""
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except TransientError as exc:
+                budget.spend(exc)
+                self.observer.range_retry(exc.reason)
+                cap = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
+                attempt += 1
+                await self.sleep(self.rng.uniform(0, cap))
+
+    async def fetch_range(
+        self,
+        store: ObjectStore,
+        key: str,
+        start: int,
+        end: int,
+        sink: BodySink,
+        *,
+        etag: str,
+        budget: RetryBudget,
+        owner: object,
+    ) -> None:
+        """GET [start, end] into sink exactly once per byte, retrying from the
+        first byte not yet delivered; holds a limiter slot only while a GET runs."""
+        pos = start
+
+        class _Tracking:
+            def write(self, offset: int, data: memoryview) -> None:
+                nonlocal pos
+                sink.write(offset, data)
+                pos = offset + len(data)
+
+        tracking = _Tracking()
+
+        async def attempt() -> None:
+            await self.limiter.acquire(owner)
+            try:
+                await store.get_range(
+                    key,
+                    pos,
+                    end,
+                    tracking,
+                    if_match=etag,
+                    stall_timeout=self.config.stall_timeout,
+                )
+            finally:
+                self.limiter.release()
+            if pos <= end:
+                raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
+
+        await self.retrying(budget, attempt)
+
+    async def layout(
+        self, store: ObjectStore, meta: ObjectMeta, budget: RetryBudget
+    ) -> tuple[list[tuple[int, int]] | None, bool]:
+        """The object's part layout and whether it is exact (see object_parts)."""
+        if etag_parts(meta.etag) is None:
+            return None, False
+        probe: Callable[..., Awaitable[int]] | None = getattr(store, "part_size", None)
+        if probe is None:
+            return object_parts(meta, None), False
+
+        async def ask() -> int:
+            assert probe is not None
+            return await probe(meta.key, if_match=meta.etag)
+
+        exact = object_parts(meta, await self.retrying(budget, ask))
+        return (exact, True) if exact is not None else (object_parts(meta, None), False)
+
+    async def download(
+        self,
+        store: ObjectStore,
+        key: str,
+        fd: int,
+        *,
+        tenant: str,
+        progress: Progress,
+        meta: ObjectMeta | None = None,
+        skip: RangeSet | None = None,
+        on_range_done: Callable[[int, int], None] | None = None,
+    ) -> ObjectMeta:
+        """Download `key` into `fd` (pwrite at offsets; the file is not resized
+        or synced here). Ranges fully in `skip` are already in the file."""
+        started = self.monotonic()
+        self.observer.transfer_started("cache")
+        outcome = "failed"
+        try:
+            meta = await self._download(store, key, fd, tenant, progress, meta, skip, on_range_done)
+            outcome = "success"
+            return meta
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.observer.transfer_finished("cache", outcome, self.monotonic() - started)
+
+    async def _download(
+        self,
+        store: ObjectStore,
+        key: str,
+        fd: int,
+        tenant: str,
+        progress: Progress,
+        meta: ObjectMeta | None,
+        skip: RangeSet | None,
+        on_range_done: Callable[[int, int], None] | None,
+    ) -> ObjectMeta:
+        budget = RetryBudget(self.config.retries)
+        if meta is None:
+            meta = await self.retrying(budget, lambda: store.head(key))
+        parts, exact = await self.layout(store, meta, budget)
+        ranges = plan_ranges(0, meta.size - 1, self.config.part_size, parts)
+        done = RangeSet(skip or ())
+        first_md5: str | None = None
+        for attempt in range(2):
+            verifier = Verifier(
+                meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
+            )
+            todo = [m for r in ranges for m in done.missing(*r)]
+            progress.start(self.monotonic(), meta.size, meta.size - sum(e - s + 1 for s, e in todo))
+            await self._run_ranges(
+                store, meta, fd, tenant, progress, verifier, todo, budget, on_range_done
+            )
+            try:
+                verified = await self.verify_file(fd, verifier)
+            except ChecksumMismatch as exc:
+                if attempt == 1 and verifier.md5_got is not None and verifier.md5_got == first_md5:
+                    # The same bytes twice: the ETag is not an MD5 (SSE-KMS, SSE-C).
+                    progress.finish(self.monotonic(), [])
+                    return meta
+                if attempt == 1:
+                    raise
+                first_md5 = verifier.md5_got
+                budget.spend(TransientError(exc.message, "checksum"))
+                self.observer.range_retry("checksum")
+                done = RangeSet()
+                continue
+            progress.finish(self.monotonic(), verified)
+            return meta
+        raise AssertionError("unreachable")
+
+    async def _run_ranges(
+        self,
+        store: ObjectStore,
+        meta: ObjectMeta,
+        fd: int,
+        tenant: str,
+        progress: Progress,
+        verifier: Verifier,
+        todo: list[tuple[int, int]],
+        budget: RetryBudget,
+        on_range_done: Callable[[int, int], None] | None,
+    ) -> None:
+        queue = deque(todo)
+        owner = object()
+
+        async def worker() -> None:
+            while queue:
+                s, e = queue.popleft()
+                sink = _FileSink(
+                    fd, s, verifier.range_digest(s, e), progress, self.observer, tenant
+                )
+                await self.fetch_range(
+                    store, meta.key, s, e, sink, etag=meta.etag, budget=budget, owner=owner
+                )
+                if on_range_done is not None:
+                    on_range_done(s, e)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(self.config.concurrency, len(todo))):
+                    tg.create_task(worker())
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    async def verify_file(self, fd: int, verifier: Verifier) -> list[str]:
+        """Verify what can be: CRCs by combining range CRCs (re-reading only
+        ranges that were on disk before this run), MD5 by re-reading the file."""
+        missing = verifier.missing_digests()
+        if missing:
+
+            def reread() -> None:
+                for s, e in missing:
+                    for cs in range(s, e + 1, 1 << 20):
+                        ce = min(cs + (1 << 20) - 1, e)
+                        digest = verifier.range_digest(cs, ce)
+                        assert digest is not None
+                        digest.update(cs, memoryview(os.pread(fd, ce - cs + 1, cs)))
+
+            await asyncio.to_thread(reread)
+        kinds = verifier.verify_crc()
+        if verifier.md5_expected is not None:
+
+            def md5() -> str:
+                h = hashlib.md5()
+                for off in range(0, verifier.size, 1 << 20):
+                    h.update(os.pread(fd, 1 << 20, off))
+                return h.hexdigest()
+
+            got = verifier.md5_got = await asyncio.to_thread(md5)
+            if got != verifier.md5_expected:
+                raise ChecksumMismatch(f"MD5 {got} does not match ETag {verifier.md5_expected}")
+            kinds.append("MD5")
+        return kinds
+
+    def stream(
+        self,
+        store: ObjectStore,
+        key: str,
+        *,
+        tenant: str,
+        start: int = 0,
+        end: int | None = None,
+        meta: ObjectMeta | None = None,
+    ) -> ObjectStream:
+        from .window import ObjectStream
+
+        return ObjectStream(self, store, key, tenant=tenant, start=start, end=end, meta=meta)
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a TaskGroup failed with (its siblings' CancelledErrors aside)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
