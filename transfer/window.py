@@ -1,0 +1,297 @@
+"""In-order streaming of parallel ranged GETs through a bounded window.
+
+What runs where: `ObjectStream` owns one producer task, which runs
+`concurrency` workers in an `asyncio.TaskGroup`. Workers take ranges in
+offset order, wait until the `StreamWindow` admits the range, then fetch it
+with `Engine.fetch_range` (retries, limiter) into a sink that copies each
+received slice into the window's heap (the store's buffer is reused, so one
+copy per slice is the price of reordering). The reader iterates the stream
+and gets chunks strictly in offset order.
+
+Who waits on whom, and what bounds memory: backpressure is an explicit pair.
+The reader reports bytes consumed by asking for the next chunk (the chunk it
+held is then released); a producer waits in `admit` until its whole range
+lies within `capacity` bytes of the reader's position. Every buffered byte is
+therefore in [consumed, consumed + capacity), so the window (heap plus the one
+chunk in the reader's hands) never exceeds `capacity`, however large the
+object and however slow the reader; a stalled reader stops all fetching.
+Ranges are admitted in offset order, so the range the reader needs next is
+never waiting behind a later one (no deadlock while capacity >= part_size).
+
+Reassembly is a heap keyed by offset; bytes below the delivery point are
+dropped, so a retried range never duplicates bytes.
+
+Cancellation: leaving the `async with` cancels the producer task, hence its
+TaskGroup and every in-flight GET. A producer error fails the window and the
+reader gets it as the exception from its next iteration (after the bytes
+already delivered, never wrong bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import heapq
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from .checksums import RangeDigest, Verifier
+from .engine import RetryBudget, first_error, plan_ranges
+from .errors import InvalidRange
+from .observer import TransferObserver
+from .store import ObjectMeta, ObjectStore
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+class WindowState(enum.Enum):
+    OPEN = "open"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class StreamWindow:
+    """Bytes [start, end] of an object, reassembled in order, at most `capacity` held."""
+
+    def __init__(self, start: int, end: int, capacity: int, observer: TransferObserver) -> None:
+        self.start, self.end, self.capacity = start, end, capacity
+        self.observer = observer
+        self.state = WindowState.OPEN
+        self.error: BaseException | None = None
+        self.next = start  # first offset not yet handed to the reader
+        self.consumed = start  # the reader is done with every byte before this
+        self.buffered = 0  # bytes in the heap plus the chunk the reader holds
+        self.peak = 0
+        self._heap: list[tuple[int, bytes]] = []
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+
+    _ALLOWED = {
+        WindowState.OPEN: (WindowState.FAILED, WindowState.CLOSED),
+        WindowState.FAILED: (WindowState.CLOSED,),
+        WindowState.CLOSED: (),
+    }
+
+    def _transition(self, new: WindowState) -> None:
+        if new not in self._ALLOWED[self.state]:
+            raise RuntimeError(f"window is {self.state.value}, cannot become {new.value}")
+        self.state = new
+        self._notify()
+
+    def _check(self) -> None:
+        if self.state is WindowState.FAILED:
+            assert self.error is not None
+            raise self.error
+        if self.state is WindowState.CLOSED:
+            raise RuntimeError("window closed")
+
+    async def admit(self, end: int) -> None:
+        """Wait until bytes up to `end` fit in the window ahead of the reader."""
+        while True:
+            self._check()
+            if end + 1 - self.consumed <= self.capacity:
+                return
+            await self._wait()
+
+    def put(self, offset: int, data: memoryview) -> None:
+        """A received slice (copied: the caller's buffer is reused)."""
+        if self.state is not WindowState.OPEN:
+            return
+        if offset < self.next:  # already delivered (a retried range)
+            data = data[self.next - offset :]
+            offset = self.next
+        if not data:
+            return
+        if offset + len(data) > self.consumed + self.capacity:
+            raise RuntimeError(f"bytes at {offset} were never admitted to the window")
+        heapq.heappush(self._heap, (offset, bytes(data)))
+        self._grow(len(data))
+        self._notify()
+
+    def _grow(self, n: int) -> None:
+        self.buffered += n
+        self.peak = max(self.peak, self.buffered)
+        self.observer.stream_buffered(n)
+
+    async def get(self) -> bytes | None:
+        """The next chunk in order, None at the end. Asking for it reports the
+        previous chunk consumed."""
+        if self.consumed < self.next:
+            self._grow(self.consumed - self.next)
+            self.consumed = self.next
+            self._notify()
+        while True:
+            self._check()
+            if self.next > self.end:
+                return None
+            while self._heap and self._heap[0][0] <= self.next:
+                offset, chunk = heapq.heappop(self._heap)
+                skip = self.next - offset
+                if skip >= len(chunk):
+                    self._grow(-len(chunk))  # duplicate of delivered bytes
+                    continue
+                if skip:
+                    self._grow(-skip)
+                    chunk = chunk[skip:]
+                self.next += len(chunk)
+                return chunk
+            await self._wait()
+
+    def fail(self, exc: BaseException) -> None:
+        # A producer failing after the reader left (CLOSED) has no one to tell.
+        if self.state is WindowState.OPEN:
+            self.error = exc
+            self._transition(WindowState.FAILED)
+
+    def close(self) -> None:
+        """Release everything held; producers and reader see the window closed."""
+        if self.state is not WindowState.CLOSED:
+            self._transition(WindowState.CLOSED)
+        self._heap.clear()
+        if self.buffered:
+            self.observer.stream_buffered(-self.buffered)
+            self.buffered = 0
+
+
+class _WindowSink:
+    __slots__ = ("digest", "engine", "tenant", "window")
+
+    def __init__(
+        self, window: StreamWindow, digest: RangeDigest | None, engine: Engine, tenant: str
+    ) -> None:
+        self.window, self.digest, self.engine, self.tenant = window, digest, engine, tenant
+
+    def write(self, offset: int, data: memoryview) -> None:
+        if self.digest is not None:
+            self.digest.update(offset, data)
+        self.window.put(offset, data)
+        self.engine.observer.bytes_received(self.tenant, len(data))
+
+
+class ObjectStream:
+    """`async with engine.stream(...) as s: async for chunk in s: ...`"""
+
+    meta: ObjectMeta
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: ObjectStore,
+        key: str,
+        *,
+        tenant: str,
+        start: int = 0,
+        end: int | None = None,
+        meta: ObjectMeta | None = None,
+    ) -> None:
+        self.engine, self.store, self.key, self.tenant = engine, store, key, tenant
+        self.start, self._end_req, self._meta = start, end, meta
+        self.end = -1
+        self.verified: list[str] = []
+        self.window: StreamWindow | None = None
+        self._verifier: Verifier | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._budget = RetryBudget(engine.config.retries)
+        self._outcome = "cancelled"
+        self._started = 0.0
+
+    async def __aenter__(self) -> ObjectStream:
+        engine, budget = self.engine, self._budget
+        store, key = self.store, self.key
+        meta = self._meta
+        if meta is None:
+            meta = await engine.retrying(budget, lambda: store.head(key))
+        self.meta = meta
+        size = meta.size
+        end = size - 1 if self._end_req is None else min(self._end_req, size - 1)
+        if self.start < 0 or (size > 0 and (self.start >= size or end < self.start)):
+            raise InvalidRange(f"range {self.start}-{self._end_req} outside 0-{size - 1}", size)
+        if size == 0 and self.start > 0:
+            raise InvalidRange(f"range start {self.start} beyond an empty object", size)
+        self.end = end
+        config = engine.config
+        self.window = StreamWindow(self.start, end, config.stream_window, engine.observer)
+        parts, exact = await engine.layout(store, meta, budget)
+        if self.start == 0 and end == size - 1:  # only a whole object can be verified
+            self._verifier = Verifier(
+                size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
+            )
+        ranges = plan_ranges(self.start, end, config.part_size, parts) if size else []
+        self._started = engine.monotonic()
+        engine.observer.transfer_started("stream")
+        self._task = asyncio.create_task(self._produce(ranges))
+        return self
+
+    async def _produce(self, ranges: list[tuple[int, int]]) -> None:
+        window, engine = self.window, self.engine
+        assert window is not None
+        todo = iter(ranges)
+        owner = object()
+
+        async def worker() -> None:
+            for s, e in todo:
+                await window.admit(e)
+                digest = self._verifier.range_digest(s, e) if self._verifier else None
+                sink = _WindowSink(window, digest, engine, self.tenant)
+                await engine.fetch_range(
+                    self.store,
+                    self.key,
+                    s,
+                    e,
+                    sink,
+                    etag=self.meta.etag,
+                    budget=self._budget,
+                    owner=owner,
+                )
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(engine.config.concurrency, len(ranges))):
+                    tg.create_task(worker())
+        except BaseExceptionGroup as group:
+            window.fail(first_error(group))
+
+    def __aiter__(self) -> ObjectStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        window = self.window
+        if window is None:
+            raise RuntimeError("iterate an ObjectStream inside `async with`")
+        try:
+            chunk = await window.get()
+            if chunk is not None and window.next > self.end and self._verifier is not None:
+                self.verified = self._verifier.verify_crc()  # before the last byte goes out
+        except BaseException:
+            self._outcome = "failed"
+            raise
+        if chunk is None:
+            self._outcome = "success"
+            raise StopAsyncIteration
+        return chunk
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+            if not self._task.cancelled():
+                self._task.exception()  # _produce hands its errors to the window
+        if self.window is not None:
+            self.window.close()
+            if exc is not None and self._outcome == "success":
+                self._outcome = "failed"
+            self.engine.observer.transfer_finished(
+                "stream", self._outcome, self.engine.monotonic() - self._started
+            )
