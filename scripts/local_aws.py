@@ -24,11 +24,13 @@ This file is also imported as a module by tests/integration/conftest.py.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -844,8 +846,298 @@ def start_ministack(paths: Paths, owner: str = "cli") -> dict[str, Any]:
 # --------------------------------------------------------------------------- seaweed
 
 
+SEAWEED_BUCKET = "seaweed-sources"
+SEAWEED_ROLE = "s3feed-seaweed-reader"
+SEAWEED_STOP_TIMEOUT_S = 20.0  # it stops its parts one by one: ~5 s measured
+
+
+def free_port_pair(taken: set[int]) -> int:
+    """A free port p with p + 10000 free too (SeaweedFS puts gRPC there)."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 55000)
+        pair = {port, port + 10000}
+        if pair & taken or any(port_open(p) for p in pair):
+            continue
+        ok = True
+        for p in pair:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((HOST, p))
+                except OSError:
+                    ok = False
+        if ok:
+            taken |= pair
+            return port
+    raise LocalAwsError("no free port pair on 127.0.0.1")
+
+
+def seaweed_config(paths: Paths) -> dict[str, str]:
+    """Keys for the admin and daemon identities, made once per state dir."""
+    keys_file = paths.seaweed_conf / "keys.json"
+    if keys_file.exists():
+        return dict(json.loads(keys_file.read_text()))
+    keys = {
+        "admin_access_key_id": "SWADMIN" + secrets.token_hex(6).upper(),
+        "admin_secret_access_key": secrets.token_hex(20),
+        "daemon_access_key_id": "SWDAEMON" + secrets.token_hex(6).upper(),
+        "daemon_secret_access_key": secrets.token_hex(20),
+        "signing_key": base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+    paths.seaweed_conf.mkdir(parents=True, exist_ok=True)
+    write_json(keys_file, keys)
+    return keys
+
+
+def write_seaweed_configs(paths: Paths, keys: dict[str, str]) -> tuple[Path, Path]:
+    identities = {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [
+                    {
+                        "accessKey": keys["admin_access_key_id"],
+                        "secretKey": keys["admin_secret_access_key"],
+                    }
+                ],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            },
+            {
+                # No actions of its own: it reads only through the role.
+                "name": DAEMON_USER,
+                "credentials": [
+                    {
+                        "accessKey": keys["daemon_access_key_id"],
+                        "secretKey": keys["daemon_secret_access_key"],
+                    }
+                ],
+                "actions": [],
+            },
+        ]
+    }
+    read = json.loads(_read_policy([SEAWEED_BUCKET, TEST_BUCKET_PREFIX + "*"]))
+
+    def trust(principal: str) -> dict[str, Any]:
+        # No ExternalId condition: SeaweedFS cannot evaluate one (such a role
+        # can never be assumed there).  Account :root principals do not match
+        # its users either; name the user.
+        return json.loads(_trust(principal, None))
+
+    iam = {
+        "sts": {
+            "tokenDuration": "1h",
+            "maxSessionLength": "12h",
+            "issuer": "s3feed-local-seaweed",
+            "signingKey": keys["signing_key"],
+        },
+        "policy": {"defaultEffect": "Deny", "storeType": "memory"},
+        "roles": [
+            {
+                "roleName": SEAWEED_ROLE,
+                "roleArn": role_arn(SEAWEED_ROLE),
+                "trustPolicy": trust(f"arn:aws:iam::{ACCOUNT_ID}:user/{DAEMON_USER}"),
+                "attachedPolicies": ["s3feed-read-sources"],
+            },
+            {
+                "roleName": UNTRUSTING_ROLE,
+                "roleArn": role_arn(UNTRUSTING_ROLE),
+                "trustPolicy": trust(f"arn:aws:iam::{FOREIGN_ACCOUNT}:user/{DAEMON_USER}"),
+                "attachedPolicies": ["s3feed-read-sources"],
+            },
+        ],
+        "policies": [{"name": "s3feed-read-sources", "document": read}],
+    }
+    ids_path = paths.seaweed_conf / "identities.json"
+    iam_path = paths.seaweed_conf / "iam.json"
+    write_json(ids_path, identities)
+    write_json(iam_path, iam)
+    return ids_path, iam_path
+
+
+def find_s3_port(pid: int, wanted: int, keys: dict[str, str]) -> int | None:
+    """The port where SeaweedFS's S3 gateway answers our admin keys, if any yet."""
+    ports = listening_ports(pid)
+    candidates = ([wanted] if wanted in ports else []) + sorted(ports - {wanted})
+    for port in candidates:
+        if not 0 < port < 65536:
+            continue
+        s3 = client(
+            "s3",
+            f"http://{HOST}:{port}",
+            keys["admin_access_key_id"],
+            keys["admin_secret_access_key"],
+            config=_quick_config(),
+        )
+        with contextlib.closing(s3):
+            try:
+                s3.list_buckets()
+            except Exception:  # not S3, or not ready yet
+                continue
+        return port
+    return None
+
+
+def _quick_config() -> Any:
+    from botocore.config import Config
+
+    return Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2)
+
+
+def provision_seaweed(paths: Paths, endpoint: str, keys: dict[str, str]) -> list[str]:
+    from botocore.exceptions import ClientError
+
+    with closing_client(
+        "s3", endpoint, keys["admin_access_key_id"], keys["admin_secret_access_key"]
+    ) as s3:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:  # the gateway can answer before the filer takes writes
+            try:
+                s3.create_bucket(Bucket=SEAWEED_BUCKET)
+                break
+            except ClientError as exc:
+                if error_code(exc) in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    break
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        for key, body in acme_objects(paths).items():
+            put_object(s3, SEAWEED_BUCKET, key, body)
+        big = sample_bytes("multipart", 12 << 20)
+        put_object(s3, SEAWEED_BUCKET, MULTIPART_KEY, big, part_size=MULTIPART_PART_SIZE)
+        s3.create_bucket(Bucket="seaweed-other")
+        put_object(s3, "seaweed-other", "secret.txt", b"not for the role\n")
+
+    checked = []
+    with closing_client(
+        "sts", endpoint, keys["daemon_access_key_id"], keys["daemon_secret_access_key"]
+    ) as sts:
+        me = sts.get_caller_identity()["Arn"]
+        if me != f"arn:aws:iam::{ACCOUNT_ID}:user/{DAEMON_USER}":
+            raise LocalAwsError(f"seaweed: daemon identity is {me}")
+        creds = sts.assume_role(RoleArn=role_arn(SEAWEED_ROLE), RoleSessionName="s3feed-verify")[
+            "Credentials"
+        ]
+        checked.append("seaweed: daemon keys assume the reader role")
+        expect_error(
+            "AccessDenied",
+            lambda: sts.assume_role(
+                RoleArn=role_arn(UNTRUSTING_ROLE), RoleSessionName="s3feed-verify"
+            ),
+            "seaweed untrusting role",
+        )
+        checked.append("seaweed: trust policy principal enforced")
+    with closing_client(
+        "s3", endpoint, creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"]
+    ) as rs3:
+        body = rs3.get_object(Bucket=SEAWEED_BUCKET, Key="media/readme.txt")["Body"]
+        with contextlib.closing(body):
+            body.read()
+        expect_error(
+            "AccessDenied",
+            lambda: rs3.get_object(Bucket="seaweed-other", Key="secret.txt"),
+            "seaweed role reading another bucket",
+        )
+        checked.append("seaweed: role policy enforced on S3")
+    return checked
+
+
 def start_seaweed(paths: Paths, owner: str = "cli") -> dict[str, Any]:
-    raise LocalAwsError("SeaweedFS support is not written yet")
+    """Start (or find running) SeaweedFS (`weed mini`); returns its state entry."""
+    with locked(paths):
+        state = read_state(paths)
+        current = state.get("seaweed")
+        if current and alive(current["pid"]) and port_open(current["port"]):
+            return dict(current)
+        if current:
+            log(f"stale seaweed state (pid {current['pid']}); cleaning up")
+            kill_group(current["pid"], SEAWEED_STOP_TIMEOUT_S)
+            state.pop("seaweed", None)
+            write_state(paths, state)
+        install_seaweed(paths)
+        make_media(paths)
+        keys = seaweed_config(paths)
+        ids_path, iam_path = write_seaweed_configs(paths, keys)
+        entry: dict[str, Any] | None = None
+        for attempt in range(3):
+            shutil.rmtree(paths.seaweed_data, ignore_errors=True)  # a fresh store each start
+            paths.seaweed_data.mkdir(parents=True)
+            taken: set[int] = set()
+            ports = {
+                name: free_port_pair(taken) for name in ("s3", "master", "volume", "filer", "admin")
+            }
+            cmd = [
+                str(paths.weed_bin),
+                "mini",
+                f"-dir={paths.seaweed_data}",
+                f"-ip={HOST}",
+                f"-ip.bind={HOST}",
+                f"-s3.config={ids_path}",
+                f"-s3.iam.config={iam_path}",
+                "-master.telemetry=false",
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                f"-s3.port={ports['s3']}",
+                f"-master.port={ports['master']}",
+                f"-volume.port={ports['volume']}",
+                f"-filer.port={ports['filer']}",
+                f"-admin.port={ports['admin']}",
+                f"-s3.localSocket={paths.seaweed_data / 's3.sock'}",
+                f"-filer.localSocket={paths.seaweed_data / 'filer.sock'}",
+            ]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            pid = spawn(cmd, env, paths.seaweed_log, paths.root)
+            found: list[int] = []
+
+            def s3_ready(
+                pid: int = pid, wanted: int = ports["s3"], found: list[int] = found
+            ) -> bool:
+                port = find_s3_port(pid, wanted, keys)
+                if port is not None:
+                    found.append(port)
+                return port is not None
+
+            try:
+                wait_until("seaweed", s3_ready, pid, paths.seaweed_log, START_TIMEOUT_S)
+            except ServerExited:
+                log(f"seaweed exited early (attempt {attempt + 1}); retrying")
+                kill_group(pid, SEAWEED_STOP_TIMEOUT_S)
+                continue
+            except BaseException:
+                kill_group(pid, SEAWEED_STOP_TIMEOUT_S)
+                raise
+            port = found[0]
+            if port != ports["s3"]:
+                log(f"seaweed S3 moved from port {ports['s3']} to {port}")
+            entry = {
+                "pid": pid,
+                "port": port,
+                "endpoint_url": f"http://{HOST}:{port}",
+                "owner": owner,
+                "role_arn": role_arn(SEAWEED_ROLE),
+                "untrusting_role_arn": role_arn(UNTRUSTING_ROLE),
+                "bucket": SEAWEED_BUCKET,
+                **{k: v for k, v in keys.items() if k != "signing_key"},
+            }
+            break
+        if entry is None:
+            raise LocalAwsError(f"seaweed failed to start; see {paths.seaweed_log}")
+        state["seaweed"] = entry
+        write_state(paths, state)
+        try:
+            entry["checked"] = provision_seaweed(paths, entry["endpoint_url"], keys)
+        except BaseException:
+            kill_group(entry["pid"], SEAWEED_STOP_TIMEOUT_S)
+            state.pop("seaweed", None)
+            write_state(paths, state)
+            raise
+        # Every port it listens on, so that stop can check they all closed.
+        entry["ports"] = sorted(listening_ports(entry["pid"]))
+        state["seaweed"] = entry
+        write_state(paths, state)
+        write_json(paths.env, env_vars(paths, state))
+        return dict(entry)
 
 
 # --------------------------------------------------------------------------- stop, env
@@ -859,7 +1151,9 @@ def stop(paths: Paths, which: tuple[str, ...] = ("ministack", "seaweed")) -> lis
             entry = state.get(name)
             if not entry:
                 continue
-            kill_group(entry["pid"])
+            kill_group(
+                entry["pid"], SEAWEED_STOP_TIMEOUT_S if name == "seaweed" else STOP_TIMEOUT_S
+            )
             wait_ports_closed(list(entry.get("ports", [entry["port"]])))
             state.pop(name)
             write_state(paths, state)
@@ -914,6 +1208,8 @@ def env_vars(paths: Paths, state: dict[str, Any] | None = None) -> dict[str, str
                 p + "SEAWEED_DAEMON_ACCESS_KEY_ID": sw["daemon_access_key_id"],
                 p + "SEAWEED_DAEMON_SECRET_ACCESS_KEY": sw["daemon_secret_access_key"],
                 p + "SEAWEED_ROLE_ARN": sw["role_arn"],
+                p + "SEAWEED_UNTRUSTING_ROLE_ARN": sw["untrusting_role_arn"],
+                p + "SEAWEED_MULTIPART_KEY": MULTIPART_KEY,
                 p + "SEAWEED_BUCKET": sw["bucket"],
             }
         )
@@ -944,26 +1240,28 @@ def shell_quote(value: str) -> str:
 # --------------------------------------------------------------------------- shared use by tests
 
 
-def acquire(paths: Paths, user_pid: int | None = None) -> dict[str, Any]:
-    """Start ministack for a test session unless running; register the session as a user."""
-    entry = start_ministack(paths, owner="pytest")
-    paths.users.mkdir(parents=True, exist_ok=True)
-    (paths.users / str(user_pid or os.getpid())).touch()
+def acquire(paths: Paths, which: str = "ministack") -> dict[str, Any]:
+    """Start a server for a test session unless running; register the session as a user."""
+    entry = (start_seaweed if which == "seaweed" else start_ministack)(paths, owner="pytest")
+    users = paths.users / which
+    users.mkdir(parents=True, exist_ok=True)
+    (users / str(os.getpid())).touch()
     return entry
 
 
-def release(paths: Paths, user_pid: int | None = None) -> bool:
-    """Unregister; stop ministack if a test session started it and nobody else uses it."""
-    (paths.users / str(user_pid or os.getpid())).unlink(missing_ok=True)
+def release(paths: Paths, which: str = "ministack") -> bool:
+    """Unregister; stop the server if a test session started it and nobody else uses it."""
+    users = paths.users / which
+    (users / str(os.getpid())).unlink(missing_ok=True)
     with locked(paths):
-        entry = read_state(paths).get("ministack")
+        entry = read_state(paths).get(which)
         if not entry or entry.get("owner") != "pytest":
             return False
-        for user in paths.users.iterdir() if paths.users.exists() else []:
+        for user in users.iterdir() if users.exists() else []:
             if user.name.isdigit() and alive(int(user.name)):
                 return False
             user.unlink(missing_ok=True)
-    return bool(stop(paths, ("ministack",)))
+    return bool(stop(paths, (which,)))
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,10 +1,11 @@
-"""Integration fixtures: a real local AWS (ministack) on 127.0.0.1.
+"""Integration fixtures: a real local AWS (ministack, and SeaweedFS) on 127.0.0.1.
 
 `local_aws` (session) starts ministack through scripts/local_aws.py unless it
 is already running for this state directory (`scripts/local_aws.py start`, or
 another test session), and stops it at the end only if a test session started
 it and no other session still uses it.  `bucket` / `globex_bucket` give each
-test a fresh bucket that the acme (resp. globex) role may read.
+test a fresh bucket that the acme (resp. globex) role may read.  `seaweed`
+(session) does the same for SeaweedFS, the fast store for throughput tests.
 """
 
 from __future__ import annotations
@@ -200,3 +201,75 @@ def globex_bucket(local_aws: LocalAws) -> Iterator[TestBucket]:
     """`s3feed-test-globex-<hex>`: readable by the globex role, not by acme."""
     with _fresh_bucket(local_aws, local_aws_script.GLOBEX_TEST_BUCKET_PREFIX) as b:
         yield b
+
+
+@dataclass(frozen=True)
+class Seaweed:
+    """SeaweedFS: fast S3, STS AssumeRole with principal and role policy enforced,
+    but no ExternalId (a role with an ExternalId condition can never be assumed)."""
+
+    endpoint_url: str
+    region: str
+    admin_access_key_id: str
+    admin_secret_access_key: str
+    daemon_access_key_id: str
+    daemon_secret_access_key: str
+    role_arn: str
+    untrusting_role_arn: str
+    bucket: str
+    multipart_key: str
+    pid: int
+    ports: tuple[int, ...]
+
+    def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
+        """Admin keys unless `creds` (an STS Credentials dict) is given.  Close it."""
+        if creds is None:
+            key, secret, token = self.admin_access_key_id, self.admin_secret_access_key, None
+        else:
+            key, secret = creds["AccessKeyId"], creds["SecretAccessKey"]
+            token = creds.get("SessionToken")
+        return local_aws_script.client(service, self.endpoint_url, key, secret, token, self.region)
+
+    @contextlib.contextmanager
+    def closing_client(self, service: str, creds: dict[str, str] | None = None) -> Iterator[Any]:
+        c = self.client(service, creds)
+        try:
+            yield c
+        finally:
+            c.close()
+
+    @property
+    def daemon_creds(self) -> dict[str, str]:
+        return {
+            "AccessKeyId": self.daemon_access_key_id,
+            "SecretAccessKey": self.daemon_secret_access_key,
+        }
+
+    def assume(self, role_arn: str | None = None, **kw: Any) -> dict[str, str]:
+        """AssumeRole (default: the reader role) with the daemon's keys."""
+        args = {"RoleArn": role_arn or self.role_arn, "RoleSessionName": "s3feed-test", **kw}
+        with self.closing_client("sts", self.daemon_creds) as sts:
+            return dict(sts.assume_role(**args)["Credentials"])
+
+
+@pytest.fixture(scope="session")
+def seaweed() -> Iterator[Seaweed]:
+    paths = local_aws_script.Paths()
+    entry = local_aws_script.acquire(paths, "seaweed")
+    try:
+        yield Seaweed(
+            endpoint_url=entry["endpoint_url"],
+            region=local_aws_script.REGION,
+            admin_access_key_id=entry["admin_access_key_id"],
+            admin_secret_access_key=entry["admin_secret_access_key"],
+            daemon_access_key_id=entry["daemon_access_key_id"],
+            daemon_secret_access_key=entry["daemon_secret_access_key"],
+            role_arn=entry["role_arn"],
+            untrusting_role_arn=entry["untrusting_role_arn"],
+            bucket=entry["bucket"],
+            multipart_key=local_aws_script.MULTIPART_KEY,
+            pid=entry["pid"],
+            ports=tuple(entry.get("ports", [entry["port"]])),
+        )
+    finally:
+        local_aws_script.release(paths, "seaweed")

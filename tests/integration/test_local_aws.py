@@ -19,7 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
-    from conftest import LocalAws, TestBucket
+    from conftest import LocalAws, Seaweed, TestBucket
 
 # Loaded by conftest.py from scripts/local_aws.py.
 local_aws_script = sys.modules["s3feed_local_aws"]
@@ -308,3 +308,64 @@ def test_fixture_release_keeps_a_cli_started_server(scratch_dir: Path) -> None:
     assert local_aws_script.release(paths) is False
     assert local_aws_script.alive(entry["pid"])
     run_cli(scratch_dir, "stop")
+
+
+# ------------------------------------------------------------------- SeaweedFS
+
+
+def test_seaweed_role_reads_its_bucket(seaweed: Seaweed) -> None:
+    creds = seaweed.assume()
+    with seaweed.closing_client("s3", creds) as s3:
+        assert read_body(s3, seaweed.bucket, "media/readme.txt").startswith(b"acme-films")
+        head = s3.head_object(Bucket=seaweed.bucket, Key=seaweed.multipart_key)
+        assert head["ETag"].strip('"').endswith("-3")
+        assert head["ContentLength"] == 12 << 20
+        ranged = read_body(s3, seaweed.bucket, seaweed.multipart_key, Range="bytes=100-199")
+        assert ranged == local_aws_script.sample_bytes("multipart", 12 << 20)[100:200]
+
+
+def test_seaweed_enforces_principal_and_role_policy(seaweed: Seaweed) -> None:
+    assert error_code(lambda: seaweed.assume(seaweed.untrusting_role_arn)) == "AccessDenied"
+    creds = seaweed.assume()
+    with seaweed.closing_client("s3", creds) as s3:
+        code = error_code(lambda: s3.get_object(Bucket="seaweed-other", Key="secret.txt"))
+        assert code == "AccessDenied"
+        code = error_code(lambda: s3.put_object(Bucket=seaweed.bucket, Key="x", Body=b"x"))
+        assert code == "AccessDenied"
+    with seaweed.closing_client("s3", seaweed.daemon_creds) as s3:
+        code = error_code(lambda: s3.get_object(Bucket=seaweed.bucket, Key="media/readme.txt"))
+        assert code == "AccessDenied"
+
+
+def test_seaweed_ignores_external_id_without_condition(seaweed: Seaweed) -> None:
+    # Unlike AWS semantics the daemon relies on: any ExternalId is accepted when
+    # the trust policy has no condition, so SeaweedFS cannot host denial tests.
+    assert seaweed.assume(ExternalId="not-checked-here")["AccessKeyId"]
+
+
+def test_seaweed_s3_port_is_found_among_its_ports(seaweed: Seaweed) -> None:
+    keys = {
+        "admin_access_key_id": seaweed.admin_access_key_id,
+        "admin_secret_access_key": seaweed.admin_secret_access_key,
+    }
+    port = int(seaweed.endpoint_url.rsplit(":", 1)[1])
+    # As if it had moved away from the port we asked for: the scan finds it.
+    assert local_aws_script.find_s3_port(seaweed.pid, 1, keys) == port
+    assert port in seaweed.ports and len(seaweed.ports) > 1
+
+
+def test_cli_seaweed_start_stop_leaves_nothing_behind(scratch_dir: Path) -> None:
+    run_cli(scratch_dir, "start", "--seaweed")
+    state = json.loads((scratch_dir / "state.json").read_text())["seaweed"]
+    pid, ports = state["pid"], state["ports"]
+    assert state["port"] in ports
+    env = json.loads(run_cli(scratch_dir, "env", "--json").stdout)
+    assert env["S3FEED_LOCAL_SEAWEED_ENDPOINT_URL"] == state["endpoint_url"]
+    assert "S3FEED_LOCAL_ENDPOINT_URL" not in env  # ministack is not running there
+    run_cli(scratch_dir, "stop", "--seaweed")
+    deadline = time.monotonic() + 5
+    while local_aws_script.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for port in ports:
+        assert_gone(pid, port)
+    assert not (scratch_dir / "state.json").exists()
