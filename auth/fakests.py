@@ -1,0 +1,166 @@
+"""`FakeSts`: a scripted StsClient for unit tests, beside the interface it fakes.
+
+It issues credentials whose Expiration is computed from an injected clock,
+counts and records every call, and raises the same error types, built by the
+same functions, as `AioStsClient` does for the corresponding STS answers:
+
+    sts = FakeSts(clock)
+    sts.fail_next(FakeSts.throttling(), FakeSts.throttling())   # next two calls
+    sts.fail_always(FakeSts.throttling())                      # until cleared
+    sts.max_session_duration = 3600                            # role maximum
+    sts.lifetime = 60                                          # issue 60 s creds
+    sts.gate = asyncio.Event()                                 # hold calls open
+
+Design note (concurrency): a call records itself, then waits on `gate` if
+one is set (so tests can hold many callers inside one STS call), then
+decides its outcome. Nothing else awaits, so without a gate a call completes
+in the task step that made it. Cancellation of a caller ends its wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .clock import Clock
+from .credentials import Credentials
+from .errors import AuthError, StsUnavailable
+from .sts import AssumedRole, CallerIdentity, denied, duration_exceeded
+
+
+@dataclass(frozen=True)
+class AssumeRoleCall:
+    at: datetime
+    role_arn: str
+    session_name: str
+    external_id: str
+    duration: int
+
+
+class FakeSts:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        account: str = "111122223333",
+        partition: str = "aws",
+        max_session_duration: int = 43200,
+    ) -> None:
+        self.clock = clock
+        self.identity = CallerIdentity(
+            account=account,
+            arn=f"arn:{partition}:iam::{account}:user/s3feed-host",
+            partition=partition,
+            user_id="AIDAFAKEFAKEFAKEFAKE",
+        )
+        self.max_session_duration = max_session_duration
+        self.lifetime: float | None = None  # issue credentials with this life, not `duration`
+        self.gate: asyncio.Event | None = None
+        # role ARN -> the ExternalId its trust policy requires; roles not listed trust anyone.
+        self.trusted_external_ids: dict[str, str] = {}
+        self.calls: list[AssumeRoleCall] = []
+        self.identity_calls = 0
+        self.issued: list[Credentials] = []
+        self._next_errors: deque[AuthError] = deque()
+        self._error_always: AuthError | None = None
+        self._serial = itertools.count(1)
+
+    # -- scripting ---------------------------------------------------------------
+
+    def fail_next(self, *errors: AuthError) -> None:
+        """The next len(errors) calls raise these, in order."""
+        self._next_errors.extend(errors)
+
+    def fail_always(self, error: AuthError | None) -> None:
+        """Every call raises `error` (after any fail_next ones) until set to None."""
+        self._error_always = error
+
+    @staticmethod
+    def throttling() -> StsUnavailable:
+        return StsUnavailable(
+            "STS is unavailable (Throttling: Rate exceeded)", sts_code="Throttling"
+        )
+
+    @staticmethod
+    def server_error() -> StsUnavailable:
+        return StsUnavailable(
+            "STS is unavailable (InternalFailure: internal error)", sts_code="InternalFailure"
+        )
+
+    @staticmethod
+    def network_error() -> StsUnavailable:
+        return StsUnavailable(
+            "STS could not be reached (EndpointConnectionError); retry later",
+            sts_code="NetworkError",
+        )
+
+    def access_denied(self, role_arn: str, external_id: str) -> AuthError:
+        return denied(
+            role_arn,
+            external_id,
+            self.identity.arn,
+            f"AccessDenied: User: {self.identity.arn} is not authorized to perform: "
+            f"sts:AssumeRole on resource: {role_arn}",
+        )
+
+    # -- what tests read ---------------------------------------------------------
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret key and session token issued, for leak checks."""
+        out: list[str] = []
+        for c in self.issued:
+            out.append(c.secret_access_key)
+            if c.session_token:
+                out.append(c.session_token)
+        return out
+
+    # -- StsClient ---------------------------------------------------------------
+
+    async def assume_role(
+        self, *, role_arn: str, session_name: str, external_id: str, duration: int
+    ) -> AssumedRole:
+        self.calls.append(
+            AssumeRoleCall(self.clock.now(), role_arn, session_name, external_id, duration)
+        )
+        if self.gate is not None:
+            await self.gate.wait()
+        if self._next_errors:
+            raise self._next_errors.popleft()
+        if self._error_always is not None:
+            raise self._error_always
+        required = self.trusted_external_ids.get(role_arn)
+        if required is not None and required != external_id:
+            raise self.access_denied(role_arn, external_id)
+        if duration > self.max_session_duration:
+            raise duration_exceeded(
+                role_arn,
+                duration,
+                "ValidationError: The requested DurationSeconds exceeds the MaxSessionDuration "
+                "set for this role.",
+            )
+        serial = next(self._serial)
+        life = self.lifetime if self.lifetime is not None else duration
+        creds = Credentials(
+            access_key_id=f"ASIAFAKE{serial:012d}",
+            secret_access_key=f"fakesecret{serial}x{secrets.token_hex(12)}",
+            session_token=f"faketoken{serial}x{secrets.token_hex(24)}",
+            expiration=self.clock.now() + timedelta(seconds=life),
+        )
+        self.issued.append(creds)
+        name = role_arn.rsplit("/", 1)[-1]
+        account = role_arn.split(":")[4]
+        return AssumedRole(
+            credentials=creds,
+            assumed_role_arn=f"arn:aws:sts::{account}:assumed-role/{name}/{session_name}",
+        )
+
+    async def get_caller_identity(self) -> CallerIdentity:
+        self.identity_calls += 1
+        if self._error_always is not None and isinstance(self._error_always, StsUnavailable):
+            raise self._error_always
+        return self.identity

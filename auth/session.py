@@ -1,0 +1,376 @@
+"""`RoleSession`: one job's AssumeRole session, kept fresh in the background.
+
+Design note (concurrency):
+- `RoleSession.assume` makes the first AssumeRole in the caller's task (the
+  job registration answers with its outcome), then starts one refresher
+  task per session. Nothing else runs in the background.
+- The refresher sleeps (on the injected clock) until `schedule.refresh_at`,
+  refreshes, and loops. Failures it retries with capped exponential backoff
+  and full jitter for as long as the current credentials are valid, with a
+  last attempt at the expiry instant; then the session turns EXPIRED, a
+  terminal state. AccessDenied is never retried: the session keeps its
+  credentials until they expire, then turns EXPIRED.
+- Every STS call goes through one single-flight slot, `_inflight`: a task
+  that performs one AssumeRole. The refresher and any `refresh_now` callers
+  (transfer/ after an S3 ExpiredToken) await that same task through
+  `asyncio.shield`, so 100 concurrent callers cause one STS call, and a
+  cancelled caller does not cancel the refresh the others wait for.
+  Credentials younger than `min_refresh_interval` count as just refreshed.
+- `current()` never calls STS: it answers the credentials in hand, waits
+  for an in-flight refresh if they have expired, or raises CredentialsExpired.
+- `close()` cancels the refresher and the in-flight call, awaits both, and
+  drops the credentials; callers still waiting see CredentialsExpired.
+- Memory: one Credentials, a few warnings; nothing grows with time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from .clock import Clock, SystemClock
+from .credentials import Credentials
+from .errors import AssumeRoleDenied, CredentialsExpired, InvalidInput, MaxSessionDurationExceeded
+from .observer import CredentialObserver
+from .schedule import backoff_delay, refresh_at
+from .sts import AssumedRole, StsClient
+from .validate import (
+    DEFAULT_DURATION,
+    parse_role_arn,
+    session_name_for,
+    validate_duration,
+    validate_tenant_name,
+)
+
+log = logging.getLogger("s3feed.auth.session")
+
+
+class SessionState(enum.Enum):
+    ACTIVE = "active"
+    EXPIRED = "expired"  # hard expiry passed with no successful refresh; terminal
+    CLOSED = "closed"
+
+
+_ALLOWED = {
+    SessionState.ACTIVE: {SessionState.EXPIRED, SessionState.CLOSED},
+    SessionState.EXPIRED: {SessionState.CLOSED},
+    SessionState.CLOSED: set[SessionState](),
+}
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """What a job document shows about its session. Never a secret."""
+
+    role_arn: str
+    session_name: str
+    expires_at: datetime | None
+    granted_duration_seconds: int
+    refreshes: int
+    last_refresh_error: str | None
+    warnings: tuple[str, ...]
+    expired: bool
+    next_refresh_at: datetime | None = None
+
+
+class RoleSession:
+    """A CredentialSource for one job. Build it with `await RoleSession.assume(...)`."""
+
+    def __init__(
+        self,
+        sts: StsClient,
+        *,
+        job_id: str,
+        role_arn: str,
+        external_id: str,
+        duration: int,
+        observer: CredentialObserver,
+        clock: Clock,
+        rng: random.Random,
+        backoff_base: float,
+        backoff_cap: float,
+        min_refresh_interval: float,
+    ) -> None:
+        self._sts = sts
+        self._job_id = job_id
+        self._role_arn = role_arn
+        self._external_id = external_id
+        self._session_name = session_name_for(job_id)
+        self._duration = duration
+        self._observer = observer
+        self._clock = clock
+        self._rng = rng
+        self._backoff = (backoff_base, backoff_cap)
+        self._min_refresh_interval = min_refresh_interval
+        self._state = SessionState.ACTIVE
+        self._creds: Credentials | None = None
+        self._received_at = clock.now()
+        self._expires_at = clock.now()
+        self._refreshes = 0
+        self._last_error: str | None = None
+        self._denied: AssumeRoleDenied | InvalidInput | None = None
+        self._warnings: list[str] = []
+        self._next_refresh_at: datetime | None = None
+        self._inflight: asyncio.Task[Credentials] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def assume(
+        cls,
+        sts: StsClient,
+        *,
+        job_id: str,
+        role_arn: str,
+        external_id: str,
+        duration: int,
+        observer: CredentialObserver,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        min_refresh_interval: float = 5.0,
+    ) -> RoleSession:
+        """Assume the role now (raises AssumeRoleDenied, StsUnavailable, Invalid*),
+        then keep the session fresh in the background until `close()`."""
+        parse_role_arn(role_arn)
+        validate_tenant_name(external_id)
+        self = cls(
+            sts,
+            job_id=job_id,
+            role_arn=role_arn,
+            external_id=external_id,
+            duration=validate_duration(duration),
+            observer=observer,
+            clock=clock or SystemClock(),
+            rng=rng or random.Random(),
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            min_refresh_interval=min_refresh_interval,
+        )
+        self._install(await self._assume_with_fallback())
+        self._refresher = asyncio.get_running_loop().create_task(
+            self._refresh_forever(), name=f"s3feed-refresh-{job_id}"
+        )
+        return self
+
+    # -- CredentialSource ------------------------------------------------------
+
+    async def current(self) -> Credentials:
+        creds = self._usable_credentials()
+        if self._clock.now() < self._expires_at:
+            return creds
+        if self._inflight is not None:
+            try:
+                return await self._join(self._inflight)
+            except (AssumeRoleDenied, InvalidInput, CredentialsExpired):
+                pass
+            except Exception as exc:  # StsUnavailable, or a bug below us
+                log.debug("job %s: refresh failed at expiry: %s", self._job_id, exc)
+        raise self._expired_error()
+
+    async def refresh_now(self, reason: str) -> Credentials:
+        return await self._refresh(reason, force=False)
+
+    # -- status and lifetime ---------------------------------------------------
+
+    def status(self) -> SessionStatus:
+        return SessionStatus(
+            role_arn=self._role_arn,
+            session_name=self._session_name,
+            expires_at=self._expires_at if self._creds is not None else None,
+            granted_duration_seconds=self._duration,
+            refreshes=self._refreshes,
+            last_refresh_error=self._last_error,
+            warnings=tuple(self._warnings),
+            expired=self._state is not SessionState.ACTIVE or self._clock.now() >= self._expires_at,
+            next_refresh_at=self._next_refresh_at if self._state is SessionState.ACTIVE else None,
+        )
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    async def close(self) -> None:
+        if self._state is SessionState.CLOSED:
+            return
+        self._transition(SessionState.CLOSED)
+        tasks = [t for t in (self._refresher, self._inflight) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._creds = None
+        self._observer.expiry_changed(self._job_id, None)
+
+    # -- internals -------------------------------------------------------------
+
+    def _transition(self, to: SessionState) -> None:
+        if to not in _ALLOWED[self._state]:
+            raise RuntimeError(f"session {self._job_id}: {self._state.value} -> {to.value}")
+        self._state = to
+
+    def _usable_credentials(self) -> Credentials:
+        if self._state is SessionState.CLOSED or self._creds is None:
+            raise CredentialsExpired(
+                f"job {self._job_id}: its role session for {self._role_arn} was closed"
+            )
+        if self._state is SessionState.EXPIRED:
+            raise self._expired_error()
+        return self._creds
+
+    def _expired_error(self) -> CredentialsExpired:
+        why = self._last_error or "no refresh was attempted"
+        return CredentialsExpired(
+            f"job {self._job_id}: the credentials for role {self._role_arn} expired at "
+            f"{self._expires_at.isoformat()} with no successful refresh; "
+            f"last refresh error: {why}"
+        )
+
+    async def _join(self, task: asyncio.Task[Credentials]) -> Credentials:
+        """Wait for the shared STS call without letting our cancellation cancel it."""
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if task.cancelled() and me is not None and not me.cancelling():
+                raise self._usable_error() from None  # close() cancelled the call
+            raise
+
+    def _usable_error(self) -> CredentialsExpired:
+        try:
+            self._usable_credentials()
+        except CredentialsExpired as exc:
+            return exc
+        return self._expired_error()
+
+    async def _refresh(self, reason: str, *, force: bool) -> Credentials:
+        """Join the in-flight STS call or start one. Unless `force`d (the
+        refresher), credentials younger than min_refresh_interval are returned
+        as they are: a burst of ExpiredToken answers to requests signed with
+        the previous credentials must not cause a burst of refreshes."""
+        creds = self._usable_credentials()
+        if self._denied is not None:
+            raise self._denied
+        if self._inflight is None:
+            age = (self._clock.now() - self._received_at).total_seconds()
+            if not force and age < self._min_refresh_interval:
+                return creds
+            log.info("job %s: refreshing credentials (%s)", self._job_id, reason)
+            self._inflight = asyncio.get_running_loop().create_task(
+                self._refresh_once(), name=f"s3feed-assume-{self._job_id}"
+            )
+            self._inflight.add_done_callback(self._clear_inflight)
+        return await self._join(self._inflight)
+
+    def _clear_inflight(self, task: asyncio.Task[Credentials]) -> None:
+        if self._inflight is task:
+            self._inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the joiners got it; no "never retrieved" warning
+
+    def _install(self, assumed: AssumedRole) -> Credentials:
+        creds = assumed.credentials
+        now = self._clock.now()
+        self._creds = creds
+        self._received_at = now
+        self._expires_at = creds.expiration or now
+        self._observer.expiry_changed(self._job_id, self._expires_at)
+        return creds
+
+    async def _call_sts(self, duration: int) -> AssumedRole:
+        self._observer.assume_role()
+        try:
+            return await self._sts.assume_role(
+                role_arn=self._role_arn,
+                session_name=self._session_name,
+                external_id=self._external_id,
+                duration=duration,
+            )
+        except Exception as exc:
+            self._observer.assume_role_failed(getattr(exc, "sts_code", type(exc).__name__))
+            raise
+
+    async def _assume_with_fallback(self) -> AssumedRole:
+        try:
+            return await self._call_sts(self._duration)
+        except MaxSessionDurationExceeded:
+            if self._duration <= DEFAULT_DURATION:
+                raise
+        warning = (
+            f"RoleSessionDurationInSeconds {self._duration} exceeds the MaxSessionDuration of "
+            f"role {self._role_arn}; the session uses {DEFAULT_DURATION} s instead (raise the "
+            "role's maximum session duration for longer sessions)"
+        )
+        log.warning("job %s: %s", self._job_id, warning)
+        self._warnings.append(warning)
+        self._duration = DEFAULT_DURATION
+        return await self._call_sts(self._duration)
+
+    async def _refresh_once(self) -> Credentials:
+        """The body of the single-flight slot: one refresh, bookkept."""
+        try:
+            assumed = await self._assume_with_fallback()
+        except Exception as exc:
+            code = getattr(exc, "sts_code", type(exc).__name__)
+            self._last_error = str(exc)
+            self._observer.refresh_failed(code)
+            if isinstance(exc, AssumeRoleDenied | InvalidInput):
+                self._denied = exc
+            log.warning("job %s: refreshing role %s failed: %s", self._job_id, self._role_arn, exc)
+            raise
+        if self._state is not SessionState.ACTIVE:
+            raise self._usable_error()
+        creds = self._install(assumed)
+        self._refreshes += 1
+        self._last_error = None
+        self._observer.refreshed(self._received_at)
+        log.info("job %s: credentials refreshed, now expire at %s", self._job_id, self._expires_at)
+        return creds
+
+    async def _refresh_forever(self) -> None:
+        try:
+            while self._state is SessionState.ACTIVE:
+                self._next_refresh_at = refresh_at(
+                    received_at=self._received_at,
+                    expires_at=self._expires_at,
+                    session_seconds=self._duration,
+                    rng=self._rng,
+                )
+                await self._clock.sleep_until(self._next_refresh_at)
+                await self._refresh_with_retries()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug; keep the job's error visible rather than die silently
+            log.exception("job %s: credential refresher stopped", self._job_id)
+            self._last_error = self._last_error or "the credential refresher stopped (daemon bug)"
+
+    async def _refresh_with_retries(self) -> None:
+        received_at = self._received_at
+        failures = 0
+        while self._state is SessionState.ACTIVE and self._received_at == received_at:
+            if self._denied is None:
+                try:
+                    await self._refresh("scheduled", force=True)
+                    return
+                except Exception as exc:
+                    if not isinstance(exc, AssumeRoleDenied | InvalidInput):
+                        log.debug("job %s: will retry: %s", self._job_id, exc)
+            now = self._clock.now()
+            if now >= self._expires_at:
+                self._expire()
+                return
+            if self._denied is not None:
+                await self._clock.sleep_until(self._expires_at)
+                continue
+            delay = backoff_delay(failures, self._rng, base=self._backoff[0], cap=self._backoff[1])
+            failures += 1
+            wake = min(now + timedelta(seconds=delay), self._expires_at)
+            self._next_refresh_at = wake
+            await self._clock.sleep_until(wake)
+
+    def _expire(self) -> None:
+        self._transition(SessionState.EXPIRED)
+        log.error("%s", self._expired_error().message)
