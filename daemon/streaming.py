@@ -87,8 +87,7 @@ async def stream_object(
         resp.headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
 
     record = job.new_record("stream", key)
-    record.progress.size = length
-    record.progress.started = time.monotonic()
+    record.progress.start(time.monotonic(), length)
     record.move(TransferState.RUNNING)
     job.open_streams += 1
     observer.transfer_started("stream")
@@ -130,6 +129,7 @@ async def stream_object(
     finally:
         job.open_streams -= 1
         job.touch()
+    record.progress.finish(time.monotonic())
     record.move(TransferState.DONE)
     observer.transfer_finished("stream", "success", time.monotonic() - started)
     return resp
@@ -157,7 +157,7 @@ async def _send_stream(
         await resp.prepare(request)
         async for chunk in stream:
             await resp.write(chunk)
-            record.progress.bytes_done += len(chunk)
+            record.progress.add(len(chunk))
             observer.bytes_served("stream", len(chunk))
     await resp.write_eof()
 
@@ -183,7 +183,7 @@ async def _send_file(
             sent = await loop.sendfile(transport, f, offset, n)
             offset += sent
             count -= sent
-            record.progress.bytes_done += sent
+            record.progress.add(sent)
             observer.bytes_served("stream", sent)
             if sent == 0:
                 raise ConnectionResetError("the reader stopped taking bytes")

@@ -1,0 +1,67 @@
+"""daemon/config.py: the TOML file, its errors, and the shipped example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from s3feed.daemon.config import ConfigError, config_keys, load_config, parse_size
+from s3feed.transfer.config import GiB, MiB
+
+EXAMPLE = Path(__file__).parents[2] / "systemd" / "s3feed.toml.example"
+
+
+def test_the_example_config_is_valid_and_mentions_every_key() -> None:
+    config = load_config(EXAMPLE)
+    assert config.transfer.part_size == 16 * MiB
+    assert config.cache.max_size == 100 * GiB
+    assert config.api.socket_mode == 0o660
+    text = EXAMPLE.read_text()
+    for section, keys in config_keys().items():
+        assert f"[{section}]" in text
+        for key in keys:
+            assert f"\n{key} =" in text or f"\n# {key} =" in text, f"[{section}] {key}"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("16MiB", 16 * MiB), ("1.5GiB", int(1.5 * GiB)), ("500MB", 500 * 10**6), ("42", 42), (7, 7)],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["16 parsecs", "MiB", "-1MiB", True, 1.5, -3])
+def test_bad_sizes(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ("[transfer]\npart_sise = '8MiB'\n", "[transfer] part_sise: unknown key"),
+        ("[cachee]\n", "unknown section [cachee]"),
+        ("[transfer]\npart_size = 'lots'\n", "[transfer] part_size"),
+        ("[transfer]\nconcurrency = 'eight'\n", "[transfer] concurrency"),
+        ("[transfer]\nconcurrency = 0\n", "[transfer]"),
+        ("[api]\nsocket_mode = '0999'\n", "[api] socket_mode"),
+        ("[metrics]\nlisten = 'localhost'\n", "[metrics]"),
+        ("[s3]\nendpoint_url = 'ftp://x'\n", "[s3]"),
+        ("[s3]\naddressing = 'sideways'\n", "[s3]"),
+        ("api = 3\n", "[api] must be a table"),
+        ("[api\n", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_key(tmp_path: Path, body: str, names: str) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert names in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml")
