@@ -21,6 +21,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
+
 from s3feed.auth.validate import validate_tenant_name
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import TransferError

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
+
 from s3feed.auth.sts import AioStsClient, StsClient
 from s3feed.transfer.cache import Cache
 from s3feed.transfer.engine import Engine

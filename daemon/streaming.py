@@ -22,6 +22,7 @@ import re
 import time
 
 from aiohttp import web
+
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import InvalidRange
 from s3feed.transfer.observer import TransferObserver

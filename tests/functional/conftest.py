@@ -19,6 +19,7 @@ import jsonschema
 import orjson
 import pytest
 import yaml
+
 from s3feed.auth.clock import SystemClock
 from s3feed.auth.fakests import FakeSts
 from s3feed.daemon.config import ApiConfig, Config, MetricsConfig

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from conftest import ACME_ROLE, Harness
+
 from s3feed.daemon.jobs import TransferState
 
 

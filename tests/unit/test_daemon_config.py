@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from s3feed.daemon.config import ConfigError, config_keys, load_config, parse_size
 from s3feed.transfer.config import GiB, MiB
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from s3feed.daemon.streaming import parse_range
 from s3feed.transfer.errors import InvalidRange
 
