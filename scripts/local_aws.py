@@ -1293,6 +1293,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(status(paths)))
         elif args.command == "env":
             values = env_vars(paths)
+            if len(values) == 1:
+                log("nothing is running; start it first: scripts/local_aws.py start")
             if args.json:
                 print(json.dumps(values, indent=2, sort_keys=True))
             else:
