@@ -14,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -33,6 +40,8 @@ DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        # *_created series double the exposition and no dashboard reads them.
+        disable_created_metrics()
         self.registry = registry
         r = registry
         ProcessCollector(registry=r)
