@@ -1,0 +1,249 @@
+"""Cache with the fakes: hits, single flight, tenant re-check, 412, resume, eviction, room."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from s3feed.transfer.cache import Cache
+from s3feed.transfer.cacheindex import entry_id
+from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.errors import AccessDenied, InsufficientStorage, SourceChanged
+from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
+from s3feed.transfer.observer import NullTransferObserver
+from s3feed.transfer.progress import Progress
+
+TiB = 1 << 40
+
+
+class Counts(NullTransferObserver):
+    def __init__(self) -> None:
+        self.hits = self.misses = self.evictions = 0
+        self.size = (0, 0)
+
+    def cache_hit(self) -> None:
+        self.hits += 1
+
+    def cache_miss(self) -> None:
+        self.misses += 1
+
+    def cache_eviction(self) -> None:
+        self.evictions += 1
+
+    def cache_size(self, size_bytes: int, capacity_bytes: int) -> None:
+        self.size = (size_bytes, capacity_bytes)
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def blob(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+async def no_sleep(d: float) -> None:
+    await asyncio.sleep(0)
+
+
+def new_cache(
+    path: Path, max_size: int = TiB, free: int = TiB, boot: str = "boot-1"
+) -> tuple[Cache, Counts]:
+    obs = Counts()
+    engine = Engine(TransferConfig(part_size=MiB, concurrency=2), obs, sleep=no_sleep)
+    cfg = CacheConfig(dir=path / "cache", max_size=max_size, min_free=MiB)
+    return Cache(cfg, engine, obs, disk_free=lambda p: free, boot_id=boot), obs
+
+
+@pytest.fixture
+async def cache(tmp_path: Path) -> AsyncIterator[tuple[Cache, Counts]]:
+    c, obs = new_cache(tmp_path)
+    await c.start()
+    yield c, obs
+    await c.close()
+
+
+async def test_miss_then_hit_byte_exact(cache: tuple[Cache, Counts]) -> None:
+    c, obs = cache
+    inner = FakeObjectStore(rng=random.Random(1))
+    data = blob(3 * MiB + 5)
+    inner.put("k", data, checksum="CRC32")
+    store = FailingObjectStore(inner)
+    p = Progress()
+    e = await c.fetch(store, "k", tenant="t", owner="job1", progress=p)
+    assert sha(e.path.read_bytes()) == sha(data) and e.verified == ("CRC32",)
+    assert p.bytes_done == len(data) and p.verified == ["CRC32"]
+    gets = len(store.gets)
+    e2 = await c.fetch(store, "k", tenant="t", owner="job2", progress=Progress())
+    assert e2.path == e.path and len(store.gets) == gets
+    assert await c.lookup(store, "k", e.etag) == e2
+    assert (obs.hits, obs.misses) == (2, 1) and c.size_bytes == len(data)
+    assert [p.name for p in (c.config.dir).iterdir() if p.suffix == ".part"] == []
+
+
+async def test_single_flight(cache: tuple[Cache, Counts]) -> None:
+    c, _ = cache
+    inner = FakeObjectStore(rng=random.Random(2))
+    data = blob(4 * MiB)
+    inner.put("k", data)
+    a, b = FailingObjectStore(inner), FailingObjectStore(inner)
+    e1, e2 = await asyncio.gather(
+        c.fetch(a, "k", tenant="t1", owner="j1", progress=Progress()),
+        c.fetch(b, "k", tenant="t2", owner="j2", progress=Progress()),
+    )
+    assert e1 == e2 and sha(e1.path.read_bytes()) == sha(data)
+    assert inner.bytes_sent == len(data)  # one download
+    assert len(a.gets) + len(b.gets) == 4
+
+
+async def test_first_waiter_leaving_hands_download_to_second(cache: tuple[Cache, Counts]) -> None:
+    c, _ = cache
+    release = asyncio.Event()
+    first_range = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        if pos >= MiB:
+            first_range.set()
+            await release.wait()
+
+    inner = FakeObjectStore(gate=gate)
+    data = blob(4 * MiB)
+    inner.put("k", data)
+    a, b = FailingObjectStore(inner), FailingObjectStore(inner)
+    t1 = asyncio.create_task(c.fetch(a, "k", tenant="t1", owner="j1", progress=Progress()))
+    await first_range.wait()
+    p2 = Progress()
+    t2 = asyncio.create_task(c.fetch(b, "k", tenant="t2", owner="j2", progress=p2))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    t1.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await t1
+    release.set()
+    e = await t2
+    assert sha(e.path.read_bytes()) == sha(data) and p2.bytes_done == len(data)
+    assert b.gets and all(g.start != 0 for g in b.gets)  # resumed: range 0 came through a
+
+
+async def test_second_tenant_is_rechecked_by_s3(cache: tuple[Cache, Counts]) -> None:
+    c, _ = cache
+    inner = FakeObjectStore()
+    inner.put("k", blob(2 * MiB))
+    e = await c.fetch(inner, "k", tenant="t1", owner="j1", progress=Progress())
+    other = FakeObjectStore()
+    other.objects = inner.objects
+    other.deny("k")
+    sent = inner.bytes_sent + other.bytes_sent
+    with pytest.raises(AccessDenied):
+        await c.fetch(other, "k", tenant="t2", owner="j2", progress=Progress())
+    with pytest.raises(AccessDenied):
+        await c.lookup(other, "k", e.etag)
+    assert inner.bytes_sent + other.bytes_sent == sent
+
+
+async def test_412_mid_transfer_leaves_nothing(cache: tuple[Cache, Counts]) -> None:
+    c, _ = cache
+    inner = FakeObjectStore()
+    inner.put("k", blob(4 * MiB))
+    store = FailingObjectStore(inner, {2: Fault("source_changed")})
+    with pytest.raises(SourceChanged):
+        await c.fetch(store, "k", tenant="t", owner="j", progress=Progress())
+    assert list(c.config.dir.iterdir()) == [] and c.size_bytes == 0
+
+
+async def test_resume_after_crash(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    stop = asyncio.Event()
+    hold = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        if pos >= 2 * MiB:
+            stop.set()
+            await hold.wait()
+
+    inner = FakeObjectStore(gate=gate)
+    data = blob(5 * MiB + 3)
+    inner.put("k", data, checksum="CRC32")
+    task = asyncio.create_task(c.fetch(inner, "k", tenant="t", owner="j", progress=Progress()))
+    await stop.wait()
+    task.cancel()  # the daemon dies: part file and sidecar stay
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await c.close()
+    rid = entry_id(inner.endpoint, inner.bucket, "k", inner.objects["k"].etag)
+    sidecar = json.loads((c.config.dir / f"{rid}.json").read_text())
+    assert sidecar["State"] == "partial" and sidecar["Ranges"] == [[0, 2 * MiB - 1]]
+
+    c2, _ = new_cache(tmp_path)
+    await c2.start()
+    inner.gate = None
+    store = FailingObjectStore(inner)
+    p = Progress()
+    e = await c2.fetch(store, "k", tenant="t", owner="j", progress=p)
+    assert sha(e.path.read_bytes()) == sha(data) and e.verified == ("CRC32",)
+    assert min(g.start for g in store.gets) == 2 * MiB  # only the missing ranges
+    assert p.resumed == 2 * MiB
+    await c2.close()
+
+
+async def test_unsynced_entries_do_not_survive_a_reboot(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    inner = FakeObjectStore()
+    inner.put("a", blob(MiB, 1))
+    ea = await c.fetch(inner, "a", tenant="t", owner="j", progress=Progress())
+    await c.close()  # close syncs completed entries
+    rid = entry_id(inner.endpoint, inner.bucket, "a", ea.etag)
+    rec = json.loads((c.config.dir / f"{rid}.json").read_text())
+    assert rec["Synced"] is True
+    rec["Synced"] = False  # as if the daemon died before its syncer got there
+    (c.config.dir / f"{rid}.json").write_text(json.dumps(rec))
+    c2, _ = new_cache(tmp_path, boot="boot-2")
+    await c2.start()
+    await asyncio.wait([c2._scan])  # type: ignore[list-item]
+    assert c2.size_bytes == 0 and list(c2.config.dir.iterdir()) == []
+    await c2.close()
+
+
+async def test_lru_eviction_never_evicts_pinned(tmp_path: Path) -> None:
+    c, obs = new_cache(tmp_path, max_size=3 * MiB)
+    await c.start()
+    inner = FakeObjectStore()
+    for k in "abcde":
+        inner.put(k, blob(MiB, ord(k)))
+    for k in "abc":
+        await c.fetch(inner, k, tenant="t", owner=f"job-{k}", progress=Progress())
+    c.unpin_all("job-b")
+    c.unpin_all("job-c")
+    await c.fetch(inner, "b", tenant="t", owner="job-x", progress=Progress())  # b used last
+    c.unpin_all("job-x")
+    await c.fetch(inner, "d", tenant="t", owner="job-d", progress=Progress())
+    assert obs.evictions == 1  # c: the least recently used unpinned (a is pinned)
+    names = {e.key for e in c._entries.values()}
+    assert names == {"a", "b", "d"} and c.size_bytes == 3 * MiB
+    inner.put("big", blob(2 * MiB + 1))
+    sent = inner.bytes_sent
+    with pytest.raises(InsufficientStorage):  # only b is unpinned: evicting it is not enough
+        await c.fetch(inner, "big", tenant="t", owner="job-big", progress=Progress())
+    assert inner.bytes_sent == sent  # refused before any byte moved
+    assert obs.evictions == 2 and c.size_bytes == 2 * MiB  # eviction was tried first
+    await c.close()
+
+
+async def test_min_free_disk(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path, free=2 * MiB)
+    await c.start()
+    inner = FakeObjectStore()
+    inner.put("k", blob(2 * MiB))
+    with pytest.raises(InsufficientStorage, match="min_free"):
+        await c.fetch(inner, "k", tenant="t", owner="j", progress=Progress())
+    assert inner.bytes_sent == 0
+    await c.close()

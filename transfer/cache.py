@@ -1,0 +1,377 @@
+"""The on-disk cache: verified, resumable, shared downloads with LRU eviction.
+
+What runs where: all state lives on the event loop (no locks). `start()`
+launches two background tasks: the scan of the cache directory (in a worker
+thread; start-up never waits for it, a lookup of an entry the scan has not
+reached reads that entry's record directly) and the syncer, which fsyncs
+completed entries off the download path (cacheindex.py says why).
+
+Who waits on whom: `fetch` HEADs the object with the job's own store first:
+that is the tenant-isolation check (S3 decides, not the cache) and gives the
+ETag of the entry key. A complete entry is handed over at once. Otherwise the
+caller joins the entry's `_Flight`, the single download of that entry: the
+flight runs in a task the cache owns, and every caller awaits its result
+through `asyncio.shield`, so a caller that goes away does not stop it. When
+the last waiter leaves, the flight is cancelled (its done ranges stay in the
+sidecar for a later resume); when the waiter whose store the flight uses
+leaves while others wait, the flight restarts with a remaining waiter's store
+and resumes from the ranges already on disk (credentials are never used on
+behalf of a job that is gone).
+
+What bounds memory and disk: bodies go straight from the store's buffer to
+the part file (Engine.download). Disk is bounded by `max_size` (entries count
+at their full size from the moment a download starts) and by `min_free` of
+the filesystem; room is made by evicting least-recently-used entries that are
+neither pinned by a live job nor being downloaded, else InsufficientStorage
+before any byte moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .cacheindex import CacheDir, EntryState, Record, entry_id
+from .config import CacheConfig
+from .engine import Engine, RetryBudget
+from .errors import (
+    AccessDenied,
+    ChecksumMismatch,
+    InsufficientStorage,
+    NoSuchKey,
+    SourceChanged,
+)
+from .observer import TransferObserver
+from .progress import Progress
+from .store import ObjectMeta, ObjectStore
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    size: int
+    etag: str
+    verified: tuple[str, ...]
+
+
+@dataclass
+class _Waiter:
+    store: ObjectStore
+    tenant: str
+
+
+@dataclass
+class _Flight:
+    rec: Record
+    meta: ObjectMeta
+    done: asyncio.Future[CacheEntry]
+    progress: Progress = field(default_factory=Progress)
+    waiters: dict[object, _Waiter] = field(default_factory=dict)  # one token per fetch call
+    runner: object = None  # the waiter whose store the current task uses
+    task: asyncio.Task[None] | None = None
+
+
+def _statvfs_free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class Cache:
+    def __init__(
+        self,
+        config: CacheConfig,
+        engine: Engine,
+        observer: TransferObserver,
+        *,
+        disk_free: Callable[[Path], int] = _statvfs_free,
+        boot_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.observer = observer
+        self.dir = CacheDir(config.dir, boot_id)
+        self._disk_free = disk_free
+        self._entries: dict[str, Record] = {}
+        self._pins: dict[str, set[str]] = {}
+        self._flights: dict[str, _Flight] = {}
+        self._removed: set[str] = set()  # evicted while the scan ran
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._scan: asyncio.Task[None] | None = None
+        self._syncer: asyncio.Task[None] | None = None
+        self._to_sync: asyncio.Queue[str] = asyncio.Queue()
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(r.size for r in self._entries.values())
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self.config.max_size
+
+    async def start(self) -> None:
+        self.config.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._scan = asyncio.create_task(self._run_scan())
+        self._syncer = asyncio.create_task(self._run_syncer())
+
+    async def close(self) -> None:
+        """Cancel downloads, sync completed entries, stop background tasks."""
+        for flight in list(self._flights.values()):
+            if flight.task is not None:
+                flight.task.cancel()
+        tasks = [f.task for f in self._flights.values() if f.task is not None]
+        tasks += self._stopping.values()
+        if tasks:
+            await asyncio.wait(tasks)
+        for task in (self._scan, self._syncer):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        for rid in list(self._entries):  # what the syncer had not reached yet
+            await self._sync_one(rid)
+
+    async def _run_scan(self) -> None:
+        records = await asyncio.to_thread(self.dir.scan, self._flights.__contains__)
+        for rec in records:
+            if rec.id not in self._entries and rec.id not in self._removed:
+                self._entries[rec.id] = rec
+                if rec.state is EntryState.COMPLETE and not rec.synced:
+                    self._to_sync.put_nowait(rec.id)
+        self._removed.clear()
+        self._report_size()
+
+    async def _run_syncer(self) -> None:
+        while True:
+            await self._sync_one(await self._to_sync.get())
+
+    async def _sync_one(self, rid: str) -> None:
+        rec = self._entries.get(rid)
+        if rec is None or rec.state is not EntryState.COMPLETE or rec.synced:
+            return
+        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
+            await asyncio.to_thread(self.dir.fsync, self.dir.data_path(rid))
+            if self._entries.get(rid) is rec:
+                rec.synced = True
+                self.dir.write_record(rec)
+
+    def _report_size(self) -> None:
+        self.observer.cache_size(self.size_bytes, self.capacity_bytes)
+
+    def _known(self, rid: str) -> Record | None:
+        rec = self._entries.get(rid)
+        if rec is None and self._scan is not None and not self._scan.done():
+            rec = self.dir.load(rid)  # the scan has not got here yet
+            if rec is not None:
+                self._entries[rid] = rec
+        return rec
+
+    def _entry(self, rec: Record) -> CacheEntry:
+        rec.last_used = time.time()
+        return CacheEntry(self.dir.data_path(rec.id), rec.size, rec.etag, rec.verified)
+
+    def _pin(self, rid: str, owner: str) -> None:
+        self._pins.setdefault(rid, set()).add(owner)
+
+    def _unpin(self, rid: str, owner: str) -> None:
+        owners = self._pins.get(rid)
+        if owners is not None:
+            owners.discard(owner)
+            if not owners:
+                del self._pins[rid]
+
+    def unpin_all(self, owner: str) -> None:
+        for rid in list(self._pins):
+            self._unpin(rid, owner)
+
+    async def lookup(self, store: ObjectStore, key: str, etag: str) -> CacheEntry | None:
+        """A complete entry for a stream, after the job's own credentials pass
+        a HEAD with If-Match; None when there is none or the object changed."""
+        rec = self._known(entry_id(store.endpoint, store.bucket, key, etag))
+        if rec is None or rec.state is not EntryState.COMPLETE:
+            self.observer.cache_miss()
+            return None
+        try:
+            await store.head(key, if_match=etag)
+        except SourceChanged:
+            self.observer.cache_miss()
+            return None
+        self.observer.cache_hit()
+        return self._entry(rec)
+
+    async def fetch(
+        self, store: ObjectStore, key: str, *, tenant: str, owner: str, progress: Progress
+    ) -> CacheEntry:
+        """The complete, verified entry for `key`, downloading it if needed;
+        pinned for `owner` until `unpin_all(owner)`."""
+        budget = RetryBudget(self.engine.config.retries)
+        meta = await self.engine.retrying(budget, lambda: store.head(key))
+        rid = entry_id(store.endpoint, store.bucket, key, meta.etag)
+        self._pin(rid, owner)
+        try:
+            rec = self._known(rid)
+            if rec is not None and rec.state is EntryState.COMPLETE:
+                self.observer.cache_hit()
+                progress.start(self.engine.monotonic(), rec.size, rec.size)
+                progress.finish(self.engine.monotonic(), rec.verified)
+                return self._entry(rec)
+            self.observer.cache_miss()
+            return await self._join(rid, rec, meta, store, tenant, owner, progress)
+        except BaseException:
+            self._unpin(rid, owner)
+            raise
+
+    async def _join(
+        self,
+        rid: str,
+        rec: Record | None,
+        meta: ObjectMeta,
+        store: ObjectStore,
+        tenant: str,
+        owner: str,
+        progress: Progress,
+    ) -> CacheEntry:
+        flight = self._flights.get(rid)
+        if flight is None:
+            if rec is None:
+                rec = Record(rid, store.endpoint, store.bucket, meta.key, meta.etag, meta.size)
+                rec.version_id, rec.boot_id = meta.version_id, self.dir.boot_id
+            await self._make_room(rec)
+            flight = self._flights.get(rid)  # making room may have yielded
+        if flight is None:
+            assert rec is not None
+            loop = asyncio.get_running_loop()
+            flight = _Flight(rec, meta, loop.create_future())
+            flight.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._flights[rid] = flight
+            self._entries[rid] = rec
+            self._report_size()
+        p = flight.progress
+        progress.size, progress.bytes_done, progress.started = p.size, p.bytes_done, p.started
+        p.followers.append(progress)
+        token = object()
+        flight.waiters[token] = _Waiter(store, tenant)
+        if flight.task is None:
+            self._launch(flight)
+        try:
+            return await asyncio.shield(flight.done)
+        finally:
+            p.followers.remove(progress)
+            flight.waiters.pop(token, None)
+            if not flight.done.done():
+                if not flight.waiters:
+                    self._cancel(flight)
+                elif flight.runner is token:
+                    self._launch(flight)  # go on with a remaining job's credentials
+
+    def _launch(self, flight: _Flight) -> None:
+        token, waiter = next(iter(flight.waiters.items()))
+        previous = flight.task or self._stopping.pop(flight.rec.id, None)
+        if previous is not None:
+            previous.cancel()
+        flight.runner = token
+        flight.task = asyncio.create_task(self._download(flight, waiter, previous))
+
+    def _cancel(self, flight: _Flight) -> None:
+        if flight.task is not None:
+            flight.task.cancel()
+            self._stopping[flight.rec.id] = flight.task  # a next flight waits for it
+        flight.done.cancel()
+        if self._flights.get(flight.rec.id) is flight:
+            del self._flights[flight.rec.id]
+
+    async def _make_room(self, rec: Record) -> None:
+        """Evict LRU entries until `rec` fits the budget and min_free, else
+        InsufficientStorage. `rec` is not yet in the index, or is a partial entry."""
+        while True:
+            counted = rec.id in self._entries
+            over = self.size_bytes + (0 if counted else rec.size) - self.config.max_size
+            need_disk = rec.size - rec.ranges.total
+            short = self.config.min_free + need_disk - self._disk_free(self.config.dir)
+            if over <= 0 and short <= 0:
+                return
+            victims = sorted(
+                (r for r in self._entries.values() if self._evictable(r.id) and r.id != rec.id),
+                key=lambda r: r.last_used,
+            )
+            if victims:
+                self._evict(victims[0].id)
+                continue
+            if self._scan is not None and not self._scan.done():
+                await asyncio.wait([self._scan])  # entries it finds may be evictable
+                continue
+            raise InsufficientStorage(
+                f"the cache cannot make room for {rec.size} bytes: {self.size_bytes} of "
+                f"{self.config.max_size} bytes in use by entries pinned by running jobs, "
+                f"{self._disk_free(self.config.dir)} bytes free on disk (min_free "
+                f"{self.config.min_free}); raise cache.max_size or free disk space"
+            )
+
+    def _evictable(self, rid: str) -> bool:
+        return rid not in self._pins and rid not in self._flights
+
+    def _evict(self, rid: str) -> None:
+        self._forget(rid)
+        self.observer.cache_eviction()
+        self._report_size()
+
+    async def _download(
+        self, flight: _Flight, waiter: _Waiter, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # one writer of the part file at a time
+            if self._stopping.get(flight.rec.id) is previous:
+                del self._stopping[flight.rec.id]
+        rec, dir_ = flight.rec, self.dir
+        try:
+            dir_.write_record(rec)  # before the part file: see CacheDir.scan
+            fd = os.open(dir_.part_path(rec.id), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, rec.size)
+
+                def range_done(start: int, end: int) -> None:
+                    rec.ranges.add(start, end)
+                    dir_.write_record(rec)
+
+                await self.engine.download(
+                    waiter.store,
+                    rec.key,
+                    fd,
+                    tenant=waiter.tenant,
+                    progress=flight.progress,
+                    meta=flight.meta,
+                    skip=rec.ranges,
+                    on_range_done=range_done,
+                )
+            finally:
+                os.close(fd)
+            os.replace(dir_.part_path(rec.id), dir_.data_path(rec.id))
+            rec.complete(flight.progress.verified, dir_.boot_id)
+            dir_.write_record(rec)
+        except (SourceChanged, ChecksumMismatch, AccessDenied, NoSuchKey) as exc:
+            self._drop(flight)  # nothing here is worth resuming
+            flight.done.set_exception(exc)
+            return
+        except asyncio.CancelledError:
+            raise  # a restart or the last waiter leaving; the done ranges stay
+        except Exception as exc:
+            self._flights.pop(rec.id, None)
+            flight.done.set_exception(exc)
+            return
+        self._flights.pop(rec.id, None)
+        self._to_sync.put_nowait(rec.id)
+        flight.done.set_result(self._entry(rec))
+
+    def _drop(self, flight: _Flight) -> None:
+        self._flights.pop(flight.rec.id, None)
+        self._forget(flight.rec.id)
+
+    def _forget(self, rid: str) -> None:
+        self._entries.pop(rid, None)
+        if self._scan is not None and not self._scan.done():
+            self._removed.add(rid)
+        self.dir.remove(rid)
+        self._report_size()
