@@ -279,16 +279,10 @@ class Engine:
             self.observer.transfer_finished("cache", outcome, self.monotonic() - started)
 
     async def _download(
-        self,
-        store: ObjectStore,
-        key: str,
-        fd: int,
-        tenant: str,
-        progress: Progress,
-        meta: ObjectMeta | None,
-        skip: RangeSet | None,
+        self, store: ObjectStore, key: str, fd: int, tenant: str, progress: Progress,
+        meta: ObjectMeta | None, skip: RangeSet | None,
         on_range_done: Callable[[int, int], None] | None,
-    ) -> ObjectMeta:
+    ) -> ObjectMeta:  # fmt: skip
         budget = RetryBudget(self.config.retries)
         if meta is None:
             meta = await self.retrying(budget, lambda: store.head(key))
@@ -296,15 +290,24 @@ class Engine:
         ranges = plan_ranges(0, meta.size - 1, self.config.part_size, parts)
         done = RangeSet(skip or ())
         first_md5: str | None = None
+        owner = object()  # this transfer, for the limiter's round-robin
         for attempt in range(2):
             verifier = Verifier(
                 meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
             )
             todo = [m for r in ranges for m in done.missing(*r)]
             progress.start(self.monotonic(), meta.size, meta.size - sum(e - s + 1 for s, e in todo))
-            await self._run_ranges(
-                store, meta, fd, tenant, progress, verifier, todo, budget, on_range_done
-            )
+
+            async def fetch(s: int, e: int, verifier: Verifier = verifier) -> None:
+                digest = verifier.range_digest(s, e)
+                sink = _FileSink(fd, s, digest, progress, self.observer, tenant)
+                await self.fetch_range(
+                    store, key, s, e, sink, etag=meta.etag, budget=budget, owner=owner
+                )
+                if on_range_done is not None:
+                    on_range_done(s, e)
+
+            await run_workers(self.config.concurrency, todo, fetch)
             try:
                 verified = await self.verify_file(fd, verifier)
             except ChecksumMismatch as exc:
@@ -322,40 +325,6 @@ class Engine:
             progress.finish(self.monotonic(), verified)
             return meta
         raise AssertionError("unreachable")
-
-    async def _run_ranges(
-        self,
-        store: ObjectStore,
-        meta: ObjectMeta,
-        fd: int,
-        tenant: str,
-        progress: Progress,
-        verifier: Verifier,
-        todo: list[tuple[int, int]],
-        budget: RetryBudget,
-        on_range_done: Callable[[int, int], None] | None,
-    ) -> None:
-        queue = deque(todo)
-        owner = object()
-
-        async def worker() -> None:
-            while queue:
-                s, e = queue.popleft()
-                sink = _FileSink(
-                    fd, s, verifier.range_digest(s, e), progress, self.observer, tenant
-                )
-                await self.fetch_range(
-                    store, meta.key, s, e, sink, etag=meta.etag, budget=budget, owner=owner
-                )
-                if on_range_done is not None:
-                    on_range_done(s, e)
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(self.config.concurrency, len(todo))):
-                    tg.create_task(worker())
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
 
     async def verify_file(self, fd: int, verifier: Verifier) -> list[str]:
         """Verify what can be: CRCs by combining range CRCs (re-reading only
@@ -400,6 +369,25 @@ class Engine:
         from .window import ObjectStream
 
         return ObjectStream(self, store, key, tenant=tenant, start=start, end=end, meta=meta)
+
+
+async def run_workers(
+    n: int, ranges: list[tuple[int, int]], fn: Callable[[int, int], Awaitable[None]]
+) -> None:
+    """Run fn over ranges, in order, by up to n workers in a TaskGroup; the
+    first failure cancels the rest and is raised as itself."""
+    todo = iter(ranges)
+
+    async def worker() -> None:
+        for s, e in todo:
+            await fn(s, e)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(min(n, len(ranges))):
+                tg.create_task(worker())
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

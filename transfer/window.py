@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .checksums import RangeDigest, Verifier
-from .engine import RetryBudget, first_error, plan_ranges
+from .engine import RetryBudget, plan_ranges, run_workers
 from .errors import InvalidRange
 from .observer import TransferObserver
 from .store import ObjectMeta, ObjectStore
@@ -232,31 +232,27 @@ class ObjectStream:
     async def _produce(self, ranges: list[tuple[int, int]]) -> None:
         window, engine = self.window, self.engine
         assert window is not None
-        todo = iter(ranges)
         owner = object()
 
-        async def worker() -> None:
-            for s, e in todo:
-                await window.admit(e)
-                digest = self._verifier.range_digest(s, e) if self._verifier else None
-                sink = _WindowSink(window, digest, engine, self.tenant)
-                await engine.fetch_range(
-                    self.store,
-                    self.key,
-                    s,
-                    e,
-                    sink,
-                    etag=self.meta.etag,
-                    budget=self._budget,
-                    owner=owner,
-                )
+        async def fetch(s: int, e: int) -> None:
+            await window.admit(e)
+            digest = self._verifier.range_digest(s, e) if self._verifier else None
+            sink = _WindowSink(window, digest, engine, self.tenant)
+            await engine.fetch_range(
+                self.store,
+                self.key,
+                s,
+                e,
+                sink,
+                etag=self.meta.etag,
+                budget=self._budget,
+                owner=owner,
+            )
 
         try:
-            async with asyncio.TaskGroup() as tg:
-                for _ in range(min(engine.config.concurrency, len(ranges))):
-                    tg.create_task(worker())
-        except BaseExceptionGroup as group:
-            window.fail(first_error(group))
+            await run_workers(engine.config.concurrency, ranges, fetch)
+        except Exception as exc:
+            window.fail(exc)
 
     def __aiter__(self) -> ObjectStream:
         return self

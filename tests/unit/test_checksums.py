@@ -1,0 +1,105 @@
+"""CRC combination and the Verifier's choice of what to check."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from s3feed.transfer.checksums import ALGORITHMS, Verifier, etag_parts
+from s3feed.transfer.errors import ChecksumMismatch
+
+
+def reference_crc(poly: int, width: int, data: bytes) -> int:
+    """Bitwise reflected CRC with all-ones init and xorout (CRC32, CRC32C, CRC64NVME)."""
+    mask = (1 << width) - 1
+    crc = mask
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+    return crc ^ mask
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_update_matches_reference(name: str) -> None:
+    alg = ALGORITHMS[name]
+    data = random.Random(1).randbytes(999)
+    assert alg.update(data, 0) == reference_crc(alg.poly, alg.width, data)
+    assert alg.update(data[500:], alg.update(data[:500], 0)) == alg.update(data, 0)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@given(a=st.binary(max_size=300), b=st.binary(max_size=300))
+def test_combine(name: str, a: bytes, b: bytes) -> None:
+    alg = ALGORITHMS[name]
+    assert alg.combine(alg.update(a, 0), alg.update(b, 0), len(b)) == alg.update(a + b, 0)
+
+
+def test_crc32_is_always_there() -> None:
+    assert "CRC32" in ALGORITHMS
+
+
+def b64(alg_name: str, data: bytes) -> str:
+    alg = ALGORITHMS[alg_name]
+    return base64.b64encode(alg.digest(alg.update(data, 0))).decode()
+
+
+def feed(v: Verifier, data: bytes, ranges: list[tuple[int, int]]) -> None:
+    for s, e in reversed(ranges):  # out of order across ranges, in order within
+        d = v.range_digest(s, e)
+        assert d is not None
+        for off in range(s, e + 1, 7):
+            d.update(off, memoryview(data[off : min(off + 7, e + 1)]))
+
+
+def test_full_object_crc_from_ranges_out_of_order() -> None:
+    data = os.urandom(100)
+    v = Verifier(100, '"x"', {"CRC32": b64("CRC32", data)}, "FULL_OBJECT")
+    feed(v, data, [(0, 29), (30, 79), (80, 99)])
+    assert v.verify_crc() == ["CRC32"] and v.md5_expected is None
+    bad = Verifier(100, '"x"', {"CRC32": b64("CRC32", data[:-1] + b"!")}, "FULL_OBJECT")
+    feed(bad, data, [(0, 99)])
+    with pytest.raises(ChecksumMismatch):
+        bad.verify_crc()
+
+
+def test_composite_needs_parts_and_forgives_a_guessed_layout() -> None:
+    data = os.urandom(90)
+    parts = [(0, 39), (40, 79), (80, 89)]
+    crcs = b"".join(
+        ALGORITHMS["CRC32"].digest(ALGORITHMS["CRC32"].update(data[s : e + 1], 0)) for s, e in parts
+    )
+    value = b64("CRC32", crcs) + "-3"
+    v = Verifier(90, '"a-3"', {"CRC32": value}, "COMPOSITE", parts, True)
+    feed(v, data, [(0, 19), (20, 39), (40, 79), (80, 89)])
+    assert v.verify_crc() == ["CRC32-COMPOSITE"]
+    wrong = [(0, 29), (30, 59), (60, 89)]
+    guessed = Verifier(90, '"a-3"', {"CRC32": value}, "COMPOSITE", wrong, False)
+    feed(guessed, data, wrong)
+    assert guessed.verify_crc() == []
+    exact = Verifier(90, '"a-3"', {"CRC32": value}, "COMPOSITE", wrong, True)
+    feed(exact, data, wrong)
+    with pytest.raises(ChecksumMismatch):
+        exact.verify_crc()
+    assert Verifier(90, '"a-3"', {"CRC32": value}, "COMPOSITE").unverifiable == ["CRC32"]
+
+
+def test_md5_only_without_other_checksums() -> None:
+    md5 = hashlib.md5(b"x").hexdigest()
+    assert Verifier(1, f'"{md5}"', {}, None).md5_expected == md5
+    assert Verifier(1, f'"{md5}"', {"CRC32": b64("CRC32", b"x")}, None).md5_expected is None
+    assert Verifier(1, f'"{md5}-2"', {}, None).md5_expected is None
+    assert etag_parts(f'"{md5}-12"') == 12 and etag_parts(f'"{md5}"') is None
+
+
+def test_missing_digests_are_the_gaps() -> None:
+    v = Verifier(100, '"x"', {"CRC32": b64("CRC32", b"")}, None)
+    data = bytes(100)
+    feed(v, data, [(10, 19), (50, 59)])
+    assert v.missing_digests() == [(0, 9), (20, 49), (60, 99)]
