@@ -41,6 +41,7 @@ from .config import CacheConfig
 from .engine import Engine, RetryBudget
 from .errors import (
     AccessDenied,
+    Cancelled,
     ChecksumMismatch,
     InsufficientStorage,
     NoSuchKey,
@@ -127,6 +128,10 @@ class Cache:
         tasks += self._stopping.values()
         if tasks:
             await asyncio.wait(tasks)
+        for flight in list(self._flights.values()):
+            if not flight.done.done():
+                flight.done.set_exception(Cancelled("the cache is shutting down"))
+        self._flights.clear()
         for task in (self._scan, self._syncer):
             if task is not None:
                 task.cancel()

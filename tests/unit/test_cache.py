@@ -15,7 +15,7 @@ from s3feed.transfer.cache import Cache
 from s3feed.transfer.cacheindex import entry_id
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
-from s3feed.transfer.errors import AccessDenied, InsufficientStorage, SourceChanged
+from s3feed.transfer.errors import AccessDenied, Cancelled, InsufficientStorage, SourceChanged
 from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress
@@ -247,3 +247,21 @@ async def test_min_free_disk(tmp_path: Path) -> None:
         await c.fetch(inner, "k", tenant="t", owner="j", progress=Progress())
     assert inner.bytes_sent == 0
     await c.close()
+
+
+async def test_close_fails_waiters_instead_of_hanging(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    entered = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # never delivers
+
+    inner = FakeObjectStore(gate=gate)
+    inner.put("k", blob(2 * MiB))
+    task = asyncio.create_task(c.fetch(inner, "k", tenant="t", owner="j", progress=Progress()))
+    await entered.wait()
+    await c.close()
+    with pytest.raises(Cancelled):
+        await task
