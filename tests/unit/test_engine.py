@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.engine import Engine, FairLimiter, object_parts, plan_ranges
 from s3feed.transfer.errors import (

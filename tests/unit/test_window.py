@@ -7,6 +7,7 @@ import hashlib
 import random
 
 import pytest
+
 from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import InvalidRange, SourceChanged
