@@ -7,6 +7,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from s3feed.auth.clock import FakeClock, SystemClock
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from s3feed.auth.schedule import backoff_delay, refresh_at, refresh_window
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

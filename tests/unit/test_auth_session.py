@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+
 from s3feed.auth.clock import FakeClock, settle
 from s3feed.auth.errors import (
     AssumeRoleDenied,

@@ -7,6 +7,7 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from s3feed.auth.errors import InvalidDuration, InvalidRoleArn, InvalidTenantName
 from s3feed.auth.validate import (
     RoleArn,
