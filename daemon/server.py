@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
@@ -36,6 +37,7 @@ from s3feed.transfer.cache import Cache
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.s3store import S3Clients
 
+from . import systemd
 from .api import Api
 from .config import Config, ConfigError, load_config
 from .identity import DaemonIdentity
@@ -227,23 +229,56 @@ class Daemon:
             self._created_socket.unlink(missing_ok=True)
         log.info("stopped")
 
+    def status_line(self) -> str:
+        s = self.summary()
+        rate = sum(
+            t.progress.rate(time.monotonic())
+            for j in self.registry.all_jobs()
+            for t in j.transfers.values()
+            if not t.finished.is_set()
+        )
+        return f"{s['Jobs']} jobs, {s['Transfers']} transfers, {rate / 1e6:.1f} MB/s"
+
+
+async def _keep_systemd_informed(daemon: Daemon) -> None:
+    """STATUS= every few seconds and WATCHDOG=1 at half of WATCHDOG_USEC, from
+    the event loop itself, so a blocked loop misses its pings and is killed."""
+    interval = systemd.watchdog_interval()
+    period = min(interval, 5.0) if interval else 5.0
+    while True:
+        message = f"STATUS={daemon.status_line()}"
+        if interval:
+            message += "\nWATCHDOG=1"
+        systemd.notify(message)
+        await asyncio.sleep(period)
+
 
 async def serve(config: Config, config_path: Path | None) -> int:
-    from .systemd import listen_fds
-
     daemon = Daemon(config, config_path=config_path)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def reload() -> None:
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={systemd.monotonic_usec()}")
+        daemon.reload()
+        systemd.notify(f"READY=1\nSTATUS={daemon.status_line()}")
+
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
-    passed = listen_fds()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    passed = systemd.listen_fds()
     try:
         await daemon.start(passed[0] if passed else None)
     except SocketInUse as exc:
         log.error(str(exc))
         await daemon.stop()
         return 1
+    systemd.notify(f"READY=1\nSTATUS={daemon.status_line()}")
+    informer = asyncio.create_task(_keep_systemd_informed(daemon), name="systemd")
     await stop.wait()
+    systemd.notify("STOPPING=1\nSTATUS=draining transfers")
+    informer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await informer
     await daemon.stop()
     return 0

@@ -93,7 +93,7 @@ async def stream_object(
     job.open_streams += 1
     observer.transfer_started("stream")
     started = time.monotonic()
-    entry = job.cache.lookup(job.store, full_key, meta.etag)
+    entry = await job.cache.lookup(job.store, full_key, meta.etag)
     try:
         if entry is not None:
             resp.headers["X-S3feed-Source"] = "cache"
@@ -172,7 +172,6 @@ async def _send_file(
     record: TransferRecord,
     observer: TransferObserver,
 ) -> None:
-    observer.cache_hit()
     with open(path, "rb") as f:  # noqa: ASYNC230 (a local open, not I/O-bound)
         writer = await resp.prepare(request)
         assert writer is not None

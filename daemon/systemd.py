@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 SD_LISTEN_FDS_START = 3
 
@@ -43,3 +44,17 @@ def notify(message: str) -> bool:
         sock.connect(address)
         sock.sendall(message.encode())
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when off."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2 / 1_000_000
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, for RELOADING=1's MONOTONIC_USEC."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
