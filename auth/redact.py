@@ -36,7 +36,7 @@ _KEY_VALUE = re.compile(
     (                                   # the name, any spelling botocore uses
       secret[_-]?access[_-]?key | secret[_-]?key | aws[_-]secret[_-]access[_-]key
       | session[_-]?token | security[_-]token | aws[_-]session[_-]token | x-amz-security-token
-      | signature | password
+      | (?<![\w-])token | signature | password
     )
     ( ["']? \s* [:=] \s* b?["']? )      # separator: ': ', '=', "': b'", ...
     ( [^"'\s,;&}<>)\]]+ )               # the value

@@ -150,6 +150,7 @@ def _translate(
         ClientError,
         CredentialRetrievalError,
         NoCredentialsError,
+        ParamValidationError,
         PartialCredentialsError,
     )
 
@@ -175,6 +176,12 @@ def _translate(
                 retryable=False,
             )
         return StsUnavailable(f"STS rejected the request: {detail}", sts_code=code, retryable=False)
+    if isinstance(exc, ParamValidationError):  # validate.py should have caught it: our bug
+        return StsUnavailable(
+            f"the daemon built an invalid STS request: {exc}",
+            sts_code="InvalidParameter",
+            retryable=False,
+        )
     if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
         return StsUnavailable(
             "the daemon has no usable AWS credentials of its own (standard chain: environment, "
