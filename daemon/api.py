@@ -28,7 +28,7 @@ from s3feed.transfer.errors import TransferError
 from s3feed.transfer.observer import TransferObserver
 
 from .errors import ApiError, describe, error_body
-from .identity import DaemonIdentity, trust_policy
+from .identity import DaemonIdentity
 from .jobs import JobRegistry, TransferState
 from .streaming import stream_object
 
@@ -209,7 +209,7 @@ class Api:
         peer_uid(request)
         tenant = validate_tenant_name(request.query.get("TenantName"))
         identity = await self.identity.get()
-        return json_response(trust_policy(identity, tenant))
+        return json_response(identity.trust_policy(tenant))
 
     async def healthz(self, request: web.Request) -> web.Response:
         known = self.identity.known

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from s3feed.auth.errors import AuthError, StsUnavailable
 from s3feed.auth.sts import CallerIdentity, StsClient
@@ -55,18 +54,3 @@ class DaemonIdentity:
             self._inflight.cancel()
             with contextlib.suppress(asyncio.CancelledError, AuthError):
                 await self._inflight
-
-
-def trust_policy(identity: CallerIdentity, tenant: str) -> dict[str, Any]:
-    """The statement that lets this daemon's account assume a role for `tenant`."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"AWS": f"arn:{identity.partition}:iam::{identity.account}:root"},
-                "Action": "sts:AssumeRole",
-                "Condition": {"StringEquals": {"sts:ExternalId": tenant}},
-            }
-        ],
-    }

@@ -3,9 +3,8 @@
 Fields passed with `extra=` (job_id, tenant, key, code, ...) become JSON keys,
 or upper-case journal fields (JOB_ID, TENANT) when stderr is the journal
 (systemd sets JOURNAL_STREAM to stderr's device:inode). A redacting filter
-drops any record that carries something shaped like an AWS secret key or
-session token, and botocore's loggers are held at WARNING, so its debug
-output (which can print signed headers) never reaches a handler.
+(auth/redact.py) rewrites every record that names a secret as it is created,
+and holds botocore's loggers at WARNING.
 """
 
 from __future__ import annotations
@@ -20,12 +19,10 @@ from typing import Any
 
 import orjson
 
+from s3feed.auth.redact import install_secret_redaction
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
-_SECRET = re.compile(
-    r"(?i)(aws_secret_access_key|secretaccesskey|sessiontoken|x-amz-security-token|"
-    r"aws_session_token|signature=)"
-)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -44,19 +41,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
-
-
-class RedactSecrets(logging.Filter):
-    """Last line of defence: a record whose text names a secret field is rewritten."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if _SECRET.search(text) or any(_SECRET.search(str(v)) for v in _fields(record).values()):
-            record.msg = "[log record withheld: it named a credential field]"
-            record.args = ()
-            for k in _fields(record):
-                setattr(record, k, None)
-        return True
 
 
 class JournalHandler(logging.Handler):
@@ -117,13 +101,11 @@ def setup_logging(level: str = "INFO") -> logging.Handler:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
-    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("botocore", "aiobotocore", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_secret_redaction()
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     return handler
