@@ -1,0 +1,405 @@
+"""The data-plane HTTP client against a scripted asyncio server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from s3feed.transfer.errors import TransientError
+from s3feed.transfer.httpclient import HttpClient, serialize_get
+
+pytestmark = pytest.mark.timeout(30)
+
+Respond = Callable[[bytes, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class Server:
+    """Calls `respond(request_head, writer, n)` for the n-th request it reads."""
+
+    def __init__(self) -> None:
+        self.respond: Respond = ok_body(b"hello")
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                await self.respond(head, writer, len(self.requests))
+                if writer.is_closing():
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in self._writers:
+            w.close()
+        await self._server.wait_closed()
+
+
+def ok_body(body: bytes, extra_headers: str = "", pieces: int = 1) -> Respond:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{extra_headers}\r\n".encode()
+        )
+        step = max(1, len(body) // pieces)
+        for i in range(0, len(body), step):
+            writer.write(body[i : i + step])
+            await writer.drain()
+        await writer.drain()
+
+    return respond
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    s = Server()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    c = HttpClient(buffer_size=4096)
+    yield c
+    await c.close()
+    assert c.open_connections == 0
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.calls = 0
+
+    def __call__(self, view: memoryview) -> None:
+        self.data += view
+        self.calls += 1
+
+
+async def fetch(client: HttpClient, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    sink = Sink()
+    async with client.get(url + "/k", {}, stall_timeout=timeout) as resp:
+        if resp.status >= 300:
+            return resp.status, await resp.read()
+        await resp.read_into(sink)
+    return resp.status, bytes(sink.data)
+
+
+async def test_body_in_small_buffers_and_keep_alive(server: Server, client: HttpClient) -> None:
+    body = os.urandom(300_000)
+    server.respond = ok_body(body, pieces=37)
+    for _ in range(3):
+        assert await fetch(client, server.url) == (200, body)
+    assert server.connections == 1
+    assert len(server.requests) == 3
+    assert server.requests[0].startswith(b"GET /k HTTP/1.1\r\nHost: 127.0.0.1:")
+
+
+async def test_head_and_body_split_at_every_byte(server: Server, client: HttpClient) -> None:
+    body = b"0123456789" * 3
+
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        raw = b'HTTP/1.1 206 Partial Content\r\nContent-Length: 30\r\nETag: "e"\r\n\r\n' + body
+        for i in range(len(raw)):
+            writer.write(raw[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+
+    server.respond = respond
+    sink = Sink()
+    async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+        assert resp.status == 206
+        assert resp.headers["etag"] == '"e"'
+        await resp.read_into(sink)
+    assert sink.data == body
+
+
+async def test_head_and_body_in_one_segment_reuses_the_buffer(
+    server: Server, client: HttpClient
+) -> None:
+    body = os.urandom(3000)  # head + body fit one 4096-byte receive
+    server.respond = ok_body(body)
+    sink = Sink()
+    async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+        await resp.read_into(sink)
+    assert sink.data == body
+    assert sink.calls == 1
+
+
+async def test_empty_body(server: Server, client: HttpClient) -> None:
+    server.respond = ok_body(b"")
+    assert await fetch(client, server.url) == (200, b"")
+    assert await fetch(client, server.url) == (200, b"")
+    assert server.connections == 1
+
+
+async def test_connection_close_is_not_reused(server: Server, client: HttpClient) -> None:
+    server.respond = ok_body(b"abc", "Connection: close\r\n")
+    assert await fetch(client, server.url) == (200, b"abc")
+    assert await fetch(client, server.url) == (200, b"abc")
+    assert server.connections == 2
+
+
+ERROR_XML = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
+    b"<Message>The specified key does not exist.</Message></Error>"
+)
+
+
+async def test_error_body_with_length_then_reuse(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n")
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(ERROR_XML), ERROR_XML))
+        else:
+            await ok_body(b"fine")(head, writer, n)
+
+    server.respond = respond
+    assert await fetch(client, server.url) == (404, ERROR_XML)
+    assert await fetch(client, server.url) == (200, b"fine")
+    assert server.connections == 1
+
+
+async def test_chunked_error_body(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 503 Slow Down\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(ERROR_XML), 40):
+            piece = ERROR_XML[i : i + 40]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    server.respond = respond
+    assert await fetch(client, server.url) == (503, ERROR_XML)
+    assert await fetch(client, server.url) == (503, ERROR_XML)
+    assert server.connections == 1
+
+
+async def test_large_error_body_is_capped_and_dropped(server: Server, client: HttpClient) -> None:
+    big = b"x" * 200_000
+
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n" % len(big))
+        writer.write(big)
+        await writer.drain()
+
+    server.respond = respond
+    async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+        assert await resp.read(limit=1000) == b"x" * 1000
+    async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+        assert resp.status == 500
+    assert server.connections == 2
+
+
+async def test_truncated_body(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n" + b"a" * 6000)
+        await writer.drain()
+        writer.close()
+
+    server.respond = respond
+    sink = Sink()
+    with pytest.raises(TransientError) as e:
+        async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+            await resp.read_into(sink)
+    assert e.value.reason == "truncated"
+    assert sink.data == b"a" * len(sink.data)  # what arrived is valid; no more than that
+    assert 0 < len(sink.data) <= 6000
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+async def test_reset_mid_body(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"b" * 5000)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        _reset(writer)
+
+    server.respond = respond
+    sink = Sink()
+    with pytest.raises(TransientError) as e:
+        async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+            await resp.read_into(sink)
+    assert e.value.reason == "reset"
+    assert sink.data == b"b" * 5000
+
+
+async def test_reset_before_head(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        _reset(writer)
+
+    server.respond = respond
+    with pytest.raises(TransientError) as e:
+        await fetch(client, server.url)
+    assert e.value.reason == "reset"
+
+
+async def test_refused_connection_is_reset() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = HttpClient()
+    with pytest.raises(TransientError) as e:
+        await fetch(client, f"http://127.0.0.1:{port}")
+    assert e.value.reason == "reset"
+    await client.close()
+
+
+@pytest.mark.parametrize("where", ["head", "body"])
+async def test_stall(server: Server, client: HttpClient, where: str) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        if where == "body":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        await asyncio.sleep(3)
+
+    server.respond = respond
+    sink = Sink()
+    started = time.monotonic()
+    with pytest.raises(TransientError) as e:
+        async with client.get(server.url + "/k", {}, stall_timeout=0.2) as resp:
+            await resp.read_into(sink)
+    assert e.value.reason == "stall"
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert bytes(sink.data) == (b"abc" if where == "body" else b"")
+
+
+async def test_slow_but_steady_body_is_not_a_stall(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+        for _ in range(8):
+            await asyncio.sleep(0.05)
+            writer.write(b"z")
+            await writer.drain()
+
+    server.respond = respond
+    assert await fetch(client, server.url, timeout=0.15) == (200, b"z" * 8)
+
+
+async def test_server_closing_an_idle_connection_is_retried(
+    server: Server, client: HttpClient
+) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        await ok_body(b"x%d" % n)(head, writer, n)
+        writer.close()  # keep-alive promised, then dropped while idle
+
+    server.respond = respond
+    assert await fetch(client, server.url) == (200, b"x1")
+    await asyncio.sleep(0.05)
+    assert await fetch(client, server.url) == (200, b"x2")
+    assert server.connections == 2
+
+
+async def test_sink_error_propagates_and_drops_the_connection(
+    server: Server, client: HttpClient
+) -> None:
+    server.respond = ok_body(os.urandom(50_000), pieces=10)
+
+    def failing(view: memoryview) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+            await resp.read_into(failing)
+    assert await fetch(client, server.url) != (0, b"")
+    assert server.connections == 2
+
+
+async def test_cancelled_mid_body_drops_the_connection(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+            await asyncio.sleep(3)
+        else:
+            await ok_body(b"ok")(head, writer, n)
+
+    server.respond = respond
+    task = asyncio.create_task(fetch(client, server.url))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await fetch(client, server.url) == (200, b"ok")
+    assert server.connections == 2
+
+
+async def test_unread_body_drops_the_connection(server: Server, client: HttpClient) -> None:
+    server.respond = ok_body(b"never read")
+    async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+        assert resp.status == 200
+    assert await fetch(client, server.url) == (200, b"never read")
+    assert server.connections == 2
+
+
+async def test_bytes_beyond_content_length_drop_the_connection(
+    server: Server, client: HttpClient
+) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA")
+
+    server.respond = respond
+    assert await fetch(client, server.url) == (200, b"abc")
+    assert await fetch(client, server.url) == (200, b"abc")
+    assert server.connections == 2
+
+
+async def test_malformed_response(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 2OO OK\r\n\r\n")
+
+    server.respond = respond
+    with pytest.raises(TransientError) as e:
+        await fetch(client, server.url)
+    assert e.value.reason == "server_error"
+
+
+async def test_close_waits_for_busy_connections(server: Server) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        await asyncio.sleep(3)
+
+    server.respond = respond
+    client = HttpClient()
+    task = asyncio.create_task(fetch(client, server.url))
+    await asyncio.sleep(0.1)
+    await client.close()
+    assert client.open_connections == 0
+    with pytest.raises(TransientError):
+        await task
+
+
+def test_serialize_get_refuses_header_injection() -> None:
+    assert serialize_get("/a", {"Host": "h", "Range": "bytes=0-1"}) == (
+        b"GET /a HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\n\r\n"
+    )
+    with pytest.raises(ValueError):
+        serialize_get("/a", {"X": "a\r\nEvil: 1"})
