@@ -9,8 +9,11 @@ panel query and every variable query of every dashboard. Each must return
 data: a misspelled metric or label returns none. The daemon's exposition must
 also pass `promtool check metrics`.
 
+`test_every_dashboard_query_has_data_from_the_metrics_module` asks the same
+of daemon/metrics.py driven through its observers (no panel excused), and
 `test_dashboard_evaluation_sees_a_misspelled_metric` checks the machinery
-itself on Prometheus scraping its own metrics, without the daemon.
+itself on Prometheus scraping its own metrics. Prometheus is stopped, and its
+port closed, at the end of each test.
 """
 
 from __future__ import annotations
