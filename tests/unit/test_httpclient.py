@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -403,3 +406,44 @@ def test_serialize_get_refuses_header_injection() -> None:
     )
     with pytest.raises(ValueError):
         serialize_get("/a", {"X": "a\r\nEvil: 1"})
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+         "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_tls_body_and_keep_alive(tls_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    body = os.urandom(2 * 1024 * 1024 + 17)
+    server = Server()
+    server.respond = ok_body(body, pieces=9)
+    server._server = await asyncio.start_server(server._handle, "127.0.0.1", 0, ssl=server_ctx)
+    client = HttpClient(ssl_context=ssl.create_default_context(cafile=cert))
+    try:
+        port = server._server.sockets[0].getsockname()[1]
+        for _ in range(2):
+            assert await fetch(client, f"https://127.0.0.1:{port}") == (200, body)
+        assert server.connections == 1
+        # Certificates are checked: a client that does not trust this one refuses it.
+        stranger = HttpClient()
+        with pytest.raises(TransientError) as e:
+            await fetch(stranger, f"https://127.0.0.1:{port}")
+        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+        await stranger.close()
+    finally:
+        await client.close()
+        await server.stop()
