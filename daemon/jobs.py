@@ -40,6 +40,7 @@ from s3feed.auth.validate import parse_role_arn, validate_duration, validate_ten
 from s3feed.transfer.cache import Cache
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import TransferError
+from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.s3store import S3Clients, S3ObjectStore
 from s3feed.transfer.store import ObjectStore
@@ -310,6 +311,7 @@ class JobRegistry:
         s3_config: S3Config,
         cache: Cache,
         credential_observer: CredentialObserver,
+        transfer_observer: TransferObserver,
         make_store: Callable[[S3Location, RoleSession], ObjectStore] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -318,13 +320,16 @@ class JobRegistry:
         self.s3_config = s3_config
         self.cache = cache
         self._credential_observer = credential_observer
+        self._transfer_observer = transfer_observer
         self._make_store = make_store or self._real_store
         self._monotonic = monotonic
         self._jobs: dict[str, Job] = {}
         self._reserved: set[str] = set()
 
     def _real_store(self, location: S3Location, session: RoleSession) -> ObjectStore:
-        return S3ObjectStore(location, session, clients=self._s3_clients)
+        return S3ObjectStore(
+            location, session, clients=self._s3_clients, observer=self._transfer_observer
+        )
 
     def __len__(self) -> int:
         return len(self._jobs)

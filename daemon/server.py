@@ -107,7 +107,7 @@ class Daemon:
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), s3feed_version())
         self._own_sts = sts is None
         self.sts: StsClient = sts or AioStsClient(config.sts)
-        self.s3_clients = S3Clients(config.s3, observer=self.metrics)
+        self.s3_clients = S3Clients(config.s3)
         self.engine = Engine(config.transfer, self.metrics)
         self.cache = Cache(config.cache, self.engine, self.metrics)
         self.registry = JobRegistry(
@@ -116,6 +116,7 @@ class Daemon:
             s3_config=config.s3,
             cache=self.cache,
             credential_observer=self.metrics,
+            transfer_observer=self.metrics,
             make_store=make_store,
         )
         self.identity = DaemonIdentity(self.sts)

@@ -7,6 +7,7 @@ and checks every answer it gives against daemon/openapi.yaml.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -97,7 +98,8 @@ class Harness:
         headers: dict[str, str] | None = None,
     ) -> Answer:  # fmt: skip
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-        async with self.session.request(method, path, data=data, headers=headers) as resp:
+        payload = io.BytesIO(data) if data is not None else None
+        async with self.session.request(method, path, data=payload, headers=headers) as resp:
             answer = Answer(resp.status, resp.headers, await resp.read())
         self.check(method, path, answer)
         return answer
