@@ -74,7 +74,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception as exc:
         status, code, message, headers = describe(exc)
-        if status >= 500 and code == "InternalError":
+        if code == "InternalError" and not isinstance(exc, _FetchFailed):
             log.exception("request failed", extra={"path": request.path})
         fetch = getattr(exc, "fetch_document", None)
         extra = {"Fetch": fetch} if fetch is not None else {}

@@ -170,9 +170,8 @@ class Daemon:
             self._runners.append(runner)
             site = web.TCPSite(runner, hp[0], hp[1], reuse_address=True)
             await site.start()
-            server = site._server
-            assert isinstance(server, asyncio.base_events.Server)
-            self.metrics_address = server.sockets[0].getsockname()[:2]
+            host, port = runner.addresses[0][:2]
+            self.metrics_address = (str(host), int(port))
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
         log.info(

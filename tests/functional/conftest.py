@@ -19,6 +19,7 @@ import aiohttp
 import jsonschema
 import orjson
 import pytest
+import uvloop
 import yaml
 
 from s3feed.auth.clock import SystemClock
@@ -128,6 +129,11 @@ class Harness:
         return await self.request(
             "POST", "/v1/jobs", {"JobId": job_id, "TenantName": tenant, "Source": src}
         )
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """The daemon runs on uvloop in production, so it does here."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -162,7 +162,8 @@ async def _as_nobody(socket: str, method: str, path: str) -> tuple[int, dict[str
     )
     # The daemon runs on this test's event loop: the client must not block it.
     proc = await asyncio.create_subprocess_exec(
-        SYSTEM_PYTHON, "-I", "-c", script, user="nobody",
+        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+        SYSTEM_PYTHON, "-I", "-c", script,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(30):
