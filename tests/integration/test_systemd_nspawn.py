@@ -1,0 +1,283 @@
+"""The units under a real systemd, booted in systemd-nspawn.
+
+The container is this machine's own /usr (`--volatile=yes`: a fresh tmpfs
+root, /usr read-only), with a private network (loopback only), so nothing
+it does reaches beyond it. Bound into it: the virtualenv as /opt/s3feed
+(built from /usr/bin/python3, the only interpreter visible inside), our
+units and sysusers snippet as shipped, a config, and a test drop-in that
+sets dummy AWS keys and a 3 s watchdog. The test drives the container from
+outside with `nsenter` into its namespaces, and shows:
+
+- `systemctl enable --now s3feed.socket` listens with 0660
+  s3feed:s3feed-clients; a member of s3feed-clients gets /healthz, which
+  starts s3feed.service; a user outside the group is refused;
+- the hardened service answers, logs natively to the journal, and serves
+  /metrics with the process collector (ProtectProc=, MemoryDenyWriteExecute=);
+- `systemctl reload` keeps the same process and logs the reload;
+  `systemctl stop` ends with Result=success, exit 0, the socket still there;
+- a daemon whose loop stops (SIGSTOP) is killed by the watchdog and
+  restarted, and the socket brings the new one the next request.
+
+Needs root and a kernel that lets nspawn run; where it cannot, the test
+skips and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_PYTHON = "/usr/bin/python3"
+DEADLINE = 60.0
+
+CLIENT = """
+import http.client, socket, sys
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect("/run/s3feed/s3feed.sock")
+try:
+    c = C("localhost", timeout=30)
+    c.request("GET", sys.argv[1])
+    r = c.getresponse()
+    print(r.status)
+    print(r.read().decode())
+except PermissionError:
+    print("EACCES")
+"""
+
+
+def _nspawn() -> str:
+    tool = shutil.which("systemd-nspawn")
+    if tool is None:
+        pytest.fail("systemd-nspawn not found: install the Debian package systemd-container")
+    return tool
+
+
+def _nspawn_can_run(tool: str, name: str) -> str | None:
+    """None when a trivial container runs here, else nspawn's reason."""
+    if os.geteuid() != 0:
+        return f"systemd-nspawn needs root; the tests run as uid {os.geteuid()}"
+    try:
+        result = subprocess.run(
+            [tool, "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
+             "--private-network", "-q", "-M", name, "/bin/true"],
+            capture_output=True, text=True, timeout=DEADLINE,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "systemd-nspawn did not finish /bin/true within 60 s"
+    if result.returncode != 0:
+        return f"systemd-nspawn cannot run a container here: {result.stderr.strip()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """s3feed installed (not editable) into a virtualenv of /usr/bin/python3."""
+    path = tmp_path_factory.mktemp("nspawn") / "venv"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(path)], check=True, timeout=300)
+    subprocess.run(
+        [path / "bin/pip", "install", "--quiet", "--disable-pip-version-check", str(REPO)],
+        check=True, timeout=900,
+    )  # fmt: skip
+    # Console scripts name the interpreter by absolute path; inside, the venv is /opt/s3feed.
+    script = path / "bin/s3feed"
+    lines = script.read_text().splitlines(keepends=True)
+    script.write_text("#!/opt/s3feed/bin/python\n" + "".join(lines[1:]))
+    return path
+
+
+class Machine:
+    def __init__(self, proc: subprocess.Popen[bytes], leader: int, log: Path) -> None:
+        self.proc, self.leader, self.log = proc, leader, log
+
+    def run(self, *argv: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", *argv],
+            capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    def ok(self, *argv: str, timeout: float = DEADLINE) -> str:
+        result = self.run(*argv, timeout=timeout)
+        assert result.returncode == 0, f"{argv}: {result.stdout}{result.stderr}"
+        return result.stdout
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.ok("systemctl", "show", unit, *(f"--property={p}" for p in props))
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def get(self, path: str, user: str) -> tuple[str, str]:
+        """GET `path` on the API socket as `user` (with that user's groups)."""
+        result = self.run("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                          SYSTEM_PYTHON, "-c", CLIENT, path)  # fmt: skip
+        assert result.returncode == 0, result.stderr + self.diagnose()
+        status, _, body = result.stdout.partition("\n")
+        return status, body
+
+    def diagnose(self) -> str:
+        status = self.run(
+            "systemctl", "status", "--no-pager", "-l", "s3feed.service", "s3feed.socket"
+        ).stdout
+        status += self.run("systemctl", "list-jobs", "--no-pager").stdout
+        return f"\n--- systemctl status ---\n{status}\n--- journal ---\n" + "\n".join(
+            self.run(
+                "journalctl", "--no-pager", "-n", "60", "-u", "s3feed.service"
+            ).stdout.splitlines()
+        )
+
+    def journal(self, unit: str) -> str:
+        return self.run("journalctl", "--no-pager", "-u", unit, "-o", "cat").stdout
+
+    def wait(self, what: str, check: object, timeout: float = DEADLINE) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+
+
+def _leader(nspawn_pid: int, deadline: float) -> int:
+    """The container's init: the child of systemd-nspawn that runs systemd."""
+    while time.monotonic() < deadline:
+        try:
+            children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+        except FileNotFoundError:
+            raise AssertionError("systemd-nspawn exited during boot") from None
+        for child in children:
+            try:
+                if Path(f"/proc/{child}/comm").read_text().strip() == "systemd":
+                    return int(child)
+            except FileNotFoundError:
+                continue
+        time.sleep(0.1)
+    raise AssertionError("no systemd in the container")
+
+
+@pytest.fixture(scope="module")
+def machine(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    tool = _nspawn()
+    name = f"s3feed-test-{os.getpid()}"
+    if (reason := _nspawn_can_run(tool, name)) is not None:
+        pytest.skip(reason)
+    files = tmp_path_factory.mktemp("nspawn-files")
+    (files / "s3feed.toml").write_text(
+        '[api]\ndrain_grace = 2\n[metrics]\nlisten = "127.0.0.1:9464"\n'
+        '[sts]\nendpoint_url = "http://127.0.0.1:9"\n'  # nothing listens: identity stays unknown
+    )
+    (files / "test.conf").write_text(
+        "[Service]\n"
+        "Environment=AWS_ACCESS_KEY_ID=AKIDEXAMPLEDUMMY0000 AWS_SECRET_ACCESS_KEY=dummy-not-used\n"
+        "Environment=AWS_EC2_METADATA_DISABLED=true\n"
+        "WatchdogSec=3s\n"
+    )
+    (files / "encoders.conf").write_text(
+        'u encoder - "an encoder" /\nm encoder s3feed-clients\nu outsider - "not an encoder" /\n'
+    )
+    system = "/etc/systemd/system"
+    binds = {
+        venv: "/opt/s3feed",
+        REPO / "systemd/s3feed.service": f"{system}/s3feed.service",
+        REPO / "systemd/s3feed.socket": f"{system}/s3feed.socket",
+        files / "test.conf": f"{system}/s3feed.service.d/test.conf",
+        REPO / "systemd/sysusers.d/s3feed.conf": "/etc/sysusers.d/s3feed.conf",
+        files / "encoders.conf": "/etc/sysusers.d/zz-test-encoders.conf",
+        files / "s3feed.toml": "/etc/s3feed/s3feed.toml",
+    }
+    log = files / "console.log"
+    argv = [tool, "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
+            "--private-network", "--console=pipe", "-M", name,
+            *(f"--bind-ro={src}:{dst}" for src, dst in binds.items()),
+            "--boot", "systemd.unit=basic.target"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True)  # fmt: skip
+    try:
+        leader = _leader(proc.pid, time.monotonic() + DEADLINE)
+        m = Machine(proc, leader, log)
+        # is-system-running --wait returns once boot is done ("degraded" is fine:
+        # the host's own services may fail inside).
+        m.wait("the container to boot",
+               lambda: m.run("systemctl", "is-system-running", "--wait").stdout.strip()
+               in ("running", "degraded"))  # fmt: skip
+        yield m
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to halt
+            try:
+                proc.wait(timeout=DEADLINE)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=DEADLINE)
+        if sys.exc_info()[0] is not None:
+            print(log.read_text(errors="replace")[-5000:], file=sys.stderr)
+
+
+def test_socket_starts_service_reload_and_stop(machine: Machine) -> None:
+    m = machine
+    m.ok("systemctl", "enable", "--now", "s3feed.socket")
+    assert m.ok("stat", "-c", "%a %U %G", "/run/s3feed/s3feed.sock").split() == [
+        "660", "s3feed", "s3feed-clients"]  # fmt: skip
+    assert m.show("s3feed.service", "ActiveState")["ActiveState"] == "inactive"
+
+    assert m.get("/healthz", "outsider")[0] == "EACCES"
+    status, body = m.get("/healthz", "encoder")
+    assert status == "200", body
+    assert '"Status":"ok"' in body.replace(" ", "")
+    state = m.show("s3feed.service", "ActiveState", "MainPID", "User", "StatusText")
+    assert state["ActiveState"] == "active", state
+    assert "jobs" in state["StatusText"], state
+    pid = state["MainPID"]
+    assert m.ok("ps", "-o", "user=", "-p", pid).strip() == "s3feed"
+    # Starting the service left the socket's owner and mode alone.
+    assert m.ok("stat", "-c", "%a %U %G", "/run/s3feed/s3feed.sock").split() == [
+        "660", "s3feed", "s3feed-clients"]  # fmt: skip
+    assert m.ok("stat", "-c", "%U", "/run/s3feed/daemon").strip() == "s3feed"
+
+    metrics = m.ok(SYSTEM_PYTHON, "-c", "import urllib.request as u; "
+                   "print(u.urlopen('http://127.0.0.1:9464/metrics', timeout=30).read().decode())")  # fmt: skip
+    assert "s3feed_jobs_active" in metrics and "process_cpu_seconds_total" in metrics
+
+    # Native journal fields, not JSON lines on stderr.
+    fields = m.ok("journalctl", "--no-pager", "-u", "s3feed.service", "-o", "json")
+    assert '"LOGGER":"s3feed.server"' in fields.replace(" ", ""), fields[-2000:]
+
+    m.ok("systemctl", "reload", "s3feed.service")
+    state = m.show("s3feed.service", "ActiveState", "MainPID")
+    assert state == {"ActiveState": "active", "MainPID": pid}
+    m.wait("the reload in the journal", lambda: "SIGHUP: config reloaded" in m.journal("s3feed.service"))  # fmt: skip
+
+    started = time.monotonic()
+    m.ok("systemctl", "stop", "s3feed.service")
+    assert time.monotonic() - started < 30
+    state = m.show("s3feed.service", "ActiveState", "Result", "ExecMainStatus")
+    assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+    assert m.show("s3feed.socket", "ActiveState")["ActiveState"] == "active"
+    m.ok("test", "-S", "/run/s3feed/s3feed.sock")
+
+
+def test_blocked_daemon_is_killed_by_the_watchdog(machine: Machine) -> None:
+    m = machine
+    m.ok("systemctl", "start", "s3feed.socket")
+    assert m.get("/healthz", "encoder")[0] == "200"
+    state = m.show("s3feed.service", "MainPID", "NRestarts", "WatchdogUSec")
+    assert state["WatchdogUSec"] == "3s"
+    pid, restarts = state["MainPID"], int(state["NRestarts"])
+
+    m.ok("kill", "-STOP", pid)  # the whole process stops, its event loop with it
+    m.wait("the watchdog to restart the service",
+           lambda: int(m.show("s3feed.service", "NRestarts")["NRestarts"]) > restarts,
+           timeout=30)  # fmt: skip
+    assert "Watchdog timeout" in m.journal("s3feed.service")
+    m.wait("the restarted service", lambda: m.show("s3feed.service", "ActiveState")["ActiveState"] == "active")  # fmt: skip
+    assert m.get("/healthz", "encoder")[0] == "200"
+    assert m.show("s3feed.service", "MainPID")["MainPID"] != pid
+    m.ok("systemctl", "stop", "s3feed.service", "s3feed.socket")
