@@ -10,7 +10,10 @@ without uvloop. No maintained client offers that zero-copy receive, so the
 hand-written part is kept to framing: the status line and headers are parsed
 by httptools (llhttp); a body with Content-Length is counted here and never
 becomes Python `bytes`; any other body (chunked, close-delimited: error
-bodies in practice) goes through llhttp as well.
+bodies in practice) goes through llhttp as well. Re-measured through
+S3ObjectStore (1 GiB from ministack on loopback, 16 MiB ranges x 8
+connections, pwrite to a file, download phase only, 2 cores): 0.51-0.62
+CPU-s/GiB against 0.88-1.10 for aiobotocore `iter_chunks(1 MiB)`.
 
 Concurrency: one exchange at a time (no pipelining). The caller's task awaits
 a future that the protocol callbacks (run by the event loop) resolve, once at

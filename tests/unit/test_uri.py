@@ -8,6 +8,7 @@ from urllib.parse import unquote
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import InvalidKey, InvalidUriPath
 from s3feed.transfer.uri import MAX_KEY_BYTES, S3Location, parse_uri_path
