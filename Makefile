@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEBIAN_PACKAGES := ffmpeg prometheus curl
+DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv
 
 .PHONY: demo test lint unit functional integration local-aws-start local-aws-stop bench clean
 

@@ -17,6 +17,7 @@ print the server's code and message on stderr and exit 1 (2 for usage).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .logs import setup_logging
     from .server import serve
 
+    # The watchdog kills a stuck daemon with SIGABRT: print where the loop was.
+    faulthandler.enable()
     setup_logging(args.log_level)
     try:
         config = load_config(args.config)

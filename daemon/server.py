@@ -266,9 +266,15 @@ async def serve(config: Config, config_path: Path | None) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    passed = systemd.listen_fds()
+    passed = systemd.listen_fds_with_names()
+    api_socket = dict(passed).get("api") if passed else None
+    if passed and api_socket is None:
+        api_socket = passed[0][1]
+    for _, sock in passed:
+        if sock is not api_socket:
+            sock.close()
     try:
-        await daemon.start(passed[0] if passed else None)
+        await daemon.start(api_socket)
     except SocketInUse as exc:
         log.error(str(exc))
         await daemon.stop()
