@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import uvloop
 
 from s3feed.transfer.errors import TransientError
 from s3feed.transfer.httpclient import HttpClient, serialize_get
@@ -447,3 +448,34 @@ async def test_tls_body_and_keep_alive(tls_files: tuple[str, str]) -> None:
     finally:
         await client.close()
         await server.stop()
+
+
+def test_on_uvloop() -> None:
+    """The daemon runs on uvloop, whose transports differ from asyncio's."""
+
+    async def scenario() -> None:
+        server = Server()
+        await server.start()
+        client = HttpClient(buffer_size=4096)
+        try:
+            body = os.urandom(100_000)
+            server.respond = ok_body(body, pieces=7)
+            for _ in range(2):
+                assert await fetch(client, server.url) == (200, body)
+            assert server.connections == 1
+
+            async def short(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9000\r\n\r\n" + b"s" * 5000)
+                await writer.drain()
+                writer.close()
+
+            server.respond = short
+            with pytest.raises(TransientError) as e:
+                await fetch(client, server.url)
+            assert e.value.reason == "truncated"
+        finally:
+            await client.close()
+            await server.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
