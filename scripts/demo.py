@@ -234,8 +234,8 @@ def run_job(sock: Path, env: dict[str, str]) -> bool:
 
 def ffprobe(args: list[str], stdin: Any = None) -> str:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=format_name,duration:stream=codec_name",
-         "-of", "json", *args],
+        ["ffprobe", "-v", "error", "-count_packets", "-show_entries",
+         "format=format_name,duration:stream=codec_name,nb_read_packets", "-of", "json", *args],
         stdin=stdin, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     if out.returncode != 0:
