@@ -10,7 +10,7 @@ import textwrap
 from typing import Any
 
 import pytest
-from conftest import ACME_ROLE, ACME_URI, Harness
+from harness import ACME_ROLE, ACME_URI, Harness
 
 GOOD_SOURCE = {"Provider": "AmazonS3", "UriPath": ACME_URI, "RoleArnToAssume": ACME_ROLE}
 

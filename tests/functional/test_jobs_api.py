@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from conftest import ACME_ROLE, Harness
+from harness import ACME_ROLE, Harness
 
 from s3feed.daemon.jobs import TransferState
 

@@ -22,17 +22,16 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from daemonproc import Daemon, running_daemon
 from prometheus_client import CollectorRegistry, start_http_server
 from promserver import (
     SELF,
@@ -43,7 +42,6 @@ from promserver import (
     free_port,
     http_get,
     running_prometheus,
-    stop,
 )
 
 from s3feed.daemon.client import Client, S3feedError
@@ -66,85 +64,10 @@ EMPTY_IN_A_SHORT_RUN = {
 }
 
 
-@dataclass
-class Daemon:
-    process: subprocess.Popen[bytes]
-    socket: Path
-    metrics_port: int
-    log: Path
-
-    @property
-    def instance(self) -> str:
-        return f"127.0.0.1:{self.metrics_port}"
-
-
-def wait_for_socket(daemon: Daemon, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert daemon.process.poll() is None, (
-            f"s3feed serve exited with {daemon.process.returncode}:\n{daemon.log.read_text()[-3000:]}"
-        )
-        if daemon.socket.exists():
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(str(daemon.socket))
-                    return
-                except OSError:
-                    pass
-        time.sleep(0.05)
-    raise AssertionError(f"s3feed serve did not open {daemon.socket} in {timeout} s")
-
-
 @pytest.fixture
 def daemon(local_aws: LocalAws, tmp_path: Path) -> Iterator[Daemon]:
-    work = tmp_path / "s3feed"
-    work.mkdir()
-    port = free_port()
-    config = work / "s3feed.toml"
-    config.write_text(
-        f"""
-[api]
-socket = "{work / "s3feed.sock"}"
-
-[metrics]
-listen = "127.0.0.1:{port}"
-
-[sts]
-region = "{local_aws.region}"
-endpoint_url = "{local_aws.endpoint_url}"
-
-[s3]
-endpoint_url = "{local_aws.endpoint_url}"
-
-[transfer]
-part_size = "1MiB"
-
-[cache]
-dir = "{work / "cache"}"
-max_size = "1GiB"
-min_free = "0"
-"""
-    )
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": local_aws.daemon_access_key_id,
-        "AWS_SECRET_ACCESS_KEY": local_aws.daemon_secret_access_key,
-        "AWS_DEFAULT_REGION": local_aws.region,
-    }
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "S3FEED_SOCKET"):
-        env.pop(name, None)
-    log = work / "s3feed.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [S3FEED, "serve", "--config", str(config)], env=env, stdout=out, stderr=out
-        )
-    d = Daemon(process, work / "s3feed.sock", port, log)
-    try:
-        wait_for_socket(d)
+    with running_daemon(local_aws, tmp_path / "s3feed") as d:
         yield d
-    finally:
-        code = stop(process, grace=40)
-        assert code == 0, f"s3feed serve exited with {code}:\n{log.read_text()[-3000:]}"
 
 
 def do_real_work(client: Client, local_aws: LocalAws, bucket: TestBucket) -> None:

@@ -1,0 +1,119 @@
+"""What functional tests drive the daemon with: a client that checks every
+answer against daemon/openapi.yaml, and the request bodies they start from."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonschema
+import orjson
+import yaml
+
+from s3feed.auth.fakests import FakeSts
+from s3feed.daemon.server import Daemon
+from s3feed.transfer.fakestore import FakeObjectStore
+
+OPENAPI = yaml.safe_load((Path(__file__).parents[2] / "daemon" / "openapi.yaml").read_text())
+ACME_ROLE = "arn:aws:iam::123456789012:role/acme-reader"
+ACME_URI = "https://acme-media.s3.eu-west-1.amazonaws.com/sources/"
+
+
+def _resolve(node: Any) -> Any:
+    """OpenAPI 3.0 schema -> JSON Schema: inline $refs, nullable -> type list."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target: Any = OPENAPI
+            for part in node["$ref"].lstrip("#/").split("/"):
+                target = target[part]
+            return _resolve(target)
+        out = {k: _resolve(v) for k, v in node.items() if k not in ("nullable", "example")}
+        if node.get("nullable") and "type" in out:
+            out["type"] = [out["type"], "null"]
+        return out
+    if isinstance(node, list):
+        return [_resolve(v) for v in node]
+    return node
+
+
+def _template(path: str) -> str | None:
+    parts = path.split("?")[0].strip("/").split("/")
+    for template in OPENAPI["paths"]:
+        tparts = template.strip("/").split("/")
+        if tparts[-1] == "{Key}" and len(parts) >= len(tparts):
+            parts_cmp = parts[: len(tparts) - 1]
+            tcmp = tparts[:-1]
+        elif len(tparts) == len(parts):
+            parts_cmp, tcmp = parts, tparts
+        else:
+            continue
+        if all(t.startswith("{") or t == p for t, p in zip(tcmp, parts_cmp, strict=True)):
+            return template
+    return None
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Any
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def code(self) -> str:
+        return str(self.json["Error"]["Code"])
+
+
+@dataclass
+class Harness:
+    daemon: Daemon
+    socket: str
+    sts: FakeSts
+    stores: dict[str, FakeObjectStore]
+    session: aiohttp.ClientSession
+    seen: set[tuple[str, str, int]] = field(default_factory=set)
+
+    def store(self, bucket: str = "acme-media") -> FakeObjectStore:
+        return self.stores.setdefault(bucket, FakeObjectStore(bucket=bucket, endpoint="fake://s3"))
+
+    async def request(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Answer:  # fmt: skip
+        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        payload = io.BytesIO(data) if data is not None else None
+        async with self.session.request(method, path, data=payload, headers=headers) as resp:
+            answer = Answer(resp.status, resp.headers, await resp.read())
+        self.check(method, path, answer)
+        return answer
+
+    def check(self, method: str, path: str, answer: Answer) -> None:
+        """Every route and status the server answers is in the OpenAPI document."""
+        template = _template(path)
+        assert template is not None, f"{path} is not in openapi.yaml"
+        operation = OPENAPI["paths"][template].get(method.lower())
+        if operation is None:
+            assert answer.status == 405, (method, path, answer.status)
+            return
+        responses = operation["responses"]
+        assert str(answer.status) in responses, f"{method} {template} answered {answer.status}"
+        self.seen.add((method, template, answer.status))
+        spec = _resolve(responses[str(answer.status)])
+        content = spec.get("content", {})
+        if "application/json" in content:
+            jsonschema.validate(answer.json, content["application/json"]["schema"])
+
+    async def create_job(
+        self, job_id: str = "job-1", tenant: str = "acme-films", **source: Any
+    ) -> Answer:
+        src = {"Provider": "AmazonS3", "UriPath": ACME_URI, "RoleArnToAssume": ACME_ROLE}
+        src.update(source)
+        return await self.request(
+            "POST", "/v1/jobs", {"JobId": job_id, "TenantName": tenant, "Source": src}
+        )
