@@ -25,7 +25,7 @@ from aiobotocore.credentials import AioCredentialResolver, AioCredentials
 from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider, ReadOnlyCredentials
 
-from .credentials import CredentialSource
+from .credentials import Credentials, CredentialSource
 
 METHOD = "s3feed-role-session"
 
@@ -36,10 +36,7 @@ class RoleSessionCredentials(AioCredentials):  # type: ignore[misc]
         self._source = source
 
     async def get_frozen_credentials(self) -> Any:
-        creds = await self._source.current()
-        return ReadOnlyCredentials(
-            creds.access_key_id, creds.secret_access_key, creds.session_token
-        )
+        return frozen(await self._source.current())
 
     def __repr__(self) -> str:
         return f"RoleSessionCredentials({self._source!r})"
@@ -56,14 +53,24 @@ class _Provider(CredentialProvider):  # type: ignore[misc]
         return self._credentials
 
 
-def aio_session_for(source: CredentialSource) -> AioSession:
+def frozen(creds: Credentials) -> ReadOnlyCredentials:
+    """botocore's signer input for our credentials."""
+    return ReadOnlyCredentials(creds.access_key_id, creds.secret_access_key, creds.session_token)
+
+
+def aio_session_for(source: CredentialSource, *, data_loader: Any = None) -> AioSession:
     """An AioSession whose clients sign with `source`'s current credentials.
 
     session = aio_session_for(role_session)
     async with session.create_client("s3", region_name=..., endpoint_url=...) as s3:
         ...
+
+    Pass one shared `data_loader` (`AioSession().get_component("data_loader")`)
+    to make per-job sessions cheap: service models are then parsed once.
     """
     session = AioSession()
+    if data_loader is not None:
+        session.register_component("data_loader", data_loader)
     resolver = AioCredentialResolver([_Provider(RoleSessionCredentials(source))])
     session.register_component("credential_provider", resolver)
     return session

@@ -31,13 +31,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiobotocore.config import AioConfig
-from aiobotocore.credentials import AioCredentials
 from aiobotocore.session import AioSession
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.credentials import ReadOnlyCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..auth.botocore_creds import aio_session_for, frozen
 from ..auth.credentials import Credentials, CredentialSource
 from .config import S3Config
 from .errors import (
@@ -80,9 +79,7 @@ class S3Clients:
 
     async def control_client(self, location: S3Location, credentials: CredentialSource) -> Any:
         """A new aiobotocore S3 client for one job; the caller closes it."""
-        session = AioSession()
-        session.register_component("data_loader", self._loader)
-        session.register_component("credential_provider", _Provider(credentials))
+        session = aio_session_for(credentials, data_loader=self._loader)
         config = AioConfig(
             region_name=location.region,
             signature_version="s3v4",
@@ -97,29 +94,6 @@ class S3Clients:
 
     async def close(self) -> None:
         await self.http.close()
-
-
-class _JobCredentials(AioCredentials):  # type: ignore[misc]
-    """Asks the job's CredentialSource at every signature."""
-
-    def __init__(self, source: CredentialSource) -> None:
-        super().__init__("", "", method="s3feed-job")
-        self._source = source
-
-    async def get_frozen_credentials(self) -> ReadOnlyCredentials:
-        return _frozen(await self._source.current())
-
-
-class _Provider:
-    def __init__(self, source: CredentialSource) -> None:
-        self._credentials = _JobCredentials(source)
-
-    async def load_credentials(self) -> _JobCredentials:
-        return self._credentials
-
-
-def _frozen(c: Credentials) -> ReadOnlyCredentials:
-    return ReadOnlyCredentials(c.access_key_id, c.secret_access_key, c.session_token)
 
 
 class S3ObjectStore:
@@ -264,7 +238,7 @@ class S3ObjectStore:
         if if_match is not None:
             headers["If-Match"] = if_match
         request = AWSRequest(method="GET", url=url, headers=headers)
-        S3SigV4Auth(_frozen(creds), "s3", self.location.region).add_auth(request)
+        S3SigV4Auth(frozen(creds), "s3", self.location.region).add_auth(request)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:

@@ -116,7 +116,9 @@ def test_byte_exact_in_both_modes(
     data = blob(size, seed=size)
     bucket.put("in/obj.bin", data)
     client = Client(str(daemon.socket))
-    client.create_job("exact", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn)
+    client.create_job(
+        "exact", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn
+    )
     fetched = client.fetch("exact", "obj.bin")
     assert fetched["State"] == "done" and fetched["SizeBytes"] == size
     assert sha(Path(fetched["Path"]).read_bytes()) == sha(data)
@@ -133,7 +135,9 @@ def test_multipart_object_of_hundreds_of_mib(
     etag = bucket.put("big/master.mxf", data, part_size=8 * MiB)
     assert etag.strip('"').endswith("-38")
     client = Client(str(daemon.socket))
-    client.create_job("big", local_aws.acme_tenant, uri(bucket.name, "big"), local_aws.acme_role_arn)
+    client.create_job(
+        "big", local_aws.acme_tenant, uri(bucket.name, "big"), local_aws.acme_role_arn
+    )
     fetched = client.fetch("big", "master.mxf")
     assert sha(Path(fetched["Path"]).read_bytes()) == sha(data)
     streamed = hashlib.sha256()
@@ -152,7 +156,9 @@ def test_python_async_client(daemon: Daemon, local_aws: LocalAws, bucket: TestBu
 
     async def run() -> bytes:
         async with AsyncClient(str(daemon.socket)) as c:
-            await c.create_job("async", local_aws.acme_tenant, uri(bucket.name, "a/"), local_aws.acme_role_arn)
+            await c.create_job(
+                "async", local_aws.acme_tenant, uri(bucket.name, "a/"), local_aws.acme_role_arn
+            )
             listed = await c.list_objects("async")
             assert [o["Key"] for o in listed] == ["clip.ts"]
             return b"".join([chunk async for chunk in c.read_object("async", "clip.ts")])
@@ -170,7 +176,9 @@ def test_object_overwritten_mid_fetch_is_source_changed_and_not_cached(
         local_aws, tmp_path / "d", transfer={"concurrency": 1, "global_concurrency": 1}
     ) as daemon:
         client = Client(str(daemon.socket))
-        client.create_job("ow", local_aws.acme_tenant, uri(bucket.name, "o/"), local_aws.acme_role_arn)
+        client.create_job(
+            "ow", local_aws.acme_tenant, uri(bucket.name, "o/"), local_aws.acme_role_arn
+        )
         started = client.fetch("ow", "v.bin", wait=False)
         deadline = time.monotonic() + 30
         while client.get_fetch("ow", started["FetchId"])["BytesDone"] == 0:
@@ -184,7 +192,9 @@ def test_object_overwritten_mid_fetch_is_source_changed_and_not_cached(
         assert doc["Error"]["Code"] == "SourceChanged", doc
         # Nothing of the old object is served: the cache has no complete entry of it,
         # and the new object is fetched and delivered whole.
-        leftovers = [p for p in daemon.cache_dir.rglob("*") if p.is_file() and p.stat().st_size == len(data)]
+        leftovers = [
+            p for p in daemon.cache_dir.rglob("*") if p.is_file() and p.stat().st_size == len(data)
+        ]
         assert not any(sha(p.read_bytes()) == sha(data) for p in leftovers)
         again = client.fetch("ow", "v.bin")
         assert Path(again["Path"]).read_bytes() == b"a different object"
@@ -199,7 +209,9 @@ def test_object_overwritten_mid_stream_cuts_the_stream_short(
         local_aws, tmp_path / "d", transfer={"stream_window": "4MiB", "concurrency": 2}
     ) as daemon:
         client = Client(str(daemon.socket))
-        client.create_job("ows", local_aws.acme_tenant, uri(bucket.name, "s/"), local_aws.acme_role_arn)
+        client.create_job(
+            "ows", local_aws.acme_tenant, uri(bucket.name, "s/"), local_aws.acme_role_arn
+        )
         received = bytearray()
         chunks = client.read_object("ows", "v.bin")
         with pytest.raises(S3feedError) as err:
@@ -219,12 +231,16 @@ def test_another_tenant_never_gets_a_cached_copy(
     data = blob(2 * MiB, seed=5)
     bucket.put("shared/secret.mov", data)
     client = Client(str(daemon.socket))
-    client.create_job("acme", local_aws.acme_tenant, uri(bucket.name, "shared/"), local_aws.acme_role_arn)
+    client.create_job(
+        "acme", local_aws.acme_tenant, uri(bucket.name, "shared/"), local_aws.acme_role_arn
+    )
     assert Path(client.fetch("acme", "secret.mov")["Path"]).read_bytes() == data
 
     # globex's role may not read this bucket: its job registers (STS says yes),
     # but the cache asks S3 with globex's credentials before handing anything over.
-    client.create_job("globex", local_aws.globex_tenant, uri(bucket.name, "shared/"), local_aws.globex_role_arn)
+    client.create_job(
+        "globex", local_aws.globex_tenant, uri(bucket.name, "shared/"), local_aws.globex_role_arn
+    )
     with pytest.raises(S3feedError) as fetch_err:
         client.fetch("globex", "secret.mov")
     assert (fetch_err.value.status, fetch_err.value.code) == (403, "AccessDenied")
