@@ -134,7 +134,9 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
         "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
         "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,
     }),
-    "cache": (CacheConfig, {"dir": _path, "max_size": parse_size, "min_free": parse_size}),
+    "cache": (CacheConfig, {
+        "dir": _path, "max_size": parse_size, "min_free": parse_size, "group": _str,
+    }),
 }  # fmt: skip
 
 

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cacheindex import CacheDir, EntryState, Record, entry_id
+from .cacheindex import CacheDir, EntryState, Record
 from .config import CacheConfig
 from .engine import Engine, RetryBudget
 from .errors import (
@@ -96,6 +97,8 @@ class Cache:
         self.engine = engine
         self.observer = observer
         self.dir = CacheDir(config.dir, boot_id)
+        # Data files are readable by the encoders' group when one is configured.
+        self._file_mode = 0o640 if config.group else 0o600
         self._disk_free = disk_free
         self._entries: dict[str, Record] = {}
         self._pins: dict[str, set[str]] = {}
@@ -115,7 +118,8 @@ class Cache:
         return self.config.max_size
 
     async def start(self) -> None:
-        self.config.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        group = grp.getgrnam(self.config.group).gr_gid if self.config.group else None
+        await asyncio.to_thread(self.dir.open, group)
         self._scan = asyncio.create_task(self._run_scan())
         self._syncer = asyncio.create_task(self._run_syncer())
 
@@ -195,7 +199,7 @@ class Cache:
     async def lookup(self, store: ObjectStore, key: str, etag: str) -> CacheEntry | None:
         """A complete entry for a stream, after the job's own credentials pass
         a HEAD with If-Match; None when there is none or the object changed."""
-        rec = self._known(entry_id(store.endpoint, store.bucket, key, etag))
+        rec = self._known(self.dir.entry_id(store.endpoint, store.bucket, key, etag))
         if rec is None or rec.state is not EntryState.COMPLETE:
             self.observer.cache_miss()
             return None
@@ -214,7 +218,7 @@ class Cache:
         pinned for `owner` until `unpin_all(owner)`."""
         budget = RetryBudget(self.engine.config.retries)
         meta = await self.engine.retrying(budget, lambda: store.head(key))
-        rid = entry_id(store.endpoint, store.bucket, key, meta.etag)
+        rid = self.dir.entry_id(store.endpoint, store.bucket, key, meta.etag)
         self._pin(rid, owner)
         try:
             rec = self._known(rid)
@@ -333,7 +337,7 @@ class Cache:
         rec, dir_ = flight.rec, self.dir
         try:
             dir_.write_record(rec)  # before the part file: see CacheDir.scan
-            fd = os.open(dir_.part_path(rec.id), os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(dir_.part_path(rec.id), os.O_RDWR | os.O_CREAT, self._file_mode)
             try:
                 os.ftruncate(fd, rec.size)
 

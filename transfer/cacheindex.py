@@ -26,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import hmac
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +51,15 @@ class EntryState(enum.Enum):
     COMPLETE = "complete"
 
 
-def entry_id(endpoint: str, bucket: str, key: str, etag: str) -> str:
-    """Identity of a cached object. ETag alone identifies the bytes (two
-    versions with one ETag have the same content), so VersionId is recorded
-    but not part of the key: a stream that knows only the ETag finds it."""
+def entry_id(endpoint: str, bucket: str, key: str, etag: str, secret: bytes) -> str:
+    """Identity of a cached object, and its file name. ETag alone identifies
+    the bytes (two versions with one ETag have the same content), so VersionId
+    is recorded but not part of the key: a stream that knows only the ETag
+    finds it. Keyed with the cache's secret, so a name cannot be computed from
+    a bucket, key and ETag: encoders may open the files of the cache directory
+    (group traverse-only) but find only the paths the API gave them."""
     raw = json.dumps([endpoint, bucket, key, etag], ensure_ascii=False).encode()
-    return hashlib.sha256(raw).hexdigest()[:40]
+    return hmac.new(secret, raw, hashlib.sha256).hexdigest()[:40]
 
 
 @dataclass
@@ -118,8 +123,6 @@ class Record:
             boot_id=str(d.get("BootId", "")),
             last_used=float(d.get("LastUsed", 0.0)),  # type: ignore[arg-type]
         )
-        if entry_id(rec.endpoint, rec.bucket, rec.key, rec.etag) != rid:
-            raise ValueError("record does not match its file name")
         return rec
 
 
@@ -138,9 +141,35 @@ def _int(d: dict[str, object], k: str) -> int:
 
 
 class CacheDir:
+    SECRET = ".secret"
+
     def __init__(self, path: Path, boot_id: str | None = None) -> None:
         self.path = path
         self.boot_id = boot_id if boot_id is not None else current_boot_id()
+        self._secret: bytes | None = None
+
+    def open(self, group: int | None) -> None:
+        """Create the directory (traverse-only for `group`, setgid so files
+        inherit it) and load or make the secret that names entries."""
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if group is not None:
+            os.chown(self.path, -1, group)
+            os.chmod(self.path, 0o2710)
+        else:
+            os.chmod(self.path, 0o700)
+        secret_path = self.path / self.SECRET
+        try:
+            self._secret = secret_path.read_bytes()
+        except FileNotFoundError:
+            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+            self._secret = secret_path.read_bytes()
+
+    def entry_id(self, endpoint: str, bucket: str, key: str, etag: str) -> str:
+        if self._secret is None:
+            raise RuntimeError("CacheDir.open() first")
+        return entry_id(endpoint, bucket, key, etag, self._secret)
 
     def data_path(self, rid: str) -> Path:
         return self.path / f"{rid}.data"
@@ -152,8 +181,11 @@ class CacheDir:
         return self.path / f"{rid}.json"
 
     def write_record(self, rec: Record) -> None:
+        # Owner-only: records name other tenants' buckets and keys.
         tmp = self.path / f"{rec.id}.json.tmp"
-        tmp.write_bytes(json.dumps(rec.to_json()).encode())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(json.dumps(rec.to_json()).encode())
         os.replace(tmp, self.record_path(rec.id))
 
     def remove(self, rid: str) -> None:
@@ -167,6 +199,8 @@ class CacheDir:
         try:
             raw = json.loads(self.record_path(rid).read_bytes())
             rec = Record.from_json(rid, raw)
+            if self.entry_id(rec.endpoint, rec.bucket, rec.key, rec.etag) != rid:
+                raise ValueError("record does not match its file name")
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):

@@ -67,6 +67,10 @@ class CacheConfig:
     dir: Path = Path("/var/cache/s3feed")
     max_size: int = 100 * GiB  # budget for complete and partial entries
     min_free: int = 5 * GiB  # never fill the disk below this
+    # The encoders' group: cache files are made readable by it (the directory
+    # traverse-only), so an encoder of another uid can open the path a fetch
+    # returned. None: files are the daemon's alone.
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_size <= 0:

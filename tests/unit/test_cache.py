@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from s3feed.transfer.cache import Cache
-from s3feed.transfer.cacheindex import entry_id
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import AccessDenied, Cancelled, InsufficientStorage, SourceChanged
@@ -39,6 +38,11 @@ class Counts(NullTransferObserver):
 
     def cache_size(self, size_bytes: int, capacity_bytes: int) -> None:
         self.size = (size_bytes, capacity_bytes)
+
+
+def entries(c: Cache) -> list[str]:
+    """Files of cache entries (the directory's secret aside)."""
+    return sorted(p.name for p in c.config.dir.iterdir() if p.name != ".secret")
 
 
 def sha(b: bytes) -> str:
@@ -155,7 +159,7 @@ async def test_412_mid_transfer_leaves_nothing(cache: tuple[Cache, Counts]) -> N
     store = FailingObjectStore(inner, {2: Fault("source_changed")})
     with pytest.raises(SourceChanged):
         await c.fetch(store, "k", tenant="t", owner="j", progress=Progress())
-    assert list(c.config.dir.iterdir()) == [] and c.size_bytes == 0
+    assert entries(c) == [] and c.size_bytes == 0
 
 
 async def test_resume_after_crash(tmp_path: Path) -> None:
@@ -178,7 +182,7 @@ async def test_resume_after_crash(tmp_path: Path) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     await c.close()
-    rid = entry_id(inner.endpoint, inner.bucket, "k", inner.objects["k"].etag)
+    rid = c.dir.entry_id(inner.endpoint, inner.bucket, "k", inner.objects["k"].etag)
     sidecar = json.loads((c.config.dir / f"{rid}.json").read_text())
     assert sidecar["State"] == "partial" and sidecar["Ranges"] == [[0, 2 * MiB - 1]]
 
@@ -201,7 +205,7 @@ async def test_unsynced_entries_do_not_survive_a_reboot(tmp_path: Path) -> None:
     inner.put("a", blob(MiB, 1))
     ea = await c.fetch(inner, "a", tenant="t", owner="j", progress=Progress())
     await c.close()  # close syncs completed entries
-    rid = entry_id(inner.endpoint, inner.bucket, "a", ea.etag)
+    rid = c.dir.entry_id(inner.endpoint, inner.bucket, "a", ea.etag)
     rec = json.loads((c.config.dir / f"{rid}.json").read_text())
     assert rec["Synced"] is True
     rec["Synced"] = False  # as if the daemon died before its syncer got there
@@ -209,7 +213,7 @@ async def test_unsynced_entries_do_not_survive_a_reboot(tmp_path: Path) -> None:
     c2, _ = new_cache(tmp_path, boot="boot-2")
     await c2.start()
     await asyncio.wait([c2._scan])  # type: ignore[list-item]
-    assert c2.size_bytes == 0 and list(c2.config.dir.iterdir()) == []
+    assert c2.size_bytes == 0 and entries(c2) == []
     await c2.close()
 
 
