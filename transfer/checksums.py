@@ -109,7 +109,7 @@ def _load() -> dict[str, Algorithm]:
         def _crc64(data: bytes | memoryview, crc: int) -> int:
             return int(crt.crc64nvme(data, crc))
 
-        algs["CRC64NVME"] = Algorithm("CRC64NVME", 64, 0x9A6C9269032B2C3F, _crc64)
+        algs["CRC64NVME"] = Algorithm("CRC64NVME", 64, 0x9A6C9329AC4BC9B5, _crc64)
     except ImportError:
         pass
     return algs
