@@ -17,7 +17,7 @@ from daemonproc import S3FEED, Daemon, running_daemon
 from s3feed.daemon.client import Client, S3feedError
 
 if TYPE_CHECKING:
-    from conftest import LocalAws, TestBucket
+    from conftest import LocalAws, Seaweed, TestBucket
 
 MiB = 1024 * 1024
 
@@ -265,3 +265,43 @@ def test_wrong_tenant_missing_role_and_untrusting_role_are_refused(
         assert role in err.value.message and tenant in err.value.message
         assert local_aws.daemon_arn in err.value.message
     assert client.list_jobs() == []
+
+
+@pytest.fixture(scope="module")
+def seaweed_daemon(seaweed: Seaweed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    # SeaweedFS has the daemon's identity and a role it may assume (it ignores
+    # ExternalId): the same daemon, on the fast store.
+    with running_daemon(seaweed, tmp_path_factory.mktemp("seaweed-daemon")) as d:  # type: ignore[arg-type]
+        yield d
+
+
+@pytest.mark.parametrize("size", [0, 1, MiB, MiB + 1, 40 * MiB + 5])
+def test_byte_exact_on_seaweedfs(seaweed_daemon: Daemon, seaweed: Seaweed, size: int) -> None:
+    data = blob(size, seed=100 + size)
+    key = f"exact/{size}.bin"
+    with seaweed.closing_client("s3") as s3:
+        s3.put_object(Bucket=seaweed.bucket, Key=key, Body=data)
+    client = Client(str(seaweed_daemon.socket))
+    job = f"sw-{size}"
+    client.create_job(job, "seaweed-tenant", uri(seaweed.bucket, "exact/"), seaweed.role_arn)
+    try:
+        assert sha(Path(client.fetch(job, f"{size}.bin")["Path"]).read_bytes()) == sha(data)
+        assert sha(b"".join(client.read_object(job, f"{size}.bin"))) == sha(data)
+    finally:
+        client.delete_job(job)
+
+
+def test_multipart_object_on_seaweedfs(seaweed_daemon: Daemon, seaweed: Seaweed) -> None:
+    with seaweed.closing_client("s3") as s3:
+        head = s3.head_object(Bucket=seaweed.bucket, Key=seaweed.multipart_key)
+        expected = s3.get_object(Bucket=seaweed.bucket, Key=seaweed.multipart_key)["Body"].read()
+    assert head["ETag"].strip('"').rpartition("-")[2].isdigit(), "a -N multipart ETag"
+    folder, _, name = seaweed.multipart_key.rpartition("/")
+    client = Client(str(seaweed_daemon.socket))
+    client.create_job("sw-mp", "seaweed-tenant", uri(seaweed.bucket, folder), seaweed.role_arn)
+    try:
+        fetched = client.fetch("sw-mp", name)
+        assert Path(fetched["Path"]).read_bytes() == expected
+        assert b"".join(client.read_object("sw-mp", name)) == expected
+    finally:
+        client.delete_job("sw-mp")
