@@ -198,3 +198,19 @@ async def test_trust_policy_and_health(harness: Harness) -> None:
     assert (bad.status, bad.code) == (400, "InvalidTenantName")
     health = await harness.request("GET", "/healthz")
     assert health.json["Principal"] == harness.sts.identity.arn
+
+
+async def test_keys_with_spaces_plus_percent_and_unicode(harness: Harness) -> None:
+    from urllib.parse import quote
+
+    keys = ["show/ep 1 + ü.ts", "100% real.mp4", "a+b/c=d&e.ts", "日本/映像.mxf"]
+    for i, key in enumerate(keys):
+        harness.store().put(f"sources/{key}", _blob(1000 + i, seed=i))
+    await harness.create_job()
+    listed = await harness.request("GET", "/v1/jobs/job-1/objects")
+    assert sorted(o["Key"] for o in listed.json["Objects"]) == sorted(keys)
+    for i, key in enumerate(keys):
+        streamed = await harness.request("GET", f"/v1/jobs/job-1/objects/{quote(key)}")
+        assert streamed.status == 200 and streamed.body == _blob(1000 + i, seed=i), key
+        fetched = await harness.request("POST", "/v1/jobs/job-1/fetches?wait=true", {"Key": key})
+        assert Path(fetched.json["Path"]).read_bytes() == _blob(1000 + i, seed=i), key
