@@ -140,9 +140,7 @@ def test_every_dashboard_query_has_data(
         # daemon's exposition must still declare it.
         exposition = http_get(f"http://{daemon.instance}/metrics").decode()
         for metric in EMPTY_IN_A_SHORT_RUN.values():
-            assert f"# TYPE {metric} counter" in exposition, (
-                f"{metric} is not exported"
-            )
+            assert f"# TYPE {metric} counter" in exposition, f"{metric} is not exported"
 
         client.delete_job("prom-job")
         client.delete_job("prom-other")
