@@ -1,0 +1,286 @@
+"""bench/RESULTS.md from the raw figures of one run of bench/run.py.
+
+Medians over the measured rounds (the warm-up is only a check). Ratios are
+paired: a contender's figure divided by s3feed's in the same round, then
+the median of those, so a noisy round moves both sides of a ratio. GB are
+10^9 bytes; MiB are 2^20. CPU-s per GB counts the daemon and the client
+process (the `cmp` reader of stream runs is reported apart, and SeaweedFS's
+own CPU is shown for context, not counted).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from .peers import BASELINE, CONTENDERS
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "—" if x is None or x != x else f"{x:.{nd}f}"
+
+
+def _other(r: dict[str, Any]) -> float:
+    measured = r["client_cpu_s"] + r["daemon_cpu_s"] + r["server_cpu_s"] + r["reader_cpu_s"]
+    return float(r["machine_busy_s"] - measured)
+
+
+def _other(r: dict[str, Any]) -> float:
+    measured = r["client_cpu_s"] + r["daemon_cpu_s"] + r["server_cpu_s"] + r["reader_cpu_s"]
+    return float(r["machine_busy_s"] - measured)
+
+
+def summarize(facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    size = facts["object"]["size"]
+    rows = [r for r in facts.get("main", []) if r["round"] > 0]
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by[r["name"]].append(r)
+    checks: dict[str, tuple[int, int, int]] = {}
+    for r in facts.get("main", []):
+        ok, total, exact = checks.get(r["name"], (0, 0, 0))
+        good = r["error"] is None
+        checks[r["name"]] = (ok + good, total + 1, exact + (good and r["exact"]))
+    out: dict[str, dict[str, Any]] = {}
+    for name, runs in by.items():
+        good = [r for r in runs if r["error"] is None]
+        cpu = [r["client_cpu_s"] + r["daemon_cpu_s"] for r in good]
+        walls = [r["wall_s"] for r in good]
+        s: dict[str, Any] = {
+            "mode": runs[0]["mode"],
+            "n": len(good),
+            "failed": len(runs) - len(good),
+            "wall_s": med(walls),
+            "wall_min": min(walls, default=float("nan")),
+            "wall_max": max(walls, default=float("nan")),
+            "gbps": size / 1e9 / med(walls) if good else float("nan"),
+            "cpu_s": med(cpu),
+            "cpu_per_gb": med(cpu) / (size / 1e9),
+            "client_cpu_s": med([r["client_cpu_s"] for r in good]),
+            "daemon_cpu_s": med([r["daemon_cpu_s"] for r in good]),
+            "reader_cpu_s": med([r["reader_cpu_s"] for r in good]),
+            "server_cpu_s": med([r["server_cpu_s"] for r in good]),
+            "other_cpu_s": med([_other(r) for r in good]),
+            "client_rss_mib": max((r["client_rss_mib"] for r in good), default=float("nan")),
+            "daemon_hwm_mib": max(
+                (r["daemon_hwm_mib"] for r in good if r["daemon_hwm_mib"]), default=None
+            ),
+            "checks": checks.get(name, (0, 0, 0)),
+        }
+        out[name] = s
+    for name, s in out.items():
+        base = BASELINE[s["mode"]]
+        base_by_round = {r["round"]: r for r in by.get(base, []) if r["error"] is None}
+        wr, cr = [], []
+        for r in by[name]:
+            b = base_by_round.get(r["round"])
+            if r["error"] is None and b is not None:
+                wr.append(r["wall_s"] / b["wall_s"])
+                bc = b["client_cpu_s"] + b["daemon_cpu_s"]
+                if bc > 0:
+                    cr.append((r["client_cpu_s"] + r["daemon_cpu_s"]) / bc)
+        s["wall_ratio"], s["cpu_ratio"] = med(wr), med(cr)
+    return out
+
+
+def render(facts: dict[str, Any]) -> str:
+    m = facts["machine"]
+    obj = facts["object"]
+    size = obj["size"]
+    lines = [
+        "# s3feed vs other S3 downloaders",
+        "",
+        f"Run {facts['started']} to {facts['finished']} by `bench/run"
+        f" --size {size}` ({size / (1 << 30):g} GiB, {facts['args']['runs']} measured rounds"
+        f" after a checked warm-up). Written by bench/report.py; raw figures in RESULTS.json beside it.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']},"
+        f" kernel {m['kernel']}, Python {m['python']}, output to {m['fs']} (page cache)."
+        f" Load average at start {facts['loadavg_start']}, at end {facts['loadavg_end']}"
+        " (the 2 cores are shared with other engineers' test runs: see the `other CPU-s`"
+        " column). SeaweedFS 4.48 `weed mini` on 127.0.0.1 with defaults (no"
+        " readerCacheSizeMB); client, daemon and server share the same 2 cores.",
+        "",
+        f"Object: {size} bytes, multipart with {obj['upload_part_size'] >> 20} MiB parts,"
+        f" ETag {obj['etag']}, checksums from HEAD: {obj['checksums'] or 'none'}.",
+        "",
+        "Versions: " + "; ".join(f"{k} `{v}`" for k, v in facts["versions"].items()) + ".",
+        "",
+    ]
+    if facts.get("main"):
+        summary = summarize(facts)
+        how = {c.name: c.how for c in CONTENDERS}
+        for mode, title in (("file", "To a file (cache mode)"), ("stream", "Streams, in order")):
+            names = [
+                c.name for c in CONTENDERS if c.name in summary and summary[c.name]["mode"] == mode
+            ]
+            if not names:
+                continue
+            base = BASELINE[mode]
+            lines += [
+                f"## {title}",
+                "",
+                f"Ratios are the contender's over {base}'s in the same round (> 1: s3feed better).",
+                "",
+                "| contender | how | wall s (min-max) | GB/s | CPU-s/GB | client + daemon CPU-s"
+                " | peak RSS MiB client / daemon | server CPU-s | other CPU-s | wall ratio | CPU ratio"
+                " | checked |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for n in names:
+                s = summary[n]
+                ok, total, exact = s["checks"]
+                lines.append(
+                    f"| {n} | {how[n]} | {_f(s['wall_s'])} ({_f(s['wall_min'])}-{_f(s['wall_max'])})"
+                    f" | {_f(s['gbps'])} | {_f(s['cpu_per_gb'])}"
+                    f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}"
+                    f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}"
+                    f" | {_f(s['server_cpu_s'])} | {_f(s['other_cpu_s'])}"
+                    f" | {_f(s['wall_ratio'])} | {_f(s['cpu_ratio'])}"
+                    f" | {ok}/{total} ok, {exact} byte-exact |"
+                )
+            lines.append("")
+        lines += _failures(facts)
+    if facts.get("ttfb"):
+        lines += ["## Time to first byte", "",
+                  "From spawning the reader process to its first byte (the first 64 KiB"
+                  " compared with the reference), on one running daemon; medians.", "",
+                  "| contender | median s | min s | max s |", "|---|---|---|---|"]  # fmt: skip
+        for n, xs in facts["ttfb"].items():
+            lines.append(f"| {n} | {_f(med(xs), 3)} | {_f(min(xs), 3)} | {_f(max(xs), 3)} |")
+        lines.append("")
+    if facts.get("slow"):
+        s = facts["slow"]
+        lines += [
+            "## Slow reader",
+            "",
+            f"{s['size']} bytes streamed to `curl --limit-rate {s['rate_limit']}` (| cmp):"
+            f" {_f(s['wall_s'], 1)} s ({_f(s['size'] / s['wall_s'] / 1e6, 1)} MB/s),"
+            f" {'byte-exact' if s['ok'] else 'FAILED'}. Daemon RSS {_f(s['base_rss_mib'], 0)} MiB"
+            f" before, peak {_f(s['daemon_hwm_mib'], 0)} MiB (VmHWM; sampled max"
+            f" {_f(s['peak_rss_sampled_mib'], 0)}); stream window {s['window_mib']:g} MiB,"
+            f" `s3feed_stream_buffered_bytes` peak {_f(s['peak_buffered_mib'], 0)} MiB;"
+            f" daemon CPU {_f(s['daemon_cpu_s'])} s.",
+            "",
+        ]
+    if facts.get("concurrency"):
+        lines += _concurrency(facts["concurrency"])
+    if facts.get("idle"):
+        i = facts["idle"]
+        lines += [
+            "## Idle daemon",
+            "",
+            f"One job registered, no transfer: RSS {_f(i['rss_mib'], 0)} MiB,"
+            f" {_f(i['cpu_s'], 3)} CPU-s over {i['seconds']:g} s.",
+            "",
+        ]
+    lines += _targets(facts)
+    lines += [
+        "## How it was measured",
+        "",
+        "- Each run is a fresh process for every peer and a fresh `s3feed serve` (empty cache)"
+        " for every s3feed run. Peer CPU and peak RSS are the process's own (`wait4` rusage),"
+        " start-up included. The daemon's CPU is the /proc/PID/stat delta around the request"
+        " only (its start-up, imports and the job's AssumeRole are not counted); its peak RSS is"
+        " VmHWM since start.",
+        "- s3feed runs with default [transfer] settings (16 MiB parts, 8 per transfer, 256 MiB"
+        " stream window); peers with their defaults except where the `how` column says.",
+        "- All read with the same kind of credentials (a session of the reader role). Stream"
+        " contenders write into `cmp - REF`, which checks every byte and plays `cat >/dev/null`;"
+        " curl to /dev/null is checked by size and status each run and byte-exact in the warm-up.",
+        "- `os.sync()` before each run, so no run pays for another's dirty pages.",
+        "- `other CPU-s` = machine busy time during the run minus everything measured: other"
+        " people's load plus kernel threads (writeback, softirq).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _failures(facts: dict[str, Any]) -> list[str]:
+    failed = [r for r in facts["main"] if r["error"]]
+    if not failed:
+        return []
+    out = ["Failed runs:", ""]
+    out += [f"- {r['name']} round {r['round']}: {r['error'][:300]}" for r in failed]
+    return [*out, ""]
+
+
+def _concurrency(rounds: list[dict[str, Any]]) -> list[str]:
+    r0 = rounds[0]
+    n, size = r0["jobs"], r0["size"]
+    single = med([r["single_s"] for r in rounds])
+    agg = med([n * size / r["wall_s"] / 1e9 for r in rounds])
+    fair = med([max(r["durations_s"]) / min(r["durations_s"]) for r in rounds])
+    out = [
+        "## Concurrency",
+        "",
+        f"{n} jobs of {r0['tenants']} tenants, each fetching its own {size >> 20} MiB object"
+        " at the same moment on one daemon, against one such fetch alone on a fresh daemon;"
+        f" {len(rounds)} rounds, medians. (SeaweedFS cannot check ExternalId: tenants are names.)",
+        "",
+        f"- single: {_f(single)} s, {_f(size / single / 1e9)} GB/s,"
+        f" {_f(med([r['single_cpu_s'] for r in rounds]))} daemon CPU-s",
+        f"- {n} at once: aggregate {_f(agg)} GB/s = {_f(agg / (size / single / 1e9))} x single;"
+        f" slowest/fastest {_f(fair)}; daemon {_f(med([r['daemon_cpu_s'] for r in rounds]))}"
+        f" CPU-s, peak RSS {_f(max(r['daemon_hwm_mib'] for r in rounds), 0)} MiB",
+    ]
+    for r in rounds:
+        ds = ", ".join(f"{d:.1f}" for d in r["durations_s"])
+        out.append(f"- round {r['round']}: wall {r['wall_s']:.2f} s; per job s: {ds}")
+    return [*out, ""]
+
+
+def _targets(facts: dict[str, Any]) -> list[str]:
+    out = ["## Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
+    s = summarize(facts) if facts.get("main") else {}
+
+    def row(what: str, measured: str, ok: bool | None) -> None:
+        out.append(
+            f"| {what} | {measured} | {'—' if ok is None else ('yes' if ok else '**no**')} |"
+        )
+
+    c, rc = s.get("s3feed-cache"), s.get("rclone-copyto")
+    if c and rc:
+        row("cache wall <= rclone copyto", f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s"
+            f" (paired ratio {_f(rc['wall_ratio'])})", rc["wall_ratio"] >= 1)  # fmt: skip
+        row("cache CPU-s/GB <= rclone's", f"{_f(c['cpu_per_gb'])} vs {_f(rc['cpu_per_gb'])}",
+            c["cpu_per_gb"] <= rc["cpu_per_gb"])  # fmt: skip
+    if c:
+        row("cache-mode peak RSS <= 150 MiB", f"{_f(c['daemon_hwm_mib'], 0)} MiB",
+            c["daemon_hwm_mib"] is not None and c["daemon_hwm_mib"] <= 150)  # fmt: skip
+    st, rcat = s.get("s3feed-cat"), s.get("rclone-cat")
+    if st and rcat:
+        row("stream wall <= rclone cat", f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s"
+            f" (paired ratio {_f(rcat['wall_ratio'])})", rcat["wall_ratio"] >= 1)  # fmt: skip
+    t = facts.get("ttfb", {})
+    if t.get("s3feed-curl") and t.get("curl"):
+        a, b = med(t["s3feed-curl"]), med(t["curl"])
+        row("TTFB <= 1.5 x curl's (both curl)", f"{_f(a, 3)} s vs {_f(b, 3)} s", a <= 1.5 * b)
+    if facts.get("slow"):
+        sl = facts["slow"]
+        row("slow reader: peak RSS <= window + 100 MiB",
+            f"{_f(sl['daemon_hwm_mib'], 0)} MiB vs {sl['window_mib'] + 100:g} MiB",
+            sl["daemon_hwm_mib"] <= sl["window_mib"] + 100)  # fmt: skip
+    if facts.get("idle"):
+        i = facts["idle"]
+        row("idle daemon <= 80 MiB, ~0 CPU", f"{_f(i['rss_mib'], 0)} MiB,"
+            f" {_f(i['cpu_s'] / i['seconds'] * 100, 2)} % of a core",
+            i["rss_mib"] <= 80 and i["cpu_s"] / i["seconds"] < 0.01)  # fmt: skip
+    if facts.get("concurrency"):
+        rounds = facts["concurrency"]
+        n, size = rounds[0]["jobs"], rounds[0]["size"]
+        single_rate = size / med([r["single_s"] for r in rounds])
+        agg = med([n * size / r["wall_s"] for r in rounds])
+        fair = med([max(r["durations_s"]) / min(r["durations_s"]) for r in rounds])
+        row(
+            "8 jobs: aggregate >= 0.9 x single",
+            f"{_f(agg / single_rate)} x",
+            agg >= 0.9 * single_rate,
+        )
+        row("8 jobs: slowest/fastest <= 1.5", _f(fair), fair <= 1.5)
+    return [*out, ""]

@@ -1,0 +1,516 @@
+"""s3feed against the S3 downloaders a user would otherwise pick, side by side.
+
+    bench/run [--size 2GiB] [--runs 3] [--only NAME ...] [--quick]
+
+(`bench/run` is `.venv/bin/python -m bench.run` from the repository root.)
+Installs the peers into bench/.venv, starts SeaweedFS on 127.0.0.1 (its own
+state directory; stopped at the end), uploads the test objects (multipart),
+then:
+
+1. main: every contender once as a checked warm-up, then `--runs` rounds,
+   each running every contender once, alternating the order (A B C, C B A)
+   so drift and other people's load fall on all of them; every run is
+   checked byte-exact (peers.py says how);
+2. time to first byte of the stream contenders (spawn to first byte read);
+3. slow reader: the object streamed to curl --limit-rate (50 MB/s), the
+   daemon's RSS and window against [transfer] stream_window;
+4. concurrency: 8 jobs of 4 tenants fetching 8 different 512 MiB objects at
+   once on one daemon, against one such fetch alone;
+5. the idle daemon's RSS and CPU.
+
+Writes bench/RESULTS.md (report.py) and the raw figures beside it
+(RESULTS.json); scratch files live in bench/.work/ (`--work`). Every process it starts is bounded by a timeout and
+stopped on the way out, Ctrl-C included.
+
+Design note (what runs where): everything is sequential in this process
+except the 8 fetch requests of the concurrency benchmark (threads waiting on
+the daemon) and the RSS sampler of the slow-reader run (a thread reading
+/proc). Measured work happens in child processes (measure.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from s3feed.daemon.client import Client
+from s3feed.transfer.config import TransferConfig
+
+from . import peers, report, s3feedd
+from .measure import Sample, loadavg, proc_cpu, proc_status_kib, run_pipeline
+from .peers import Contender, Ctx
+from .store import Store, head, own_seaweed, reference, upload
+
+MiB = 1 << 20
+GiB = 1 << 30
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+WORK = Path(__file__).resolve().parent / ".work"
+TENANT = "bench-tenant"
+
+
+def parse_size(text: str) -> int:
+    units = {"KiB": 1 << 10, "MiB": MiB, "GiB": GiB, "KB": 1000, "MB": 10**6, "GB": 10**9}
+    for unit, mult in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * mult)
+    return int(text)
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run_timeout(size: int) -> float:
+    return 120 + size / 10e6  # even 10 MB/s finishes; a hang does not hold the machine
+
+
+# ------------------------------------------------------------------ one run
+
+
+def measure(
+    contender: Contender, ctx: Ctx, store: Store, daemon_pid: int | None, exact: bool
+) -> dict[str, Any]:
+    plan = contender.plan(ctx, exact)
+    shutil.rmtree(ctx.out, ignore_errors=True)
+    ctx.out.mkdir(parents=True)
+    os.sync()  # earlier runs' dirty pages are not this run's cost
+    capture = plan.path_from_stdout is not None or plan.size_line
+    before = Sample.take(daemon_pid, store.server_pgid)
+    res = run_pipeline(plan.cmds, env=plan.env, capture_last=capture, timeout=run_timeout(ctx.size))
+    after = Sample.take(daemon_pid, store.server_pgid)
+    producers = res.procs[: len(res.procs) - plan.readers]
+    row: dict[str, Any] = {
+        "name": contender.name,
+        "mode": contender.mode,
+        "exact": not plan.size_line,
+        "wall_s": res.wall_s,
+        "client_cpu_s": sum(p.cpu_s for p in producers),
+        "client_rss_mib": max(p.maxrss_kib for p in producers) / 1024,
+        "reader_cpu_s": sum(p.cpu_s for p in res.procs[len(producers) :]),
+        "daemon_cpu_s": after.daemon_cpu - before.daemon_cpu if daemon_pid else 0.0,
+        "daemon_hwm_mib": proc_status_kib(daemon_pid, "VmHWM") / 1024 if daemon_pid else None,
+        "server_cpu_s": after.server_cpu - before.server_cpu,
+        "machine_busy_s": after.busy - before.busy,
+        "error": None,
+    }
+    try:
+        if not res.ok:
+            codes = [(p.argv0, p.returncode) for p in res.procs]
+            errs = b" | ".join(e.strip()[-500:] for e in res.stderr).decode(errors="replace")
+            raise RuntimeError(
+                f"exit codes {codes}{' (timed out)' if res.timed_out else ''}: {errs}"
+            )
+        if plan.size_line:
+            got = res.stdout.decode().split()
+            if got != [str(ctx.size), "200"]:
+                raise RuntimeError(f"curl got {got}, expected {ctx.size} bytes with 200")
+        out = plan.path_from_stdout(res.stdout) if plan.path_from_stdout else plan.out_file
+        if out is not None:
+            cmp = subprocess.run(["cmp", str(out), str(ctx.ref)], capture_output=True, timeout=600)
+            if cmp.returncode != 0:
+                raise RuntimeError(
+                    f"{out} differs from the reference: {cmp.stdout!r}{cmp.stderr!r}"
+                )
+    except RuntimeError as exc:
+        row["error"] = str(exc)[:1500]
+        log(f"{contender.name}: FAILED: {row['error']}")
+    shutil.rmtree(ctx.out, ignore_errors=True)
+    return row
+
+
+def run_one(contender: Contender, ctx: Ctx, store: Store, exact: bool) -> dict[str, Any]:
+    if not contender.daemon:
+        return measure(contender, ctx, store, None, exact)
+    with daemon_with_job(store, ctx) as d:
+        return measure(contender, ctx, store, d.pid, exact)
+
+
+@contextlib.contextmanager
+def daemon_with_job(
+    store: Store, ctx: Ctx, transfer: dict[str, Any] | None = None
+) -> Iterator[s3feedd.Daemon]:
+    with s3feedd.running(store, ctx.work / "daemon", transfer) as d:
+        Client(str(d.socket)).create_job(
+            ctx.job_id, TENANT, s3feedd.job_uri(store, "bench/"), store.role_arn
+        )
+        ctx.socket = d.socket
+        try:
+            yield d
+        finally:
+            ctx.socket = None
+
+
+def main_suite(
+    contenders: list[Contender], ctx: Ctx, store: Store, runs: int, warmup: bool
+) -> list[dict[str, Any]]:
+    rows = []
+    if warmup:
+        for c in contenders:
+            log(f"warm-up (checked byte-exact): {c.name}")
+            row = run_one(c, ctx, store, exact=True)
+            rows.append({**row, "round": 0})
+    for r in range(1, runs + 1):
+        order = contenders if r % 2 else list(reversed(contenders))
+        for c in order:
+            row = run_one(c, ctx, store, exact=False)
+            row["round"] = r
+            rows.append(row)
+            log(f"round {r}/{runs} {c.name}: {row['wall_s']:.2f} s"
+                f" client {row['client_cpu_s']:.2f} + daemon {row['daemon_cpu_s']:.2f} CPU-s"
+                f"{' FAILED' if row['error'] else ''}")  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------ time to first byte
+
+
+def first_byte(cmd: list[str], env: dict[str, str] | None, ref: Path, n: int = 65536) -> float:
+    """Seconds from spawning `cmd` to its first stdout byte; checks the first bytes."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        assert p.stdout is not None
+        data = os.read(p.stdout.fileno(), n)
+        t1 = time.monotonic()
+        with open(ref, "rb") as fh:
+            if not data or data != fh.read(len(data)):
+                raise RuntimeError(f"{cmd[0]}: first bytes differ from the reference")
+        return t1 - t0
+    finally:
+        if p.stdout is not None:
+            p.stdout.close()  # the producer gets EPIPE and stops
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def ttfb_suite(
+    contenders: list[Contender], ctx: Ctx, store: Store, runs: int
+) -> dict[str, list[float]]:
+    streams = [c for c in contenders if c.mode == "stream"]
+    out: dict[str, list[float]] = {c.name: [] for c in streams}
+    if not streams:
+        return out
+    with daemon_with_job(store, ctx):
+        for _ in range(runs):
+            for c in streams:
+                plan = c.plan(ctx, True)  # the producer of the exact form writes to stdout
+                out[c.name].append(first_byte(plan.cmds[0], plan.env, ctx.ref))
+                time.sleep(0.2)  # let the cancelled transfer wind down
+    return out
+
+
+# ------------------------------------------------------------------ slow reader
+
+
+def slow_reader(ctx: Ctx, store: Store, rate: int) -> dict[str, Any]:
+    with daemon_with_job(store, ctx) as d:
+        base_rss = proc_status_kib(d.pid, "VmRSS")
+        peak = {"rss": 0, "buffered": 0.0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.25):
+                with contextlib.suppress(OSError):
+                    peak["rss"] = max(peak["rss"], proc_status_kib(d.pid, "VmRSS"))
+                    peak["buffered"] = max(
+                        peak["buffered"], d.metric("s3feed_stream_buffered_bytes") or 0
+                    )
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        cmd = ["curl", "-sS", "--fail", "--limit-rate", str(rate), "--unix-socket", str(d.socket)]
+        cpu0 = proc_cpu(d.pid)
+        res = run_pipeline(
+            [[*cmd, ctx.object_url, "-o", "-"], ["cmp", "-", str(ctx.ref)]],
+            timeout=120 + ctx.size / rate * 2,
+        )
+        stop.set()
+        sampler.join()
+        return {
+            "size": ctx.size,
+            "rate_limit": rate,
+            "wall_s": res.wall_s,
+            "ok": res.ok,
+            "daemon_cpu_s": proc_cpu(d.pid) - cpu0,
+            "base_rss_mib": base_rss / 1024,
+            "peak_rss_sampled_mib": peak["rss"] / 1024,
+            "daemon_hwm_mib": proc_status_kib(d.pid, "VmHWM") / 1024,
+            "peak_buffered_mib": peak["buffered"] / MiB,
+            "window_mib": TransferConfig().stream_window / MiB,
+        }
+
+
+# ------------------------------------------------------------------ concurrency
+
+
+def fetch_timed(
+    sock: Path, job: str, key: str, barrier: threading.Barrier | None
+) -> dict[str, Any]:
+    client = Client(str(sock), timeout=900)
+    if barrier is not None:
+        barrier.wait(timeout=60)
+    t0 = time.monotonic()
+    doc = client.fetch(job, key, wait=True)
+    return {
+        "job": job,
+        "start": t0,
+        "end": time.monotonic(),
+        "path": doc["Path"],
+        "state": doc["State"],
+    }
+
+
+def concurrency_suite(
+    store: Store, refs: list[tuple[str, Path]], tenants: int, rounds: int, ctx: Ctx
+) -> list[dict[str, Any]]:
+    size = refs[0][1].stat().st_size
+    out = []
+    for r in range(rounds):
+        row: dict[str, Any] = {"round": r + 1, "jobs": len(refs), "tenants": tenants, "size": size}
+        # One fetch alone, on its own fresh daemon.
+        with s3feedd.running(store, ctx.work / "daemon") as d:
+            Client(str(d.socket)).create_job(
+                "single", f"{TENANT}-0", s3feedd.job_uri(store, "bench/"), store.role_arn
+            )
+            cpu0 = proc_cpu(d.pid)
+            single = fetch_timed(d.socket, "single", refs[0][0], None)
+            row["single_s"] = single["end"] - single["start"]
+            row["single_cpu_s"] = proc_cpu(d.pid) - cpu0
+            check_file(Path(single["path"]), refs[0][1])
+        # All at once on another fresh daemon.
+        with s3feedd.running(store, ctx.work / "daemon") as d:
+            client = Client(str(d.socket))
+            for i in range(len(refs)):
+                client.create_job(
+                    f"job-{i}",
+                    f"{TENANT}-{i % tenants}",
+                    s3feedd.job_uri(store, "bench/"),
+                    store.role_arn,
+                )
+            barrier = threading.Barrier(len(refs))
+            results: list[dict[str, Any]] = [{} for _ in refs]
+            cpu0 = proc_cpu(d.pid)
+
+            def go(
+                i: int,
+                results: list[dict[str, Any]] = results,
+                barrier: threading.Barrier = barrier,
+            ) -> None:
+                results[i] = fetch_timed(d.socket, f"job-{i}", refs[i][0], barrier)
+
+            threads = [threading.Thread(target=go, args=(i,)) for i in range(len(refs))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=run_timeout(size * len(refs)))
+            row["daemon_cpu_s"] = proc_cpu(d.pid) - cpu0
+            row["daemon_hwm_mib"] = proc_status_kib(d.pid, "VmHWM") / 1024
+            if any(not res for res in results):
+                raise RuntimeError("a concurrent fetch did not finish")
+            durations = [res["end"] - res["start"] for res in results]
+            row["durations_s"] = durations
+            row["wall_s"] = max(res["end"] for res in results) - min(
+                res["start"] for res in results
+            )
+            for res, (_, ref) in zip(results, refs, strict=True):
+                check_file(Path(res["path"]), ref)
+        out.append(row)
+        log(f"concurrency round {r + 1}: single {row['single_s']:.2f} s,"
+            f" {len(refs)} at once {row['wall_s']:.2f} s, slowest/fastest"
+            f" {max(durations) / min(durations):.2f}")  # fmt: skip
+    return out
+
+
+def check_file(path: Path, ref: Path) -> None:
+    if subprocess.run(["cmp", "-s", str(path), str(ref)], timeout=600).returncode != 0:
+        raise RuntimeError(f"{path} differs from {ref}")
+
+
+# ------------------------------------------------------------------ idle
+
+
+def idle_daemon(store: Store, ctx: Ctx, seconds: float) -> dict[str, Any]:
+    with daemon_with_job(store, ctx) as d:
+        time.sleep(1.0)
+        cpu0 = proc_cpu(d.pid)
+        time.sleep(seconds)
+        return {
+            "seconds": seconds,
+            "cpu_s": proc_cpu(d.pid) - cpu0,
+            "rss_mib": proc_status_kib(d.pid, "VmRSS") / 1024,
+        }
+
+
+# ------------------------------------------------------------------ machine
+
+
+def machine(work: Path) -> dict[str, Any]:
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+         if ln.startswith("model name")), platform.processor(),
+    )  # fmt: skip
+    mem = next(
+        ln.split()[1]
+        for ln in Path("/proc/meminfo").read_text().splitlines()
+        if ln.startswith("MemTotal")
+    )
+    os_name = "?"
+    with contextlib.suppress(OSError):
+        for ln in Path("/etc/os-release").read_text().splitlines():
+            if ln.startswith("PRETTY_NAME="):
+                os_name = ln.split("=", 1)[1].strip('"')
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(int(mem) / (1 << 20), 1),
+        "os": os_name,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "fs": subprocess.run(
+            ["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+
+
+# ------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", type=parse_size, default=2 * GiB, help="test object (default 2GiB)")
+    p.add_argument("--runs", type=int, default=3, help="measured rounds (default 3)")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
+    p.add_argument("--upload-part-size", type=parse_size, default=16 * MiB)
+    p.add_argument("--ttfb-runs", type=int, default=5)
+    p.add_argument("--slow-rate", type=int, default=50_000_000, help="bytes/s (default 50 MB/s)")
+    p.add_argument("--slow-size", type=parse_size, default=None, help="default: --size")
+    p.add_argument("--conc-jobs", type=int, default=8)
+    p.add_argument("--conc-tenants", type=int, default=4)
+    p.add_argument("--conc-size", type=parse_size, default=512 * MiB)
+    p.add_argument("--conc-rounds", type=int, default=2)
+    p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--skip", nargs="+", default=[], choices=["main", "ttfb", "slow", "concurrency", "idle"]
+    )
+    p.add_argument("--work", type=Path, default=WORK, help="scratch (default bench/.work)")
+    p.add_argument(
+        "--results", type=Path, default=RESULTS, help="markdown report (default bench/RESULTS.md)"
+    )
+    return p
+
+
+def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
+    """The whole benchmark; with `store`, on that SeaweedFS instead of a new one."""
+    peers.install()
+    args.work.mkdir(parents=True, exist_ok=True)
+    facts: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_start": loadavg(),
+        "machine": machine(args.work),
+        "versions": peers.versions(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            log("starting SeaweedFS")
+            store = stack.enter_context(own_seaweed(args.work))
+        facts["server"] = {"endpoint": store.endpoint_url}
+        ctx = prepare(store, args)
+        meta = head(store, ctx.key)
+        facts["object"] = {
+            "key": ctx.key, "size": ctx.size, "etag": meta.get("ETag"),
+            "checksums": {k: v for k, v in meta.items() if k.startswith("Checksum")},
+            "upload_part_size": args.upload_part_size,
+        }  # fmt: skip
+        contenders = peers.by_name(args.only)
+        if "main" not in args.skip:
+            facts["main"] = main_suite(contenders, ctx, store, args.runs, args.warmup)
+        if "ttfb" not in args.skip:
+            log("time to first byte")
+            facts["ttfb"] = ttfb_suite(contenders, ctx, store, args.ttfb_runs)
+        if "slow" not in args.skip:
+            slow_ctx = ctx
+            if args.slow_size and args.slow_size != ctx.size:
+                slow_ctx = prepare(store, args, size=args.slow_size)
+            log(f"slow reader: {slow_ctx.size} bytes at {args.slow_rate} B/s")
+            facts["slow"] = slow_reader(slow_ctx, store, args.slow_rate)
+        if "concurrency" not in args.skip:
+            log(f"concurrency: {args.conc_jobs} jobs of {args.conc_tenants} tenants")
+            refs = []
+            for i in range(args.conc_jobs):
+                ref = reference(args.work, f"conc{i}", args.conc_size, 100 + i)
+                key = f"bench/conc-{i}-{args.conc_size}.bin"
+                upload(store, key, ref, args.upload_part_size)
+                refs.append((key.removeprefix("bench/"), ref))
+            facts["concurrency"] = concurrency_suite(
+                store, refs, args.conc_tenants, args.conc_rounds, ctx
+            )
+        if "idle" not in args.skip:
+            facts["idle"] = idle_daemon(store, ctx, args.idle_seconds)
+    facts["loadavg_end"] = loadavg()
+    facts["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    raw = args.results.with_suffix(".json")
+    raw.write_text(json.dumps(facts, indent=1, default=str))
+    text = report.render(facts)
+    args.results.write_text(text)
+    print(text)
+    log(f"wrote {args.results} and {raw}")
+    return facts
+
+
+def prepare(store: Store, args: argparse.Namespace, size: int | None = None) -> Ctx:
+    size = size or args.size
+    ref = reference(args.work, "main", size, 1)
+    key = f"bench/main-{size}.bin"
+    log(f"uploading {key} ({size} bytes, {args.upload_part_size} byte parts)")
+    upload(store, key, ref, args.upload_part_size)
+    creds = store.reader_session()
+    return Ctx(
+        endpoint_url=store.endpoint_url,
+        bucket=store.bucket,
+        key=key,
+        size=size,
+        ref=ref,
+        creds=creds,
+        # SeaweedFS refuses presigned URLs signed with session credentials: admin keys.
+        presigned=store.presign(key),
+        work=args.work,
+        part_size=16 * MiB,
+        job_id="bench",
+        job_key=key.removeprefix("bench/"),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds through every `with`: daemons, SeaweedFS
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        log("interrupted; stopped what was started")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The S3 side of the benchmark: SeaweedFS, the test objects and their references.
+
+Design note. The benchmark starts its own SeaweedFS (`weed mini`, defaults:
+no -s3.readerCacheSizeMB, which makes whole-object GETs of large objects
+slow; ../shared/LOCAL-AWS.md) through scripts/local_aws.py, in a state
+directory of its own (bench/.work/local-aws), so it never shares a server with
+a test session and always stops what it started. The installed server and
+sample media of the main state directory are reused by symlink. A caller that
+already has a SeaweedFS (the smoke test's session fixture) passes a `Store`
+instead.
+
+Test objects are pseudo-random bytes from a fixed seed, written once to a
+local reference file (bench/.work/ref/) that every result is compared with,
+and uploaded with multipart parts of `part_size` (streamed from the file,
+4 parts at a time). Peers and s3feed read with the same kind of credentials:
+a session of the reader role, assumed with the daemon's identity.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import importlib.util
+import os
+import random
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1 << 20
+
+
+def local_aws() -> ModuleType:
+    name = "s3feed_local_aws"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "local_aws.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass(frozen=True)
+class Store:
+    endpoint_url: str
+    region: str
+    admin_key_id: str
+    admin_secret: str
+    daemon_key_id: str
+    daemon_secret: str
+    role_arn: str
+    bucket: str
+    server_pgid: int | None  # SeaweedFS's process group, for its CPU
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint_url.rsplit(":", 1)[1])
+
+    def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
+        la = local_aws()
+        if creds is None:
+            return la.client(
+                service, self.endpoint_url, self.admin_key_id, self.admin_secret, None, self.region
+            )
+        return la.client(
+            service,
+            self.endpoint_url,
+            creds["AccessKeyId"],
+            creds["SecretAccessKey"],
+            creds.get("SessionToken"),
+            self.region,
+        )
+
+    def reader_session(self) -> dict[str, str]:
+        """Credentials of the reader role, assumed with the daemon's keys (1 h)."""
+        daemon = {"AccessKeyId": self.daemon_key_id, "SecretAccessKey": self.daemon_secret}
+        sts = self.client("sts", daemon)
+        with contextlib.closing(sts):
+            out = sts.assume_role(
+                RoleArn=self.role_arn, RoleSessionName="s3feed-bench", DurationSeconds=3600
+            )
+        return dict(out["Credentials"])
+
+    def presign(self, key: str, expires: int = 3600) -> str:
+        s3 = self.client("s3")
+        with contextlib.closing(s3):
+            return str(
+                s3.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires
+                )
+            )
+
+
+@contextlib.contextmanager
+def own_seaweed(work: Path) -> Iterator[Store]:
+    """Start SeaweedFS in WORK/local-aws; stop it on the way out."""
+    la = local_aws()
+    root = work / "local-aws"
+    root.mkdir(parents=True, exist_ok=True)
+    main = la.Paths()
+    for name in ("seaweed-venv", "media"):
+        link = root / name
+        if (main.root / name).exists() and not link.exists():
+            link.symlink_to(main.root / name)
+    paths = la.Paths(root)
+    entry = la.start_seaweed(paths, owner="bench")
+    try:
+        yield Store(
+            endpoint_url=entry["endpoint_url"],
+            region=la.REGION,
+            admin_key_id=entry["admin_access_key_id"],
+            admin_secret=entry["admin_secret_access_key"],
+            daemon_key_id=entry["daemon_access_key_id"],
+            daemon_secret=entry["daemon_secret_access_key"],
+            role_arn=entry["role_arn"],
+            bucket=entry["bucket"],
+            server_pgid=entry["pid"],
+        )
+    finally:
+        la.stop(paths, ("seaweed",))
+
+
+def reference(work: Path, name: str, size: int, seed: int) -> Path:
+    """A local file of `size` pseudo-random bytes (made once, then reused)."""
+    ref_dir = work / "ref"
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    path = ref_dir / f"{name}-{size}-{seed}.bin"
+    if path.exists() and path.stat().st_size == size:
+        return path
+    rng = random.Random(seed)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        left = size
+        while left:
+            n = min(left, 64 * MiB)
+            fh.write(rng.randbytes(n))
+            left -= n
+    tmp.replace(path)
+    return path
+
+
+def upload(store: Store, key: str, path: Path, part_size: int) -> str:
+    """Multipart upload of `path` (parts read from the file, 4 in flight); the ETag."""
+    size = path.stat().st_size
+    s3 = store.client("s3")
+    with contextlib.closing(s3):
+        if size <= part_size:
+            return str(s3.put_object(Bucket=store.bucket, Key=key, Body=path.read_bytes())["ETag"])
+        upload_id = s3.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+        try:
+
+            def part(number: int) -> dict[str, Any]:
+                offset = (number - 1) * part_size
+                with open(path, "rb") as fh:
+                    body = os.pread(fh.fileno(), part_size, offset)
+                etag = s3.upload_part(
+                    Bucket=store.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+                )["ETag"]
+                return {"PartNumber": number, "ETag": etag}
+
+            count = -(-size // part_size)
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                parts = list(pool.map(part, range(1, count + 1)))
+            done = s3.complete_multipart_upload(
+                Bucket=store.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                s3.abort_multipart_upload(Bucket=store.bucket, Key=key, UploadId=upload_id)
+            raise
+        return str(done["ETag"])
+
+
+def head(store: Store, key: str) -> dict[str, Any]:
+    s3 = store.client("s3")
+    with contextlib.closing(s3):
+        return dict(s3.head_object(Bucket=store.bucket, Key=key, ChecksumMode="ENABLED"))

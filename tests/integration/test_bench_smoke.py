@@ -1,0 +1,74 @@
+"""The benchmark harness (bench/run.py) end to end on a tiny object, so it never rots.
+
+It runs the real path, peers included: every contender (s3feed cache and
+stream modes, rclone, s5cmd, awscrt, boto3, curl) once after the checked
+warm-up, time to first byte, the slow reader, the concurrency benchmark
+(8 jobs of 4 tenants) and the idle daemon, each result byte-checked, on the
+session's SeaweedFS. A smoke test that skipped the peers would not notice
+what actually breaks a benchmark (a peer's flags or binary path changing);
+installing them into bench/.venv takes ~10-30 s once and is then reused
+(the pins are its key). Figures are not asserted: timing on 2 shared cores
+is for bench/RESULTS.md, not for a test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, Seaweed
+
+sys.path.insert(0, str(REPO_ROOT))
+from bench import run as bench_run
+from bench.store import Store
+
+
+@pytest.mark.timeout(600)  # the first run installs the peers
+def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: Path) -> None:
+    store = Store(
+        endpoint_url=seaweed.endpoint_url,
+        region=seaweed.region,
+        admin_key_id=seaweed.admin_access_key_id,
+        admin_secret=seaweed.admin_secret_access_key,
+        daemon_key_id=seaweed.daemon_access_key_id,
+        daemon_secret=seaweed.daemon_secret_access_key,
+        role_arn=seaweed.role_arn,
+        bucket=seaweed.bucket,
+        server_pgid=seaweed.pid,
+    )
+    results = tmp_path / "RESULTS.md"
+    args = bench_run.build_parser().parse_args(
+        [
+            "--size", "12MiB", "--upload-part-size", "5MiB",  # multipart, 3 parts
+            "--runs", "1", "--ttfb-runs", "1",
+            "--slow-rate", "20000000",
+            "--conc-size", "1MiB", "--conc-rounds", "1",
+            "--idle-seconds", "1",
+            "--work", str(tmp_path / "work"),
+            "--results", str(results),
+        ]
+    )  # fmt: skip
+    facts = bench_run.run(args, store=store)
+
+    failed = [(r["name"], r["round"], r["error"]) for r in facts["main"] if r["error"]]
+    assert not failed
+    names = {c.name for c in bench_run.peers.CONTENDERS}
+    warmup = [r for r in facts["main"] if r["round"] == 0]
+    assert {r["name"] for r in warmup} == names
+    assert all(r["exact"] for r in warmup), "the warm-up checks every contender byte-exact"
+    assert {r["name"] for r in facts["main"] if r["round"] == 1} == names
+    daemon_rows = [r for r in facts["main"] if r["name"].startswith("s3feed")]
+    assert all(r["daemon_hwm_mib"] and r["daemon_cpu_s"] >= 0 for r in daemon_rows)
+    assert facts["object"]["etag"].strip('"').endswith("-3")
+    assert set(facts["ttfb"]) == {c.name for c in bench_run.peers.CONTENDERS if c.mode == "stream"}
+    assert facts["slow"]["ok"]
+    assert len(facts["concurrency"][0]["durations_s"]) == 8
+    assert facts["idle"]["rss_mib"] > 0
+
+    text = results.read_text()
+    for name in names:
+        assert f"| {name} |" in text
+    assert "## Targets (issue 8)" in text
+    assert json.loads(results.with_suffix(".json").read_text())["object"]["size"] == 12 << 20
