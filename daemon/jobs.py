@@ -133,6 +133,7 @@ class Job:
         store: ObjectStore,
         cache: Cache,
         monotonic: Callable[[], float],
+        on_activity: Callable[[], None] = lambda: None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -149,18 +150,33 @@ class Job:
         self.open_streams = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self._on_activity = on_activity
         self.closed = False
 
     def touch(self) -> None:
         self.last_used = self._monotonic()
 
+    @property
+    def busy(self) -> bool:
+        """A fetch or a stream of this job is running."""
+        return bool(self.open_streams or self._tasks)
+
     def idle_for(self) -> float:
-        if self.open_streams or any(
-            t.state in (TransferState.QUEUED, TransferState.RUNNING)
-            for t in self.transfers.values()
-        ):
+        if self.busy:
             return 0.0
         return self._monotonic() - self.last_used
+
+    def stream_opened(self) -> None:
+        self.open_streams += 1
+
+    def stream_closed(self) -> None:
+        self.open_streams -= 1
+        self.touch()
+        self._on_activity()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._on_activity()
 
     def new_record(self, mode: str, key: str) -> TransferRecord:
         self._forget_old_records()
@@ -178,7 +194,7 @@ class Job:
         record = self.new_record("cache", key)
         task = asyncio.create_task(self._fetch(record, full_key), name=f"fetch {self.job_id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return record
 
     async def _fetch(self, record: TransferRecord, full_key: str) -> None:
@@ -243,11 +259,6 @@ class Job:
         self.cache.unpin_all(self.pin_owner)
         await self.store.close()
         await self.session.close()
-
-    async def drain(self, timeout: float) -> None:
-        """Let running fetches finish for up to `timeout` seconds."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -325,6 +336,7 @@ class JobRegistry:
         self._monotonic = monotonic
         self._jobs: dict[str, Job] = {}
         self._reserved: set[str] = set()
+        self._activity = asyncio.Event()  # set when a job's fetch or stream ends
 
     def _real_store(self, location: S3Location, session: RoleSession) -> ObjectStore:
         return S3ObjectStore(
@@ -363,6 +375,7 @@ class JobRegistry:
                 store=self._make_store(location, session),
                 cache=self.cache,
                 monotonic=self._monotonic,
+                on_activity=self._activity.set,
             )
             self._jobs[job.job_id] = job
         finally:
@@ -396,9 +409,17 @@ class JobRegistry:
             log.info("idle job reaped", extra={"job_id": job.job_id, "tenant": job.tenant})
         return [j.job_id for j in reaped]
 
-    async def drain(self, timeout: float) -> None:
-        if self._jobs:
-            await asyncio.gather(*(j.drain(timeout) for j in self._jobs.values()))
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every running fetch and stream to
+        end; True if they all did."""
+        try:
+            async with asyncio.timeout(timeout):
+                while any(j.busy for j in self._jobs.values()):
+                    self._activity.clear()
+                    await self._activity.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         jobs, self._jobs = list(self._jobs.values()), {}

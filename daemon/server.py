@@ -154,7 +154,11 @@ class Daemon:
         if self._own_sts:
             await self.sts.start()  # type: ignore[attr-defined]
         await self.cache.start()
-        api_runner = web.AppRunner(self.api.app(), handle_signals=False, access_log=None)
+        # Handlers still running after our own drain are streams whose job
+        # was just closed: they end at once, so a short shutdown timeout.
+        api_runner = web.AppRunner(
+            self.api.app(), handle_signals=False, access_log=None, shutdown_timeout=5.0
+        )
         await api_runner.setup()
         self._runners.append(api_runner)
         if listen_socket is None:
@@ -211,7 +215,8 @@ class Daemon:
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
-        await self.registry.drain(self.config.api.drain_grace)
+        if not await self.registry.drain(self.config.api.drain_grace):
+            log.warning("drain grace over: cancelling the transfers still running")
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

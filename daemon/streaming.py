@@ -90,7 +90,7 @@ async def stream_object(
     record = job.new_record("stream", key)
     record.progress.start(time.monotonic(), length)
     record.move(TransferState.RUNNING)
-    job.open_streams += 1
+    job.stream_opened()
     observer.transfer_started("stream")
     started = time.monotonic()
     entry = await job.cache.lookup(job.store, full_key, meta.etag)
@@ -128,8 +128,7 @@ async def stream_object(
             request.transport.abort()
         return resp
     finally:
-        job.open_streams -= 1
-        job.touch()
+        job.stream_closed()
     record.progress.finish(time.monotonic())
     record.move(TransferState.DONE)
     observer.transfer_finished("stream", "success", time.monotonic() - started)

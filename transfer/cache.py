@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import os
 import time
@@ -366,6 +367,21 @@ class Cache:
             return
         except asyncio.CancelledError:
             raise  # a restart or the last waiter leaving; the done ranges stay
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._flights.pop(rec.id, None)
+                flight.done.set_exception(exc)
+                return
+            # Something else filled the disk: give back what this entry holds.
+            self._drop(flight)
+            flight.done.set_exception(
+                InsufficientStorage(
+                    f"the cache's file system ({self.config.dir}) filled up during the "
+                    f"download of s3://{rec.bucket}/{rec.key}; free space or lower "
+                    "[cache] max_size, then fetch again"
+                )
+            )
+            return
         except Exception as exc:
             self._flights.pop(rec.id, None)
             flight.done.set_exception(exc)

@@ -328,11 +328,6 @@ def test_disk_full_evicts_first_then_insufficient_storage(
         still_serving(rig, local_aws, module_bucket)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ENOSPC while writing a cache part file fails the fetch with 500 "
-    "InternalError instead of 507 InsufficientStorage (transfer/cache.py _download)",
-)
 def test_disk_filling_up_during_a_download_is_insufficient_storage(
     local_aws: LocalAws, tmp_path: Path, module_bucket: Bucket
 ) -> None:
@@ -442,11 +437,6 @@ def test_sigterm_drains_running_fetches(
             check_file(body, files[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: SIGTERM drain waits for fetches only; a running stream is cut "
-    "(daemon/server.py Daemon.stop -> JobRegistry.drain -> Job.drain ignores open streams)",
-)
 def test_sigterm_drains_a_running_stream(
     local_aws: LocalAws, tmp_path: Path, module_bucket: Bucket
 ) -> None:
