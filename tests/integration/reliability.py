@@ -54,7 +54,6 @@ class Tally:
     secrets_issued: set[str] = field(default_factory=set)
     secrets_found: int = 0
     places_grepped: int = 0
-    hostile_examples: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -305,7 +304,6 @@ def _render() -> str:
         ("bytes verified", f"{t.bytes_verified} ({t.bytes_verified / MiB:.1f} MiB)"),
         ("corrupt bytes served", str(t.corrupt_bytes)),
         ("daemon runs / crashes", f"{t.daemon_runs} / {t.daemon_crashes}"),
-        ("hostile inputs tried (property tests, raw sockets)", str(t.hostile_examples)),
         ("secrets issued by STS and grepped for", str(len(t.secrets_issued))),
         ("places grepped (logs, answers, metrics, cmdline, environ, cache files)", str(t.places_grepped)),
         ("secrets found", str(t.secrets_found)),
