@@ -325,8 +325,10 @@ class JobRegistry:
         transfer_observer: TransferObserver,
         make_store: Callable[[S3Location, RoleSession], ObjectStore] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        jobs_changed: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._sts = sts
+        self._jobs_changed = jobs_changed
         self._s3_clients = s3_clients
         self.s3_config = s3_config
         self.cache = cache
@@ -378,6 +380,7 @@ class JobRegistry:
                 on_activity=self._activity.set,
             )
             self._jobs[job.job_id] = job
+            self._jobs_changed(len(self._jobs))
         finally:
             self._reserved.discard(request.job_id)
         log.info("job registered", extra={"job_id": job.job_id, "tenant": job.tenant})
@@ -398,6 +401,7 @@ class JobRegistry:
     async def delete(self, uid: int, job_id: str) -> None:
         job = self.get(uid, job_id)
         del self._jobs[job_id]
+        self._jobs_changed(len(self._jobs))
         await job.close()
         log.info("job deleted", extra={"job_id": job_id, "tenant": job.tenant})
 
@@ -405,6 +409,7 @@ class JobRegistry:
         reaped = [j for j in self._jobs.values() if j.idle_for() > ttl]
         for job in reaped:
             del self._jobs[job.job_id]
+            self._jobs_changed(len(self._jobs))
             await job.close()
             log.info("idle job reaped", extra={"job_id": job.job_id, "tenant": job.tenant})
         return [j.job_id for j in reaped]
@@ -423,5 +428,6 @@ class JobRegistry:
 
     async def close(self) -> None:
         jobs, self._jobs = list(self._jobs.values()), {}
+        self._jobs_changed(0)
         for job in jobs:
             await job.close()

@@ -118,6 +118,7 @@ class Daemon:
             credential_observer=self.metrics,
             transfer_observer=self.metrics,
             make_store=make_store,
+            jobs_changed=self.metrics.jobs_active.set,
         )
         self.identity = DaemonIdentity(self.sts)
         self.api = Api(
@@ -137,7 +138,6 @@ class Daemon:
         self.metrics_address: tuple[str, int] | None = None
 
     def summary(self) -> dict[str, Any]:
-        self.metrics.jobs_active.set(len(self.registry))
         return {
             "Jobs": len(self.registry),
             "Transfers": sum(
@@ -187,7 +187,6 @@ class Daemon:
         while True:
             await asyncio.sleep(min(60.0, self.config.api.job_idle_ttl / 4))
             await self.registry.reap_idle(self.config.api.job_idle_ttl)
-            self.metrics.jobs_active.set(len(self.registry))
 
     def reload(self) -> None:
         if self.config_path is None:

@@ -214,3 +214,15 @@ async def test_keys_with_spaces_plus_percent_and_unicode(harness: Harness) -> No
         assert streamed.status == 200 and streamed.body == _blob(1000 + i, seed=i), key
         fetched = await harness.request("POST", "/v1/jobs/job-1/fetches?wait=true", {"Key": key})
         assert Path(fetched.json["Path"]).read_bytes() == _blob(1000 + i, seed=i), key
+
+
+async def test_jobs_active_follows_create_and_delete_at_once(harness: Harness) -> None:
+    def jobs_active(text: bytes) -> float:
+        line = next(x for x in text.decode().splitlines() if x.startswith("s3feed_jobs_active "))
+        return float(line.split()[1])
+
+    await harness.create_job("a")
+    await harness.create_job("b")
+    assert jobs_active((await harness.request("GET", "/metrics")).body) == 2
+    await harness.request("DELETE", "/v1/jobs/a")
+    assert jobs_active((await harness.request("GET", "/metrics")).body) == 1
