@@ -37,8 +37,12 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system, every thread) a live process has used."""
+    return sum(proc_user_sys(pid))
+
+
+def proc_user_sys(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
 
 
 def proc_status_kib(pid: int, name: str) -> int:
@@ -208,15 +212,17 @@ class Sample:
     """CPU counters of the daemon, the server and the machine at one instant."""
 
     t: float
-    daemon_cpu: float
+    daemon_user: float
+    daemon_sys: float
     server_cpu: float
     busy: float
 
+    @property
+    def daemon_cpu(self) -> float:
+        return self.daemon_user + self.daemon_sys
+
     @classmethod
     def take(cls, daemon_pid: int | None, server_pgid: int | None) -> Sample:
-        return cls(
-            time.monotonic(),
-            proc_cpu(daemon_pid) if daemon_pid else 0.0,
-            group_cpu(server_pgid) if server_pgid else 0.0,
-            machine_busy(),
-        )
+        user, sys = proc_user_sys(daemon_pid) if daemon_pid else (0.0, 0.0)
+        server = group_cpu(server_pgid) if server_pgid else 0.0
+        return cls(time.monotonic(), user, sys, server, machine_busy())

@@ -63,6 +63,7 @@ def summarize(facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "cpu_per_gb": med(cpu) / (size / 1e9),
             "client_cpu_s": med([r["client_cpu_s"] for r in good]),
             "daemon_cpu_s": med([r["daemon_cpu_s"] for r in good]),
+            "daemon_sys_s": med([r.get("daemon_sys_s", 0.0) for r in good]),
             "reader_cpu_s": med([r["reader_cpu_s"] for r in good]),
             "server_cpu_s": med([r["server_cpu_s"] for r in good]),
             "other_cpu_s": med([_other(r) for r in good]),
@@ -138,7 +139,7 @@ def render(facts: dict[str, Any]) -> str:
                 lines.append(
                     f"| {n} | {how[n]} | {_f(s['wall_s'])} ({_f(s['wall_min'])}-{_f(s['wall_max'])})"
                     f" | {_f(s['gbps'])} | {_f(s['cpu_per_gb'])}"
-                    f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}"
+                    f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
                     f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}"
                     f" | {_f(s['server_cpu_s'])} | {_f(s['other_cpu_s'])}"
                     f" | {_f(s['wall_ratio'])} | {_f(s['cpu_ratio'])}"
@@ -186,8 +187,10 @@ def render(facts: dict[str, Any]) -> str:
         "- Each run is a fresh process for every peer and a fresh `s3feed serve` (empty cache)"
         " for every s3feed run. Peer CPU and peak RSS are the process's own (`wait4` rusage),"
         " start-up included. The daemon's CPU is the /proc/PID/stat delta around the request"
-        " only (its start-up, imports and the job's AssumeRole are not counted); its peak RSS is"
-        " VmHWM since start.",
+        " only (its start-up, imports and the job's AssumeRole are not counted; another job's"
+        " listing first loads botocore's models, as in a long-lived daemon, but the measured"
+        " job creates its own S3 client inside the measured request, as every new job does);"
+        " its peak RSS is VmHWM since start.",
         "- s3feed runs with default [transfer] settings (16 MiB parts, 8 per transfer, 256 MiB"
         " stream window); peers with their defaults except where the `how` column says.",
         "- All read with the same kind of credentials (a session of the reader role). Stream"
@@ -199,6 +202,10 @@ def render(facts: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _sys(s: dict[str, Any]) -> str:
+    return f" ({_f(s['daemon_sys_s'])} sys)" if s["daemon_hwm_mib"] else ""
 
 
 def _failures(facts: dict[str, Any]) -> list[str]:
@@ -213,25 +220,33 @@ def _failures(facts: dict[str, Any]) -> list[str]:
 def _concurrency(rounds: list[dict[str, Any]]) -> list[str]:
     r0 = rounds[0]
     n, size = r0["jobs"], r0["size"]
-    single = med([r["single_s"] for r in rounds])
+    seq = med([n * size / r["seq_s"] / 1e9 for r in rounds])
+    first = med([size / r["single_s"] / 1e9 for r in rounds])
     agg = med([n * size / r["wall_s"] / 1e9 for r in rounds])
     fair = med([max(r["durations_s"]) / min(r["durations_s"]) for r in rounds])
     out = [
         "## Concurrency",
         "",
         f"{n} jobs of {r0['tenants']} tenants, each fetching its own {size >> 20} MiB object"
-        " at the same moment on one daemon, against one such fetch alone on a fresh daemon;"
-        f" {len(rounds)} rounds, medians. (SeaweedFS cannot check ExternalId: tenants are names.)",
+        " at the same moment on one daemon, against the same fetches one after another on a"
+        " fresh daemon (same bytes, so the same page-cache writeback); "
+        f"{len(rounds)} rounds, medians. (SeaweedFS cannot check ExternalId: tenants are names.)",
         "",
-        f"- single: {_f(single)} s, {_f(size / single / 1e9)} GB/s,"
-        f" {_f(med([r['single_cpu_s'] for r in rounds]))} daemon CPU-s",
-        f"- {n} at once: aggregate {_f(agg)} GB/s = {_f(agg / (size / single / 1e9))} x single;"
-        f" slowest/fastest {_f(fair)}; daemon {_f(med([r['daemon_cpu_s'] for r in rounds]))}"
-        f" CPU-s, peak RSS {_f(max(r['daemon_hwm_mib'] for r in rounds), 0)} MiB",
+        f"- one after another: {_f(seq)} GB/s ({_f(med([r['seq_s'] for r in rounds]))} s for all,"
+        f" daemon {_f(med([r['seq_cpu_s'] for r in rounds]))} CPU-s); the first one alone"
+        f" {_f(first)} GB/s",
+        f"- {n} at once: aggregate {_f(agg)} GB/s = {_f(agg / seq)} x one after another"
+        f" ({_f(agg / first)} x the first alone); slowest/fastest {_f(fair)};"
+        f" daemon {_f(med([r['daemon_cpu_s'] for r in rounds]))} CPU-s,"
+        f" peak RSS {_f(max(r['daemon_hwm_mib'] for r in rounds), 0)} MiB",
     ]
     for r in rounds:
         ds = ", ".join(f"{d:.1f}" for d in r["durations_s"])
-        out.append(f"- round {r['round']}: wall {r['wall_s']:.2f} s; per job s: {ds}")
+        ss = ", ".join(f"{d:.1f}" for d in r["seq_durations_s"])
+        out.append(
+            f"- round {r['round']}: at once {r['wall_s']:.2f} s (per job s: {ds});"
+            f" one after another {r['seq_s']:.2f} s (per job s: {ss})"
+        )
     return [*out, ""]
 
 
@@ -274,13 +289,13 @@ def _targets(facts: dict[str, Any]) -> list[str]:
     if facts.get("concurrency"):
         rounds = facts["concurrency"]
         n, size = rounds[0]["jobs"], rounds[0]["size"]
-        single_rate = size / med([r["single_s"] for r in rounds])
+        seq_rate = med([n * size / r["seq_s"] for r in rounds])
         agg = med([n * size / r["wall_s"] for r in rounds])
         fair = med([max(r["durations_s"]) / min(r["durations_s"]) for r in rounds])
         row(
-            "8 jobs: aggregate >= 0.9 x single",
-            f"{_f(agg / single_rate)} x",
-            agg >= 0.9 * single_rate,
+            "8 jobs: aggregate >= 0.9 x single (one after another)",
+            f"{_f(agg / seq_rate)} x",
+            agg >= 0.9 * seq_rate,
         )
         row("8 jobs: slowest/fastest <= 1.5", _f(fair), fair <= 1.5)
     return [*out, ""]
