@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import os
 import sys
 import time
 from pathlib import Path
@@ -118,13 +119,12 @@ def cmd_fetch(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_cat(args: argparse.Namespace, client: Client) -> int:
-    out = sys.stdout.buffer
+    sys.stdout.flush()
     try:
-        for chunk in client.read_object(args.job, args.key, args.range):
-            out.write(chunk)
-        out.flush()
+        client.copy_object(args.job, args.key, sys.stdout.fileno(), args.range)
     except BrokenPipeError:  # the reader (e.g. ffprobe) had enough
-        return 0
+        # Keep Python's exit flush from failing on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -17,11 +17,13 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when an AsyncClient opens: the CLI starts faster without it
 
 DEFAULT_SOCKET = "/run/s3feed/s3feed.sock"
 READ_CHUNK = 1024 * 1024
@@ -176,12 +178,40 @@ class Client:
             while chunk := resp.read1(READ_CHUNK):
                 got += len(chunk)
                 yield chunk
-            if expected >= 0 and got != expected:
-                raise S3feedError(502, "ShortRead", f"stream ended after {got} of {expected} bytes")
+            self._check_length(got, expected)
         except http.client.IncompleteRead as exc:
             raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
         finally:
             conn.close()
+
+    def copy_object(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> int:
+        """Write the object's bytes in order to file descriptor `fd` (a pipe,
+        stdout): one reused buffer, no bytes object per chunk. Returns the count."""
+        headers = {"Range": f"bytes={byte_range}"} if byte_range else {}
+        conn, resp = self._send(("GET", _Calls.object_path(job_id, key), None), headers)
+        try:
+            if resp.status >= 400:
+                raise _error(resp.status, resp.read())
+            expected = int(resp.headers.get("Content-Length", "-1"))
+            buf = bytearray(READ_CHUNK)
+            view = memoryview(buf)
+            got = 0
+            while n := resp.readinto(view):
+                got += n
+                out = view[:n]
+                while out:
+                    out = out[os.write(fd, out) :]
+            self._check_length(got, expected)
+            return got
+        except http.client.IncompleteRead as exc:
+            raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _check_length(got: int, expected: int) -> None:
+        if expected >= 0 and got != expected:
+            raise S3feedError(502, "ShortRead", f"stream ended after {got} of {expected} bytes")
 
 
 class AsyncClient:
@@ -190,6 +220,8 @@ class AsyncClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AsyncClient:
+        import aiohttp
+
         self._session = aiohttp.ClientSession(
             connector=aiohttp.UnixConnector(path=self.socket),
             base_url="http://localhost",
@@ -260,8 +292,10 @@ class AsyncClient:
         async with self.session.get(_Calls.object_path(job_id, key), headers=headers) as resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.read())
+            from aiohttp import ClientPayloadError
+
             try:
                 async for chunk in resp.content.iter_any():
                     yield chunk
-            except aiohttp.ClientPayloadError as exc:
+            except ClientPayloadError as exc:
                 raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
