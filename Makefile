@@ -40,6 +40,11 @@ integration: $(VENV)/.installed debian-packages
 	$(PY) scripts/local_aws.py install
 	$(PY) -m pytest -q tests/integration
 
+# Side-by-side benchmark against rclone, s5cmd, awscrt, boto3 and curl on a
+# local SeaweedFS; writes bench/RESULTS.md. make bench BENCH_ARGS="--size 1GiB"
+bench: $(VENV)/.installed debian-packages
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	-$(PY) scripts/local_aws.py stop
 	rm -rf $(VENV) .local-aws .pytest_cache .mypy_cache .ruff_cache
