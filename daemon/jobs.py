@@ -134,6 +134,7 @@ class Job:
         cache: Cache,
         monotonic: Callable[[], float],
         on_activity: Callable[[], None] = lambda: None,
+        served: Callable[[str, int], None] = lambda mode, n: None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -151,6 +152,7 @@ class Job:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._on_activity = on_activity
+        self.served = served  # bytes handed to the encoder, by mode
         self.closed = False
 
     def touch(self) -> None:
@@ -225,6 +227,7 @@ class Job:
             record.path = entry.path
             record.verified = tuple(entry.verified)
             record.move(TransferState.DONE)
+            self.served("cache", entry.size)
         finally:
             self.touch()
 
@@ -378,6 +381,7 @@ class JobRegistry:
                 cache=self.cache,
                 monotonic=self._monotonic,
                 on_activity=self._activity.set,
+                served=self._transfer_observer.bytes_served,
             )
             self._jobs[job.job_id] = job
             self._jobs_changed(len(self._jobs))

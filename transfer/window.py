@@ -199,8 +199,6 @@ class ObjectStream:
         self._verifier: Verifier | None = None
         self._task: asyncio.Task[None] | None = None
         self._budget = RetryBudget(engine.config.retries)
-        self._outcome = "cancelled"
-        self._started = 0.0
 
     async def __aenter__(self) -> ObjectStream:
         engine, budget = self.engine, self._budget
@@ -224,8 +222,6 @@ class ObjectStream:
                 size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
             )
         ranges = plan_ranges(self.start, end, config.part_size, parts) if size else []
-        self._started = engine.monotonic()
-        engine.observer.transfer_started("stream")
         self._task = asyncio.create_task(self._produce(ranges))
         return self
 
@@ -261,15 +257,10 @@ class ObjectStream:
         window = self.window
         if window is None:
             raise RuntimeError("iterate an ObjectStream inside `async with`")
-        try:
-            chunk = await window.get()
-            if chunk is not None and window.next > self.end and self._verifier is not None:
-                self.verified = self._verifier.verify_crc()  # before the last byte goes out
-        except BaseException:
-            self._outcome = "failed"
-            raise
+        chunk = await window.get()
+        if chunk is not None and window.next > self.end and self._verifier is not None:
+            self.verified = self._verifier.verify_crc()  # before the last byte goes out
         if chunk is None:
-            self._outcome = "success"
             raise StopAsyncIteration
         return chunk
 
@@ -285,9 +276,6 @@ class ObjectStream:
             if not self._task.cancelled():
                 self._task.exception()  # _produce hands its errors to the window
         if self.window is not None:
+            # Transfer counts and durations of streams are the API's to report
+            # (daemon/streaming.py): it also serves streams from the cache.
             self.window.close()
-            if exc is not None and self._outcome == "success":
-                self._outcome = "failed"
-            self.engine.observer.transfer_finished(
-                "stream", self._outcome, self.engine.monotonic() - self._started
-            )

@@ -226,3 +226,24 @@ async def test_jobs_active_follows_create_and_delete_at_once(harness: Harness) -
     assert jobs_active((await harness.request("GET", "/metrics")).body) == 2
     await harness.request("DELETE", "/v1/jobs/a")
     assert jobs_active((await harness.request("GET", "/metrics")).body) == 1
+
+
+async def test_each_transfer_is_counted_once_with_its_mode_and_outcome(harness: Harness) -> None:
+    def count(text: bytes, mode: str, outcome: str) -> float:
+        prefix = f's3feed_transfers_total{{mode="{mode}",outcome="{outcome}"}} '
+        return float(next(x for x in text.decode().splitlines() if x.startswith(prefix)).split()[1])
+
+    harness.store().put("sources/a.ts", _blob(2 * 1024 * 1024, seed=9))
+    await harness.create_job()
+    await harness.request("GET", "/v1/jobs/job-1/objects/a.ts")  # from S3
+    await harness.request("POST", "/v1/jobs/job-1/fetches?wait=true", {"Key": "a.ts"})
+    await harness.request("GET", "/v1/jobs/job-1/objects/a.ts")  # from the cache
+    text = (await harness.request("GET", "/metrics")).body
+    assert count(text, "stream", "success") == 2
+    assert count(text, "cache", "success") == 1
+    served = {
+        line.split('"')[1]: float(line.split()[1])
+        for line in text.decode().splitlines()
+        if line.startswith("s3feed_served_bytes_total{")
+    }
+    assert served == {"stream": 2 * 2 * 1024 * 1024, "cache": 2 * 1024 * 1024}
