@@ -153,6 +153,8 @@ class Job:
         self._ids = itertools.count(1)
         self._on_activity = on_activity
         self.served = served  # bytes handed to the encoder, by mode
+        # The store's clients are built while the encoder gets ready to read.
+        self._connecting = asyncio.create_task(self._connect(), name=f"connect {job_id}")
         self.closed = False
 
     def touch(self) -> None:
@@ -252,8 +254,18 @@ class Job:
             "Transfers": [r.document(now) for r in self.transfers.values()],
         }
 
+    async def _connect(self) -> None:
+        try:
+            await self.store.connect()
+        except Exception:  # the first request will build it, and say what is wrong
+            log.warning("could not prepare the S3 client", exc_info=True,
+                        extra={"job_id": self.job_id, "tenant": self.tenant})  # fmt: skip
+
     async def close(self) -> None:
         self.closed = True
+        self._connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._connecting
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

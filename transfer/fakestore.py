@@ -170,6 +170,9 @@ class FakeObjectStore:
             if key.startswith(prefix) and key not in self.denied:
                 yield self._meta(key, self.objects[key])
 
+    async def connect(self) -> None:
+        pass
+
     async def close(self) -> None:
         self.closed = True
 

@@ -120,6 +120,11 @@ class S3ObjectStore:
                 self._client = await self._clients.control_client(self.location, self._credentials)
             return self._client
 
+    async def connect(self) -> None:
+        # A new aiobotocore client costs tens of milliseconds (endpoint rules,
+        # TLS context): build it when the job registers, not on its first read.
+        await self._control()
+
     async def close(self) -> None:
         async with self._client_lock:
             client, self._client = self._client, None

@@ -84,4 +84,9 @@ class ObjectStore(Protocol):
         """Every object under prefix, all pages, no delimiter."""
         ...
 
+    async def connect(self) -> None:
+        """Build what the first request needs (clients, connections), so that it
+        does not pay for it. Called when a job registers; optional to await."""
+        ...
+
     async def close(self) -> None: ...
