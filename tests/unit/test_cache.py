@@ -63,7 +63,9 @@ def new_cache(
     obs = Counts()
     engine = Engine(TransferConfig(part_size=MiB, concurrency=2), obs, sleep=no_sleep)
     cfg = CacheConfig(dir=path / "cache", max_size=max_size, min_free=MiB)
-    return Cache(cfg, engine, obs, disk_free=lambda p: free, boot_id=boot), obs
+    # Sidecar after every range, so a simulated crash knows exactly what is done.
+    cache = Cache(cfg, engine, obs, disk_free=lambda p: free, boot_id=boot, sidecar_interval=0)
+    return cache, obs
 
 
 @pytest.fixture
