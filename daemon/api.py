@@ -14,7 +14,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -189,6 +189,12 @@ class Api:
         await job.store.head(full_key)
         record = job.start_fetch(key, full_key)
         if request.query.get("wait", "").lower() not in ("true", "1"):
+            # Errors known before any byte moves (no room in the cache...) are
+            # answered now; later ones are the fetch document's.
+            await _first(record.finished.wait(), record.progress.moving.wait())
+            if record.state is TransferState.FAILED and not record.progress.moving.is_set():
+                code, message = record.error or ("InternalError", "the fetch failed")
+                raise _FetchFailed(code, message, record.document(time.monotonic()))
             return json_response(record.document(time.monotonic()), 202)
         await record.finished.wait()
         doc = record.document(time.monotonic())
@@ -219,6 +225,16 @@ class Api:
         return json_response(
             {"Status": "ok", "Principal": known.arn if known else None, **self.summary()}
         )
+
+
+async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return when the first of `waits` returns; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class _FetchFailed(TransferError):

@@ -12,6 +12,7 @@ S3feedError with the server's code and message.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -166,35 +167,37 @@ class Client:
     def health(self) -> Any:
         return self._json(("GET", "/healthz", None))
 
-    def read_object(self, job_id: str, key: str, byte_range: str | None = None) -> Iterator[bytes]:
-        """The object's bytes in order; raises S3feedError if the stream ends short."""
+    @contextlib.contextmanager
+    def _object(
+        self, job_id: str, key: str, byte_range: str | None
+    ) -> Iterator[tuple[http.client.HTTPResponse, int]]:
+        """The object's response and its Content-Length; short bodies become
+        S3feedError ShortRead."""
         headers = {"Range": f"bytes={byte_range}"} if byte_range else {}
         conn, resp = self._send(("GET", _Calls.object_path(job_id, key), None), headers)
         try:
             if resp.status >= 400:
                 raise _error(resp.status, resp.read())
-            expected = int(resp.headers.get("Content-Length", "-1"))
-            got = 0
-            while chunk := resp.read1(READ_CHUNK):
-                got += len(chunk)
-                yield chunk
-            self._check_length(got, expected)
+            yield resp, int(resp.headers.get("Content-Length", "-1"))
         except http.client.IncompleteRead as exc:
             raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
         finally:
             conn.close()
 
+    def read_object(self, job_id: str, key: str, byte_range: str | None = None) -> Iterator[bytes]:
+        """The object's bytes in order; raises S3feedError if the stream ends short."""
+        with self._object(job_id, key, byte_range) as (resp, expected):
+            got = 0
+            while chunk := resp.read1(READ_CHUNK):
+                got += len(chunk)
+                yield chunk
+            self._check_length(got, expected)
+
     def copy_object(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> int:
         """Write the object's bytes in order to file descriptor `fd` (a pipe,
         stdout): one reused buffer, no bytes object per chunk. Returns the count."""
-        headers = {"Range": f"bytes={byte_range}"} if byte_range else {}
-        conn, resp = self._send(("GET", _Calls.object_path(job_id, key), None), headers)
-        try:
-            if resp.status >= 400:
-                raise _error(resp.status, resp.read())
-            expected = int(resp.headers.get("Content-Length", "-1"))
-            buf = bytearray(READ_CHUNK)
-            view = memoryview(buf)
+        with self._object(job_id, key, byte_range) as (resp, expected):
+            view = memoryview(bytearray(READ_CHUNK))
             got = 0
             while n := resp.readinto(view):
                 got += n
@@ -203,10 +206,6 @@ class Client:
                     out = out[os.write(fd, out) :]
             self._check_length(got, expected)
             return got
-        except http.client.IncompleteRead as exc:
-            raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
-        finally:
-            conn.close()
 
     @staticmethod
     def _check_length(got: int, expected: int) -> None:

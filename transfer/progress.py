@@ -11,6 +11,7 @@ fetches only what is missing.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,9 +28,13 @@ class Progress:
     # they count in bytes_done but not in the rate.
     resumed: int = 0
     followers: list[Progress] = field(default_factory=list, repr=False)
+    # Set when the transfer starts moving bytes: everything that can fail
+    # before that (missing key, access, room in the cache) has been checked.
+    moving: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     def start(self, now: float, size: int, resumed: int = 0) -> None:
         for p in self._all():
+            p.moving.set()
             p.started = now if p.started is None else p.started
             p.finished = None
             p.size = size

@@ -247,3 +247,13 @@ async def test_each_transfer_is_counted_once_with_its_mode_and_outcome(harness: 
         if line.startswith("s3feed_served_bytes_total{")
     }
     assert served == {"stream": 2 * 2 * 1024 * 1024, "cache": 2 * 1024 * 1024}
+
+
+async def test_no_room_in_the_cache_is_answered_at_once_without_wait(harness: Harness) -> None:
+    budget = harness.daemon.config.cache.max_size
+    harness.store().put("sources/huge.mxf", b"\0" * (budget + 1))
+    await harness.create_job()
+    for wait in ("", "?wait=true"):
+        answer = await harness.request("POST", f"/v1/jobs/job-1/fetches{wait}", {"Key": "huge.mxf"})
+        assert (answer.status, answer.code) == (507, "InsufficientStorage"), answer.body
+    assert harness.store().bytes_sent == 0, "no byte moved"

@@ -16,7 +16,6 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -29,14 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from daemonproc import free_port, stop
 
 SELF = "SELF"  # in a target list: Prometheus' own address
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int) -> bool:
@@ -150,17 +144,6 @@ def running_prometheus(
     finally:
         stop(process)
         assert not port_open(port), f"port {port} still open after prometheus stopped"
-
-
-def stop(process: subprocess.Popen[bytes], grace: float = 20) -> int:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    return process.returncode
 
 
 # ------------------------------------------------------------------ dashboards

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
+from reliability import blob, sha
 
 from s3feed.daemon.client import Client, S3feedError
 
@@ -31,19 +32,6 @@ def daemon(local_aws: LocalAws, tmp_path: Path) -> Iterator[Daemon]:
 def uri(bucket: str, folder: str = "") -> str:
     """The AWS virtual-hosted form a customer puts in their job request."""
     return f"https://{bucket}.s3.us-east-1.amazonaws.com/{folder}"
-
-
-def blob(n: int, seed: int) -> bytes:
-    out = bytearray()
-    block = hashlib.sha256(seed.to_bytes(8, "big")).digest()
-    while len(out) < n:
-        block = hashlib.sha512(block).digest()
-        out += block * 64
-    return bytes(out[:n])
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def curl(daemon: Daemon, *args: str) -> tuple[int, object]:
