@@ -126,3 +126,26 @@ async def test_stop_removes_the_socket_it_created(harness: Harness) -> None:
     assert not os.path.exists(harness.socket)
     with socket.socket(socket.AF_UNIX) as s, pytest.raises(OSError):
         s.connect(harness.socket)
+
+
+async def test_cli_cat_to_a_pipe_and_to_a_file_is_byte_exact(
+    harness: Harness, tmp_path: Path
+) -> None:
+    data = bytes(range(256)) * 12289  # 3 MiB + 256: several pipe fills
+    harness.store().put("sources/clip.ts", data)
+    await harness.create_job("cat-1")
+    command = (sys.executable, "-m", "s3feed.daemon", "--socket", harness.socket, "cat")
+    # To a pipe: the body is spliced from the socket.
+    proc = await asyncio.create_subprocess_exec(
+        *command, "cat-1", "clip.ts", stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(60):
+        piped, _ = await proc.communicate()
+    assert proc.returncode == 0 and piped == data
+    # To a file: through a buffer.
+    target = tmp_path / "out.ts"
+    with target.open("wb") as f:
+        proc = await asyncio.create_subprocess_exec(*command, "cat-1", "clip.ts", stdout=f)
+        async with asyncio.timeout(60):
+            assert await proc.wait() == 0
+    assert target.read_bytes() == data
