@@ -54,6 +54,7 @@ from .progress import Progress
 from .store import ObjectMeta, ObjectStore
 
 SIDECAR_INTERVAL = 0.25  # seconds between sidecar rewrites during a download
+SYNC_DELAY = 60.0  # seconds from an entry's completion to its fsync
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,10 @@ class Cache:
         disk_free: Callable[[Path], int] = _statvfs_free,
         boot_id: str | None = None,
         sidecar_interval: float = SIDECAR_INTERVAL,
+        sync_delay: float = SYNC_DELAY,
     ) -> None:
         self.config = config
+        self._sync_delay = sync_delay
         self._sidecar_interval = sidecar_interval
         self.engine = engine
         self.observer = observer
@@ -112,7 +115,8 @@ class Cache:
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._scan: asyncio.Task[None] | None = None
         self._syncer: asyncio.Task[None] | None = None
-        self._to_sync: asyncio.Queue[str] = asyncio.Queue()
+        # (when to fsync, entry id): see _run_syncer.
+        self._to_sync: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
 
     @property
     def size_bytes(self) -> int:
@@ -154,13 +158,21 @@ class Cache:
             if rec.id not in self._entries and rec.id not in self._removed:
                 self._entries[rec.id] = rec
                 if rec.state is EntryState.COMPLETE and not rec.synced:
-                    self._to_sync.put_nowait(rec.id)
+                    self._to_sync.put_nowait((0.0, rec.id))
         self._removed.clear()
         self._report_size()
 
     async def _run_syncer(self) -> None:
+        # A finished entry is fsynced `sync_delay` seconds later, by when the
+        # kernel has usually written it back on its own: the fsync then costs
+        # little, instead of forcing 1-2 CPU-s of writeback per GiB right as
+        # the encoder starts. Until then the entry is served (it is complete)
+        # but would not survive a reboot (CacheDir.load drops unsynced entries).
         while True:
-            await self._sync_one(await self._to_sync.get())
+            due, rid = await self._to_sync.get()
+            if (wait := due - self.engine.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            await self._sync_one(rid)
 
     async def _sync_one(self, rid: str) -> None:
         rec = self._entries.get(rid)
@@ -401,7 +413,7 @@ class Cache:
             flight.done.set_exception(exc)
             return
         self._flights.pop(rec.id, None)
-        self._to_sync.put_nowait(rec.id)
+        self._to_sync.put_nowait((self.engine.monotonic() + self._sync_delay, rec.id))
         flight.done.set_result(self._entry(rec))
 
     def _drop(self, flight: _Flight) -> None:
