@@ -39,10 +39,24 @@ from .checksums import RangeDigest, Verifier
 from .engine import RetryBudget, plan_ranges, run_workers
 from .errors import InvalidRange
 from .observer import TransferObserver
-from .store import ObjectMeta, ObjectStore
+from .store import BodySink, ObjectMeta, ObjectStore
 
 if TYPE_CHECKING:
     from .engine import Engine
+
+
+FIRST_RANGE = 1024 * 1024  # bytes of a stream's first GET
+
+
+class _FirstBytes:
+    """A sink that says when its first bytes arrive."""
+
+    def __init__(self, inner: BodySink, arrived: asyncio.Event) -> None:
+        self._inner, self._arrived = inner, arrived
+
+    def write(self, offset: int, data: memoryview) -> None:
+        self._inner.write(offset, data)
+        self._arrived.set()
 
 
 class WindowState(enum.Enum):
@@ -222,6 +236,12 @@ class ObjectStream:
                 size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
             )
         ranges = plan_ranges(self.start, end, config.part_size, parts) if size else []
+        if ranges and ranges[0][1] - ranges[0][0] >= FIRST_RANGE:
+            # S3 answers a small range sooner: the reader's first bytes come
+            # from a short first GET (measured on SeaweedFS: 11 ms vs 17-23 ms
+            # to the first 64 KiB with 16 MiB ranges).
+            s0, e0 = ranges[0]
+            ranges[0:1] = [(s0, s0 + FIRST_RANGE - 1), (s0 + FIRST_RANGE, e0)]
         self._task = asyncio.create_task(self._produce(ranges))
         return self
 
@@ -230,20 +250,34 @@ class ObjectStream:
         assert window is not None
         owner = object()
 
+        # The reader waits for the first range's first bytes: that range starts
+        # alone and the others join once it is flowing (or has ended), so on a
+        # small host they do not compete with it for the server and the CPU.
+        first = ranges[0] if ranges else None
+        flowing = asyncio.Event()
+
         async def fetch(s: int, e: int) -> None:
+            is_first = (s, e) == first
+            if not is_first:
+                await flowing.wait()
             await window.admit(e)
             digest = self._verifier.range_digest(s, e) if self._verifier else None
-            sink = _WindowSink(window, digest, engine, self.tenant)
-            await engine.fetch_range(
-                self.store,
-                self.key,
-                s,
-                e,
-                sink,
-                etag=self.meta.etag,
-                budget=self._budget,
-                owner=owner,
-            )
+            sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
+            if is_first:
+                sink = _FirstBytes(sink, flowing)
+            try:
+                await engine.fetch_range(
+                    self.store,
+                    self.key,
+                    s,
+                    e,
+                    sink,
+                    etag=self.meta.etag,
+                    budget=self._budget,
+                    owner=owner,
+                )
+            finally:
+                flowing.set()
 
         try:
             await run_workers(engine.config.concurrency, ranges, fetch)
