@@ -45,6 +45,7 @@ class Metrics:
         self.registry = registry
         r = registry
         ProcessCollector(registry=r)
+        # Exported as s3feed_build_info{version}.
         Info("s3feed_build", "Version of the running s3feed.", registry=r).info(
             {"version": version}
         )

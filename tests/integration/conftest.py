@@ -47,31 +47,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@dataclass(frozen=True)
-class LocalAws:
-    """What a test needs to talk to the local AWS (all of it local and throwaway)."""
+class _Keys:
+    """Clients with a server's admin keys (or given credentials), for both servers."""
 
     endpoint_url: str
     region: str
-    account_id: str
-    daemon_access_key_id: str
-    daemon_secret_access_key: str
-    daemon_arn: str
     admin_access_key_id: str
     admin_secret_access_key: str
-    acme_tenant: str
-    acme_role_arn: str
-    acme_bucket: str
-    globex_tenant: str
-    globex_role_arn: str
-    globex_bucket: str
-    untrusting_role_arn: str
-    media_ts_key: str | None
-    media_ts_path: Path | None
-    media_mp4_key: str | None
-    media_mp4_path: Path | None
-    multipart_key: str
-    state_dir: Path
+    daemon_access_key_id: str
+    daemon_secret_access_key: str
 
     def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
         """A sync botocore client; admin keys unless `creds` (an STS Credentials dict)
@@ -97,6 +81,33 @@ class LocalAws:
             "AccessKeyId": self.daemon_access_key_id,
             "SecretAccessKey": self.daemon_secret_access_key,
         }
+
+
+@dataclass(frozen=True)
+class LocalAws(_Keys):
+    """What a test needs to talk to the local AWS (all of it local and throwaway)."""
+
+    endpoint_url: str
+    region: str
+    account_id: str
+    daemon_access_key_id: str
+    daemon_secret_access_key: str
+    daemon_arn: str
+    admin_access_key_id: str
+    admin_secret_access_key: str
+    acme_tenant: str
+    acme_role_arn: str
+    acme_bucket: str
+    globex_tenant: str
+    globex_role_arn: str
+    globex_bucket: str
+    untrusting_role_arn: str
+    media_ts_key: str | None
+    media_ts_path: Path | None
+    media_mp4_key: str | None
+    media_mp4_path: Path | None
+    multipart_key: str
+    state_dir: Path
 
     def assume(self, role_arn: str, external_id: str | None, **kw: Any) -> dict[str, str]:
         """AssumeRole with the daemon's keys; returns the Credentials dict."""
@@ -204,7 +215,7 @@ def globex_bucket(local_aws: LocalAws) -> Iterator[TestBucket]:
 
 
 @dataclass(frozen=True)
-class Seaweed:
+class Seaweed(_Keys):
     """SeaweedFS: fast S3, STS AssumeRole with principal and role policy enforced,
     but no ExternalId (a role with an ExternalId condition can never be assumed)."""
 
@@ -220,30 +231,6 @@ class Seaweed:
     multipart_key: str
     pid: int
     ports: tuple[int, ...]
-
-    def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
-        """Admin keys unless `creds` (an STS Credentials dict) is given.  Close it."""
-        if creds is None:
-            key, secret, token = self.admin_access_key_id, self.admin_secret_access_key, None
-        else:
-            key, secret = creds["AccessKeyId"], creds["SecretAccessKey"]
-            token = creds.get("SessionToken")
-        return local_aws_script.client(service, self.endpoint_url, key, secret, token, self.region)
-
-    @contextlib.contextmanager
-    def closing_client(self, service: str, creds: dict[str, str] | None = None) -> Iterator[Any]:
-        c = self.client(service, creds)
-        try:
-            yield c
-        finally:
-            c.close()
-
-    @property
-    def daemon_creds(self) -> dict[str, str]:
-        return {
-            "AccessKeyId": self.daemon_access_key_id,
-            "SecretAccessKey": self.daemon_secret_access_key,
-        }
 
     def assume(self, role_arn: str | None = None, **kw: Any) -> dict[str, str]:
         """AssumeRole (default: the reader role) with the daemon's keys."""
