@@ -186,8 +186,8 @@ class Api:
             raise ApiError("InvalidRequest", "field 'Key' must be a string")
         full_key = job.location.key_for(key)
         # Errors known before any byte moves are answered at once (DESIGN.md).
-        await job.store.head(full_key)
-        record = job.start_fetch(key, full_key)
+        meta = await job.store.head(full_key)
+        record = job.start_fetch(key, full_key, meta)
         if request.query.get("wait", "").lower() not in ("true", "1"):
             # Errors known before any byte moves (no room in the cache...) are
             # answered now; later ones are the fetch document's.

@@ -43,7 +43,7 @@ from s3feed.transfer.errors import TransferError
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.s3store import S3Clients, S3ObjectStore
-from s3feed.transfer.store import ObjectStore
+from s3feed.transfer.store import ObjectMeta, ObjectStore
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
 from .errors import ApiError, describe
@@ -193,15 +193,16 @@ class Job:
         for record in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self.transfers[record.transfer_id]
 
-    def start_fetch(self, key: str, full_key: str) -> TransferRecord:
-        """Queue a download of `full_key` into the cache, owned by this job."""
+    def start_fetch(self, key: str, full_key: str, meta: ObjectMeta) -> TransferRecord:
+        """Queue a download of `full_key` into the cache, owned by this job;
+        `meta` is what this job's HEAD of it just returned."""
         record = self.new_record("cache", key)
-        task = asyncio.create_task(self._fetch(record, full_key), name=f"fetch {self.job_id}")
+        task = asyncio.create_task(self._fetch(record, full_key, meta), name=f"fetch {self.job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return record
 
-    async def _fetch(self, record: TransferRecord, full_key: str) -> None:
+    async def _fetch(self, record: TransferRecord, full_key: str, meta: ObjectMeta) -> None:
         record.move(TransferState.RUNNING)
         try:
             entry = await self.cache.fetch(
@@ -210,6 +211,7 @@ class Job:
                 tenant=self.tenant,
                 owner=self.pin_owner,
                 progress=record.progress,
+                meta=meta,
             )
         except asyncio.CancelledError:
             record.error = ("Cancelled", "the job was deleted before the fetch finished")

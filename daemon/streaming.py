@@ -93,7 +93,7 @@ async def stream_object(
     job.stream_opened()
     observer.transfer_started("stream")
     started = time.monotonic()
-    entry = await job.cache.lookup(job.store, full_key, meta.etag)
+    entry = await job.cache.lookup(job.store, full_key, meta.etag, checked=True)
     try:
         if entry is not None:
             resp.headers["X-S3feed-Source"] = "cache"

@@ -213,28 +213,42 @@ class Cache:
         for rid in list(self._pins):
             self._unpin(rid, owner)
 
-    async def lookup(self, store: ObjectStore, key: str, etag: str) -> CacheEntry | None:
+    async def lookup(
+        self, store: ObjectStore, key: str, etag: str, *, checked: bool = False
+    ) -> CacheEntry | None:
         """A complete entry for a stream, after the job's own credentials pass
-        a HEAD with If-Match; None when there is none or the object changed."""
+        a HEAD with If-Match; None when there is none or the object changed.
+        `checked`: the caller's HEAD with this job's store just returned
+        `etag`, which is that same check."""
         rec = self._known(self.dir.entry_id(store.endpoint, store.bucket, key, etag))
         if rec is None or rec.state is not EntryState.COMPLETE:
             self.observer.cache_miss()
             return None
-        try:
-            await store.head(key, if_match=etag)
-        except SourceChanged:
-            self.observer.cache_miss()
-            return None
+        if not checked:
+            try:
+                await store.head(key, if_match=etag)
+            except SourceChanged:
+                self.observer.cache_miss()
+                return None
         self.observer.cache_hit()
         return self._entry(rec)
 
     async def fetch(
-        self, store: ObjectStore, key: str, *, tenant: str, owner: str, progress: Progress
+        self,
+        store: ObjectStore,
+        key: str,
+        *,
+        tenant: str,
+        owner: str,
+        progress: Progress,
+        meta: ObjectMeta | None = None,
     ) -> CacheEntry:
         """The complete, verified entry for `key`, downloading it if needed;
-        pinned for `owner` until `unpin_all(owner)`."""
+        pinned for `owner` until `unpin_all(owner)`. `meta`: what a HEAD with
+        this job's store just returned (it is the access check), else one is made."""
         budget = RetryBudget(self.engine.config.retries)
-        meta = await self.engine.retrying(budget, lambda: store.head(key))
+        if meta is None:
+            meta = await self.engine.retrying(budget, lambda: store.head(key))
         rid = self.dir.entry_id(store.endpoint, store.bucket, key, meta.etag)
         self._pin(rid, owner)
         try:
