@@ -155,7 +155,6 @@ class Job:
         self.served = served  # bytes handed to the encoder, by mode
         # The store's clients are built while the encoder gets ready to read.
         self._connecting = asyncio.create_task(self._connect(), name=f"connect {job_id}")
-        self.closed = False
 
     def touch(self) -> None:
         self.last_used = self._monotonic()
@@ -264,7 +263,6 @@ class Job:
                         extra={"job_id": self.job_id, "tenant": self.tenant})  # fmt: skip
 
     async def close(self) -> None:
-        self.closed = True
         self._connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._connecting
@@ -282,7 +280,6 @@ class Job:
 class JobRequest:
     job_id: str
     tenant: str
-    uri_path: str
     role_arn: str
     duration: int
 
@@ -327,7 +324,7 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
     role = parse_role_arn(source["RoleArnToAssume"])
     duration = validate_duration(source.get("RoleSessionDurationInSeconds"))
     tenant = validate_tenant_name(body["TenantName"])
-    return JobRequest(job_id, tenant, location.uri, role.arn, duration), location
+    return JobRequest(job_id, tenant, role.arn, duration), location
 
 
 class JobRegistry:

@@ -133,9 +133,7 @@ class Daemon:
         self._runners: list[web.AppRunner] = []
         self._created_socket: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self.stopping = asyncio.Event()
         self.socket_path: Path | None = None
-        self.metrics_address: tuple[str, int] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -166,6 +164,7 @@ class Daemon:
             self._created_socket = self.config.api.socket
         self.socket_path = Path(listen_socket.getsockname())
         await web.SockSite(api_runner, listen_socket).start()
+        metrics_at = None
         if (hp := self.config.metrics.host_port) is not None:
             app = web.Application()
             app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
@@ -175,12 +174,12 @@ class Daemon:
             site = web.TCPSite(runner, hp[0], hp[1], reuse_address=True)
             await site.start()
             host, port = runner.addresses[0][:2]
-            self.metrics_address = (str(host), int(port))
+            metrics_at = f"{host}:{port}"  # the port bound when the config said 0
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
         log.info(
             "s3feed serving",
-            extra={"socket": str(self.socket_path), "metrics": self.config.metrics.listen},
+            extra={"socket": str(self.socket_path), "metrics": metrics_at},
         )
 
     async def _reap_idle(self) -> None:
