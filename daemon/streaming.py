@@ -3,14 +3,16 @@
 Design note. The handler runs in aiohttp's request task. It asks S3 (HEAD
 with the job's own credentials) for size and ETag first: that is both the
 access check and what picks the cache entry. A complete cache entry for that
-ETag is sent with sendfile; otherwise the engine's stream fetches ranges in
+ETag is read with pread and written out; otherwise the engine's stream fetches ranges in
 parallel into a bounded window and this task writes them out in order.
 `resp.write` waits while the socket's buffer is full, so a slow reader stops
 the window from advancing and the window stops the fetches: memory stays
 under [transfer] stream_window. When the reader goes away, `write` raises,
 leaving the `async with` cancels the stream's fetches. A failure after the
 headers went out aborts the connection: the reader sees a short body (the
-Content-Length says so), never wrong bytes.
+Content-Length says so), never wrong bytes. The record is done when the
+last byte is handed to the socket, before the reader can have it: a reader
+holding every byte that asks about the job sees the stream done.
 """
 
 from __future__ import annotations
@@ -92,31 +94,29 @@ async def stream_object(
     record.move(TransferState.RUNNING)
     job.stream_opened()
     observer.transfer_started("stream")
-    started = time.monotonic()
+    out = _Delivery(request, resp, record, observer)
     entry = await job.cache.lookup(job.store, full_key, meta.etag, checked=True)
     try:
         if entry is not None:
             resp.headers["X-S3feed-Source"] = "cache"
-            await _send_file(request, resp, entry.path, first, length, record, observer)
+            await _send_file(out, entry.path, first, length)
         else:
             resp.headers["X-S3feed-Source"] = "s3"
-            await _send_stream(
-                request, resp, job, full_key, meta, first, last, engine, record, observer
-            )
+            await _send_stream(out, job, full_key, meta, first, last, engine)
     except asyncio.CancelledError:
-        record.error = ("Cancelled", "the reader went away")
-        record.move(TransferState.CANCELLED)
-        observer.transfer_finished("stream", "cancelled", time.monotonic() - started)
+        out.end(TransferState.CANCELLED, ("Cancelled", "the reader went away"))
         raise
     except ConnectionError as exc:
         # The reader went away (aiohttp raises ClientConnectionResetError).
-        record.error = ("Cancelled", f"the reader went away: {exc.__class__.__name__}")
-        record.move(TransferState.CANCELLED)
-        observer.transfer_finished("stream", "cancelled", time.monotonic() - started)
+        out.end(TransferState.CANCELLED, ("Cancelled", f"the reader went away: {exc.__class__.__name__}"))  # fmt: skip
         return resp
     except Exception as exc:
+        if record.state is TransferState.DONE:
+            # Every byte was handed over; what failed after it is not the reader's.
+            log.warning("stream teardown failed", exc_info=True, extra={"job_id": job.job_id})
+            return resp
         record.fail(exc)
-        observer.transfer_finished("stream", "failed", time.monotonic() - started)
+        observer.transfer_finished("stream", "failed", time.monotonic() - out.started)
         if not resp.prepared:
             raise
         log.warning(
@@ -129,48 +129,77 @@ async def stream_object(
         return resp
     finally:
         job.stream_closed()
-    record.progress.finish(time.monotonic())
-    record.move(TransferState.DONE)
-    observer.transfer_finished("stream", "success", time.monotonic() - started)
     return resp
 
 
+class _Delivery:
+    """Writes a stream's bytes to the reader and keeps its record and metrics."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        record: TransferRecord,
+        observer: TransferObserver,
+    ) -> None:
+        self.request = request
+        self.resp = resp
+        self.record = record
+        self.observer = observer
+        self.started = time.monotonic()
+
+    async def prepare(self) -> None:
+        if self.record.progress.size == 0:
+            self.end(TransferState.DONE)  # the headers are the whole response
+        await self.resp.prepare(self.request)
+
+    async def send(self, chunk: bytes) -> None:
+        progress = self.record.progress
+        progress.add(len(chunk))
+        self.observer.bytes_served("stream", len(chunk))
+        if progress.bytes_done == progress.size:
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the reader went away")
+            self.end(TransferState.DONE)  # resp.write hands the bytes over before it yields
+        await self.resp.write(chunk)
+
+    def end(self, state: TransferState, error: tuple[str, str] | None = None) -> None:
+        """Settle the record once; a reader leaving after the last byte leaves it done."""
+        if self.record.state is not TransferState.RUNNING:
+            return
+        now = time.monotonic()
+        outcome = {TransferState.DONE: "success", TransferState.CANCELLED: "cancelled"}[state]
+        if state is TransferState.DONE:
+            self.record.progress.finish(now)
+        self.record.error = error
+        self.record.move(state)
+        self.observer.transfer_finished("stream", outcome, now - self.started)
+
+
 async def _send_stream(
-    request: web.Request,
-    resp: web.StreamResponse,
+    out: _Delivery,
     job: Job,
     full_key: str,
     meta: ObjectMeta,
     first: int,
     last: int,
     engine: Engine,
-    record: TransferRecord,
-    observer: TransferObserver,
 ) -> None:
     if meta.size == 0:
-        await resp.prepare(request)
-        await resp.write_eof()
+        await out.prepare()
+        await out.resp.write_eof()
         return
     async with engine.stream(
         job.store, full_key, tenant=job.tenant, start=first, end=last, meta=meta
     ) as stream:
-        await resp.prepare(request)
+        await out.prepare()
         async for chunk in stream:
-            await resp.write(chunk)
-            record.progress.add(len(chunk))
-            observer.bytes_served("stream", len(chunk))
-    await resp.write_eof()
+            await out.send(chunk)
+    await out.resp.write_eof()
 
 
-async def _send_file(
-    request: web.Request,
-    resp: web.StreamResponse,
-    path: os.PathLike[str],
-    offset: int,
-    count: int,
-    record: TransferRecord,
-    observer: TransferObserver,
-) -> None:
+async def _send_file(out: _Delivery, path: os.PathLike[str], offset: int, count: int) -> None:
     """Send `count` bytes of a cache file from `offset`.
 
     uvloop has no loop.sendfile, so the file is read in 1 MiB slices and
@@ -178,15 +207,13 @@ async def _send_file(
     transport's flow control still paces a slow reader).
     """
     with open(path, "rb", buffering=0) as f:  # noqa: ASYNC230 (a local open, not I/O-bound)
-        await resp.prepare(request)
+        await out.prepare()
         fd = f.fileno()
         while count > 0:
             chunk = os.pread(fd, min(count, FILE_CHUNK), offset)
             if not chunk:
                 raise RuntimeError(f"cache file {path} ended {count} bytes early")
-            await resp.write(chunk)
+            await out.send(chunk)
             offset += len(chunk)
             count -= len(chunk)
-            record.progress.add(len(chunk))
-            observer.bytes_served("stream", len(chunk))
-    await resp.write_eof()
+    await out.resp.write_eof()

@@ -6,7 +6,10 @@ import hashlib
 import os
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
+from aiohttp import web
 from harness import ACME_ROLE, Harness
 
 from s3feed.daemon.jobs import TransferState
@@ -163,6 +166,47 @@ async def test_stream_of_a_cached_object_comes_from_the_cache(harness: Harness) 
         "GET", "/v1/jobs/job-1/objects/c.mp4", headers={"Range": "bytes=100-199"}
     )
     assert ranged.body == data[100:200]
+
+
+async def test_a_stream_is_done_before_its_last_byte_is_handed_to_the_reader(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holding every byte that asks about its job sees the stream done."""
+    data = _blob(3 * 1024 * 1024 + 11, seed=5)
+    harness.store().put("sources/d.ts", data)
+    harness.store().put("sources/empty", b"")
+    await harness.create_job()
+    job = harness.daemon.registry.all_jobs()[0]
+    seen: list[tuple[int, str]] = []  # (bytes handed over so far, stream state then)
+
+    def state() -> str:
+        return job.transfers[max(job.transfers)].state.value if job.transfers else "none"
+
+    write, prepare = web.StreamResponse.write, web.StreamResponse.prepare
+
+    async def watched_write(self: web.StreamResponse, chunk: bytes) -> None:
+        seen.append((len(chunk), state()))
+        await write(self, chunk)
+
+    async def watched_prepare(self: web.StreamResponse, request: web.BaseRequest) -> Any:
+        seen.append((0, state()))
+        return await prepare(self, request)
+
+    monkeypatch.setattr(web.StreamResponse, "write", watched_write)
+    monkeypatch.setattr(web.StreamResponse, "prepare", watched_prepare)
+    for key, source in [("d.ts", "s3"), ("empty", "s3"), ("d.ts", "cache")]:
+        if source == "cache":
+            await harness.request("POST", "/v1/jobs/job-1/fetches?wait=true", {"Key": key})
+        seen.clear()
+        streamed = await harness.request("GET", f"/v1/jobs/job-1/objects/{key}")
+        assert streamed.headers["X-S3feed-Source"] == source
+        assert streamed.body == harness.store().objects[f"sources/{key}"].data
+        handed = 0
+        for n, then in seen:  # done exactly from the call that hands over the last byte
+            handed += n
+            assert (then == "done") == (handed == len(streamed.body)), (key, source, seen)
+        doc = (await harness.request("GET", "/v1/jobs/job-1")).json["Transfers"][-1]
+        assert (doc["State"], doc["BytesDone"]) == ("done", len(streamed.body))
 
 
 async def test_empty_object(harness: Harness) -> None:
