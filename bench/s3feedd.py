@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from s3feed.daemon.client import Client
+
 from .store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,8 +131,8 @@ def _wait_for_socket(daemon: Daemon, timeout: float = 60) -> None:
                 + daemon.log.read_text()[-3000:]
             )
         if daemon.socket.exists():
-            with socket.socket(socket.AF_UNIX) as s, contextlib.suppress(OSError):
-                s.connect(str(daemon.socket))
+            with contextlib.suppress(OSError):  # an answer, not a connect: the daemon serves
+                Client(str(daemon.socket), timeout=5).health()
                 return
         time.sleep(0.05)
     raise RuntimeError(f"s3feed serve did not open {daemon.socket} in {timeout} s")

@@ -103,9 +103,14 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()  # no daemon there (yet): leak no socket per attempt
+            raise
+        self.sock = sock
 
 
 class _UnbufferedResponse(http.client.HTTPResponse):
@@ -144,8 +149,12 @@ class Client:
             conn.response_class = _UnbufferedResponse
         data = orjson.dumps(body) if body is not None else None
         hdrs = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
-        return conn, conn.getresponse()
+        try:
+            conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
+            return conn, conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
 
     def _json(self, call: Call) -> Any:
         conn, resp = self._send(call)

@@ -163,7 +163,8 @@ class Daemon:
             listen_socket = bind_unix_socket(self.config.api.socket, self.config.api.socket_mode)
             self._created_socket = self.config.api.socket
         self.socket_path = Path(listen_socket.getsockname())
-        await web.SockSite(api_runner, listen_socket).start()
+        # The metrics listener before the API serves: once the API answers, all
+        # of the daemon does (a client that waited for it can scrape at once).
         metrics_at = None
         if (hp := self.config.metrics.host_port) is not None:
             app = web.Application()
@@ -175,6 +176,7 @@ class Daemon:
             await site.start()
             host, port = runner.addresses[0][:2]
             metrics_at = f"{host}:{port}"  # the port bound when the config said 0
+        await web.SockSite(api_runner, listen_socket).start()
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
         log.info(

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from harness import Harness
 
+from s3feed.daemon.client import Client
 from s3feed.daemon.server import SocketInUse, bind_unix_socket
 
 
@@ -83,6 +84,18 @@ def test_socket_file_mode_stale_and_live(tmp_path: Path) -> None:
     path.write_text("not a socket")
     with pytest.raises(SocketInUse, match="is not a socket"):
         bind_unix_socket(path, 0o660)
+
+
+def test_the_client_leaks_no_socket_when_no_daemon_answers(tmp_path: Path) -> None:
+    """A client polling for a daemon that is not up yet (scripts do) keeps no fd."""
+    fds = len(os.listdir("/proc/self/fd"))
+    stale = tmp_path / "stale.sock"
+    bind_unix_socket(stale, 0o600).close()  # a socket file nobody listens on
+    for path, refused in [(tmp_path / "none.sock", FileNotFoundError), (stale, ConnectionRefusedError)]:  # fmt: skip
+        for _ in range(20):
+            with pytest.raises(refused):
+                Client(str(path), timeout=1).health()
+    assert len(os.listdir("/proc/self/fd")) == fds
 
 
 async def test_idle_jobs_are_reaped_busy_ones_are_not(harness: Harness) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from s3feed.daemon.client import Client
+
 if TYPE_CHECKING:
     from conftest import LocalAws
 
@@ -73,8 +75,8 @@ def wait_for_socket(daemon: Daemon, timeout: float = 30) -> None:
             f"s3feed serve exited with {daemon.process.returncode}:\n{daemon.log.read_text()[-3000:]}"
         )
         if daemon.socket.exists():
-            with socket.socket(socket.AF_UNIX) as s, contextlib.suppress(OSError):
-                s.connect(str(daemon.socket))
+            with contextlib.suppress(OSError):  # an answer, not a connect: the daemon serves
+                Client(str(daemon.socket), timeout=5).health()
                 return
         time.sleep(0.05)
     raise AssertionError(f"s3feed serve did not open {daemon.socket} in {timeout} s")
