@@ -83,6 +83,19 @@ def machine_busy() -> float:
     return (sum(values[:8]) - idle) / CLK_TCK
 
 
+def wait_quiet(busy_below: float = 0.25, window: float = 0.1, timeout: float = 5.0) -> float:
+    """Wait until the machine was busy less than `busy_below` cores over `window`
+    seconds (cancelled transfers have wound down), at most `timeout`; returns
+    the busy cores seen last."""
+    deadline = time.monotonic() + timeout
+    while True:
+        b0, t0 = machine_busy(), time.monotonic()
+        time.sleep(window)
+        busy = (machine_busy() - b0) / (time.monotonic() - t0)
+        if busy < busy_below or time.monotonic() >= deadline:
+            return busy
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 

@@ -150,7 +150,9 @@ def render(facts: dict[str, Any]) -> str:
     if facts.get("ttfb"):
         lines += ["## Time to first byte", "",
                   "From spawning the reader process to its first byte (the first 64 KiB"
-                  " compared with the reference), on one running daemon; medians.", "",
+                  " compared with the reference), on one running daemon, each sample"
+                  " once the machine is quiet again (under a quarter of a core busy"
+                  " over 100 ms, at most 5 s); medians.", "",
                   "| contender | median s | min s | max s |", "|---|---|---|---|"]  # fmt: skip
         for n, xs in facts["ttfb"].items():
             lines.append(f"| {n} | {_f(med(xs), 3)} | {_f(min(xs), 3)} | {_f(max(xs), 3)} |")

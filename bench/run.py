@@ -49,7 +49,7 @@ from s3feed.daemon.client import Client
 from s3feed.transfer.config import TransferConfig
 
 from . import peers, report, s3feedd
-from .measure import Sample, loadavg, proc_cpu, proc_status_kib, run_pipeline
+from .measure import Sample, loadavg, proc_cpu, proc_status_kib, run_pipeline, wait_quiet
 from .peers import Contender, Ctx
 from .store import Store, head, own_seaweed, reference, upload
 
@@ -220,11 +220,12 @@ def ttfb_suite(
     if not streams:
         return out
     with daemon_with_job(store, ctx):
+        wait_quiet()
         for _ in range(runs):
             for c in streams:
                 plan = c.plan(ctx, True)  # the producer of the exact form writes to stdout
                 out[c.name].append(first_byte(plan.cmds[0], plan.env, ctx.ref))
-                time.sleep(0.2)  # let the cancelled transfer wind down
+                wait_quiet()  # the cancelled transfer has wound down, on every side
     return out
 
 

@@ -145,6 +145,8 @@ class Verifier:
         checksum_type: str | None,
         parts: list[tuple[int, int]] | None = None,
         parts_exact: bool = False,
+        *,
+        parts_later: bool = False,
     ) -> None:
         self.size = size
         self.parts = parts
@@ -160,7 +162,7 @@ class Verifier:
                 self.unverifiable.append(name.upper())
                 continue
             composite = bool(n) or checksum_type == "COMPOSITE"
-            if composite and parts is None:
+            if composite and parts is None and not parts_later:
                 self.unverifiable.append(name.upper())
                 continue
             try:
@@ -175,6 +177,10 @@ class Verifier:
         )
         self.md5_got: str | None = None
         self._digests: dict[int, RangeDigest] = {}
+
+    def learn_parts(self, parts: list[tuple[int, int]] | None, exact: bool) -> None:
+        """The part layout, learned after ranges started (`parts_later`)."""
+        self.parts, self.parts_exact = parts, exact
 
     def range_digest(self, start: int, end: int) -> RangeDigest | None:
         """A fresh digest for range [start, end] (replacing any earlier one)."""
@@ -205,7 +211,10 @@ class Verifier:
         alg = self.alg
         digests = sorted(self._digests.values(), key=lambda d: d.start)
         if self.composite:
-            assert self.parts is not None
+            if self.parts is None or not all(
+                any(ps <= d.start and d.end <= pe for ps, pe in self.parts) for d in digests
+            ):
+                return []  # a range across a part boundary (a stream's first): no part CRCs
             part_crcs = b""
             for ps, pe in self.parts:
                 part_crcs += alg.digest(_combine_span(alg, digests, ps, pe))

@@ -36,7 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .checksums import RangeDigest, Verifier
-from .engine import RetryBudget, plan_ranges, run_workers
+from .engine import RetryBudget, first_error, plan_ranges, run_workers
 from .errors import InvalidRange
 from .observer import TransferObserver
 from .store import BodySink, ObjectMeta, ObjectStore
@@ -212,6 +212,7 @@ class ObjectStream:
         self.window: StreamWindow | None = None
         self._verifier: Verifier | None = None
         self._task: asyncio.Task[None] | None = None
+        self._layout: asyncio.Task[list[tuple[int, int]] | None]
         self._budget = RetryBudget(engine.config.retries)
 
     async def __aenter__(self) -> ObjectStream:
@@ -230,59 +231,65 @@ class ObjectStream:
         self.end = end
         config = engine.config
         self.window = StreamWindow(self.start, end, config.stream_window, engine.observer)
-        parts, exact = await engine.layout(store, meta, budget)
         if self.start == 0 and end == size - 1:  # only a whole object can be verified
             self._verifier = Verifier(
-                size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
+                size, meta.etag, meta.checksums, meta.checksum_type, parts_later=True
             )
-        ranges = plan_ranges(self.start, end, config.part_size, parts) if size else []
-        if ranges and ranges[0][1] - ranges[0][0] >= FIRST_RANGE:
-            # S3 answers a small range sooner: the reader's first bytes come
-            # from a short first GET (measured on SeaweedFS: 11 ms vs 17-23 ms
-            # to the first 64 KiB with 16 MiB ranges).
-            s0, e0 = ranges[0]
-            ranges[0:1] = [(s0, s0 + FIRST_RANGE - 1), (s0 + FIRST_RANGE, e0)]
-        self._task = asyncio.create_task(self._produce(ranges))
+        self._layout = asyncio.create_task(self._learn_layout())
+        self._task = asyncio.create_task(self._produce())
         return self
 
-    async def _produce(self, ranges: list[tuple[int, int]]) -> None:
-        window, engine = self.window, self.engine
-        assert window is not None
-        owner = object()
+    async def _learn_layout(self) -> list[tuple[int, int]] | None:
+        parts, exact = await self.engine.layout(self.store, self.meta, self._budget)
+        if self._verifier is not None:
+            self._verifier.learn_parts(parts, exact)
+        return parts
 
-        # The reader waits for the first range's first bytes: that range starts
-        # alone and the others join once it is flowing (or has ended), so on a
-        # small host they do not compete with it for the server and the CPU.
-        first = ranges[0] if ranges else None
+    async def _produce(self) -> None:
+        window, engine, config = self.window, self.engine, self.engine.config
+        assert window is not None
+        if self.end < self.start:
+            return  # an empty object: nothing to fetch
+        owner = object()
+        slots = asyncio.Semaphore(config.concurrency)  # this stream's share of S3
+
+        # The reader waits for the first bytes: a short first GET (S3 answers
+        # a small range sooner; on SeaweedFS 11 ms vs 17-23 ms to the first
+        # 64 KiB with 16 MiB ranges) starts at once and alone, while the part
+        # layout is asked for (it shapes only the later ranges); the others
+        # join once the first is flowing (or has ended), so on a small host
+        # they do not compete with it for the server and the CPU.
+        first = (self.start, min(self.start + FIRST_RANGE - 1, self.end))
         flowing = asyncio.Event()
 
         async def fetch(s: int, e: int) -> None:
-            is_first = (s, e) == first
-            if not is_first:
-                await flowing.wait()
-            await window.admit(e)
-            digest = self._verifier.range_digest(s, e) if self._verifier else None
-            sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
-            if is_first:
-                sink = _FirstBytes(sink, flowing)
-            try:
-                await engine.fetch_range(
-                    self.store,
-                    self.key,
-                    s,
-                    e,
-                    sink,
-                    etag=self.meta.etag,
-                    budget=self._budget,
-                    owner=owner,
-                )
-            finally:
-                flowing.set()
+            async with slots:
+                await window.admit(e)
+                digest = self._verifier.range_digest(s, e) if self._verifier else None
+                sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
+                if (s, e) == first:
+                    sink = _FirstBytes(sink, flowing)
+                try:
+                    await engine.fetch_range(
+                        self.store, self.key, s, e, sink,
+                        etag=self.meta.etag, budget=self._budget, owner=owner,
+                    )  # fmt: skip
+                finally:
+                    flowing.set()
+
+        async def rest() -> None:
+            parts = await asyncio.shield(self._layout)  # the reader may await it too
+            await flowing.wait()
+            if first[1] < self.end:
+                ranges = plan_ranges(first[1] + 1, self.end, config.part_size, parts)
+                await run_workers(config.concurrency, ranges, fetch)
 
         try:
-            await run_workers(engine.config.concurrency, ranges, fetch)
-        except Exception as exc:
-            window.fail(exc)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(fetch(*first))
+                tg.create_task(rest())
+        except BaseExceptionGroup as group:
+            window.fail(first_error(group))
 
     def __aiter__(self) -> ObjectStream:
         return self
@@ -293,6 +300,7 @@ class ObjectStream:
             raise RuntimeError("iterate an ObjectStream inside `async with`")
         chunk = await window.get()
         if chunk is not None and window.next > self.end and self._verifier is not None:
+            await self._layout  # a composite checksum needs the part layout
             self.verified = self._verifier.verify_crc()  # before the last byte goes out
         if chunk is None:
             raise StopAsyncIteration
@@ -306,9 +314,12 @@ class ObjectStream:
     ) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.wait([self._task])
+            self._layout.cancel()
+            await asyncio.wait([self._task, self._layout])
             if not self._task.cancelled():
                 self._task.exception()  # _produce hands its errors to the window
+            if not self._layout.cancelled():
+                self._layout.exception()  # and the layout's, through _produce
         if self.window is not None:
             # Transfer counts and durations of streams are the API's to report
             # (daemon/streaming.py): it also serves streams from the cache.

@@ -175,3 +175,40 @@ async def test_window_drops_duplicates_and_refuses_unadmitted_bytes() -> None:
     assert w.state is WindowState.CLOSED
     with pytest.raises(RuntimeError):
         w._transition(WindowState.OPEN)  # closed is final
+
+
+class SlowProbe(FakeObjectStore):
+    """Answers the part-size probe (HEAD ?partNumber=1) only after everything
+    else runnable has run, and notes how many bytes S3 had sent by then."""
+
+    def __init__(self) -> None:
+        super().__init__(chunk_size=64 * 1024)
+        self.sent_before_answer: int | None = None
+
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int:
+        await settle()
+        self.sent_before_answer = self.bytes_sent
+        return await super().part_size(key, if_match=if_match)
+
+
+async def test_first_bytes_do_not_wait_for_the_part_layout() -> None:
+    store = SlowProbe()
+    data = blob(8 * MiB, 5)
+    store.put("k", data, parts=4, checksum="CRC32")  # 2 MiB parts, COMPOSITE
+    eng, _ = engine()
+    async with eng.stream(store, "k", tenant="t") as s:
+        out = b"".join([c async for c in s])
+    assert out == data
+    assert store.sent_before_answer, "the first GET runs while the layout is asked for"
+    assert s.verified == ["CRC32-COMPOSITE"], "the layout came later, the checksum holds"
+
+
+async def test_parts_smaller_than_the_first_range_stream_unverified_not_failed() -> None:
+    store = FakeObjectStore(chunk_size=64 * 1024)
+    data = blob(2 * MiB + 3, 6)
+    store.put("k", data, parts=7, checksum="CRC32C")  # ~300 KB parts (not AWS, but allowed)
+    eng, _ = engine()
+    async with eng.stream(store, "k", tenant="t") as s:
+        out = b"".join([c async for c in s])
+    assert out == data
+    assert s.verified == [], "the first 1 MiB range spans parts: no part CRCs to combine"
