@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,6 +110,7 @@ class Ctx:
     job_id: str = ""
     job_key: str = ""  # key relative to the job's folder
     socket: Path | None = None  # the daemon of this run
+    transfer: dict[str, Any] = field(default_factory=dict)  # [transfer] of every daemon
 
     def aws_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}

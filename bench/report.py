@@ -193,8 +193,7 @@ def render(facts: dict[str, Any]) -> str:
         " listing first loads botocore's models, as in a long-lived daemon, but the measured"
         " job creates its own S3 client inside the measured request, as every new job does);"
         " its peak RSS is VmHWM since start.",
-        "- s3feed runs with default [transfer] settings (16 MiB parts, 8 per transfer, 256 MiB"
-        " stream window); peers with their defaults except where the `how` column says.",
+        _transfer_line(facts),
         "- All read with the same kind of credentials (a session of the reader role). Stream"
         " contenders write into `cmp - REF`, which checks every byte and plays `cat >/dev/null`;"
         " curl to /dev/null is checked by size and status each run and byte-exact in the warm-up.",
@@ -301,3 +300,15 @@ def _targets(facts: dict[str, Any]) -> list[str]:
         )
         row("8 jobs: slowest/fastest <= 1.5", _f(fair), fair <= 1.5)
     return [*out, ""]
+
+
+def _transfer_line(facts: dict[str, Any]) -> str:
+    settings = facts.get("args", {}).get("transfer") or []
+    s3feed = (
+        "s3feed runs with [transfer] " + ", ".join(f"{k} = {v}" for k, v in settings)
+        + " (a tuning run; the rest default)"
+        if settings
+        else "s3feed runs with default [transfer] settings (16 MiB parts, 8 per transfer,"
+        " 256 MiB stream window)"
+    )  # fmt: skip
+    return f"- {s3feed}; peers with their defaults except where the `how` column says."

@@ -149,7 +149,7 @@ def run_one(contender: Contender, ctx: Ctx, store: Store, exact: bool) -> dict[s
 def daemon_with_job(
     store: Store, ctx: Ctx, transfer: dict[str, Any] | None = None
 ) -> Iterator[s3feedd.Daemon]:
-    with s3feedd.running(store, ctx.work / "daemon", transfer) as d:
+    with s3feedd.running(store, ctx.work / "daemon", {**ctx.transfer, **(transfer or {})}) as d:
         client = Client(str(d.socket))
         uri = s3feedd.job_uri(store, "bench/")
         # A daemon on an encoder host is long-lived: its botocore models are
@@ -302,7 +302,7 @@ def concurrency_suite(
         # The same fetches one after another, on a fresh daemon: the same bytes
         # reach the page cache and the disk as in the concurrent case (4 GiB of
         # dirty pages get written back where 512 MiB alone would not).
-        with s3feedd.running(store, ctx.work / "daemon") as d:
+        with s3feedd.running(store, ctx.work / "daemon", ctx.transfer) as d:
             client = Client(str(d.socket))
             uri = s3feedd.job_uri(store, "bench/")
             for i in range(len(refs)):
@@ -317,7 +317,7 @@ def concurrency_suite(
                 check_file(Path(res["path"]), ref)
         os.sync()
         # All at once on another fresh daemon.
-        with s3feedd.running(store, ctx.work / "daemon") as d:
+        with s3feedd.running(store, ctx.work / "daemon", ctx.transfer) as d:
             client = Client(str(d.socket))
             for i in range(len(refs)):
                 client.create_job(
@@ -414,6 +414,13 @@ def machine(work: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ main
 
 
+def transfer_setting(text: str) -> tuple[str, int | str]:
+    key, sep, value = text.partition("=")
+    if not sep or key not in TransferConfig.__dataclass_fields__:
+        raise argparse.ArgumentTypeError(f"{text!r}: want KEY=VALUE with a [transfer] key")
+    return key, int(value) if value.isdigit() else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=parse_size, default=2 * GiB, help="test object (default 2GiB)")
@@ -432,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--skip", nargs="+", default=[], choices=["main", "ttfb", "slow", "concurrency", "idle"]
     )
+    p.add_argument(
+        "--transfer", nargs="+", default=[], metavar="KEY=VALUE", type=transfer_setting,
+        help="a [transfer] setting for every s3feed daemon (tuning runs), e.g. part_size=32MiB",
+    )  # fmt: skip
     p.add_argument("--work", type=Path, default=WORK, help="scratch (default bench/.work)")
     p.add_argument(
         "--results", type=Path, default=RESULTS, help="markdown report (default bench/RESULTS.md)"
@@ -518,6 +529,7 @@ def prepare(store: Store, args: argparse.Namespace, size: int | None = None) -> 
         part_size=16 * MiB,
         job_id="bench",
         job_key=key.removeprefix("bench/"),
+        transfer=dict(args.transfer),
     )
 
 

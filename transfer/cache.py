@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cacheindex import CacheDir, EntryState, Record
+from .cacheindex import CacheDir, EntryState, Record, reserve
 from .config import CacheConfig
 from .engine import Engine, RetryBudget
 from .errors import (
@@ -371,6 +371,7 @@ class Cache:
             fd = os.open(dir_.part_path(rec.id), os.O_RDWR | os.O_CREAT, self._file_mode)
             try:
                 os.ftruncate(fd, rec.size)
+                reserve(fd, rec.size)
 
                 last_write = self.engine.monotonic()
 
@@ -416,8 +417,8 @@ class Cache:
             self._drop(flight)
             flight.done.set_exception(
                 InsufficientStorage(
-                    f"the cache's file system ({self.config.dir}) filled up during the "
-                    f"download of s3://{rec.bucket}/{rec.key}; free space or lower "
+                    f"the cache's file system ({self.config.dir}) has no room left for "
+                    f"s3://{rec.bucket}/{rec.key}; free space or lower "
                     "[cache] max_size, then fetch again"
                 )
             )

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
 import hashlib
 import json
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from s3feed.transfer import cacheindex
 from s3feed.transfer.cache import Cache
+from s3feed.transfer.cacheindex import reserve
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import AccessDenied, Cancelled, InsufficientStorage, SourceChanged
@@ -271,3 +276,38 @@ async def test_close_fails_waiters_instead_of_hanging(tmp_path: Path) -> None:
     await c.close()
     with pytest.raises(Cancelled):
         await task
+
+
+def test_reserve_allocates_a_part_files_blocks_up_front(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.ftruncate(fd, 8 * MiB)
+        assert os.fstat(fd).st_blocks == 0, "ftruncate alone leaves the file sparse"
+        reserve(fd, 8 * MiB)
+        st = os.fstat(fd)
+        assert st.st_blocks * 512 >= 8 * MiB and st.st_size == 8 * MiB
+        assert os.pread(fd, 16, 4 * MiB) == bytes(16)
+    finally:
+        os.close(fd)
+
+
+def test_reserve_says_when_the_disk_is_full_and_skips_where_it_cannot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: list[int] = []
+
+    def fake_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+        err = answers.pop(0)
+        ctypes.set_errno(err)
+        return -1 if err else 0
+
+    monkeypatch.setattr(cacheindex, "_fallocate", fake_fallocate)
+    answers[:] = [errno.ENOSPC]
+    with pytest.raises(OSError) as full:
+        reserve(3, MiB)
+    assert full.value.errno == errno.ENOSPC
+    answers[:] = [errno.EOPNOTSUPP]
+    reserve(3, MiB)  # a file system that cannot allocate ahead: nothing reserved, no error
+    answers[:] = [errno.EINTR, 0]
+    reserve(3, MiB)
+    assert answers == [], "an interrupted call is made again"
