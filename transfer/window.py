@@ -1,7 +1,9 @@
 """In-order streaming of parallel ranged GETs through a bounded window.
 
-What runs where: `ObjectStream` owns one producer task, which runs
-`concurrency` workers in an `asyncio.TaskGroup`. Workers take ranges in
+What runs where: `ObjectStream` owns one producer task. It fetches a short
+first range at once, while the object's part layout is asked for, then runs
+`concurrency` workers over the rest; all of them share `concurrency` slots,
+asked for and granted in offset order. Workers take ranges in
 offset order, wait until the `StreamWindow` admits the range, then fetch it
 with `Engine.fetch_range` (retries, limiter) into a sink that copies each
 received slice into the window's heap (the store's buffer is reused, so one
