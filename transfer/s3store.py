@@ -43,6 +43,7 @@ from .config import S3Config
 from .errors import (
     AccessDenied,
     InvalidRange,
+    InvalidUriPath,
     NoSuchKey,
     ObjectStoreError,
     SourceChanged,
@@ -210,6 +211,7 @@ class S3ObjectStore:
                 f"s3://{self.bucket}/{args.get('Key', args.get('Prefix', ''))}",
                 creds,
                 meta.get("HTTPHeaders", {}),
+                self.location.region,
             )
             self._observer.s3_request_error(op, code or str(status))
             raise error from None
@@ -279,8 +281,9 @@ class S3ObjectStore:
             raise
         self._observer.s3_request_error("GetObject", code or str(resp.status))
         raise _translate(
-            resp.status, code, message, f"s3://{self.bucket}/{key}", creds, resp.headers
-        )
+            resp.status, code, message, f"s3://{self.bucket}/{key}", creds, resp.headers,
+            self.location.region,
+        )  # fmt: skip
 
     # -- ExpiredToken -------------------------------------------------------------------
 
@@ -306,6 +309,7 @@ def _translate(
     where: str,
     creds: Credentials,
     headers: Mapping[str, str],
+    region: str,
 ) -> Exception:
     """S3's answer -> transfer/errors.py (or _Expired: refresh and retry once)."""
     temporary = creds.session_token is not None
@@ -318,6 +322,17 @@ def _translate(
     ):
         return _Expired(code or str(status))
     said = f"{status} {code}: {message}" if message else f"{status} {code}".strip()
+    if (
+        status == 301
+        or code in ("PermanentRedirect", "IllegalLocationConstraintException")
+        or (code == "AuthorizationHeaderMalformed" and "region" in message.lower())
+    ):
+        actual = headers.get("x-amz-bucket-region")
+        return InvalidUriPath(
+            f"{where}: S3 says the bucket is in {actual or 'another region'}, not in "
+            f"{region} as the job's UriPath says ({said}); register the job with the "
+            f"bucket's own region: https://<bucket>.s3.{actual or '<region>'}.amazonaws.com/<folder>/"
+        )
     if code == "NoSuchBucket":
         return NoSuchKey(f"{where}: the bucket does not exist")
     if status == 404 or code == "NoSuchKey":

@@ -20,6 +20,7 @@ Kinds:
     stall     headers and part of the body, then `seconds` of silence, then the rest
     latency   `seconds` of delay before the request is forwarded
     status500 / slowdown / sts503   an error answer, upstream never asked
+    redirect  S3's 301 PermanentRedirect for a bucket in another region (us-west-2)
     overwrite `action()` (in a worker thread, e.g. a PUT of new bytes), then forward
 
 STS answers are always read whole: the secret keys and session tokens in them
@@ -59,7 +60,10 @@ ISSUED: set[str] = set()
 S3_ERRORS = {
     "status500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
-}
+    "redirect": (301, "PermanentRedirect", "The bucket you are attempting to access must be "
+                 "addressed using the specified endpoint."),
+}  # fmt: skip
+REDIRECT_REGION = "us-west-2"
 STS_503 = (
     b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
     b"<Type>Receiver</Type><Code>ServiceUnavailable</Code>"
@@ -114,7 +118,17 @@ class Fault:
     fired: int = 0
 
     KINDS = frozenset(
-        {"reset", "truncate", "stall", "latency", "status500", "slowdown", "sts503", "overwrite"}
+        {
+            "reset",
+            "truncate",
+            "stall",
+            "latency",
+            "status500",
+            "slowdown",
+            "redirect",
+            "sts503",
+            "overwrite",
+        }
     )
 
     def __post_init__(self) -> None:
@@ -228,12 +242,15 @@ class FaultProxy:
             await asyncio.sleep(faults["latency"].seconds)
         if "sts503" in faults:
             return web.Response(status=503, body=STS_503, content_type="text/xml")
-        for kind in ("status500", "slowdown"):
+        for kind in ("status500", "slowdown", "redirect"):
             if kind in faults:
                 status, code, message = S3_ERRORS[kind]
                 doc = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
                 payload = b"" if request.method == "HEAD" else doc.encode()
-                return web.Response(status=status, body=payload, content_type="application/xml")
+                headers = {"x-amz-bucket-region": REDIRECT_REGION} if kind == "redirect" else {}
+                return web.Response(
+                    status=status, body=payload, content_type="application/xml", headers=headers
+                )
         if "overwrite" in faults and (action := faults["overwrite"].action) is not None:
             await asyncio.get_running_loop().run_in_executor(None, action)
 

@@ -214,6 +214,37 @@ def test_s3_failing_past_the_retry_budget(
         assert metric_value(rig.metrics(), "s3feed_range_retries_total") >= 3
 
 
+@pytest.mark.parametrize("mode", ["cache", "stream"])
+def test_a_bucket_in_another_region_says_which(
+    local_aws: LocalAws, tmp_path: Path, module_bucket: Bucket, mode: str
+) -> None:
+    """S3 answers 301 PermanentRedirect (the UriPath names the wrong region):
+    no retries, a clear InvalidUriPath that names the bucket's region."""
+    key = f"region-{mode}/obj.bin"
+    # One range for a fetch (parallel ranges would each get the answer once);
+    # two for a stream, whose second must not start when its first failed.
+    module_bucket.put(key, blob(MiB if mode == "cache" else 2 * MiB, seed=7))
+    with proxied_daemon(local_aws, tmp_path) as rig:
+        redirect = Fault("redirect", key_get(key), times=None)
+        rig.s3.add(redirect)
+        client = Client(rig.socket, timeout=60)
+        job = new_job(client, local_aws, module_bucket.name)
+        if mode == "cache":
+            with pytest.raises(S3feedError) as err:
+                client.fetch(job, key)
+            assert (err.value.status, err.value.code) == (400, "InvalidUriPath"), err.value
+            error = {"Code": err.value.code, "Message": err.value.message}
+        else:
+            got, exc = read_stream(client, job, key)
+            assert exc is not None and got == b"", (exc, len(got))
+            error = [t for t in client.get_job(job)["Transfers"] if t["Mode"] == "stream"][-1]["Error"]  # fmt: skip
+        assert error["Code"] == "InvalidUriPath", error
+        assert "S3 says the bucket is in us-west-2" in error["Message"], error
+        assert redirect.fired == 1, "the same request would get the same answer: not retried"
+        no_partial_served(rig.work / "cache")
+        TALLY.transfers_failed_cleanly += 1
+
+
 def test_sts_down_longer_than_a_refresh_window(
     local_aws: LocalAws, tmp_path: Path, module_bucket: Bucket
 ) -> None:

@@ -16,6 +16,7 @@ from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import (
     AccessDenied,
     InvalidRange,
+    InvalidUriPath,
     NoSuchKey,
     ObjectStoreError,
     SourceChanged,
@@ -188,6 +189,31 @@ async def test_statuses_translated(
     server.respond = answer("206 Partial Content", {"Content-Range": "bytes 0-1/2"}, b"ok")
     await store.get_range("f/k", 0, 1, Sink())
     assert (len(server.requests), server.connections) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("respond", "region"),
+    [
+        (answer("301 Moved Permanently", {"x-amz-bucket-region": "us-east-2"},
+                b"<Error><Code>PermanentRedirect</Code><Message>use the endpoint</Message></Error>"),
+         "us-east-2"),
+        (answer("400 Bad Request", {"Content-Type": "application/xml"},
+                b"<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region "
+                b"'eu-west-1' is wrong; expecting 'ap-south-1'</Message></Error>"),
+         "<region>"),
+    ],
+)  # fmt: skip
+async def test_a_bucket_in_another_region_says_how_to_fix_the_uri_path(
+    server: Server, env: Any, respond: Any, region: str
+) -> None:
+    store, source, _ = env
+    server.respond = respond
+    with pytest.raises(InvalidUriPath) as e:
+        await store.get_range("f/k", 0, 9, Sink())
+    assert "not in eu-west-1 as the job's UriPath says" in e.value.message
+    assert f"https://<bucket>.s3.{region}.amazonaws.com/<folder>/" in e.value.message
+    assert source.refreshes == [], "not a credentials problem"
+    assert len(server.requests) == 1, "not retried: the same request would get the same answer"
 
 
 async def test_invalid_range_carries_the_size(server: Server, env: Any) -> None:
