@@ -312,13 +312,27 @@ def _render() -> str:
     return "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in t.notes) + "\n"
 
 
+BEGIN, END = "<!-- tally: written by the suites -->\n", "<!-- /tally -->\n"
+
+
+def _write_table(target: Path, table: str) -> None:
+    """The table alone, or between the markers of a results file that has
+    them (tests/RESULTS-reliability.md keeps its hand-written text)."""
+    text = target.read_text() if target.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        target.write_text(head + BEGIN + table.rstrip("\n") + "\n" + END + rest.split(END, 1)[1])
+    else:
+        target.write_text(table)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def results_table() -> Iterator[Tally]:
     yield TALLY
     target = os.environ.get("S3FEED_RESULTS") or str(
         Path(tempfile.gettempdir()) / "s3feed-reliability-results.md"
     )
-    Path(target).write_text(_render())
+    _write_table(Path(target), _render())
     Path(target).with_suffix(".json").write_text(
         json.dumps(
             {**{k: v for k, v in TALLY.__dict__.items() if k != "secrets_issued"},
