@@ -18,6 +18,7 @@ holding every byte that asks about the job sees the stream done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -95,11 +96,16 @@ async def stream_object(
     job.stream_opened()
     observer.transfer_started("stream")
     out = _Delivery(request, resp, record, observer)
-    entry = await job.cache.lookup(job.store, full_key, meta.etag, checked=True)
     try:
+        entry = await job.cache.lookup(job.store, full_key, meta.etag, checked=True)
+        cached = None
         if entry is not None:
+            with contextlib.suppress(FileNotFoundError):  # evicted since: S3 has it
+                cached = open(entry.path, "rb", buffering=0)  # noqa: ASYNC230, SIM115 (a local open)
+        if cached is not None:
             resp.headers["X-S3feed-Source"] = "cache"
-            await _send_file(out, entry.path, first, length)
+            with cached:
+                await _send_file(out, cached.fileno(), first, length)
         else:
             resp.headers["X-S3feed-Source"] = "s3"
             await _send_stream(out, job, full_key, meta, first, last, engine)
@@ -199,21 +205,19 @@ async def _send_stream(
     await out.resp.write_eof()
 
 
-async def _send_file(out: _Delivery, path: os.PathLike[str], offset: int, count: int) -> None:
+async def _send_file(out: _Delivery, fd: int, offset: int, count: int) -> None:
     """Send `count` bytes of a cache file from `offset`.
 
     uvloop has no loop.sendfile, so the file is read in 1 MiB slices and
     written through the transport (one copy more than sendfile(2); the
     transport's flow control still paces a slow reader).
     """
-    with open(path, "rb", buffering=0) as f:  # noqa: ASYNC230 (a local open, not I/O-bound)
-        await out.prepare()
-        fd = f.fileno()
-        while count > 0:
-            chunk = os.pread(fd, min(count, FILE_CHUNK), offset)
-            if not chunk:
-                raise RuntimeError(f"cache file {path} ended {count} bytes early")
-            await out.send(chunk)
-            offset += len(chunk)
-            count -= len(chunk)
+    await out.prepare()
+    while count > 0:
+        chunk = os.pread(fd, min(count, FILE_CHUNK), offset)
+        if not chunk:
+            raise RuntimeError(f"a cache file ended {count} bytes early")
+        await out.send(chunk)
+        offset += len(chunk)
+        count -= len(chunk)
     await out.resp.write_eof()

@@ -209,6 +209,17 @@ async def test_a_stream_is_done_before_its_last_byte_is_handed_to_the_reader(
         assert (doc["State"], doc["BytesDone"]) == ("done", len(streamed.body))
 
 
+async def test_a_cache_file_gone_since_the_lookup_is_streamed_from_s3(harness: Harness) -> None:
+    data = _blob(3 * 1024 * 1024, seed=8)
+    harness.store().put("sources/gone.ts", data)
+    await harness.create_job()
+    fetched = await harness.request("POST", "/v1/jobs/job-1/fetches?wait=true", {"Key": "gone.ts"})
+    os.unlink(fetched.json["Path"])  # as if evicted between the index lookup and the open
+    streamed = await harness.request("GET", "/v1/jobs/job-1/objects/gone.ts")
+    assert (streamed.status, streamed.headers["X-S3feed-Source"]) == (200, "s3")
+    assert streamed.body == data
+
+
 async def test_empty_object(harness: Harness) -> None:
     harness.store().put("sources/empty", b"")
     await harness.create_job()
