@@ -31,6 +31,7 @@ from s3feed.transfer.errors import InvalidRange
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.store import ObjectMeta
 
+from .errors import describe
 from .jobs import Job, TransferRecord, TransferState
 
 log = logging.getLogger("s3feed.stream")
@@ -121,14 +122,13 @@ async def stream_object(
             # Every byte was handed over; what failed after it is not the reader's.
             log.warning("stream teardown failed", exc_info=True, extra={"job_id": job.job_id})
             return resp
-        record.fail(exc)
-        observer.transfer_finished("stream", "failed", time.monotonic() - out.started)
+        _, code, message, _ = describe(exc)
+        out.end(TransferState.FAILED, (code, message))
         if not resp.prepared:
             raise
         log.warning(
             "stream aborted after headers",
-            extra={"job_id": job.job_id, "tenant": job.tenant, "key": key,
-                   "code": record.error[0] if record.error else None},
+            extra={"job_id": job.job_id, "tenant": job.tenant, "key": key, "code": code},
         )  # fmt: skip
         if request.transport is not None:
             request.transport.abort()
@@ -136,6 +136,13 @@ async def stream_object(
     finally:
         job.stream_closed()
     return resp
+
+
+_OUTCOMES = {
+    TransferState.DONE: "success",
+    TransferState.FAILED: "failed",
+    TransferState.CANCELLED: "cancelled",
+}
 
 
 class _Delivery:
@@ -171,16 +178,16 @@ class _Delivery:
         await self.resp.write(chunk)
 
     def end(self, state: TransferState, error: tuple[str, str] | None = None) -> None:
-        """Settle the record once; a reader leaving after the last byte leaves it done."""
+        """Settle the record and the metrics, once; a reader leaving or a
+        teardown failing after the last byte leaves it done."""
         if self.record.state is not TransferState.RUNNING:
             return
         now = time.monotonic()
-        outcome = {TransferState.DONE: "success", TransferState.CANCELLED: "cancelled"}[state]
         if state is TransferState.DONE:
             self.record.progress.finish(now)
         self.record.error = error
         self.record.move(state)
-        self.observer.transfer_finished("stream", outcome, now - self.started)
+        self.observer.transfer_finished("stream", _OUTCOMES[state], now - self.started)
 
 
 async def _send_stream(
