@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import os
+import pwd
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,16 @@ def _human(n: float) -> str:
     raise AssertionError
 
 
+def _uid(value: str) -> int:
+    """A uid, or a user name looked up in the passwd database."""
+    if value.isdigit():
+        return int(value)
+    try:
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no user {value!r} on this host") from None
+
+
 def _job_line(job: dict[str, Any]) -> str:
     return (
         f"{job['JobId']}\t{job['TenantName']}\ts3://{job['Bucket']}/{job['Prefix']}\t"
@@ -50,7 +61,9 @@ def _job_line(job: dict[str, Any]) -> str:
 
 def cmd_job(args: argparse.Namespace, client: Client) -> int:
     if args.action == "create":
-        doc = client.create_job(args.job, args.tenant, args.uri, args.role, args.duration)
+        doc = client.create_job(
+            args.job, args.tenant, args.uri, args.role, args.duration, args.encoder_uid
+        )
     elif args.action == "list":
         jobs = client.list_jobs()
         if args.json:
@@ -208,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     jc.add_argument("--role", required=True, help="RoleArnToAssume")
     jc.add_argument("--duration", type=int, help="RoleSessionDurationInSeconds (900..43200)")
+    jc.add_argument(
+        "--encoder-uid",
+        action="append",
+        type=_uid,
+        default=[],
+        metavar="UID|USER",
+        help="a uid (or user name) that may use the job besides you; repeatable",
+    )
     jsub.add_parser("list", help="jobs of this user")
     for name in ("show", "delete"):
         jsub.add_parser(name).add_argument("job")

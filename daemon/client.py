@@ -18,7 +18,7 @@ import http.client
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -63,7 +63,12 @@ class _Calls:
 
     @staticmethod
     def create_job(
-        job_id: str, tenant: str, uri_path: str, role_arn: str, duration: int | None = None
+        job_id: str,
+        tenant: str,
+        uri_path: str,
+        role_arn: str,
+        duration: int | None = None,
+        encoder_uids: Iterable[int] = (),
     ) -> Call:
         source: dict[str, Any] = {
             "Provider": "AmazonS3",
@@ -72,7 +77,10 @@ class _Calls:
         }
         if duration is not None:
             source["RoleSessionDurationInSeconds"] = duration
-        return "POST", "/v1/jobs", {"JobId": job_id, "TenantName": tenant, "Source": source}
+        body: dict[str, Any] = {"JobId": job_id, "TenantName": tenant, "Source": source}
+        if encoder_uids:
+            body["EncoderUids"] = sorted(set(encoder_uids))
+        return "POST", "/v1/jobs", body
 
     @staticmethod
     def job(job_id: str, method: str = "GET") -> Call:
@@ -167,9 +175,18 @@ class Client:
         return orjson.loads(body) if body else None
 
     def create_job(
-        self, job_id: str, tenant: str, uri_path: str, role_arn: str, duration: int | None = None
+        self,
+        job_id: str,
+        tenant: str,
+        uri_path: str,
+        role_arn: str,
+        duration: int | None = None,
+        encoder_uids: Iterable[int] = (),
     ) -> Any:
-        return self._json(_Calls.create_job(job_id, tenant, uri_path, role_arn, duration))
+        """Register a job; `encoder_uids` may use it besides this process's uid."""
+        return self._json(
+            _Calls.create_job(job_id, tenant, uri_path, role_arn, duration, encoder_uids)
+        )
 
     def list_jobs(self) -> Any:
         return self._json(("GET", "/v1/jobs", None))["Jobs"]
@@ -297,9 +314,17 @@ class AsyncClient:
             return orjson.loads(raw) if raw else None
 
     async def create_job(
-        self, job_id: str, tenant: str, uri_path: str, role_arn: str, duration: int | None = None
+        self,
+        job_id: str,
+        tenant: str,
+        uri_path: str,
+        role_arn: str,
+        duration: int | None = None,
+        encoder_uids: Iterable[int] = (),
     ) -> Any:
-        return await self._json(_Calls.create_job(job_id, tenant, uri_path, role_arn, duration))
+        return await self._json(
+            _Calls.create_job(job_id, tenant, uri_path, role_arn, duration, encoder_uids)
+        )
 
     async def list_jobs(self) -> Any:
         return (await self._json(("GET", "/v1/jobs", None)))["Jobs"]

@@ -34,6 +34,8 @@ class ApiConfig:
     max_body: int = 1024 * 1024  # request bodies above this get 413 RequestTooLarge
     job_idle_ttl: float = 24 * 3600.0  # jobs untouched this long are reaped
     drain_grace: float = 30.0  # SIGTERM: seconds running transfers get to finish
+    # Groups whose members may create and delete jobs; () = every client may.
+    controller_groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.socket_mode <= 0o777:
@@ -111,6 +113,12 @@ def _str(value: object) -> str:
     return value
 
 
+def _str_list(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f'{value!r} must be a list of names, e.g. ["s3feed-controllers"]')
+    return tuple(value)
+
+
 def _int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{value!r} must be an integer")
@@ -126,6 +134,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
     "api": (ApiConfig, {
         "socket": _path, "socket_mode": _mode, "max_body": parse_size,
         "job_idle_ttl": _seconds, "drain_grace": _seconds,
+        "controller_groups": _str_list,
     }),
     "metrics": (MetricsConfig, {"listen": _str}),
     "sts": (StsConfig, {"region": _str, "endpoint_url": _str}),

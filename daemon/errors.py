@@ -23,6 +23,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "InvalidKey": 400,
     "AssumeRoleDenied": 403,
     "AccessDenied": 403,
+    "Forbidden": 403,
     "NoSuchJob": 404,
     "NoSuchKey": 404,
     "NoSuchFetch": 404,

@@ -12,8 +12,11 @@ open stream is not reaped) and a stream finds its job closed the next time
 it asks for credentials.
 
 A JobId is reserved in the registry before the AssumeRole call, so two
-concurrent registrations of one id cannot both succeed. Jobs belong to the
-uid that created them; other uids (root aside) see NoSuchJob.
+concurrent registrations of one id cannot both succeed. Who may do what
+(docs/design.md, Roles and isolation): the uid that created a job and its
+`EncoderUids` use it; only the creator (and root) deletes it; every other
+uid sees NoSuchJob. The same uids may open the cache files the job fetched,
+for as long as the job lives (transfer/serve.py grants and takes back).
 """
 
 from __future__ import annotations
@@ -37,13 +40,13 @@ from s3feed.auth.observer import CredentialObserver
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import StsClient
 from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
-from s3feed.transfer.cache import Cache
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import TransferError
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.s3store import S3Clients, S3ObjectStore
-from s3feed.transfer.store import ObjectMeta, ObjectStore
+from s3feed.transfer.serve import Authorised, ObjectServer
+from s3feed.transfer.store import ObjectStore
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
 from .errors import ApiError, describe
@@ -51,6 +54,8 @@ from .errors import ApiError, describe
 log = logging.getLogger("s3feed.jobs")
 
 JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+MAX_ENCODER_UIDS = 64
+MAX_UID = 4294967294  # (uid_t)-1 is "no uid" to the kernel
 KEEP_FINISHED = 50  # finished transfer records kept per job for GET /v1/jobs/{id}
 
 
@@ -131,10 +136,10 @@ class Job:
         location: S3Location,
         session: RoleSession,
         store: ObjectStore,
-        cache: Cache,
+        server: ObjectServer,
         monotonic: Callable[[], float],
+        encoder_uids: frozenset[int] = frozenset(),
         on_activity: Callable[[], None] = lambda: None,
-        served: Callable[[str, int], None] = lambda mode, n: None,
     ) -> None:
         self.job_id = job_id
         self.tenant = tenant
@@ -142,7 +147,8 @@ class Job:
         self.location = location
         self.session = session
         self.store = store
-        self.cache = cache
+        self.server = server
+        self.encoder_uids = encoder_uids
         self.created_at = datetime.now(UTC)
         self._monotonic = monotonic
         self.last_used = monotonic()
@@ -152,9 +158,16 @@ class Job:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
         self._on_activity = on_activity
-        self.served = served  # bytes handed to the encoder, by mode
         # The store's clients are built while the encoder gets ready to read.
         self._connecting = asyncio.create_task(self._connect(), name=f"connect {job_id}")
+
+    @property
+    def readers(self) -> frozenset[int]:
+        """The uids that may open this job's cache files."""
+        return self.encoder_uids | {self.uid}
+
+    def may_use(self, uid: int) -> bool:
+        return uid == 0 or uid == self.uid or uid in self.encoder_uids
 
     def touch(self) -> None:
         self.last_used = self._monotonic()
@@ -181,9 +194,9 @@ class Job:
         self._tasks.discard(task)
         self._on_activity()
 
-    def new_record(self, mode: str, key: str) -> TransferRecord:
+    def new_record(self, mode: str, key: str, progress: Progress | None = None) -> TransferRecord:
         self._forget_old_records()
-        record = TransferRecord(f"{mode[0]}{next(self._ids)}", mode, key, Progress())
+        record = TransferRecord(f"{mode[0]}{next(self._ids)}", mode, key, progress or Progress())
         self.transfers[record.transfer_id] = record
         return record
 
@@ -192,25 +205,24 @@ class Job:
         for record in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self.transfers[record.transfer_id]
 
-    def start_fetch(self, key: str, full_key: str, meta: ObjectMeta) -> TransferRecord:
-        """Queue a download of `full_key` into the cache, owned by this job;
-        `meta` is what this job's HEAD of it just returned."""
+    def start_fetch(self, key: str, auth: Authorised) -> TransferRecord:
+        """Queue a download into the cache, owned by this job, of what this
+        job's HEAD (`auth`) just allowed."""
         record = self.new_record("cache", key)
-        task = asyncio.create_task(self._fetch(record, full_key, meta), name=f"fetch {self.job_id}")
+        task = asyncio.create_task(self._fetch(record, auth), name=f"fetch {self.job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return record
 
-    async def _fetch(self, record: TransferRecord, full_key: str, meta: ObjectMeta) -> None:
+    async def _fetch(self, record: TransferRecord, auth: Authorised) -> None:
         record.move(TransferState.RUNNING)
         try:
-            entry = await self.cache.fetch(
-                self.store,
-                full_key,
+            entry = await self.server.fetch(
+                auth,
                 tenant=self.tenant,
                 owner=self.pin_owner,
+                readers=self.readers,
                 progress=record.progress,
-                meta=meta,
             )
         except asyncio.CancelledError:
             record.error = ("Cancelled", "the job was deleted before the fetch finished")
@@ -230,7 +242,6 @@ class Job:
             record.path = entry.path
             record.verified = tuple(entry.verified)
             record.move(TransferState.DONE)
-            self.served("cache", entry.size)
         finally:
             self.touch()
 
@@ -240,6 +251,7 @@ class Job:
         return {
             "JobId": self.job_id,
             "TenantName": self.tenant,
+            "EncoderUids": sorted(self.encoder_uids),
             "UriPath": self.location.uri,
             "Bucket": self.location.bucket,
             "Prefix": self.location.prefix,
@@ -271,7 +283,7 @@ class Job:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.cache.unpin_all(self.pin_owner)
+        self.server.release(self.pin_owner)
         await self.store.close()
         await self.session.close()
 
@@ -282,9 +294,11 @@ class JobRequest:
     tenant: str
     role_arn: str
     duration: int
+    encoder_uids: frozenset[int] = frozenset()
 
 
 _ENVELOPE = {"JobId": str, "TenantName": str, "Source": dict}
+_OPTIONAL = {"EncoderUids": list}
 _SOURCE_FIELDS = ("Provider", "UriPath", "RoleArnToAssume", "RoleSessionDurationInSeconds")
 
 
@@ -293,9 +307,10 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
     if not isinstance(body, Mapping):
         raise ApiError("InvalidRequest", "the request body must be a JSON object")
     for name in body:
-        if name not in _ENVELOPE:
+        if name not in _ENVELOPE and name not in _OPTIONAL:
             raise ApiError(
-                "InvalidRequest", f"unknown field {name!r}; allowed: JobId, TenantName, Source"
+                "InvalidRequest",
+                f"unknown field {name!r}; allowed: JobId, TenantName, Source, EncoderUids",
             )
     for name, kind in _ENVELOPE.items():
         if name not in body:
@@ -324,7 +339,27 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
     role = parse_role_arn(source["RoleArnToAssume"])
     duration = validate_duration(source.get("RoleSessionDurationInSeconds"))
     tenant = validate_tenant_name(body["TenantName"])
-    return JobRequest(job_id, tenant, role.arn, duration), location
+    encoders = parse_encoder_uids(body.get("EncoderUids", []))
+    return JobRequest(job_id, tenant, role.arn, duration, encoders), location
+
+
+def parse_encoder_uids(value: object) -> frozenset[int]:
+    """`EncoderUids`: 0..64 uids (integers 0..4294967294) besides the creator."""
+    if not isinstance(value, list):
+        raise ApiError("InvalidRequest", "field 'EncoderUids' must be a list of integer uids")
+    if len(value) > MAX_ENCODER_UIDS:
+        raise ApiError(
+            "InvalidRequest",
+            f"EncoderUids has {len(value)} entries; at most {MAX_ENCODER_UIDS} are allowed",
+        )
+    for uid in value:
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid <= MAX_UID:
+            raise ApiError(
+                "InvalidRequest",
+                f"EncoderUids: {uid!r} is not a uid (an integer 0..{MAX_UID}); "
+                "give numeric uids, e.g. from `id -u USER`",
+            )
+    return frozenset(value)
 
 
 class JobRegistry:
@@ -334,7 +369,7 @@ class JobRegistry:
         sts: StsClient,
         s3_clients: S3Clients,
         s3_config: S3Config,
-        cache: Cache,
+        server: ObjectServer,
         credential_observer: CredentialObserver,
         transfer_observer: TransferObserver,
         make_store: Callable[[S3Location, RoleSession], ObjectStore] | None = None,
@@ -345,7 +380,7 @@ class JobRegistry:
         self._jobs_changed = jobs_changed
         self._s3_clients = s3_clients
         self.s3_config = s3_config
-        self.cache = cache
+        self.server = server
         self._credential_observer = credential_observer
         self._transfer_observer = transfer_observer
         self._make_store = make_store or self._real_store
@@ -389,10 +424,10 @@ class JobRegistry:
                 location=location,
                 session=session,
                 store=self._make_store(location, session),
-                cache=self.cache,
+                server=self.server,
                 monotonic=self._monotonic,
+                encoder_uids=request.encoder_uids,
                 on_activity=self._activity.set,
-                served=self._transfer_observer.bytes_served,
             )
             self._jobs[job.job_id] = job
             self._jobs_changed(len(self._jobs))
@@ -402,8 +437,9 @@ class JobRegistry:
         return job
 
     def get(self, uid: int, job_id: str) -> Job:
+        """The job, if `uid` may use it (its creator, its encoders, root)."""
         job = self._jobs.get(job_id)
-        if job is None or (uid != 0 and job.uid != uid):
+        if job is None or not job.may_use(uid):
             raise ApiError(
                 "NoSuchJob", f"no job {job_id!r} for this caller; list them with GET /v1/jobs"
             )
@@ -411,10 +447,16 @@ class JobRegistry:
         return job
 
     def visible(self, uid: int) -> list[Job]:
-        return [j for j in self._jobs.values() if uid == 0 or j.uid == uid]
+        return [j for j in self._jobs.values() if j.may_use(uid)]
 
     async def delete(self, uid: int, job_id: str) -> None:
         job = self.get(uid, job_id)
+        if uid not in (0, job.uid):
+            raise ApiError(
+                "Forbidden",
+                f"job {job_id!r} was created by uid {job.uid}; an encoder uid may use it "
+                "but only its creator (or root) may delete it",
+            )
         del self._jobs[job_id]
         self._jobs_changed(len(self._jobs))
         await job.close()

@@ -36,6 +36,7 @@ from s3feed.auth.sts import AioStsClient, StsClient
 from s3feed.transfer.cache import Cache
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.s3store import S3Clients
+from s3feed.transfer.serve import ObjectServer
 
 from . import systemd
 from .api import Api
@@ -43,6 +44,7 @@ from .config import Config, ConfigError, load_config
 from .identity import DaemonIdentity
 from .jobs import JobRegistry
 from .metrics import Metrics
+from .peer import Controllers
 
 log = logging.getLogger("s3feed.server")
 
@@ -110,11 +112,16 @@ class Daemon:
         self.s3_clients = S3Clients(config.s3)
         self.engine = Engine(config.transfer, self.metrics)
         self.cache = Cache(config.cache, self.engine, self.metrics)
+        self.server = ObjectServer(self.engine, self.cache, self.metrics)
+        try:
+            controllers = Controllers(config.api.controller_groups)
+        except ValueError as exc:
+            raise ConfigError(f"[api] controller_groups: {exc}") from None
         self.registry = JobRegistry(
             sts=self.sts,
             s3_clients=self.s3_clients,
             s3_config=config.s3,
-            cache=self.cache,
+            server=self.server,
             credential_observer=self.metrics,
             transfer_observer=self.metrics,
             make_store=make_store,
@@ -123,9 +130,9 @@ class Daemon:
         self.identity = DaemonIdentity(self.sts)
         self.api = Api(
             registry=self.registry,
-            engine=self.engine,
+            server=self.server,
+            controllers=controllers,
             identity=self.identity,
-            transfer_observer=self.metrics,
             metrics_registry=self.metrics.registry,
             max_body=config.api.max_body,
             summary=self.summary,

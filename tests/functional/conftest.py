@@ -44,9 +44,22 @@ def socket_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, socket_dir: Path) -> AsyncIterator[Harness]:
+def api_settings() -> dict[str, Any]:
+    """[api] settings beyond the harness's own; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+async def harness(
+    tmp_path: Path, socket_dir: Path, api_settings: dict[str, Any]
+) -> AsyncIterator[Harness]:
     config = Config(
-        api=ApiConfig(socket=socket_dir / "s3feed.sock", socket_mode=0o666, max_body=1024 * 1024),
+        api=ApiConfig(
+            socket=socket_dir / "s3feed.sock",
+            socket_mode=0o666,
+            max_body=1024 * 1024,
+            **api_settings,
+        ),
         metrics=MetricsConfig(listen="127.0.0.1:0"),
         s3=S3Config(),
         transfer=TransferConfig(part_size=1 * MiB, concurrency=4, stream_window=4 * MiB),

@@ -3,7 +3,11 @@ answer against daemon/openapi.yaml, and the request bodies they start from."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,3 +121,55 @@ class Harness:
         return await self.request(
             "POST", "/v1/jobs", {"JobId": job_id, "TenantName": tenant, "Source": src}
         )
+
+
+# A client of another uid may not read a virtualenv under /root: the system
+# interpreter is enough (the script uses the standard library only).
+SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+
+
+async def request_as(
+    socket: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    uid: int | str = "nobody",
+    gid: int | str = "nogroup",
+    groups: tuple[int, ...] = (),
+) -> tuple[int, Any]:
+    """One request from a process of another uid (setpriv; needs root), with
+    `groups` as its supplementary groups. (status, JSON body or the bytes'
+    length for a non-JSON answer)."""
+    script = textwrap.dedent(
+        f"""
+        import http.client, json, socket
+        class C(http.client.HTTPConnection):
+            def connect(self):
+                self.sock = socket.socket(socket.AF_UNIX)
+                self.sock.connect({socket!r})
+        c = C("localhost")
+        body = {orjson.dumps(body).decode() if body is not None else None!r}
+        c.request({method!r}, {path!r}, body=body,
+                  headers={{"Content-Type": "application/json"}} if body else {{}})
+        r = c.getresponse()
+        data = r.read()
+        try:
+            out = json.loads(data or b"null")
+        except ValueError:
+            out = len(data)
+        print(json.dumps([r.status, out]))
+        """
+    )
+    groups_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
+    # The daemon runs on this test's event loop: the client must not block it.
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={uid}", f"--regid={gid}", groups_arg,
+        SYSTEM_PYTHON, "-I", "-c", script,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    status, answer = orjson.loads(out)
+    return int(status), answer

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import sys
-import textwrap
 from typing import Any
 
 import pytest
-from harness import ACME_ROLE, ACME_URI, Harness
+from harness import ACME_ROLE, ACME_URI, Harness, request_as
 
 GOOD_SOURCE = {"Provider": "AmazonS3", "UriPath": ACME_URI, "RoleArnToAssume": ACME_ROLE}
 
@@ -141,36 +138,8 @@ async def test_bad_fetch_bodies_and_unknown_things(harness: Harness) -> None:
         assert (answer.status, answer.code) == (status, code), (method, path, answer.body)
 
 
-# The client runs as nobody, who may not read a virtualenv under /root: the
-# system interpreter is enough (the script uses the standard library only).
-SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-
-
 async def _as_nobody(socket: str, method: str, path: str) -> tuple[int, dict[str, Any]]:
-    script = textwrap.dedent(
-        f"""
-        import http.client, json, socket
-        class C(http.client.HTTPConnection):
-            def connect(self):
-                self.sock = socket.socket(socket.AF_UNIX)
-                self.sock.connect({socket!r})
-        c = C("localhost")
-        c.request({method!r}, {path!r})
-        r = c.getresponse()
-        print(json.dumps([r.status, json.loads(r.read() or b"null")]))
-        """
-    )
-    # The daemon runs on this test's event loop: the client must not block it.
-    proc = await asyncio.create_subprocess_exec(
-        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-        SYSTEM_PYTHON, "-I", "-c", script,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    status, body = json.loads(out)
-    return status, body
+    return await request_as(socket, method, path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
