@@ -191,8 +191,8 @@ class Delivery:
                 self._cached.close()
             if exc is None and self.complete:
                 self.settle("success")
-            elif isinstance(exc, asyncio.CancelledError | ConnectionError):
-                self.settle("cancelled")
+            elif exc is None or isinstance(exc, asyncio.CancelledError | ConnectionError):
+                self.settle("cancelled")  # the reader left, or the caller stopped reading
             else:
                 self.settle("failed")
 
