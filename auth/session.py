@@ -26,7 +26,8 @@ Least privilege: a session made with a `policy` (auth/policy.py) sends it as
 the inline session policy on every AssumeRole it makes -- the first call,
 each refresh and the 3600 s fallback -- so no credentials of the job ever
 reach more than the policy allows (docs/design.md, "Least-privilege
-sessions"). A policy STS would not take fails the first call, never later.
+sessions"). A policy STS will not take fails the first call; refused at a
+refresh (STS's packed budget is its own), it is not retried, like AccessDenied.
 """
 
 from __future__ import annotations
