@@ -4,8 +4,9 @@
     ├── InvalidInput             the caller's request is wrong; fix the request
     │   ├── InvalidRoleArn
     │   ├── InvalidTenantName
-    │   └── InvalidDuration
-    │       └── MaxSessionDurationExceeded   above the role's MaxSessionDuration (STS said)
+    │   ├── InvalidDuration
+    │   │   └── MaxSessionDurationExceeded   above the role's MaxSessionDuration (STS said)
+    │   └── SessionPolicyTooLarge  STS refused the job's session policy (size, or malformed)
     ├── AssumeRoleDenied         STS said no: trust policy / ExternalId / permissions
     ├── StsUnavailable           STS could not be reached, kept throttling, or refused
     │                            the daemon's own credentials (.retryable tells which)
@@ -49,6 +50,14 @@ class InvalidDuration(InvalidInput):
 
 class MaxSessionDurationExceeded(InvalidDuration):
     """The role allows shorter sessions than asked; the session falls back to 3600 s."""
+
+
+class SessionPolicyTooLarge(InvalidInput):
+    """STS would not take the job's inline session policy: over its plaintext or
+    packed size (the folder name is in it twice), or, for a folder IAM cannot
+    parse, MalformedPolicyDocument. Never retried: the same folder fails again."""
+
+    code = "SessionPolicyTooLarge"
 
 
 class AssumeRoleDenied(AuthError):

@@ -10,6 +10,13 @@ same functions, as `AioStsClient` does for the corresponding STS answers:
     sts.max_session_duration = 3600                            # role maximum
     sts.lifetime = 60                                          # issue 60 s creds
     sts.gate = asyncio.Event()                                 # hold calls open
+    sts.packed_policy_limit = 300                              # packed policy budget
+
+Session policies are checked as STS checks them: over MAX_POLICY_CHARS
+characters is the ValidationError STS answers, a document that is not a
+policy is MalformedPolicyDocument, and a policy whose packed form (here: its
+zlib-compressed bytes) is over `packed_policy_limit` is PackedPolicyTooLarge,
+"Packed policy consumes N% of allotted space". Each call records the policy.
 
 Design note (concurrency): a call records itself, then waits on `gate` if
 one is set (so tests can hold many callers inside one STS call), then
@@ -21,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import secrets
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +38,8 @@ from datetime import datetime, timedelta
 from .clock import Clock
 from .credentials import Credentials
 from .errors import AuthError, StsUnavailable
-from .sts import AssumedRole, CallerIdentity, denied, duration_exceeded
+from .policy import MAX_POLICY_CHARS
+from .sts import AssumedRole, CallerIdentity, denied, duration_exceeded, policy_refused
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class AssumeRoleCall:
     session_name: str
     external_id: str
     duration: int
+    policy: str | None = None
 
 
 class FakeSts:
@@ -60,6 +71,8 @@ class FakeSts:
         self.max_session_duration = max_session_duration
         self.lifetime: float | None = None  # issue credentials with this life, not `duration`
         self.gate: asyncio.Event | None = None
+        # STS's packed budget is opaque; the fake's stand-in is the compressed size.
+        self.packed_policy_limit = 1024
         # role ARN -> the ExternalId its trust policy requires; roles not listed trust anyone.
         self.trusted_external_ids: dict[str, str] = {}
         self.calls: list[AssumeRoleCall] = []
@@ -122,10 +135,16 @@ class FakeSts:
     # -- StsClient ---------------------------------------------------------------
 
     async def assume_role(
-        self, *, role_arn: str, session_name: str, external_id: str, duration: int
+        self,
+        *,
+        role_arn: str,
+        session_name: str,
+        external_id: str,
+        duration: int,
+        policy: str | None = None,
     ) -> AssumedRole:
         self.calls.append(
-            AssumeRoleCall(self.clock.now(), role_arn, session_name, external_id, duration)
+            AssumeRoleCall(self.clock.now(), role_arn, session_name, external_id, duration, policy)
         )
         if self.gate is not None:
             await self.gate.wait()
@@ -133,6 +152,8 @@ class FakeSts:
             raise self._next_errors.popleft()
         if self._error_always is not None:
             raise self._error_always
+        if policy is not None:
+            self._check_policy(policy)
         required = self.trusted_external_ids.get(role_arn)
         if required is not None and required != external_id:
             raise self.access_denied(role_arn, external_id)
@@ -159,8 +180,47 @@ class FakeSts:
             assumed_role_arn=f"arn:aws:sts::{account}:assumed-role/{name}/{session_name}",
         )
 
+    def _check_policy(self, policy: str) -> None:
+        if len(policy) > MAX_POLICY_CHARS:
+            raise policy_refused(
+                "ValidationError",
+                "1 validation error detected: Value at 'policy' failed to satisfy constraint: "
+                f"Member must have length less than or equal to {MAX_POLICY_CHARS}",
+                len(policy),
+            )
+        malformed = _malformed(policy)
+        if malformed:
+            raise policy_refused("MalformedPolicyDocument", malformed, len(policy))
+        packed = len(zlib.compress(policy.encode("utf-8")))
+        if packed > self.packed_policy_limit:
+            share = packed * 100 // self.packed_policy_limit
+            raise policy_refused(
+                "PackedPolicyTooLarge",
+                f"Packed policy consumes {share}% of allotted space, please use smaller policy.",
+                len(policy),
+            )
+
     async def get_caller_identity(self) -> CallerIdentity:
         self.identity_calls += 1
         if self._error_always is not None and isinstance(self._error_always, StsUnavailable):
             raise self._error_always
         return self.identity
+
+
+def _malformed(policy: str) -> str | None:
+    """What STS would say is wrong with the document, or None."""
+    try:
+        doc = json.loads(policy)
+    except ValueError:
+        return "Syntax errors in policy."
+    if not isinstance(doc, dict) or not isinstance(doc.get("Statement"), list | dict):
+        return "Policy document must contain a Statement."
+    statements = doc["Statement"] if isinstance(doc["Statement"], list) else [doc["Statement"]]
+    for stmt in statements:
+        if not isinstance(stmt, dict) or stmt.get("Effect") not in ("Allow", "Deny"):
+            return "Policy statement must contain a valid Effect."
+        if "Action" not in stmt and "NotAction" not in stmt:
+            return "Policy statement must contain actions."
+        if "Resource" not in stmt and "NotResource" not in stmt:
+            return "Policy statement must contain resources."
+    return None

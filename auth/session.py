@@ -21,23 +21,39 @@ Design note (concurrency):
 - `close()` cancels the refresher and the in-flight call, awaits both, and
   drops the credentials; callers still waiting see CredentialsExpired.
 - Memory: one Credentials, a few warnings; nothing grows with time.
+
+Least privilege: a session made with a `policy` (auth/policy.py) sends it as
+the inline session policy on every AssumeRole it makes -- the first call,
+each refresh and the 3600 s fallback -- so no credentials of the job ever
+reach more than the policy allows (docs/design.md, "Least-privilege
+sessions"). A policy STS will not take fails the first call; refused at a
+refresh (STS's packed budget is its own), it is not retried, like AccessDenied.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from .clock import Clock, SystemClock
 from .credentials import Credentials
-from .errors import AssumeRoleDenied, CredentialsExpired, InvalidInput, MaxSessionDurationExceeded
+from .errors import (
+    AssumeRoleDenied,
+    CredentialsExpired,
+    InvalidInput,
+    MaxSessionDurationExceeded,
+)
 from .observer import CredentialObserver
+from .policy import MAX_POLICY_CHARS, packed
 from .schedule import backoff_delay, refresh_at
-from .sts import AssumedRole, StsClient
+from .sts import AssumedRole, StsClient, policy_refused
 from .validate import (
     DEFAULT_DURATION,
     parse_role_arn,
@@ -75,6 +91,7 @@ class SessionStatus:
     warnings: tuple[str, ...]
     expired: bool
     next_refresh_at: datetime | None = None
+    policy: dict[str, Any] | None = None  # the inline session policy sent to STS
 
 
 class RoleSession:
@@ -94,8 +111,12 @@ class RoleSession:
         backoff_base: float,
         backoff_cap: float,
         min_refresh_interval: float,
+        policy: Mapping[str, Any] | None = None,
     ) -> None:
         self._sts = sts
+        # Kept as the text sent to STS: the same bytes on every call, and
+        # `policy` hands out fresh copies that callers cannot change.
+        self._policy_text = packed(policy) if policy is not None else None
         self._job_id = job_id
         self._role_arn = role_arn
         self._external_id = external_id
@@ -133,9 +154,12 @@ class RoleSession:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         min_refresh_interval: float = 5.0,
+        policy: Mapping[str, Any] | None = None,
     ) -> RoleSession:
-        """Assume the role now (raises AssumeRoleDenied, StsUnavailable, Invalid*),
-        then keep the session fresh in the background until `close()`."""
+        """Assume the role now (raises AssumeRoleDenied, StsUnavailable, Invalid*,
+        SessionPolicyTooLarge), then keep the session fresh in the background
+        until `close()`. `policy` (auth/policy.py `session_policy`) is sent as
+        the inline session policy on every AssumeRole of the session."""
         parse_role_arn(role_arn)
         validate_tenant_name(external_id)
         self = cls(
@@ -150,7 +174,9 @@ class RoleSession:
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
             min_refresh_interval=min_refresh_interval,
+            policy=policy,
         )
+        self._check_policy_size()
         self._install(await self._assume_with_fallback())
         self._refresher = asyncio.get_running_loop().create_task(
             self._refresh_forever(), name=f"s3feed-refresh-{job_id}"
@@ -188,7 +214,16 @@ class RoleSession:
             warnings=tuple(self._warnings),
             expired=self._state is not SessionState.ACTIVE or self._clock.now() >= self._expires_at,
             next_refresh_at=self._next_refresh_at if self._state is SessionState.ACTIVE else None,
+            policy=self.policy,
         )
+
+    @property
+    def policy(self) -> dict[str, Any] | None:
+        """The inline session policy every AssumeRole of this session sends (a copy)."""
+        if self._policy_text is None:
+            return None
+        document: dict[str, Any] = json.loads(self._policy_text)
+        return document
 
     @property
     def state(self) -> SessionState:
@@ -206,6 +241,12 @@ class RoleSession:
         self._observer.expiry_changed(self._job_id, None)
 
     # -- internals -------------------------------------------------------------
+
+    def _check_policy_size(self) -> None:
+        """STS's plaintext limit is known: refuse before the call, as STS would."""
+        text = self._policy_text
+        if text is not None and len(text) > MAX_POLICY_CHARS:
+            raise policy_refused("SessionPolicyTooLarge", None, len(text))
 
     def _transition(self, to: SessionState) -> None:
         if to not in _ALLOWED[self._state]:
@@ -288,6 +329,7 @@ class RoleSession:
                 session_name=self._session_name,
                 external_id=self._external_id,
                 duration=duration,
+                policy=self._policy_text,
             )
         except Exception as exc:
             self._observer.assume_role_failed(getattr(exc, "sts_code", type(exc).__name__))

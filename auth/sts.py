@@ -6,6 +6,8 @@ errors in one place, `_translate`, so the rest of auth/ sees only:
 
     AssumeRoleDenied             AccessDenied: trust policy, ExternalId, permissions
     MaxSessionDurationExceeded   ValidationError: DurationSeconds above the role's maximum
+    SessionPolicyTooLarge        PackedPolicyTooLarge, the 2048-character ValidationError,
+                                 MalformedPolicyDocument: the job's session policy
     StsUnavailable(retryable)    throttling, 5xx, network        -> retryable
                                  our own credentials missing/refused -> not
 
@@ -35,7 +37,14 @@ from typing import Any, Protocol
 
 from .config import StsConfig
 from .credentials import Credentials
-from .errors import AssumeRoleDenied, AuthError, MaxSessionDurationExceeded, StsUnavailable
+from .errors import (
+    AssumeRoleDenied,
+    AuthError,
+    MaxSessionDurationExceeded,
+    SessionPolicyTooLarge,
+    StsUnavailable,
+)
+from .policy import MAX_POLICY_CHARS
 
 log = logging.getLogger("s3feed.auth.sts")
 
@@ -89,9 +98,17 @@ class CallerIdentity:
 
 class StsClient(Protocol):
     async def assume_role(
-        self, *, role_arn: str, session_name: str, external_id: str, duration: int
+        self,
+        *,
+        role_arn: str,
+        session_name: str,
+        external_id: str,
+        duration: int,
+        policy: str | None = None,
     ) -> AssumedRole:
-        """Raises AssumeRoleDenied, MaxSessionDurationExceeded, StsUnavailable."""
+        """`policy` is the inline session policy as sent (auth/policy.py `packed`).
+        Raises AssumeRoleDenied, MaxSessionDurationExceeded, SessionPolicyTooLarge,
+        StsUnavailable."""
         ...
 
     async def get_caller_identity(self) -> CallerIdentity:
@@ -120,6 +137,36 @@ def duration_exceeded(role_arn: str, duration: int, detail: str) -> MaxSessionDu
     )
 
 
+_POLICY_TOO_LARGE = {"PackedPolicyTooLarge", "PackedPolicyTooLargeException"}
+_POLICY_MALFORMED = {"MalformedPolicyDocument", "MalformedPolicyDocumentException"}
+
+
+def policy_refused(code: str, detail: str | None, chars: int | None) -> SessionPolicyTooLarge:
+    """STS refused the job's session policy (or would: `detail` None means the
+    daemon did not send it). `detail` is cut short: some STS answers echo the
+    whole policy back."""
+    size = f" ({chars} characters)" if chars is not None else ""
+    if code in _POLICY_MALFORMED:
+        what = (
+            f"STS refused the session policy that limits the job's credentials to its folder"
+            f"{size} as malformed. The folder name is written into the policy; a folder "
+            "that IAM cannot read in a policy cannot be a job's folder: register the job "
+            "on a folder one level up or rename the folder"
+        )
+    else:
+        what = (
+            f"the job's folder makes the session policy too large for STS{size}: the policy "
+            "that limits the job's credentials to its folder names the folder twice, and STS "
+            f"accepts at most {MAX_POLICY_CHARS} characters (less once packed). Register the "
+            "job on a shorter folder, e.g. one level up (folders of up to about 700 ASCII "
+            "characters fit)"
+        )
+    if detail is None:
+        return SessionPolicyTooLarge(f"{what}. The policy was not sent.", sts_code=code)
+    detail = detail if len(detail) <= 300 else detail[:297] + "..."
+    return SessionPolicyTooLarge(f"{what}. STS said: {detail}", sts_code=code)
+
+
 def _parse_identity(response: dict[str, Any]) -> CallerIdentity:
     arn = str(response["Arn"])
     return CallerIdentity(
@@ -143,6 +190,7 @@ def _translate(
     external_id: str = "",
     duration: int = 0,
     principal: str | None = None,
+    policy_chars: int | None = None,
 ) -> Exception:
     """botocore/aiohttp failure -> our error. The only place that reads botocore errors."""
     from botocore.exceptions import (
@@ -166,6 +214,15 @@ def _translate(
         too_long = "MaxSessionDuration" in detail or "DurationSeconds exceeds" in detail
         if code == "ValidationError" and too_long and role_arn is not None:
             return duration_exceeded(role_arn, duration, detail)
+        if code in _POLICY_TOO_LARGE | _POLICY_MALFORMED:
+            return policy_refused(code, detail, policy_chars)
+        if code == "ValidationError" and "'policy'" in detail and "length" in detail:
+            return policy_refused(
+                code,
+                f"ValidationError: the policy must have length less than or equal to "
+                f"{MAX_POLICY_CHARS}",
+                policy_chars,
+            )
         if code in _THROTTLING or status >= 500 or status == 429:
             return StsUnavailable(f"STS is unavailable ({detail}); retry later", sts_code=code)
         if code in _OWN_CREDENTIALS_REFUSED:
@@ -263,19 +320,28 @@ class AioStsClient:
         await self.close()
 
     async def assume_role(
-        self, *, role_arn: str, session_name: str, external_id: str, duration: int
+        self,
+        *,
+        role_arn: str,
+        session_name: str,
+        external_id: str,
+        duration: int,
+        policy: str | None = None,
     ) -> AssumedRole:
         log.info("AssumeRole %s as session %s for %d s", role_arn, session_name, duration)
+        params: dict[str, Any] = {
+            "RoleArn": role_arn,
+            "RoleSessionName": session_name,
+            "ExternalId": external_id,
+            "DurationSeconds": duration,
+        }
+        if policy is not None:
+            params["Policy"] = policy
         try:
-            response = await self._call(
-                "assume_role",
-                RoleArn=role_arn,
-                RoleSessionName=session_name,
-                ExternalId=external_id,
-                DurationSeconds=duration,
-            )
+            response = await self._call("assume_role", **params)
         except Exception as exc:
-            raise await self._error(exc, role_arn, external_id, duration) from None
+            chars = len(policy) if policy is not None else None
+            raise await self._error(exc, role_arn, external_id, duration, chars) from None
         creds = response["Credentials"]
         expiration = creds["Expiration"]
         if isinstance(expiration, str):
@@ -304,11 +370,21 @@ class AioStsClient:
         return self._identity
 
     async def _error(
-        self, exc: Exception, role_arn: str, external_id: str, duration: int
+        self,
+        exc: Exception,
+        role_arn: str,
+        external_id: str,
+        duration: int,
+        policy_chars: int | None = None,
     ) -> Exception:
         principal = self._identity.arn if self._identity else None
         translated = _translate(
-            exc, role_arn=role_arn, external_id=external_id, duration=duration, principal=principal
+            exc,
+            role_arn=role_arn,
+            external_id=external_id,
+            duration=duration,
+            principal=principal,
+            policy_chars=policy_chars,
         )
         if isinstance(translated, AssumeRoleDenied) and self._identity is None:
             # Learn who we are so the message can name the principal to trust.

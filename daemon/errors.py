@@ -21,6 +21,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "InvalidDuration": 400,
     "InvalidTenantName": 400,
     "InvalidKey": 400,
+    "SessionPolicyTooLarge": 400,
     "AssumeRoleDenied": 403,
     "AccessDenied": 403,
     "Forbidden": 403,

@@ -37,6 +37,7 @@ from typing import Any
 
 from s3feed.auth.errors import AuthError
 from s3feed.auth.observer import CredentialObserver
+from s3feed.auth.policy import session_policy
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import StsClient
 from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
@@ -263,6 +264,7 @@ class Job:
             "Refreshes": status.refreshes,
             "LastRefreshError": status.last_refresh_error,
             "Warnings": list(status.warnings),
+            "SessionPolicy": status.policy,
             "CreatedAt": _rfc3339(self.created_at),
             "Transfers": [r.document(now) for r in self.transfers.values()],
         }
@@ -416,6 +418,14 @@ class JobRegistry:
                 external_id=request.tenant,
                 duration=request.duration,
                 observer=self._credential_observer,
+                # Least privilege (docs/design.md, Session policy): the job's
+                # credentials read its folder only, whatever the role allows.
+                policy=session_policy(
+                    partition=location.partition,
+                    bucket=location.bucket,
+                    prefix=location.prefix,
+                    region=location.region,
+                ),
             )
             job = Job(
                 job_id=request.job_id,

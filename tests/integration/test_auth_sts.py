@@ -189,7 +189,13 @@ class ShortLivedSts:
         self.issued: list[Credentials] = []
 
     async def assume_role(
-        self, *, role_arn: str, session_name: str, external_id: str, duration: int
+        self,
+        *,
+        role_arn: str,
+        session_name: str,
+        external_id: str,
+        duration: int,
+        policy: str | None = None,
     ) -> AssumedRole:
         raw = await short_credentials(self.local_aws, self.life)
         creds = Credentials(

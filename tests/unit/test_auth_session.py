@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import time
@@ -22,9 +23,11 @@ from s3feed.auth.errors import (
     InvalidRoleArn,
     InvalidTenantName,
     MaxSessionDurationExceeded,
+    SessionPolicyTooLarge,
     StsUnavailable,
 )
 from s3feed.auth.fakests import FakeSts
+from s3feed.auth.policy import packed, session_policy
 from s3feed.auth.schedule import refresh_window
 from s3feed.auth.session import RoleSession, SessionState
 
@@ -363,6 +366,110 @@ async def test_no_fallback_when_3600_or_less_was_asked(open_session: Opener, sts
     with pytest.raises(MaxSessionDurationExceeded):
         await open_session(3600)
     assert len(sts.calls) == 1
+
+
+# -- the session policy ------------------------------------------------------------
+
+POLICY = session_policy(partition="aws", bucket="media", prefix="shows/", region="us-east-1")
+
+
+async def test_the_policy_goes_with_the_first_call_every_refresh_and_the_fallback(
+    open_session: Opener, sts: FakeSts, clock: FakeClock, observer: RecordingObserver
+) -> None:
+    sts.max_session_duration = 3600
+    session = await open_session(43200, policy=POLICY)
+    assert [c.duration for c in sts.calls] == [43200, 3600]  # refused, then the fallback
+    await run_until_calls(clock, sts, 5)
+    await session.refresh_now("ExpiredToken")  # young credentials: no call...
+    await clock.advance(30)
+    await session.refresh_now("ExpiredToken")  # ...an on-demand refresh: one more
+    assert len(sts.calls) == 6 and observer.refreshes
+    assert [c.policy for c in sts.calls] == [packed(POLICY)] * 6
+
+
+async def test_the_policy_shows_in_the_status_and_cannot_be_changed_from_outside(
+    open_session: Opener, sts: FakeSts
+) -> None:
+    given = session_policy(partition="aws", bucket="media", prefix="shows/")
+    expected = copy.deepcopy(given)
+    session = await open_session(900, policy=given)
+    assert session.policy == expected and session.status().policy == expected
+    given["Statement"].clear()  # the caller's dict is not the session's
+    shown = session.policy
+    assert shown is not None
+    shown["Statement"].clear()  # nor is what it hands out
+    assert session.policy == expected and session.status().policy == expected
+    assert sts.calls[0].policy == packed(expected)
+
+
+async def test_without_a_policy_none_is_sent(open_session: Opener, sts: FakeSts) -> None:
+    session = await open_session(900)
+    assert sts.calls[0].policy is None
+    assert session.policy is None and session.status().policy is None
+
+
+async def test_a_policy_over_the_sts_limit_is_refused_before_any_call(
+    sts: FakeSts, clock: FakeClock, observer: RecordingObserver
+) -> None:
+    folder = "f" * 899 + "/"
+    with pytest.raises(SessionPolicyTooLarge) as info:
+        await RoleSession.assume(
+            sts, job_id="j", role_arn=ROLE, external_id=TENANT, duration=900,
+            observer=observer, clock=clock,
+            policy=session_policy(partition="aws", bucket="media", prefix=folder),
+        )  # fmt: skip
+    assert info.value.code == "SessionPolicyTooLarge"
+    assert "shorter folder" in info.value.message and "not sent" in info.value.message
+    assert folder not in info.value.message
+    assert sts.calls == [] and observer.assume_calls == 0 and clock.sleepers == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "sts_code", "said"),
+    [
+        (session_policy(partition="aws", bucket="m", prefix="x" * 300 + "/"),
+         "PackedPolicyTooLarge", "Packed policy consumes"),
+        ({"Version": "2012-10-17", "Statement": [{"Effect": "Allow"}]},
+         "MalformedPolicyDocument", "malformed"),
+    ],
+)  # fmt: skip
+async def test_sts_refusing_the_policy_is_a_clear_error_and_nothing_runs(
+    policy: dict[str, Any],
+    sts_code: str,
+    said: str,
+    sts: FakeSts,
+    clock: FakeClock,
+    observer: RecordingObserver,
+) -> None:
+    sts.packed_policy_limit = 200
+    with pytest.raises(SessionPolicyTooLarge) as info:
+        await RoleSession.assume(
+            sts, job_id="j", role_arn=ROLE, external_id=TENANT, duration=900,
+            observer=observer, clock=clock, policy=policy,
+        )  # fmt: skip
+    assert said in info.value.message and "STS said" in info.value.message
+    assert info.value.sts_code == sts_code
+    assert observer.assume_failures == [sts_code]
+    assert len(sts.calls) == 1 and clock.sleepers == 0
+
+
+async def test_a_policy_refused_on_refresh_is_not_retried(
+    open_session: Opener, sts: FakeSts, clock: FakeClock, observer: RecordingObserver
+) -> None:
+    session = await open_session(3600, policy=POLICY)
+    old = sts.issued[0]
+    assert old.expiration is not None
+    sts.packed_policy_limit = 10  # STS's packed budget shrank (session tags, a new format)
+    await clock.advance_to(old.expiration - timedelta(seconds=1))
+    assert len(sts.calls) == 2
+    assert observer.refresh_failures == ["PackedPolicyTooLarge"]
+    assert await session.current() is old
+    with pytest.raises(SessionPolicyTooLarge):
+        await session.refresh_now("ExpiredToken")
+    await clock.advance_to(old.expiration)
+    with pytest.raises(CredentialsExpired, match="too large for STS"):
+        await session.current()
+    assert len(sts.calls) == 2
 
 
 # -- closing, secrets -------------------------------------------------------------

@@ -17,7 +17,13 @@ from botocore.exceptions import (
 )
 
 from s3feed.auth.config import StsConfig
-from s3feed.auth.errors import AssumeRoleDenied, MaxSessionDurationExceeded, StsUnavailable
+from s3feed.auth.errors import (
+    AssumeRoleDenied,
+    MaxSessionDurationExceeded,
+    SessionPolicyTooLarge,
+    StsUnavailable,
+)
+from s3feed.auth.policy import packed, session_policy
 from s3feed.auth.sts import AioStsClient, _translate
 
 ROLE = "arn:aws:iam::272758771130:role/acme-media-reader"
@@ -68,6 +74,31 @@ def client_error(code: str, message: str = "", status: int = 400) -> ClientError
             False,
         ),
         (client_error("ValidationError", "other"), StsUnavailable, "ValidationError", False),
+        (
+            client_error(
+                "PackedPolicyTooLarge",
+                "Packed policy consumes 104% of allotted space, please use smaller policy.",
+            ),
+            SessionPolicyTooLarge,
+            "PackedPolicyTooLarge",
+            None,
+        ),
+        (
+            client_error("MalformedPolicyDocument", "Syntax errors in policy."),
+            SessionPolicyTooLarge,
+            "MalformedPolicyDocument",
+            None,
+        ),
+        (
+            client_error(
+                "ValidationError",
+                "1 validation error detected: Value '{\"Version\": ...}' at 'policy' failed to "
+                "satisfy constraint: Member must have length less than or equal to 2048",
+            ),
+            SessionPolicyTooLarge,
+            "ValidationError",
+            None,
+        ),
         (NoCredentialsError(), StsUnavailable, "NoCredentials", False),
         (EndpointConnectionError(endpoint_url="https://sts"), StsUnavailable, "NetworkError", True),
         (ReadTimeoutError(endpoint_url="https://sts"), StsUnavailable, "NetworkError", True),
@@ -99,9 +130,31 @@ def test_denial_message_names_role_principal_and_external_id() -> None:
         assert part in out.message
 
 
+def test_a_refused_policy_says_what_to_do_and_does_not_echo_the_policy() -> None:
+    policy = packed(session_policy(partition="aws", bucket="b", prefix="f" * 1100 + "/"))
+    echo = f"1 validation error detected: Value '{policy}' at 'policy' failed to satisfy"
+    out = _translate(
+        client_error("ValidationError", echo + " constraint: Member must have length less than "
+                     "or equal to 2048"),
+        role_arn=ROLE, external_id="acme", principal=ME, policy_chars=len(policy),
+    )  # fmt: skip
+    assert isinstance(out, SessionPolicyTooLarge)
+    assert out.code == "SessionPolicyTooLarge"
+    assert f"({len(policy)} characters)" in out.message
+    assert "too large for STS" in out.message and "shorter folder" in out.message
+    assert "f" * 100 not in out.message
+    malformed = _translate(
+        client_error("MalformedPolicyDocument", "Syntax errors in policy."),
+        role_arn=ROLE, external_id="acme", principal=ME, policy_chars=40,
+    )  # fmt: skip
+    assert isinstance(malformed, SessionPolicyTooLarge)
+    assert "malformed" in malformed.message and "Syntax errors in policy." in malformed.message
+
+
 class FakeBotoClient:
     def __init__(self, script: list[Any]) -> None:
         self.script = script  # per call: an exception to raise, or None for success
+        self.params: list[dict[str, Any]] = []
         self.closed = False
         self.calls = 0
         self.gate: asyncio.Event | None = None
@@ -115,6 +168,7 @@ class FakeBotoClient:
             raise outcome
 
     async def assume_role(self, **params: Any) -> dict[str, Any]:
+        self.params.append(params)
         await self._next()
         return {
             "Credentials": {
@@ -235,3 +289,17 @@ async def test_use_before_start_is_an_error() -> None:
     sts, _ = make_client(FakeBotoClient([]))
     with pytest.raises(RuntimeError, match="start"):
         await assume(sts)
+
+
+async def test_the_policy_is_sent_as_the_policy_parameter_only_when_given() -> None:
+    boto = FakeBotoClient([])
+    sts, _ = make_client(boto)
+    policy = packed(session_policy(partition="aws", bucket="b", prefix="f/"))
+    async with sts:
+        await sts.assume_role(
+            role_arn=ROLE, session_name="s3feed-j", external_id="acme", duration=900, policy=policy
+        )
+        await assume(sts)
+    assert boto.params[0]["Policy"] == policy
+    assert "Policy" not in boto.params[1]
+    assert boto.params[0]["ExternalId"] == "acme" and boto.params[0]["DurationSeconds"] == 900
