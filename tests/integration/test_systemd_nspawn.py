@@ -16,7 +16,12 @@ outside with `nsenter` into its namespaces, and shows:
 - `systemctl reload` keeps the same process and logs the reload;
   `systemctl stop` ends with Result=success, exit 0, the socket still there;
 - a daemon whose loop stops (SIGSTOP) is killed by the watchdog and
-  restarted, and the socket brings the new one the next request.
+  restarted, and the socket brings the new one the next request;
+- with `[cache] group` and `[api] controller_groups` set as the README
+  says, the cache directory is what the daemon sets (2710
+  s3feed:s3feed-clients) before and after a restart (systemd re-owns it
+  when it differs), and an encoder that is not a controller may not
+  create a job (403 Forbidden) while an agent in s3feed-controllers may.
 
 Needs root and a kernel that lets nspawn run; where it cannot, the test
 skips and says why.
@@ -48,7 +53,8 @@ class C(http.client.HTTPConnection):
         self.sock.connect("/run/s3feed/s3feed.sock")
 try:
     c = C("localhost", timeout=30)
-    c.request("GET", sys.argv[1])
+    body = sys.argv[3] if len(sys.argv) > 3 else None
+    c.request(sys.argv[2] if len(sys.argv) > 2 else "GET", sys.argv[1], body=body)
     r = c.getresponse()
     print(r.status)
     print(r.read().decode())
@@ -116,10 +122,10 @@ class Machine:
         out = self.ok("systemctl", "show", unit, *(f"--property={p}" for p in props))
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
-    def get(self, path: str, user: str) -> tuple[str, str]:
-        """GET `path` on the API socket as `user` (with that user's groups)."""
+    def get(self, path: str, user: str, method: str = "GET", body: str = "") -> tuple[str, str]:
+        """`method` `path` on the API socket as `user` (with that user's groups)."""
         result = self.run("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-                          SYSTEM_PYTHON, "-c", CLIENT, path)  # fmt: skip
+                          SYSTEM_PYTHON, "-c", CLIENT, path, method, body)  # fmt: skip
         assert result.returncode == 0, result.stderr + self.diagnose()
         status, _, body = result.stdout.partition("\n")
         return status, body
@@ -170,7 +176,8 @@ def machine(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ma
         pytest.skip(reason)
     files = tmp_path_factory.mktemp("nspawn-files")
     (files / "s3feed.toml").write_text(
-        '[api]\ndrain_grace = 2\n[metrics]\nlisten = "127.0.0.1:9464"\n'
+        '[api]\ndrain_grace = 2\ncontroller_groups = ["s3feed-controllers"]\n'
+        '[metrics]\nlisten = "127.0.0.1:9464"\n[cache]\ngroup = "s3feed-clients"\n'
         '[sts]\nendpoint_url = "http://127.0.0.1:9"\n'  # nothing listens: identity stays unknown
     )
     (files / "test.conf").write_text(
@@ -181,6 +188,7 @@ def machine(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ma
     )
     (files / "encoders.conf").write_text(
         'u encoder - "an encoder" /\nm encoder s3feed-clients\nu outsider - "not an encoder" /\n'
+        'u agent - "the job agent" /\nm agent s3feed-clients\nm agent s3feed-controllers\n'
     )
     system = "/etc/systemd/system"
     binds = {
@@ -280,4 +288,30 @@ def test_blocked_daemon_is_killed_by_the_watchdog(machine: Machine) -> None:
     m.wait("the restarted service", lambda: m.show("s3feed.service", "ActiveState")["ActiveState"] == "active")  # fmt: skip
     assert m.get("/healthz", "encoder")[0] == "200"
     assert m.show("s3feed.service", "MainPID")["MainPID"] != pid
+    m.ok("systemctl", "stop", "s3feed.service", "s3feed.socket")
+
+
+def test_cache_directory_survives_restarts_and_only_controllers_create_jobs(
+    machine: Machine,
+) -> None:
+    m = machine
+    m.ok("systemctl", "start", "s3feed.socket")
+    assert m.get("/healthz", "encoder")[0] == "200"
+    expected = ["2710", "s3feed", "s3feed-clients"]
+    assert m.ok("stat", "-c", "%a %U %G", "/var/cache/s3feed").split() == expected
+    m.ok("systemctl", "restart", "s3feed.service")
+    assert m.get("/healthz", "encoder")[0] == "200"
+    assert m.ok("stat", "-c", "%a %U %G", "/var/cache/s3feed").split() == expected
+    assert m.ok("stat", "-c", "%a", "/var/lib/s3feed").strip() == "700"
+
+    job = (
+        '{"JobId": "j1", "TenantName": "acme-films", "Source": {"Provider": "AmazonS3", '
+        '"UriPath": "https://acme.s3.eu-west-1.amazonaws.com/in/", '
+        '"RoleArnToAssume": "arn:aws:iam::123456789012:role/r"}}'
+    )
+    status, body = m.get("/v1/jobs", "encoder", "POST", job)
+    assert status == "403" and "controller_groups" in body, body
+    # The agent passes the role check; STS (nothing listens) is what fails it here.
+    status, body = m.get("/v1/jobs", "agent", "POST", job)
+    assert status == "503" and "StsUnavailable" in body, body
     m.ok("systemctl", "stop", "s3feed.service", "s3feed.socket")
