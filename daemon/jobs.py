@@ -196,7 +196,9 @@ class Job:
         """Queue a download of `full_key` into the cache, owned by this job;
         `meta` is what this job's HEAD of it just returned."""
         record = self.new_record("cache", key)
-        task = asyncio.create_task(self._fetch(record, full_key, meta), name=f"fetch {self.job_id}")
+        task = asyncio.create_task(
+            self._fetch(record, full_key, meta), name=f"fetch {self.job_id} {record.transfer_id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return record
@@ -233,6 +235,27 @@ class Job:
             self.served("cache", entry.size)
         finally:
             self.touch()
+
+    async def cancel_fetch(self, fetch_id: str) -> TransferRecord:
+        """End fetch `fetch_id` as `cancelled` (a finished one stays as it is).
+        Its wait on the cache entry ends; the download itself stops only if no
+        other fetch waits for that entry (transfer/cache.py; docs/design.md,
+        Fetch cancel)."""
+        record = self.transfers.get(fetch_id)
+        if record is None or record.mode != "cache":
+            raise ApiError("NoSuchFetch", f"job {self.job_id!r} has no fetch {fetch_id!r}")
+        name = f"fetch {self.job_id} {fetch_id}"
+        task = next((t for t in self._tasks if t.get_name() == name), None)
+        if task is not None and not record.finished.is_set():
+            task.cancel()
+            await asyncio.wait([task])  # not `await task`: our own cancellation must not be lost
+        if not record.finished.is_set():  # cancelled before it ran
+            record.move(TransferState.CANCELLED)
+        if record.state is TransferState.CANCELLED:
+            record.error = ("Cancelled", f"fetch {fetch_id} was cancelled (DELETE)")
+            log.info("fetch cancelled", extra={"job_id": self.job_id, "tenant": self.tenant,
+                                               "key": record.key})  # fmt: skip
+        return record
 
     def document(self) -> dict[str, Any]:
         status = self.session.status()

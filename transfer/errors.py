@@ -4,6 +4,7 @@
     ├── InvalidUriPath           the job's UriPath is not an accepted S3 form
     ├── InvalidKey               a key or prefix would leave the job's folder, or is malformed
     ├── InvalidRange             the requested byte range lies outside the object
+    ├── InvalidContinuationToken a listing's token is not one the store issued
     ├── ObjectStoreError         S3 answered, finally
     │   ├── NoSuchKey
     │   ├── AccessDenied         S3 refused the job's role
@@ -46,6 +47,10 @@ class InvalidRange(TransferError):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+
+class InvalidContinuationToken(TransferError):
+    code = "InvalidRequest"
 
 
 class ObjectStoreError(TransferError):

@@ -42,6 +42,7 @@ from ..auth.credentials import Credentials, CredentialSource
 from .config import S3Config
 from .errors import (
     AccessDenied,
+    InvalidContinuationToken,
     InvalidRange,
     InvalidUriPath,
     NoSuchKey,
@@ -52,7 +53,7 @@ from .errors import (
 )
 from .httpclient import HttpClient
 from .observer import TransferObserver
-from .store import BodySink, ObjectMeta, RangeMeta
+from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta
 from .uri import S3Location
 
 T = TypeVar("T")
@@ -165,24 +166,46 @@ class S3ObjectStore:
         )
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
-        client = await self._control()
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        token = None
         while True:
+            page = await self.list_page(prefix, token=token)
+            for meta in page.objects:
+                yield meta
+            if page.next_token is None:
+                return
+            token = page.next_token
+
+    async def list_page(
+        self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
+    ) -> ObjectPage:
+        client = await self._control()
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if token is not None:
+            args["ContinuationToken"] = token
+        try:
             page = await self._with_refresh(
                 prefix,
                 lambda creds: self._call("ListObjectsV2", client.list_objects_v2, creds, args),
             )
-            for o in page.get("Contents", ()):
-                yield ObjectMeta(
-                    key=o["Key"],
-                    size=int(o["Size"]),
-                    etag=o["ETag"],
-                    last_modified=o["LastModified"],
-                    checksum_type=o.get("ChecksumType"),
-                )
-            if not page.get("IsTruncated"):
-                return
-            args["ContinuationToken"] = page["NextContinuationToken"]
+        except ObjectStoreError as e:
+            if token is not None and type(e) is ObjectStoreError:  # S3's 400 InvalidArgument
+                raise InvalidContinuationToken(f"S3 refused the continuation token: {e}") from None
+            raise
+        objects = [
+            ObjectMeta(
+                key=o["Key"],
+                size=int(o["Size"]),
+                etag=o["ETag"],
+                last_modified=o["LastModified"],
+                checksum_type=o.get("ChecksumType"),
+            )
+            for o in page.get("Contents", ())
+            # S3 applies Prefix whatever the token encodes; a server that let a
+            # token reach past it must not list another job's keys.
+            if o["Key"].startswith(prefix)
+        ]
+        truncated = page.get("IsTruncated") and page.get("NextContinuationToken")
+        return ObjectPage(objects, page["NextContinuationToken"] if truncated else None)
 
     async def _call(
         self,
