@@ -28,7 +28,7 @@ from s3feed.transfer.errors import TransferError
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.store import MAX_KEYS
 
-from .errors import ApiError, describe, error_body
+from .errors import ApiError, describe, error_body, s3_ids
 from .identity import DaemonIdentity
 from .jobs import JobRegistry, TransferState
 from .streaming import stream_object
@@ -79,7 +79,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.exception("request failed", extra={"path": request.path})
         fetch = getattr(exc, "fetch_document", None)
         extra = {"Fetch": fetch} if fetch is not None else {}
-        return json_response(error_body(code, message, **extra), status, headers)
+        return json_response(error_body(code, message, s3_ids(exc), **extra), status, headers)
 
 
 class Api:
@@ -272,3 +272,5 @@ class _FetchFailed(TransferError):
         super().__init__(message)
         self.code = code  # type: ignore[misc]
         self.fetch_document = fetch_document
+        error = fetch_document.get("Error", {})
+        self.request_id, self.host_id = error.get("RequestId"), error.get("HostId")

@@ -494,11 +494,12 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
         args.json = getattr(args, "json", False)
+        args.socket = getattr(args, "socket", None)
         if args.command == "serve":
             return cmd_serve(args)
         if args.command == "config":
             return cmd_config_check(args)
-        client = Client(getattr(args, "socket", None))
+        client = Client(args.socket)
         try:
             return COMMANDS[args.command](args, client)
         except KeyboardInterrupt:

@@ -46,7 +46,7 @@ from s3feed.transfer.s3store import S3Clients, S3ObjectStore
 from s3feed.transfer.store import ObjectMeta, ObjectStore
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
-from .errors import ApiError, describe
+from .errors import ApiError, describe, s3_ids
 
 log = logging.getLogger("s3feed.jobs")
 
@@ -82,6 +82,7 @@ class TransferRecord:
     state: TransferState = TransferState.QUEUED
     path: Path | None = None
     error: tuple[str, str] | None = None  # (code, message)
+    error_ids: dict[str, str] = field(default_factory=dict)  # S3's RequestId, HostId
     verified: tuple[str, ...] = ()
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -95,6 +96,7 @@ class TransferRecord:
     def fail(self, exc: BaseException) -> None:
         _, code, message, _ = describe(exc)
         self.error = (code, message)
+        self.error_ids = s3_ids(exc)
         self.move(TransferState.FAILED)
 
     def document(self, now: float) -> dict[str, Any]:
@@ -111,7 +113,7 @@ class TransferRecord:
             doc["Path"] = str(self.path) if self.path else None
             doc["Verified"] = list(self.verified)
         if self.error:
-            doc["Error"] = {"Code": self.error[0], "Message": self.error[1]}
+            doc["Error"] = {"Code": self.error[0], "Message": self.error[1], **self.error_ids}
         return doc
 
 
@@ -223,7 +225,9 @@ class Job:
             log.warning(
                 "fetch failed",
                 extra={"job_id": self.job_id, "tenant": self.tenant, "key": record.key,
-                       "code": record.error[0] if record.error else None},
+                       "code": record.error[0] if record.error else None,
+                       "request_id": record.error_ids.get("RequestId"),
+                       "host_id": record.error_ids.get("HostId")},
             )  # fmt: skip
         except Exception as exc:
             record.fail(exc)

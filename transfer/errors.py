@@ -27,6 +27,10 @@ from typing import ClassVar
 
 class TransferError(Exception):
     code: ClassVar[str] = "InternalError"
+    # S3's x-amz-request-id and x-amz-id-2 when S3 answered this error: what
+    # an AWS support case needs (docs/design.md, Errors).
+    request_id: str | None = None
+    host_id: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta
 from .uri import S3Location
 
 T = TypeVar("T")
+log = logging.getLogger("s3feed.s3")
 
 CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
 EXPIRED_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})
@@ -334,7 +336,34 @@ def _translate(
     headers: Mapping[str, str],
     region: str,
 ) -> Exception:
-    """S3's answer -> transfer/errors.py (or _Expired: refresh and retry once)."""
+    """S3's answer -> transfer/errors.py (or _Expired: refresh and retry once),
+    carrying S3's request ids in the error, its message and the log."""
+    error = _classify(status, code, message, where, creds, headers, region)
+    request_id = headers.get("x-amz-request-id") or None
+    host_id = headers.get("x-amz-id-2") or None
+    log.info(
+        "S3 answered an error",
+        extra={"status": status, "s3_code": code or None, "where": where,
+               "request_id": request_id, "host_id": host_id},
+    )  # fmt: skip
+    if isinstance(error, TransferError) and request_id:
+        error.request_id, error.host_id = request_id, host_id
+        error.message += f" (S3 request id {request_id}" + (
+            f", host id {host_id})" if host_id else ")"
+        )
+        error.args = (error.message,)
+    return error
+
+
+def _classify(
+    status: int,
+    code: str,
+    message: str,
+    where: str,
+    creds: Credentials,
+    headers: Mapping[str, str],
+    region: str,
+) -> Exception:
     temporary = creds.session_token is not None
     lapsed = creds.expiration is not None and creds.expiration <= datetime.now(UTC)
     if (
