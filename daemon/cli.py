@@ -51,7 +51,11 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 NOT_FOUND_CODES = frozenset({"NoSuchJob", "NoSuchKey", "NoSuchFetch"})
 DENIED_CODES = frozenset({"AccessDenied", "AssumeRoleDenied", "Forbidden"})
-RETRY_CODES = frozenset({"LimitExceeded"})  # besides every 503
+# Besides every 503: these are 503s too, named for a fetch document's Error,
+# which comes without a status.
+RETRY_CODES = frozenset(
+    {"LimitExceeded", "S3Unavailable", "StsUnavailable", "CredentialsExpired", "ShuttingDown"}
+)
 CHANGED_CODES = frozenset({"SourceChanged"})
 
 EPILOG = """\
@@ -228,8 +232,7 @@ def cmd_fetch(args: argparse.Namespace, client: Client) -> int:
         sys.stderr.write(_progress_line(doc) + "\n")
     if doc["State"] != "done":
         err = doc.get("Error") or {"Code": "Cancelled", "Message": f"the fetch {doc['State']}"}
-        status = 503 if err["Code"] in ("S3Unavailable", "StsUnavailable") else 0
-        raise S3feedError(status, err["Code"], err["Message"], doc, {"Error": err, "Fetch": doc})
+        raise S3feedError(0, err["Code"], err["Message"], doc, {"Error": err, "Fetch": doc})
     if args.json:
         _print_json(doc)
     else:

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING
 
 import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
-from test_s3store import StaticSource, make_store, sts_creds
+from test_s3store import Buffer, StaticSource, make_store, sts_creds
 
 from s3feed.daemon.client import Client, S3feedError
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import AccessDenied, InvalidContinuationToken, NoSuchKey
-from s3feed.transfer.s3store import S3Clients
+from s3feed.transfer.s3store import S3Clients, S3ObjectStore
 
 if TYPE_CHECKING:
-    from conftest import LocalAws, TestBucket
+    from conftest import LocalAws, Seaweed, TestBucket
 
 
 @pytest.fixture
@@ -38,6 +38,28 @@ def uri(bucket: str, folder: str = "") -> str:
     return f"https://{bucket}.s3.us-east-1.amazonaws.com/{folder}"
 
 
+async def _missing_key_errors_carry_ids(store: S3ObjectStore) -> None:
+    """Control plane (aiobotocore HEAD) and data plane (the raw ranged GET)."""
+    for call in (
+        lambda: store.head("missing.ts"),
+        lambda: store.get_range("missing.ts", 0, 9, Buffer(0, 10)),
+    ):
+        with pytest.raises(NoSuchKey) as missing:
+            await call()
+        assert missing.value.request_id and missing.value.request_id in missing.value.message
+
+
+async def test_seaweedfs_store_errors_carry_the_request_ids(seaweed: Seaweed) -> None:
+    clients = S3Clients(S3Config(endpoint_url=seaweed.endpoint_url))
+    creds = sts_creds(seaweed.assume())
+    store = make_store(seaweed, seaweed.bucket, StaticSource(creds), clients)  # type: ignore[arg-type]
+    try:
+        await _missing_key_errors_carry_ids(store)
+    finally:
+        await store.close()
+        await clients.close()
+
+
 async def test_store_errors_carry_the_request_ids(
     local_aws: LocalAws, bucket: TestBucket, globex_bucket: TestBucket
 ) -> None:
@@ -46,9 +68,7 @@ async def test_store_errors_carry_the_request_ids(
     store = make_store(local_aws, bucket.name, StaticSource(creds), clients)
     other = make_store(local_aws, globex_bucket.name, StaticSource(creds), clients)
     try:
-        with pytest.raises(NoSuchKey) as missing:
-            await store.head("missing.ts")
-        assert missing.value.request_id and missing.value.request_id in missing.value.message
+        await _missing_key_errors_carry_ids(store)
         globex_bucket.put("secret.ts", b"globex only")
         with pytest.raises(AccessDenied) as denied:
             await other.head("secret.ts")
@@ -126,3 +146,33 @@ def test_the_api_the_record_the_cli_and_the_log_show_the_request_id(
     ]
     ids = {r.get("request_id") for r in records if r.get("msg") == "S3 answered an error"}
     assert {request_id, error["RequestId"]} <= ids
+
+
+def test_seaweedfs_request_ids_and_pages(seaweed: Seaweed, tmp_path: Path) -> None:
+    with seaweed.closing_client("s3") as s3:
+        for n in range(5):
+            s3.put_object(Bucket=seaweed.bucket, Key=f"pages/{n}.ts", Body=b"x")
+    with running_daemon(seaweed, tmp_path / "sw") as daemon:  # type: ignore[arg-type]
+        client = Client(str(daemon.socket))
+        client.create_job(
+            "sw-ids", "seaweed-tenant", uri(seaweed.bucket, "pages/"), seaweed.role_arn
+        )
+        # a fetch and a stream (both HEAD first)
+        for call in (
+            lambda: client.fetch("sw-ids", "missing.ts"),
+            lambda: b"".join(client.read_object("sw-ids", "missing.ts")),
+        ):
+            with pytest.raises(S3feedError) as err:
+                call()
+            assert err.value.code == "NoSuchKey"
+            assert err.value.request_id and err.value.request_id in err.value.message
+        pages = []
+        token = None
+        while True:
+            page = client.list_objects_page("sw-ids", max_keys=2, token=token)
+            pages.append([o["Key"] for o in page["Objects"]])
+            token = page.get("NextContinuationToken")
+            if token is None:
+                break
+        assert pages == [["0.ts", "1.ts"], ["2.ts", "3.ts"], ["4.ts"]]
+        client.delete_job("sw-ids")
