@@ -248,9 +248,11 @@ class Job:
         record = self.transfers.get(fetch_id)
         if record is None or record.mode != "cache":
             raise ApiError("NoSuchFetch", f"job {self.job_id!r} has no fetch {fetch_id!r}")
+        if record.finished.is_set():
+            return record
         name = f"fetch {self.job_id} {fetch_id}"
         task = next((t for t in self._tasks if t.get_name() == name), None)
-        if task is not None and not record.finished.is_set():
+        if task is not None:
             task.cancel()
             await asyncio.wait([task])  # not `await task`: our own cancellation must not be lost
         if not record.finished.is_set():  # cancelled before it ran
