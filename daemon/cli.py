@@ -29,6 +29,7 @@ import grp
 import http.client
 import os
 import pwd
+import select
 import signal
 import sys
 import time
@@ -480,6 +481,16 @@ def _local_error(exc: BaseException, sock: str) -> CliError:
     return CliError("Error", str(exc), EXIT_ERROR)
 
 
+def _stdout_closed() -> bool:
+    """stdout is a pipe whose reader is gone (not the daemon's socket)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
 def _report(code: str, message: str, document: Any, as_json: bool) -> None:
     if as_json:
         sys.stderr.write(orjson.dumps(document).decode() + "\n")
@@ -508,6 +519,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
         except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, BrokenPipeError) and _stdout_closed():
+                # `s3feed ls JOB | head`: the reader had enough, as for `cat`.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return EXIT_OK
             raise _local_error(exc, client.socket) from None
     except S3feedError as exc:
         _report(exc.code, exc.message, exc.document, as_json)

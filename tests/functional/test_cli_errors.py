@@ -207,6 +207,22 @@ async def test_no_daemon_refused_and_hung_up(tmp_path: Path) -> None:
     }
 
 
+async def test_a_reader_that_had_enough_is_not_an_error(harness: Harness) -> None:
+    for n in range(50):
+        harness.store().put(f"sources/many/{n:04d}.ts", b"x")
+    await job(harness)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line: `| head -0`
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "s3feed.daemon", "--socket", harness.socket, "ls", "job-1",
+        stdout=write, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    os.close(write)
+    async with asyncio.timeout(60):
+        _, err = await proc.communicate()
+    assert (proc.returncode, err) == (0, b"")
+
+
 @contextlib.contextmanager
 def _user_in_group() -> Iterator[tuple[str, str]]:
     """A new user that is a member of a new group (as after `usermod -aG`)."""
