@@ -495,7 +495,8 @@ def _report(code: str, message: str, document: Any, as_json: bool) -> None:
     if as_json:
         sys.stderr.write(orjson.dumps(document).decode() + "\n")
     else:
-        sys.stderr.write(f"s3feed: {code}: {message}\n" if code else f"s3feed: {message}\n")
+        line = " ".join(message.split())  # one line, whatever the message holds
+        sys.stderr.write(f"s3feed: {code}: {line}\n" if code else f"s3feed: {line}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
