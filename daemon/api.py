@@ -24,8 +24,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from s3feed.auth.validate import validate_tenant_name
 from s3feed.transfer.errors import TransferError
 from s3feed.transfer.serve import ObjectServer
+from s3feed.transfer.store import MAX_KEYS
 
-from .errors import ApiError, describe, error_body
+from .errors import ApiError, describe, error_body, s3_ids
 from .identity import DaemonIdentity
 from .jobs import JobRegistry, TransferState
 from .peer import Controllers, Peer, peer_of
@@ -79,7 +80,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.exception("request failed", extra={"path": request.path})
         fetch = getattr(exc, "fetch_document", None)
         extra = {"Fetch": fetch} if fetch is not None else {}
-        return json_response(error_body(code, message, **extra), status, headers)
+        return json_response(error_body(code, message, s3_ids(exc), **extra), status, headers)
 
 
 class Api:
@@ -113,6 +114,7 @@ class Api:
         r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object)
         r.add_post("/v1/jobs/{JobId}/fetches", self.create_fetch)
         r.add_get("/v1/jobs/{JobId}/fetches/{FetchId}", self.get_fetch)
+        r.add_delete("/v1/jobs/{JobId}/fetches/{FetchId}", self.cancel_fetch)
         r.add_get("/v1/trust-policy", self.get_trust_policy)
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", make_aiohttp_handler(self.metrics_registry))
@@ -159,17 +161,25 @@ class Api:
         job = self.registry.get(peer_uid(request), request.match_info["JobId"])
         relative = request.query.get("Prefix", "")
         prefix = job.location.prefix_for(relative)
-        objects = []
-        async for meta in job.store.list_objects(prefix):
-            objects.append(
-                {
-                    "Key": job.location.relative(meta.key),
-                    "Size": meta.size,
-                    "ETag": meta.etag,
-                    "LastModified": meta.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                }
-            )
-        return json_response({"Objects": objects})
+        max_keys = _max_keys(request.query.get("MaxKeys"))
+        token = request.query.get("ContinuationToken")
+        if token is not None and not 0 < len(token) <= MAX_TOKEN:
+            raise ApiError("InvalidRequest", f"ContinuationToken must be 1-{MAX_TOKEN} characters")
+        # One page per request: memory per page, not per folder (docs/design.md, Listing).
+        page = await job.store.list_page(prefix, max_keys=max_keys, token=token)
+        objects = [
+            {
+                "Key": job.location.relative(meta.key),
+                "Size": meta.size,
+                "ETag": meta.etag,
+                "LastModified": meta.last_modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+            for meta in page.objects
+        ]
+        doc: dict[str, Any] = {"Objects": objects}
+        if page.next_token is not None:
+            doc["NextContinuationToken"] = page.next_token
+        return json_response(doc)
 
     async def get_object(self, request: web.Request) -> web.StreamResponse:
         job = self.registry.get(peer_uid(request), request.match_info["JobId"])
@@ -213,6 +223,11 @@ class Api:
             raise ApiError("NoSuchFetch", f"job {job.job_id!r} has no fetch {fetch_id!r}")
         return json_response(record.document(time.monotonic()))
 
+    async def cancel_fetch(self, request: web.Request) -> web.Response:
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        await job.cancel_fetch(request.match_info["FetchId"])
+        return web.Response(status=204)
+
     async def get_trust_policy(self, request: web.Request) -> web.Response:
         peer_uid(request)
         tenant = validate_tenant_name(request.query.get("TenantName"))
@@ -227,6 +242,19 @@ class Api:
         return json_response(
             {"Status": "ok", "Principal": known.arn if known else None, **self.summary()}
         )
+
+
+MAX_TOKEN = 1024  # S3's tokens are a few hundred characters
+
+
+def _max_keys(value: str | None) -> int:
+    if value is None:
+        return MAX_KEYS
+    if not (
+        value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= MAX_KEYS
+    ):
+        raise ApiError("InvalidRequest", f"MaxKeys must be an integer from 1 to {MAX_KEYS}")
+    return int(value)
 
 
 async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
@@ -246,3 +274,5 @@ class _FetchFailed(TransferError):
         super().__init__(message)
         self.code = code  # type: ignore[misc]
         self.fetch_document = fetch_document
+        error = fetch_document.get("Error", {})
+        self.request_id, self.host_id = error.get("RequestId"), error.get("HostId")

@@ -3,6 +3,7 @@
     with Client() as c:                          async with AsyncClient() as c:
         c.create_job("job-1", "acme", uri, arn)      await c.create_job(...)
         path = c.fetch("job-1", "a.mp4")["Path"]     async for chunk in c.read_object(...)
+        for obj in c.iter_objects("job-1", "show/"): async for obj in c.iter_objects(...)
 
 Both speak HTTP/1.1 over the Unix socket ($S3FEED_SOCKET, default
 /run/s3feed/s3feed.sock). The requests themselves are described once
@@ -18,7 +19,7 @@ import http.client
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -38,19 +39,43 @@ def socket_path(explicit: str | None = None) -> str:
 
 
 class S3feedError(Exception):
-    def __init__(self, status: int, code: str, message: str, fetch: Any = None) -> None:
+    """An error answer: the server's code and message; `document` is the whole
+    error document (`{"Error": {...}, "Fetch"?: {...}}`). An error S3 sent
+    carries S3's ids in `request_id` and `host_id`, for an AWS support case."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fetch: Any = None,
+        document: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.fetch = fetch
+        self.document = document or {"Error": {"Code": code, "Message": message}}
+
+    @property
+    def request_id(self) -> str | None:
+        return self._detail("RequestId")
+
+    @property
+    def host_id(self) -> str | None:
+        return self._detail("HostId")
+
+    def _detail(self, name: str) -> str | None:
+        value = self.document.get("Error", {}).get(name)
+        return value if isinstance(value, str) else None
 
 
 def _error(status: int, body: bytes) -> S3feedError:
     try:
         doc = orjson.loads(body)
         err = doc["Error"]
-        return S3feedError(status, err["Code"], err["Message"], doc.get("Fetch"))
+        return S3feedError(status, err["Code"], err["Message"], doc.get("Fetch"), doc)
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return S3feedError(status, "HttpError", body[:200].decode(errors="replace"))
 
@@ -68,7 +93,7 @@ class _Calls:
         uri_path: str,
         role_arn: str,
         duration: int | None = None,
-        encoder_uids: Iterable[int] = (),
+        **fields: Any,
     ) -> Call:
         source: dict[str, Any] = {
             "Provider": "AmazonS3",
@@ -77,9 +102,7 @@ class _Calls:
         }
         if duration is not None:
             source["RoleSessionDurationInSeconds"] = duration
-        body: dict[str, Any] = {"JobId": job_id, "TenantName": tenant, "Source": source}
-        if encoder_uids:
-            body["EncoderUids"] = sorted(set(encoder_uids))
+        body = {"JobId": job_id, "TenantName": tenant, "Source": source, **fields}
         return "POST", "/v1/jobs", body
 
     @staticmethod
@@ -87,8 +110,15 @@ class _Calls:
         return method, f"/v1/jobs/{quote(job_id, safe='')}", None
 
     @staticmethod
-    def list_objects(job_id: str, prefix: str = "") -> Call:
-        query = f"?{urlencode({'Prefix': prefix})}" if prefix else ""
+    def list_objects(
+        job_id: str, prefix: str = "", max_keys: int | None = None, token: str | None = None
+    ) -> Call:
+        params: dict[str, str | int] = {"Prefix": prefix} if prefix else {}
+        if max_keys is not None:
+            params["MaxKeys"] = max_keys
+        if token is not None:
+            params["ContinuationToken"] = token
+        query = f"?{urlencode(params)}" if params else ""
         return "GET", f"/v1/jobs/{quote(job_id, safe='')}/objects{query}", None
 
     @staticmethod
@@ -97,8 +127,8 @@ class _Calls:
         return "POST", f"/v1/jobs/{quote(job_id, safe='')}/fetches{query}", {"Key": key}
 
     @staticmethod
-    def get_fetch(job_id: str, fetch_id: str) -> Call:
-        return "GET", f"/v1/jobs/{quote(job_id, safe='')}/fetches/{quote(fetch_id, safe='')}", None
+    def get_fetch(job_id: str, fetch_id: str, method: str = "GET") -> Call:
+        return method, f"/v1/jobs/{quote(job_id, safe='')}/fetches/{quote(fetch_id, safe='')}", None
 
     @staticmethod
     def object_path(job_id: str, key: str) -> str:
@@ -181,12 +211,10 @@ class Client:
         uri_path: str,
         role_arn: str,
         duration: int | None = None,
-        encoder_uids: Iterable[int] = (),
+        **fields: Any,
     ) -> Any:
-        """Register a job; `encoder_uids` may use it besides this process's uid."""
-        return self._json(
-            _Calls.create_job(job_id, tenant, uri_path, role_arn, duration, encoder_uids)
-        )
+        """`fields` are further top-level fields of the job body."""
+        return self._json(_Calls.create_job(job_id, tenant, uri_path, role_arn, duration, **fields))
 
     def list_jobs(self) -> Any:
         return self._json(("GET", "/v1/jobs", None))["Jobs"]
@@ -197,14 +225,38 @@ class Client:
     def delete_job(self, job_id: str) -> None:
         self._json(_Calls.job(job_id, "DELETE"))
 
-    def list_objects(self, job_id: str, prefix: str = "") -> Any:
-        return self._json(_Calls.list_objects(job_id, prefix))["Objects"]
+    def list_objects_page(
+        self, job_id: str, prefix: str = "", max_keys: int | None = None, token: str | None = None
+    ) -> Any:
+        """One page: {"Objects": [...], "NextContinuationToken"?: "..."}."""
+        return self._json(_Calls.list_objects(job_id, prefix, max_keys, token))
+
+    def iter_objects(
+        self, job_id: str, prefix: str = "", max_keys: int | None = None
+    ) -> Iterator[Any]:
+        """Every object under `prefix`, one page in memory at a time."""
+        token = None
+        while True:
+            page = self.list_objects_page(job_id, prefix, max_keys, token)
+            yield from page["Objects"]
+            token = page.get("NextContinuationToken")
+            if token is None:
+                return
+
+    def list_objects(self, job_id: str, prefix: str = "") -> list[Any]:
+        """Every object under `prefix`, all pages, as one list."""
+        return list(self.iter_objects(job_id, prefix))
 
     def fetch(self, job_id: str, key: str, wait: bool = True) -> Any:
         return self._json(_Calls.fetch(job_id, key, wait))
 
     def get_fetch(self, job_id: str, fetch_id: str) -> Any:
         return self._json(_Calls.get_fetch(job_id, fetch_id))
+
+    def cancel_fetch(self, job_id: str, fetch_id: str) -> None:
+        """End this fetch (`cancelled`); its download stops unless another
+        fetch waits for the same object."""
+        self._json(_Calls.get_fetch(job_id, fetch_id, "DELETE"))
 
     def trust_policy(self, tenant: str) -> Any:
         return self._json(("GET", f"/v1/trust-policy?{urlencode({'TenantName': tenant})}", None))
@@ -320,11 +372,10 @@ class AsyncClient:
         uri_path: str,
         role_arn: str,
         duration: int | None = None,
-        encoder_uids: Iterable[int] = (),
+        **fields: Any,
     ) -> Any:
-        return await self._json(
-            _Calls.create_job(job_id, tenant, uri_path, role_arn, duration, encoder_uids)
-        )
+        call = _Calls.create_job(job_id, tenant, uri_path, role_arn, duration, **fields)
+        return await self._json(call)
 
     async def list_jobs(self) -> Any:
         return (await self._json(("GET", "/v1/jobs", None)))["Jobs"]
@@ -335,14 +386,34 @@ class AsyncClient:
     async def delete_job(self, job_id: str) -> None:
         await self._json(_Calls.job(job_id, "DELETE"))
 
-    async def list_objects(self, job_id: str, prefix: str = "") -> Any:
-        return (await self._json(_Calls.list_objects(job_id, prefix)))["Objects"]
+    async def list_objects_page(
+        self, job_id: str, prefix: str = "", max_keys: int | None = None, token: str | None = None
+    ) -> Any:
+        return await self._json(_Calls.list_objects(job_id, prefix, max_keys, token))
+
+    async def iter_objects(
+        self, job_id: str, prefix: str = "", max_keys: int | None = None
+    ) -> AsyncIterator[Any]:
+        token = None
+        while True:
+            page = await self.list_objects_page(job_id, prefix, max_keys, token)
+            for obj in page["Objects"]:
+                yield obj
+            token = page.get("NextContinuationToken")
+            if token is None:
+                return
+
+    async def list_objects(self, job_id: str, prefix: str = "") -> list[Any]:
+        return [obj async for obj in self.iter_objects(job_id, prefix)]
 
     async def fetch(self, job_id: str, key: str, wait: bool = True) -> Any:
         return await self._json(_Calls.fetch(job_id, key, wait))
 
     async def get_fetch(self, job_id: str, fetch_id: str) -> Any:
         return await self._json(_Calls.get_fetch(job_id, fetch_id))
+
+    async def cancel_fetch(self, job_id: str, fetch_id: str) -> None:
+        await self._json(_Calls.get_fetch(job_id, fetch_id, "DELETE"))
 
     async def trust_policy(self, tenant: str) -> Any:
         query = urlencode({"TenantName": tenant})

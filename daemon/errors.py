@@ -70,5 +70,13 @@ def describe(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
     return 500, "InternalError", "internal error; the daemon's log has the details", {}
 
 
-def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"Error": {"Code": code, "Message": message}, **extra}
+def s3_ids(exc: BaseException) -> dict[str, str]:
+    """S3's request ids of an error S3 answered, as Error fields (RequestId, HostId)."""
+    ids = {"RequestId": getattr(exc, "request_id", None), "HostId": getattr(exc, "host_id", None)}
+    return {k: v for k, v in ids.items() if isinstance(v, str) and v}
+
+
+def error_body(
+    code: str, message: str, detail: dict[str, str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {"Error": {"Code": code, "Message": message, **(detail or {})}, **extra}

@@ -50,7 +50,7 @@ from s3feed.transfer.serve import Authorised, ObjectServer
 from s3feed.transfer.store import ObjectStore
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
-from .errors import ApiError, describe
+from .errors import ApiError, describe, s3_ids
 
 log = logging.getLogger("s3feed.jobs")
 
@@ -88,6 +88,7 @@ class TransferRecord:
     state: TransferState = TransferState.QUEUED
     path: Path | None = None
     error: tuple[str, str] | None = None  # (code, message)
+    error_ids: dict[str, str] = field(default_factory=dict)  # S3's RequestId, HostId
     verified: tuple[str, ...] = ()
     finished: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -101,6 +102,7 @@ class TransferRecord:
     def fail(self, exc: BaseException) -> None:
         _, code, message, _ = describe(exc)
         self.error = (code, message)
+        self.error_ids = s3_ids(exc)
         self.move(TransferState.FAILED)
 
     def document(self, now: float) -> dict[str, Any]:
@@ -117,7 +119,7 @@ class TransferRecord:
             doc["Path"] = str(self.path) if self.path else None
             doc["Verified"] = list(self.verified)
         if self.error:
-            doc["Error"] = {"Code": self.error[0], "Message": self.error[1]}
+            doc["Error"] = {"Code": self.error[0], "Message": self.error[1], **self.error_ids}
         return doc
 
 
@@ -210,7 +212,9 @@ class Job:
         """Queue a download into the cache, owned by this job, of what this
         job's HEAD (`auth`) just allowed."""
         record = self.new_record("cache", key)
-        task = asyncio.create_task(self._fetch(record, auth), name=f"fetch {self.job_id}")
+        task = asyncio.create_task(
+            self._fetch(record, auth), name=f"fetch {self.job_id} {record.transfer_id}"
+        )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return record
@@ -234,7 +238,9 @@ class Job:
             log.warning(
                 "fetch failed",
                 extra={"job_id": self.job_id, "tenant": self.tenant, "key": record.key,
-                       "code": record.error[0] if record.error else None},
+                       "code": record.error[0] if record.error else None,
+                       "request_id": record.error_ids.get("RequestId"),
+                       "host_id": record.error_ids.get("HostId")},
             )  # fmt: skip
         except Exception as exc:
             record.fail(exc)
@@ -245,6 +251,29 @@ class Job:
             record.move(TransferState.DONE)
         finally:
             self.touch()
+
+    async def cancel_fetch(self, fetch_id: str) -> TransferRecord:
+        """End fetch `fetch_id` as `cancelled` (a finished one stays as it is).
+        Its wait on the cache entry ends; the download itself stops only if no
+        other fetch waits for that entry (transfer/cache.py; docs/design.md,
+        Fetch cancel)."""
+        record = self.transfers.get(fetch_id)
+        if record is None or record.mode != "cache":
+            raise ApiError("NoSuchFetch", f"job {self.job_id!r} has no fetch {fetch_id!r}")
+        if record.finished.is_set():
+            return record
+        name = f"fetch {self.job_id} {fetch_id}"
+        task = next((t for t in self._tasks if t.get_name() == name), None)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])  # not `await task`: our own cancellation must not be lost
+        if not record.finished.is_set():  # cancelled before it ran
+            record.move(TransferState.CANCELLED)
+        if record.state is TransferState.CANCELLED:
+            record.error = ("Cancelled", f"fetch {fetch_id} was cancelled (DELETE)")
+            log.info("fetch cancelled", extra={"job_id": self.job_id, "tenant": self.tenant,
+                                               "key": record.key})  # fmt: skip
+        return record
 
     def document(self) -> dict[str, Any]:
         status = self.session.status()

@@ -25,7 +25,7 @@ from aiohttp import web
 from s3feed.transfer.errors import InvalidRange
 from s3feed.transfer.serve import Delivery, ObjectServer
 
-from .errors import describe
+from .errors import describe, s3_ids
 from .jobs import Job, TransferRecord, TransferState
 
 log = logging.getLogger("s3feed.stream")
@@ -101,12 +101,16 @@ async def stream_object(
             log.warning("stream teardown failed", exc_info=True, extra={"job_id": job.job_id})
             return resp
         _, code, message, _ = describe(exc)
+        if record.state is TransferState.RUNNING:
+            record.error_ids = s3_ids(exc)
         _settle(record, TransferState.FAILED, (code, message))
         if not resp.prepared:
             raise
         log.warning(
             "stream aborted after headers",
-            extra={"job_id": job.job_id, "tenant": job.tenant, "key": key, "code": code},
+            extra={"job_id": job.job_id, "tenant": job.tenant, "key": key, "code": code,
+                   "request_id": record.error_ids.get("RequestId"),
+                   "host_id": record.error_ids.get("HostId")},
         )  # fmt: skip
         if request.transport is not None:
             request.transport.abort()

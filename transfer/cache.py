@@ -291,6 +291,8 @@ class Cache:
             self._report_size()
         p = flight.progress
         progress.size, progress.bytes_done, progress.started = p.size, p.bytes_done, p.started
+        if p.moving.is_set():  # joined a download under way: it moves already
+            progress.moving.set()
         p.followers.append(progress)
         token = object()
         flight.waiters[token] = _Waiter(store, tenant)
@@ -299,7 +301,8 @@ class Cache:
         try:
             return await asyncio.shield(flight.done)
         finally:
-            p.followers.remove(progress)
+            # By identity: two waiters' Progress compare equal field by field.
+            p.followers[:] = [f for f in p.followers if f is not progress]
             flight.waiters.pop(token, None)
             if not flight.done.done():
                 if not flight.waiters:

@@ -4,6 +4,7 @@
     ├── InvalidUriPath           the job's UriPath is not an accepted S3 form
     ├── InvalidKey               a key or prefix would leave the job's folder, or is malformed
     ├── InvalidRange             the requested byte range lies outside the object
+    ├── InvalidContinuationToken a listing's token is not one the store issued
     ├── ObjectStoreError         S3 answered, finally
     │   ├── NoSuchKey
     │   ├── AccessDenied         S3 refused the job's role
@@ -26,6 +27,10 @@ from typing import ClassVar
 
 class TransferError(Exception):
     code: ClassVar[str] = "InternalError"
+    # S3's x-amz-request-id and x-amz-id-2 when S3 answered this error: what
+    # an AWS support case needs (docs/design.md, Errors).
+    request_id: str | None = None
+    host_id: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -46,6 +51,10 @@ class InvalidRange(TransferError):
     def __init__(self, message: str, size: int) -> None:
         super().__init__(message)
         self.size = size
+
+
+class InvalidContinuationToken(TransferError):
+    code = "InvalidRequest"
 
 
 class ObjectStoreError(TransferError):

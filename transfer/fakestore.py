@@ -25,8 +25,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from .errors import AccessDenied, InvalidRange, NoSuchKey, SourceChanged, TransientError
-from .store import BodySink, ObjectMeta, RangeMeta
+from .errors import (
+    AccessDenied,
+    InvalidContinuationToken,
+    InvalidRange,
+    NoSuchKey,
+    SourceChanged,
+    TransientError,
+)
+from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -170,6 +177,28 @@ class FakeObjectStore:
             if key.startswith(prefix) and key not in self.denied:
                 yield self._meta(key, self.objects[key])
 
+    async def list_page(
+        self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
+    ) -> ObjectPage:
+        # The token is the last key listed, encoded: StartAfter-like, as some
+        # S3 servers' are; the prefix still bounds what it can reach.
+        after = ""
+        if token is not None:
+            try:
+                after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidContinuationToken("the continuation token is not valid") from None
+        await asyncio.sleep(0)
+        keys = [
+            k for k in sorted(self.objects)
+            if k.startswith(prefix) and k > after and k not in self.denied
+        ]  # fmt: skip
+        page = keys[:max_keys]
+        next_token = None
+        if len(keys) > max_keys:
+            next_token = base64.urlsafe_b64encode(page[-1].encode()).decode()
+        return ObjectPage([self._meta(k, self.objects[k]) for k in page], next_token)
+
     async def connect(self) -> None:
         pass
 
@@ -232,6 +261,12 @@ class FailingObjectStore:
 
     async def part_size(self, key: str, *, if_match: str | None = None) -> int:
         return await self.inner.part_size(key, if_match=if_match)
+
+    async def list_page(
+        self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
+    ) -> ObjectPage:
+        self.calls.append(Call("ListObjectsV2", prefix))
+        return await self.inner.list_page(prefix, max_keys=max_keys, token=token)
 
     async def get_range(
         self,

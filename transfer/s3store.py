@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from ..auth.credentials import Credentials, CredentialSource
 from .config import S3Config
 from .errors import (
     AccessDenied,
+    InvalidContinuationToken,
     InvalidRange,
     InvalidUriPath,
     NoSuchKey,
@@ -52,10 +54,11 @@ from .errors import (
 )
 from .httpclient import HttpClient
 from .observer import TransferObserver
-from .store import BodySink, ObjectMeta, RangeMeta
+from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta
 from .uri import S3Location
 
 T = TypeVar("T")
+log = logging.getLogger("s3feed.s3")
 
 CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
 EXPIRED_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})
@@ -165,24 +168,46 @@ class S3ObjectStore:
         )
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
-        client = await self._control()
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        token = None
         while True:
+            page = await self.list_page(prefix, token=token)
+            for meta in page.objects:
+                yield meta
+            if page.next_token is None:
+                return
+            token = page.next_token
+
+    async def list_page(
+        self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
+    ) -> ObjectPage:
+        client = await self._control()
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        if token is not None:
+            args["ContinuationToken"] = token
+        try:
             page = await self._with_refresh(
                 prefix,
                 lambda creds: self._call("ListObjectsV2", client.list_objects_v2, creds, args),
             )
-            for o in page.get("Contents", ()):
-                yield ObjectMeta(
-                    key=o["Key"],
-                    size=int(o["Size"]),
-                    etag=o["ETag"],
-                    last_modified=o["LastModified"],
-                    checksum_type=o.get("ChecksumType"),
-                )
-            if not page.get("IsTruncated"):
-                return
-            args["ContinuationToken"] = page["NextContinuationToken"]
+        except ObjectStoreError as e:
+            if token is not None and type(e) is ObjectStoreError:  # S3's 400 InvalidArgument
+                raise InvalidContinuationToken(f"S3 refused the continuation token: {e}") from None
+            raise
+        objects = [
+            ObjectMeta(
+                key=o["Key"],
+                size=int(o["Size"]),
+                etag=o["ETag"],
+                last_modified=o["LastModified"],
+                checksum_type=o.get("ChecksumType"),
+            )
+            for o in page.get("Contents", ())
+            # S3 applies Prefix whatever the token encodes; a server that let a
+            # token reach past it must not list another job's keys.
+            if o["Key"].startswith(prefix)
+        ]
+        truncated = page.get("IsTruncated") and page.get("NextContinuationToken")
+        return ObjectPage(objects, page["NextContinuationToken"] if truncated else None)
 
     async def _call(
         self,
@@ -311,7 +336,34 @@ def _translate(
     headers: Mapping[str, str],
     region: str,
 ) -> Exception:
-    """S3's answer -> transfer/errors.py (or _Expired: refresh and retry once)."""
+    """S3's answer -> transfer/errors.py (or _Expired: refresh and retry once),
+    carrying S3's request ids in the error, its message and the log."""
+    error = _classify(status, code, message, where, creds, headers, region)
+    request_id = headers.get("x-amz-request-id") or None
+    host_id = headers.get("x-amz-id-2") or None
+    log.info(
+        "S3 answered an error",
+        extra={"status": status, "s3_code": code or None, "where": where,
+               "request_id": request_id, "host_id": host_id},
+    )  # fmt: skip
+    if isinstance(error, TransferError) and request_id:
+        error.request_id, error.host_id = request_id, host_id
+        error.message += f" (S3 request id {request_id}" + (
+            f", host id {host_id})" if host_id else ")"
+        )
+        error.args = (error.message,)
+    return error
+
+
+def _classify(
+    status: int,
+    code: str,
+    message: str,
+    where: str,
+    creds: Credentials,
+    headers: Mapping[str, str],
+    region: str,
+) -> Exception:
     temporary = creds.session_token is not None
     lapsed = creds.expiration is not None and creds.expiration <= datetime.now(UTC)
     if (

@@ -43,6 +43,17 @@ class RangeMeta:
     checksum_type: str | None = None
 
 
+@dataclass(frozen=True)
+class ObjectPage:
+    """One page of a listing; `next_token` is None on the last page."""
+
+    objects: list[ObjectMeta]
+    next_token: str | None = None
+
+
+MAX_KEYS = 1000  # S3's own cap on a ListObjectsV2 page
+
+
 class BodySink(Protocol):
     def write(self, offset: int, data: memoryview) -> None:
         """Consume `data`, which starts at absolute object offset `offset`.
@@ -82,6 +93,15 @@ class ObjectStore(Protocol):
 
     def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
         """Every object under prefix, all pages, no delimiter."""
+        ...
+
+    async def list_page(
+        self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
+    ) -> ObjectPage:
+        """At most `max_keys` (1..1000) objects under prefix, after `token` (the
+        `next_token` of the previous page, opaque). Every key returned starts
+        with `prefix`, whatever the token says. Raises InvalidContinuationToken
+        for a token the store did not issue, AccessDenied, TransientError."""
         ...
 
     async def connect(self) -> None:

@@ -59,15 +59,15 @@ async def test_cli_job_ls_fetch_cat_status(harness: Harness) -> None:
 
 async def test_cli_errors_print_the_code_and_exit_non_zero(harness: Harness) -> None:
     code, out, err = await cli(harness, "job", "show", "nope")
-    assert code == 1 and out == ""
+    assert code == 3 and out == ""  # exit codes by class: tests/functional/test_cli_errors.py
     assert err.startswith("s3feed: NoSuchJob: no job 'nope'")
     code, _, err = await cli(
         harness, "job", "create", "x", "--tenant", "acme-films", "--uri", "s3://b/",
         "--role", "arn:aws:iam::123456789012:role/r",
     )  # fmt: skip
-    assert code == 1 and "InvalidUriPath" in err
+    assert code == 7 and "InvalidUriPath" in err
     code, _, err = await cli(harness, "--socket", "/nonexistent/s.sock", "status")
-    assert code == 1 and "cannot reach the daemon at /nonexistent/s.sock" in err
+    assert code == 7 and "no daemon at /nonexistent/s.sock" in err
 
 
 def test_socket_file_mode_stale_and_live(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,27 @@ def test_alert_has_severity_annotations_and_a_runbook_paragraph(rule: dict[str, 
     assert path == "grafana/RUNBOOK.md"
     assert anchor == rule["alert"].lower()
     assert anchor in _anchors(RUNBOOK.read_text())
+
+
+def test_rendered_rules_link_the_runbook_url_and_still_pass_promtool(tmp_path: Path) -> None:
+    """grafana/render_rules.py: the runbook_url base is the operator's; the
+    rendered rules and their tests, rendered alike, stay green."""
+    url = "https://git.example.com/s3feed/blob/v0.2.0/grafana/RUNBOOK.md"
+    render = Path(__file__).resolve().parents[2] / "grafana" / "render_rules.py"
+    for source in (RULES, RULE_TESTS):
+        out = subprocess.run(
+            [sys.executable, str(render), "--runbook-url", url, str(source)],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        (tmp_path / source.name).write_text(out.stdout)
+    rendered = yaml.safe_load((tmp_path / RULES.name).read_text())
+    links = [r["annotations"]["runbook_url"] for g in rendered["groups"] for r in g["rules"]]
+    assert links and all(link == f"{url}#{link.split('#')[1]}" for link in links)
+    assert len(links) == len(alerts())
+    result = run_promtool("test", "rules", str(tmp_path / RULE_TESTS.name))
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad = subprocess.run(
+        [sys.executable, str(render), "--runbook-url", "not a url", str(RULES)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "http(s) URL" in bad.stderr

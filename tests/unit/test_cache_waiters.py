@@ -1,0 +1,54 @@
+"""Waiters of one cache download that come and go: the one that leaves takes
+only its own progress with it, and one that joins a download already moving
+is moving at once (a fetch without wait answers then, not at the next bytes)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from test_cache import blob, new_cache, sha
+
+from s3feed.transfer.config import MiB
+from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore
+from s3feed.transfer.progress import Progress
+
+
+async def test_the_second_waiter_leaving_keeps_the_firsts_progress(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        if pos > 0:
+            holding.set()
+            await release.wait()
+
+    inner = FakeObjectStore(gate=gate, rng=random.Random(3))
+    data = blob(4 * MiB, seed=7)
+    inner.put("k", data)
+    try:
+        p1, p2 = Progress(), Progress()
+        t1 = asyncio.create_task(
+            c.fetch(FailingObjectStore(inner), "k", tenant="t", owner="j1", progress=p1)
+        )
+        await holding.wait()
+        await p1.moving.wait()
+        t2 = asyncio.create_task(
+            c.fetch(FailingObjectStore(inner), "k", tenant="t", owner="j2", progress=p2)
+        )
+        async with asyncio.timeout(10):
+            await p2.moving.wait()  # joined a moving download: moving already
+        assert p1 == p2  # field by field: why leaving must remove by identity
+        t2.cancel()
+        await asyncio.wait([t2])
+        assert t2.cancelled()
+        release.set()
+        entry = await t1  # before the fix: ValueError (p1 had been removed for p2)
+        assert sha(entry.path.read_bytes()) == sha(data)
+        assert p1.bytes_done == len(data) and p1.finished is not None
+        assert p2.bytes_done < len(data)  # gone: no longer told
+    finally:
+        await c.close()

@@ -1,0 +1,118 @@
+"""daemon/cli.py's pure parts: the exit code of each error class, the one-line
+message of each socket error, and the parser (every positional explained,
+--json and --socket before or after the subcommand)."""
+
+from __future__ import annotations
+
+import errno
+import http.client
+from pathlib import Path
+
+import pytest
+
+from s3feed.daemon.cli import (
+    EXIT_DENIED,
+    EXIT_ERROR,
+    EXIT_RETRY,
+    CliError,
+    _local_error,
+    build_parser,
+    exit_code,
+    main,
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (404, "NoSuchJob", 3),
+        (404, "NoSuchKey", 3),
+        (404, "NoSuchFetch", 3),
+        (403, "AccessDenied", 4),
+        (403, "AssumeRoleDenied", 4),
+        (403, "Forbidden", 4),
+        (503, "S3Unavailable", 5),
+        (503, "SomethingNew", 5),
+        (429, "LimitExceeded", 5),
+        (0, "StsUnavailable", 5),  # a fetch document's error has no status
+        (409, "SourceChanged", 6),
+        (400, "InvalidRequest", 7),
+        (404, "NotFound", 7),
+        (500, "InternalError", 7),
+        (502, "ShortRead", 7),
+        (409, "Cancelled", 7),
+    ],
+)
+def test_exit_code_by_class(status: int, code: str, expected: int) -> None:
+    assert exit_code(status, code) == expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "exit", "says"),
+    [
+        (FileNotFoundError(errno.ENOENT, "x"), "NoDaemon", EXIT_ERROR, "no daemon at /s.sock"),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "x"), "NoDaemon", EXIT_RETRY, "retry"),
+        (ConnectionResetError(errno.ECONNRESET, "x"), "ConnectionClosed", EXIT_RETRY, "restarting"),
+        (BrokenPipeError(errno.EPIPE, "x"), "ConnectionClosed", EXIT_RETRY, "restarting"),
+        (http.client.RemoteDisconnected("x"), "ConnectionClosed", EXIT_RETRY, "restarting"),
+        (http.client.IncompleteRead(b""), "ConnectionClosed", EXIT_RETRY, "restarting"),
+        (TimeoutError(), "Timeout", EXIT_RETRY, "did not answer"),
+        (
+            OSError(errno.ENOSPC, "No space left on device"),
+            "OutputError",
+            EXIT_ERROR,
+            "cannot write",
+        ),
+        (
+            OSError(errno.EIO, "Input/output error", "f"),
+            "OSError",
+            EXIT_ERROR,
+            "Input/output error (f)",
+        ),
+    ],
+)
+def test_socket_errors_are_one_line_with_the_fix(
+    exc: BaseException, code: str, exit: int, says: str
+) -> None:
+    error = _local_error(exc, "/s.sock")
+    assert (error.code, error.exit_code) == (code, exit)
+    assert says in error.message and "\n" not in error.message
+
+
+def test_permission_denied_names_the_sockets_group(tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    sock.touch()
+    error = _local_error(PermissionError(errno.EACCES, "x"), str(sock))
+    assert error.exit_code == EXIT_DENIED
+    assert error.message.startswith(f"permission denied on {sock}: ")
+    assert "log in again" in error.message
+    hidden = _local_error(PermissionError(errno.EACCES, "x"), str(tmp_path / "gone" / "s.sock"))
+    assert "its directory is closed to this user" in hidden.message
+
+
+def test_every_positional_has_help_and_options_go_anywhere() -> None:
+    parser = build_parser()
+    stack = [parser]
+    while stack:
+        p = stack.pop()
+        for action in p._actions:
+            if not action.option_strings and action.help is None and not action.choices:
+                raise AssertionError(f"{p.prog}: {action.dest} has no help")
+            if action.choices and isinstance(action.choices, dict):
+                stack.extend(action.choices.values())
+    for argv in (
+        ["--json", "--socket", "/a", "ls", "j"],
+        ["ls", "j", "--json", "--socket", "/a"],
+        ["ls", "--socket", "/a", "j", "--json"],
+    ):
+        args = parser.parse_args(argv)
+        assert (args.json, args.socket, args.job) == (True, "/a", "j")
+    assert not hasattr(parser.parse_args(["ls", "j"]), "json")  # main() fills the default
+
+
+def test_usage_errors_raise_not_exit(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(CliError) as e:
+        build_parser().parse_args(["job", "show"])
+    assert e.value.exit_code == 1
+    assert main(["job", "show"]) == 1
+    assert capsys.readouterr().err.count("\n") == 1
