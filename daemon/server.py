@@ -187,7 +187,10 @@ class Daemon:
     async def _reap_idle(self) -> None:
         while True:
             await asyncio.sleep(min(60.0, self.config.api.job_idle_ttl / 4))
-            await self.registry.reap_idle(self.config.api.job_idle_ttl)
+            try:
+                await self.registry.reap_idle(self.config.api.job_idle_ttl)
+            except Exception:  # one bad round must not end reaping for good
+                log.exception("idle reaping failed; trying again next round")
 
     def reload(self) -> None:
         if self.config_path is None:
