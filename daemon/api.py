@@ -30,6 +30,7 @@ from s3feed.transfer.observer import TransferObserver
 from .errors import ApiError, describe, error_body
 from .identity import DaemonIdentity
 from .jobs import JobRegistry, TransferState
+from .limits import UidLimits
 from .streaming import stream_object
 
 log = logging.getLogger("s3feed.api")
@@ -92,7 +93,9 @@ class Api:
         metrics_registry: CollectorRegistry,
         max_body: int,
         summary: Callable[[], dict[str, Any]],
+        limits: UidLimits,
     ) -> None:
+        self.limits = limits
         self.registry = registry
         self.engine = engine
         self.identity = identity
@@ -136,7 +139,10 @@ class Api:
 
     async def create_job(self, request: web.Request) -> web.Response:
         uid = peer_uid(request)
-        job = await self.registry.create(uid, await self._body(request))
+        body = await self._body(request)
+        live = sum(1 for j in self.registry.all_jobs() if j.uid == uid)
+        with self.limits.job_creation(uid, live):
+            job = await self.registry.create(uid, body)
         return json_response(job.document(), 201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -168,10 +174,12 @@ class Api:
         return json_response({"Objects": objects})
 
     async def get_object(self, request: web.Request) -> web.StreamResponse:
-        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        uid = peer_uid(request)
+        job = self.registry.get(uid, request.match_info["JobId"])
         key = request.match_info["Key"]
         full_key = job.location.key_for(key)
-        return await stream_object(request, job, key, full_key, self.engine, self.observer)
+        with self.limits.stream(uid):
+            return await stream_object(request, job, key, full_key, self.engine, self.observer)
 
     async def create_fetch(self, request: web.Request) -> web.Response:
         job = self.registry.get(peer_uid(request), request.match_info["JobId"])

@@ -39,6 +39,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "S3Unavailable": 503,
     "ShuttingDown": 503,
     "InsufficientStorage": 507,
+    "LimitExceeded": 429,
     "Cancelled": 409,
 }
 

@@ -40,8 +40,10 @@ from s3feed.transfer.s3store import S3Clients
 from . import systemd
 from .api import Api
 from .config import Config, ConfigError, load_config
+from .connections import KEEPALIVE_TIMEOUT, GuardedSockSite
 from .identity import DaemonIdentity
 from .jobs import JobRegistry
+from .limits import UidLimits
 from .metrics import Metrics
 
 log = logging.getLogger("s3feed.server")
@@ -121,6 +123,7 @@ class Daemon:
             jobs_changed=self.metrics.jobs_active.set,
         )
         self.identity = DaemonIdentity(self.sts)
+        self.limits = UidLimits(config.limits)
         self.api = Api(
             registry=self.registry,
             engine=self.engine,
@@ -129,6 +132,7 @@ class Daemon:
             metrics_registry=self.metrics.registry,
             max_body=config.api.max_body,
             summary=self.summary,
+            limits=self.limits,
         )
         self._runners: list[web.AppRunner] = []
         self._created_socket: Path | None = None
@@ -155,8 +159,9 @@ class Daemon:
         # Handlers still running after our own drain are streams whose job
         # was just closed: they end at once, so a short shutdown timeout.
         api_runner = web.AppRunner(
-            self.api.app(), handle_signals=False, access_log=None, shutdown_timeout=5.0
-        )
+            self.api.app(), handle_signals=False, access_log=None, shutdown_timeout=5.0,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )  # fmt: skip
         await api_runner.setup()
         self._runners.append(api_runner)
         if listen_socket is None:
@@ -176,7 +181,10 @@ class Daemon:
             await site.start()
             host, port = runner.addresses[0][:2]
             metrics_at = f"{host}:{port}"  # the port bound when the config said 0
-        await web.SockSite(api_runner, listen_socket).start()
+        await GuardedSockSite(
+            api_runner, listen_socket, limits=self.limits,
+            header_timeout=self.config.api.header_timeout,
+        ).start()  # fmt: skip
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
         log.info(
