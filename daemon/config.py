@@ -156,6 +156,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
     "transfer": (TransferConfig, {
         "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
         "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,
+        "stream_memory": parse_size,
     }),
     "cache": (CacheConfig, {
         "dir": _path, "max_size": parse_size, "min_free": parse_size, "group": _str,

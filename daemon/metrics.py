@@ -88,6 +88,14 @@ class Metrics:
             "s3feed_stream_buffered_bytes", "Bytes held in stream windows ahead of readers.",
             registry=r,
         )  # fmt: skip
+        self.stream_memory_budget = Gauge(
+            "s3feed_stream_memory_budget_bytes",
+            "[transfer] stream_memory: the budget of all stream windows together.", registry=r,
+        )  # fmt: skip
+        self.stream_memory_used = Gauge(
+            "s3feed_stream_memory_used_bytes",
+            "Bytes granted to stream windows (their capacities), against the budget.", registry=r,
+        )  # fmt: skip
         self.assume_role_calls = Counter(
             "s3feed_assume_role", "STS AssumeRole calls, refreshes included.", registry=r
         )
@@ -187,6 +195,10 @@ class Metrics:
 
     def stream_buffered(self, delta: int) -> None:
         self.stream_buffered_bytes.inc(delta)
+
+    def stream_memory(self, used: int, budget: int) -> None:
+        self.stream_memory_used.set(used)
+        self.stream_memory_budget.set(budget)
 
     def cache_hit(self) -> None:
         self.cache_hits.inc()
