@@ -62,10 +62,15 @@ def limit_exceeded(
 
 class UidLimits:
     def __init__(
-        self, config: LimitsConfig, *, monotonic: Callable[[], float] = time.monotonic
+        self,
+        config: LimitsConfig,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        refused: Callable[[str], None] = lambda key: None,
     ) -> None:
         self.config = config
         self._monotonic = monotonic
+        self._refused = refused  # metrics: one call per refusal, with the key
         self._usage: dict[int, _Usage] = {}
         self._buckets: dict[int, _Bucket] = {}
 
@@ -82,6 +87,7 @@ class UidLimits:
         usage = self._get(uid)
         if usage.connections >= self.config.connections_per_uid:
             self._put(uid, usage)
+            self._refused("connections_per_uid")
             raise limit_exceeded(
                 "connections_per_uid", self.config.connections_per_uid, uid,
                 "close a connection to the socket first",
@@ -100,6 +106,7 @@ class UidLimits:
         usage = self._get(uid)
         if usage.streams >= self.config.streams_per_uid:
             self._put(uid, usage)
+            self._refused("streams_per_uid")
             raise limit_exceeded(
                 "streams_per_uid", self.config.streams_per_uid, uid,
                 "finish or close one of this uid's streams first",
@@ -120,6 +127,7 @@ class UidLimits:
         usage = self._get(uid)
         if live_jobs + usage.creating >= self.config.jobs_per_uid:
             self._put(uid, usage)
+            self._refused("jobs_per_uid")
             raise limit_exceeded(
                 "jobs_per_uid", self.config.jobs_per_uid, uid,
                 "DELETE one of this uid's jobs first",
@@ -142,6 +150,7 @@ class UidLimits:
             tokens = min(float(rate), bucket.tokens + (now - bucket.at) * rate / 60.0)
         if tokens < 1.0:
             self._buckets[uid] = _Bucket(tokens, now)
+            self._refused("job_creates_per_minute_per_uid")
             raise limit_exceeded(
                 "job_creates_per_minute_per_uid", rate, uid,
                 "register jobs more slowly", retry_after=(1.0 - tokens) * 60.0 / rate,

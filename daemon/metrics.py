@@ -38,6 +38,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
+LIMIT_KEYS = (
+    "jobs_per_uid", "streams_per_uid", "connections_per_uid", "job_creates_per_minute_per_uid",
+)  # fmt: skip
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         # *_created series double the exposition and no dashboard reads them.
@@ -87,6 +92,10 @@ class Metrics:
         self.stream_buffered_bytes = Gauge(
             "s3feed_stream_buffered_bytes", "Bytes held in stream windows ahead of readers.",
             registry=r,
+        )  # fmt: skip
+        self.limit_refusals = Counter(
+            "s3feed_limit_refusals", "Requests and connections refused with 429 LimitExceeded, by [limits] key.",
+            ["limit"], registry=r,
         )  # fmt: skip
         self.stream_memory_budget = Gauge(
             "s3feed_stream_memory_budget_bytes",
@@ -145,6 +154,8 @@ class Metrics:
             self.s3_duration.labels(op)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)
+        for limit in LIMIT_KEYS:
+            self.limit_refusals.labels(limit)
 
     # CredentialObserver
 
@@ -195,6 +206,9 @@ class Metrics:
 
     def stream_buffered(self, delta: int) -> None:
         self.stream_buffered_bytes.inc(delta)
+
+    def limit_refused(self, key: str) -> None:
+        self.limit_refusals.labels(key).inc()
 
     def stream_memory(self, used: int, budget: int) -> None:
         self.stream_memory_used.set(used)

@@ -123,7 +123,7 @@ class Daemon:
             jobs_changed=self.metrics.jobs_active.set,
         )
         self.identity = DaemonIdentity(self.sts)
-        self.limits = UidLimits(config.limits)
+        self.limits = UidLimits(config.limits, refused=self.metrics.limit_refused)
         self.api = Api(
             registry=self.registry,
             engine=self.engine,
@@ -174,7 +174,9 @@ class Daemon:
         if (hp := self.config.metrics.host_port) is not None:
             app = web.Application()
             app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
-            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            runner = web.AppRunner(
+                app, handle_signals=False, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT
+            )
             await runner.setup()
             self._runners.append(runner)
             site = web.TCPSite(runner, hp[0], hp[1], reuse_address=True)

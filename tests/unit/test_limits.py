@@ -29,12 +29,15 @@ def refused(exc: pytest.ExceptionInfo[ApiError], key: str, value: int) -> None:
 
 def test_connections_at_the_edge() -> None:
     lim, _ = limits(connections_per_uid=3)
+    refusals: list[str] = []
+    lim._refused = refusals.append
     for _ in range(3):
         lim.open_connection(1000)
     with pytest.raises(ApiError) as exc:
         lim.open_connection(1000)
     refused(exc, "connections_per_uid", 3)
     assert "Retry-After" not in exc.value.headers
+    assert refusals == ["connections_per_uid"]
     lim.open_connection(1001)  # another uid has its own count
     lim.open_connection(0)  # root too
     lim.close_connection(1000)

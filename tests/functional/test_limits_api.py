@@ -82,6 +82,9 @@ async def test_jobs_per_uid(limited: list[Harness], tmp_path: Path, socket_dir: 
     assert (await h.create_job("j1")).status == 201
     assert (await h.create_job("j2")).status == 201
     assert_refused(await h.create_job("j3"), "jobs_per_uid", 2)
+    metrics = (await h.request("GET", "/metrics")).body.decode()
+    assert 's3feed_limit_refusals_total{limit="jobs_per_uid"} 1.0' in metrics
+    assert 's3feed_limit_refusals_total{limit="streams_per_uid"} 0.0' in metrics
     assert (await h.request("DELETE", "/v1/jobs/j1")).status == 204
     assert (await h.create_job("j3")).status == 201
 
