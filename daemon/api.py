@@ -94,8 +94,10 @@ class Api:
         max_body: int,
         summary: Callable[[], dict[str, Any]],
         limits: UidLimits,
+        body_timeout: float = 10.0,
     ) -> None:
         self.limits = limits
+        self.body_timeout = body_timeout  # [api] header_timeout, for the JSON bodies too
         self.registry = registry
         self.engine = engine
         self.identity = identity
@@ -126,12 +128,22 @@ class Api:
                 "RequestTooLarge", f"request bodies are limited to {self.max_body} bytes"
             )
         data = bytearray()
-        while chunk := await request.content.read(64 * 1024):
-            data += chunk
-            if len(data) > self.max_body:
-                raise ApiError(
-                    "RequestTooLarge", f"request bodies are limited to {self.max_body} bytes"
-                )
+        try:
+            # A body that stalls would hold its connection (docs/design.md, Limits).
+            async with asyncio.timeout(self.body_timeout):
+                while chunk := await request.content.read(64 * 1024):
+                    data += chunk
+                    if len(data) > self.max_body:
+                        raise ApiError(
+                            "RequestTooLarge",
+                            f"request bodies are limited to {self.max_body} bytes",
+                        )
+        except TimeoutError:
+            raise ApiError(
+                "RequestTimeout",
+                f"the request body did not arrive within {self.body_timeout:g} s"
+                " ([api] header_timeout)",
+            ) from None
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:

@@ -30,6 +30,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "MethodNotAllowed": 405,
     "JobExists": 409,
     "SourceChanged": 409,
+    "RequestTimeout": 408,
     "RequestTooLarge": 413,
     "InvalidRange": 416,
     "InternalError": 500,

@@ -133,6 +133,7 @@ class Daemon:
             max_body=config.api.max_body,
             summary=self.summary,
             limits=self.limits,
+            body_timeout=config.api.header_timeout,
         )
         self._runners: list[web.AppRunner] = []
         self._created_socket: Path | None = None

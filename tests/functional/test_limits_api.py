@@ -301,3 +301,22 @@ async def test_a_thousand_half_open_connections_do_not_stop_another_uid(
     assert result["answers"] == {"HTTP/1.1 429 Too Many Requests": 872, "closed": 128}
     assert result["seconds"] < 10  # the held ones were closed by the head timeout
     assert h.daemon.limits.usage(65534) == (0, 0, 0)
+
+
+async def test_a_stalled_request_body_is_408_within_header_timeout(
+    limited: list[Harness], tmp_path: Path, socket_dir: Path
+) -> None:
+    h = await start(tmp_path, socket_dir, LimitsConfig(), header_timeout=0.3)
+    limited.append(h)
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_unix_connection(h.socket)
+    writer.write(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"JobId": '  # and the rest never comes
+    )
+    started = loop.time()
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert 0.25 <= loop.time() - started < 5
+    writer.close()
