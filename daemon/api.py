@@ -29,6 +29,7 @@ from s3feed.transfer.store import MAX_KEYS
 from .errors import ApiError, describe, error_body, s3_ids
 from .identity import DaemonIdentity
 from .jobs import JobRegistry, TransferState
+from .limits import UidLimits
 from .peer import Controllers, Peer, peer_of
 from .streaming import stream_object
 
@@ -94,7 +95,11 @@ class Api:
         metrics_registry: CollectorRegistry,
         max_body: int,
         summary: Callable[[], dict[str, Any]],
+        limits: UidLimits,
+        body_timeout: float = 10.0,
     ) -> None:
+        self.limits = limits
+        self.body_timeout = body_timeout  # [api] header_timeout, for the JSON bodies too
         self.registry = registry
         self.server = server
         self.controllers = controllers
@@ -126,12 +131,22 @@ class Api:
                 "RequestTooLarge", f"request bodies are limited to {self.max_body} bytes"
             )
         data = bytearray()
-        while chunk := await request.content.read(64 * 1024):
-            data += chunk
-            if len(data) > self.max_body:
-                raise ApiError(
-                    "RequestTooLarge", f"request bodies are limited to {self.max_body} bytes"
-                )
+        try:
+            # A body that stalls would hold its connection (docs/design.md, Limits).
+            async with asyncio.timeout(self.body_timeout):
+                while chunk := await request.content.read(64 * 1024):
+                    data += chunk
+                    if len(data) > self.max_body:
+                        raise ApiError(
+                            "RequestTooLarge",
+                            f"request bodies are limited to {self.max_body} bytes",
+                        )
+        except TimeoutError:
+            raise ApiError(
+                "RequestTimeout",
+                f"the request body did not arrive within {self.body_timeout:g} s"
+                " ([api] header_timeout)",
+            ) from None
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -140,7 +155,10 @@ class Api:
     async def create_job(self, request: web.Request) -> web.Response:
         caller = peer(request)
         self.controllers.check(caller, "create jobs")
-        job = await self.registry.create(caller.uid, await self._body(request))
+        body = await self._body(request)
+        live = sum(1 for j in self.registry.all_jobs() if j.uid == caller.uid)
+        with self.limits.job_creation(caller.uid, live):
+            job = await self.registry.create(caller.uid, body)
         return json_response(job.document(), 201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
@@ -182,8 +200,10 @@ class Api:
         return json_response(doc)
 
     async def get_object(self, request: web.Request) -> web.StreamResponse:
-        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
-        return await stream_object(request, job, request.match_info["Key"], self.server)
+        uid = peer_uid(request)
+        job = self.registry.get(uid, request.match_info["JobId"])
+        with self.limits.stream(uid):
+            return await stream_object(request, job, request.match_info["Key"], self.server)
 
     async def create_fetch(self, request: web.Request) -> web.Response:
         job = self.registry.get(peer_uid(request), request.match_info["JobId"])

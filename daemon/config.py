@@ -36,12 +36,33 @@ class ApiConfig:
     drain_grace: float = 30.0  # SIGTERM: seconds running transfers get to finish
     # Groups whose members may create and delete jobs; () = every client may.
     controller_groups: tuple[str, ...] = ()
+    header_timeout: float = 10.0  # a request head must arrive within this (docs/design.md, Limits)
 
     def __post_init__(self) -> None:
         if not 0 <= self.socket_mode <= 0o777:
             raise ValueError('must be an octal file mode such as 0o660 or "0660"')
         if self.job_idle_ttl <= 0 or self.drain_grace < 0:
             raise ValueError("job_idle_ttl must be > 0 and drain_grace >= 0")
+        if self.header_timeout <= 0:
+            raise ValueError("header_timeout must be > 0")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What one peer uid (root included) may hold at once; daemon/limits.py
+    enforces them. Bounds per uid: connections_per_uid x one request head
+    buffer, streams_per_uid x stream_window (all streams: [transfer]
+    stream_memory), jobs_per_uid role sessions."""
+
+    jobs_per_uid: int = 256
+    streams_per_uid: int = 64
+    connections_per_uid: int = 128
+    job_creates_per_minute_per_uid: int = 120
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"{f.name} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,7 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
@@ -135,6 +157,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
         "socket": _path, "socket_mode": _mode, "max_body": parse_size,
         "job_idle_ttl": _seconds, "drain_grace": _seconds,
         "controller_groups": _str_list,
+        "header_timeout": _seconds,
     }),
     "metrics": (MetricsConfig, {"listen": _str}),
     "sts": (StsConfig, {"region": _str, "endpoint_url": _str}),
@@ -142,9 +165,14 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
     "transfer": (TransferConfig, {
         "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
         "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,
+        "stream_memory": parse_size,
     }),
     "cache": (CacheConfig, {
         "dir": _path, "max_size": parse_size, "min_free": parse_size, "group": _str,
+    }),
+    "limits": (LimitsConfig, {
+        "jobs_per_uid": _int, "streams_per_uid": _int, "connections_per_uid": _int,
+        "job_creates_per_minute_per_uid": _int,
     }),
 }  # fmt: skip
 

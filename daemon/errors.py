@@ -32,6 +32,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "MethodNotAllowed": 405,
     "JobExists": 409,
     "SourceChanged": 409,
+    "RequestTimeout": 408,
     "RequestTooLarge": 413,
     "InvalidRange": 416,
     "InternalError": 500,
@@ -41,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "S3Unavailable": 503,
     "ShuttingDown": 503,
     "InsufficientStorage": 507,
+    "LimitExceeded": 429,
     "Cancelled": 409,
 }
 

@@ -38,6 +38,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
+LIMIT_KEYS = (
+    "jobs_per_uid", "streams_per_uid", "connections_per_uid", "job_creates_per_minute_per_uid",
+)  # fmt: skip
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         # *_created series double the exposition and no dashboard reads them.
@@ -88,6 +93,18 @@ class Metrics:
             "s3feed_stream_buffered_bytes", "Bytes held in stream windows ahead of readers.",
             registry=r,
         )  # fmt: skip
+        self.limit_refusals = Counter(
+            "s3feed_limit_refusals", "Requests and connections refused with 429 LimitExceeded, by [limits] key.",
+            ["limit"], registry=r,
+        )  # fmt: skip
+        self.stream_memory_budget = Gauge(
+            "s3feed_stream_memory_budget_bytes",
+            "[transfer] stream_memory: the budget of all stream windows together.", registry=r,
+        )  # fmt: skip
+        self.stream_memory_used = Gauge(
+            "s3feed_stream_memory_used_bytes",
+            "Bytes granted to stream windows (their capacities), against the budget.", registry=r,
+        )  # fmt: skip
         self.assume_role_calls = Counter(
             "s3feed_assume_role", "STS AssumeRole calls, refreshes included.", registry=r
         )
@@ -137,6 +154,8 @@ class Metrics:
             self.s3_duration.labels(op)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)
+        for limit in LIMIT_KEYS:
+            self.limit_refusals.labels(limit)
 
     # CredentialObserver
 
@@ -187,6 +206,13 @@ class Metrics:
 
     def stream_buffered(self, delta: int) -> None:
         self.stream_buffered_bytes.inc(delta)
+
+    def limit_refused(self, key: str) -> None:
+        self.limit_refusals.labels(key).inc()
+
+    def stream_memory(self, used: int, budget: int) -> None:
+        self.stream_memory_used.set(used)
+        self.stream_memory_budget.set(budget)
 
     def cache_hit(self) -> None:
         self.cache_hits.inc()

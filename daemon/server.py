@@ -41,8 +41,10 @@ from s3feed.transfer.serve import ObjectServer
 from . import systemd
 from .api import Api
 from .config import Config, ConfigError, load_config
+from .connections import KEEPALIVE_TIMEOUT, GuardedSockSite
 from .identity import DaemonIdentity
 from .jobs import JobRegistry
+from .limits import UidLimits
 from .metrics import Metrics
 from .peer import Controllers
 
@@ -128,6 +130,7 @@ class Daemon:
             jobs_changed=self.metrics.jobs_active.set,
         )
         self.identity = DaemonIdentity(self.sts)
+        self.limits = UidLimits(config.limits, refused=self.metrics.limit_refused)
         self.api = Api(
             registry=self.registry,
             server=self.server,
@@ -136,6 +139,8 @@ class Daemon:
             metrics_registry=self.metrics.registry,
             max_body=config.api.max_body,
             summary=self.summary,
+            limits=self.limits,
+            body_timeout=config.api.header_timeout,
         )
         self._runners: list[web.AppRunner] = []
         self._created_socket: Path | None = None
@@ -162,8 +167,9 @@ class Daemon:
         # Handlers still running after our own drain are streams whose job
         # was just closed: they end at once, so a short shutdown timeout.
         api_runner = web.AppRunner(
-            self.api.app(), handle_signals=False, access_log=None, shutdown_timeout=5.0
-        )
+            self.api.app(), handle_signals=False, access_log=None, shutdown_timeout=5.0,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )  # fmt: skip
         await api_runner.setup()
         self._runners.append(api_runner)
         if listen_socket is None:
@@ -176,14 +182,19 @@ class Daemon:
         if (hp := self.config.metrics.host_port) is not None:
             app = web.Application()
             app.router.add_get("/metrics", make_aiohttp_handler(self.metrics.registry))
-            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            runner = web.AppRunner(
+                app, handle_signals=False, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT
+            )
             await runner.setup()
             self._runners.append(runner)
             site = web.TCPSite(runner, hp[0], hp[1], reuse_address=True)
             await site.start()
             host, port = runner.addresses[0][:2]
             metrics_at = f"{host}:{port}"  # the port bound when the config said 0
-        await web.SockSite(api_runner, listen_socket).start()
+        await GuardedSockSite(
+            api_runner, listen_socket, limits=self.limits,
+            header_timeout=self.config.api.header_timeout,
+        ).start()  # fmt: skip
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
         log.info(
@@ -194,7 +205,10 @@ class Daemon:
     async def _reap_idle(self) -> None:
         while True:
             await asyncio.sleep(min(60.0, self.config.api.job_idle_ttl / 4))
-            await self.registry.reap_idle(self.config.api.job_idle_ttl)
+            try:
+                await self.registry.reap_idle(self.config.api.job_idle_ttl)
+            except Exception:  # one bad round must not end reaping for good
+                log.exception("idle reaping failed; trying again next round")
 
     def reload(self) -> None:
         if self.config_path is None:

@@ -30,7 +30,10 @@ from .jobs import Job, TransferRecord, TransferState
 
 log = logging.getLogger("s3feed.stream")
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$")
+# Offsets of at most 19 digits (2**63 has 19; an S3 object has at most 13):
+# longer ones are ignored like any unparsable header, before int() meets
+# thousands of digits (docs/design.md, Streaming).
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -38,14 +38,16 @@ class TransferConfig:
 
     Memory bound: a cache-mode transfer holds no body in memory (each received
     slice is pwritten at its offset); a stream holds at most `stream_window`
-    bytes ahead of its reader. Receive buffers: one per connection, so at most
-    `global_concurrency` x 1 MiB.
+    bytes ahead of its reader, and all streams together `stream_memory` (plus
+    512 KiB for each stream started while it was spent: transfer/streammemory.py).
+    Receive buffers: one per connection, so at most `global_concurrency` x 1 MiB.
     """
 
     part_size: int = 16 * MiB
     concurrency: int = 8  # ranges in flight per transfer
     global_concurrency: int = 32  # ranges in flight across the daemon
     stream_window: int = 256 * MiB
+    stream_memory: int = 1 * GiB  # all stream windows together
     retries: int = 10  # retry budget per transfer
     stall_timeout: float = 30.0  # seconds without a byte before a range is retried
 
@@ -56,6 +58,8 @@ class TransferConfig:
             raise ValueError("transfer.concurrency and global_concurrency must be >= 1")
         if self.stream_window < self.part_size:
             raise ValueError("transfer.stream_window must be at least transfer.part_size")
+        if self.stream_memory < self.part_size:
+            raise ValueError("transfer.stream_memory must be at least transfer.part_size")
         if self.retries < 0:
             raise ValueError("transfer.retries must be >= 0")
         if self.stall_timeout <= 0:

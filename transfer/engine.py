@@ -42,6 +42,7 @@ from .errors import ChecksumMismatch, S3Unavailable, TransientError
 from .observer import NullTransferObserver, TransferObserver
 from .progress import Progress, RangeSet
 from .store import BodySink, ObjectMeta, ObjectStore
+from .streammemory import StreamMemory
 
 if TYPE_CHECKING:
     from .window import ObjectStream
@@ -178,6 +179,7 @@ class Engine:
         self.sleep = sleep
         self.monotonic = monotonic
         self.limiter = FairLimiter(config.global_concurrency)
+        self.stream_memory = StreamMemory(config.stream_memory, self.observer)
 
     async def retrying(self, budget: RetryBudget, fn: Callable[[], Awaitable[T]]) -> T:
         """Run fn, retrying TransientError with full-jitter backoff on `budget`."""

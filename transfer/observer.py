@@ -22,6 +22,9 @@ class TransferObserver(Protocol):
     def stream_buffered(self, delta: int) -> None:
         """Bytes held in stream windows changed by delta (may be negative)."""
 
+    def stream_memory(self, used: int, budget: int) -> None:
+        """Bytes granted to stream windows now, against `[transfer] stream_memory`."""
+
     def cache_hit(self) -> None: ...
     def cache_miss(self) -> None: ...
     def cache_eviction(self) -> None: ...
@@ -51,6 +54,9 @@ class NullTransferObserver:
         pass
 
     def stream_buffered(self, delta: int) -> None:
+        pass
+
+    def stream_memory(self, used: int, budget: int) -> None:
         pass
 
     def cache_hit(self) -> None:

@@ -2,23 +2,31 @@
 
 What runs where: `ObjectStream` owns one producer task. It fetches a short
 first range at once, while the object's part layout is asked for, then runs
-`concurrency` workers over the rest; all of them share `concurrency` slots,
-asked for and granted in offset order. Workers take ranges in
-offset order, wait until the `StreamWindow` admits the range, then fetch it
-with `Engine.fetch_range` (retries, limiter) into a sink that copies each
-received slice into the window's heap (the store's buffer is reused, so one
-copy per slice is the price of reordering). The reader iterates the stream
-and gets chunks strictly in offset order.
+`concurrency` workers over the rest; all of them share `concurrency` slots.
+Workers cut ranges one at a time, in offset order (a lock): each waits in
+`claim` until the `StreamWindow` has room, takes up to a part of it (never
+across an object part's end), then fetches it with `Engine.fetch_range`
+(retries, limiter) into a sink that copies each received slice into the
+window's heap (the store's buffer is reused, so one copy per slice is the
+price of reordering). The reader iterates the stream and gets chunks
+strictly in offset order.
 
 Who waits on whom, and what bounds memory: backpressure is an explicit pair.
 The reader reports bytes consumed by asking for the next chunk (the chunk it
-held is then released); a producer waits in `admit` until its whole range
-lies within `capacity` bytes of the reader's position. Every buffered byte is
+held is then released); a producer waits in `claim` until its range lies
+within `capacity` bytes of the reader's position. Every buffered byte is
 therefore in [consumed, consumed + capacity), so the window (heap plus the one
 chunk in the reader's hands) never exceeds `capacity`, however large the
 object and however slow the reader; a stalled reader stops all fetching.
-Ranges are admitted in offset order, so the range the reader needs next is
-never waiting behind a later one (no deadlock while capacity >= part_size).
+Ranges are cut at claim time and never longer than the capacity then, so the
+range the reader needs next always fits once the reader has caught up: no
+deadlock, whatever the capacity does.
+
+The capacity is a grant of the engine's one `StreamMemory` (all streams
+together: transfer/streammemory.py). It starts at a part, grows (doubling, up
+to `stream_window`) when the reader waits for bytes while a producer waits for
+room, and shrinks as the reader drains while the budget is overdrawn; it never
+drops below the bytes already admitted, so admitted ranges stay admitted.
 
 Reassembly is a heap keyed by offset; bytes below the delivery point are
 dropped, so a retried range never duplicates bytes.
@@ -32,16 +40,18 @@ already delivered, never wrong bytes).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import heapq
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .checksums import RangeDigest, Verifier
-from .engine import RetryBudget, first_error, plan_ranges, run_workers
+from .engine import RetryBudget, first_error
 from .errors import InvalidRange
 from .observer import TransferObserver
 from .store import BodySink, ObjectMeta, ObjectStore
+from .streammemory import MIN_WINDOW, StreamMemory
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -68,11 +78,30 @@ class WindowState(enum.Enum):
 
 
 class StreamWindow:
-    """Bytes [start, end] of an object, reassembled in order, at most `capacity` held."""
+    """Bytes [start, end] of an object, reassembled in order, at most `capacity` held.
 
-    def __init__(self, start: int, end: int, capacity: int, observer: TransferObserver) -> None:
-        self.start, self.end, self.capacity = start, end, capacity
+    With `memory`, `capacity` is what the window asks for at first; it holds a
+    grant of `memory` instead, between a floor and `max_capacity`."""
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        capacity: int,
+        observer: TransferObserver,
+        *,
+        memory: StreamMemory | None = None,
+        max_capacity: int | None = None,
+    ) -> None:
+        self.start, self.end = start, end
         self.observer = observer
+        self._memory = memory
+        self.floor = min(MIN_WINDOW, capacity)
+        self.capacity = memory.take(capacity, self.floor) if memory else capacity
+        self.max_capacity = max(self.capacity, max_capacity or capacity)
+        self.admitted = start - 1  # the last byte a producer may fetch
+        self._unit = self.capacity  # how much a producer claims at a time
+        self._grown_at = start  # `consumed` when the window last grew
         self.state = WindowState.OPEN
         self.error: BaseException | None = None
         self.next = start  # first offset not yet handed to the reader
@@ -108,13 +137,49 @@ class StreamWindow:
         if self.state is WindowState.CLOSED:
             raise RuntimeError("window closed")
 
-    async def admit(self, end: int) -> None:
-        """Wait until bytes up to `end` fit in the window ahead of the reader."""
+    async def claim(self, start: int, last: int, unit: int) -> int:
+        """Wait for room, then admit bytes [start, returned end]: at most `unit`
+        of them, not past `last`, and no more than the window holds. Producers
+        claim in offset order, each from the end of the previous claim."""
+        self._unit = unit
         while True:
             self._check()
+            end = start + min(unit, self.capacity, last - start + 1) - 1
             if end + 1 - self.consumed <= self.capacity:
-                return
+                self.admitted = max(self.admitted, end)
+                return end
             await self._wait()
+
+    def _give_back(self) -> None:
+        """The reader drained: while the budget is overdrawn, shrink towards the
+        floor, never below the bytes already admitted."""
+        memory = self._memory
+        if memory is None or not memory.over or self.capacity <= self.floor:
+            return
+        keep = max(self.floor, self.admitted + 1 - self.consumed)
+        give = min(self.capacity - keep, memory.over)
+        if give > 0:
+            self.capacity -= give
+            memory.give(give)
+
+    def _grow_if_held_back(self) -> None:
+        """The reader waits for bytes. If the window has no room for the next
+        range, the window is what holds the reader back: double it, from free
+        memory, at most once per half window the reader consumed (so the first
+        bytes a reader swallows at once do not grow it several times)."""
+        memory = self._memory
+        if memory is None or self.capacity >= self.max_capacity or self.admitted >= self.end:
+            return
+        room = self.consumed + self.capacity - (self.admitted + 1)
+        if room >= min(self._unit, self.end - self.admitted):
+            return  # a producer can claim more: S3, not the window, is slow
+        if self.consumed - self._grown_at < self.capacity // 2:
+            return
+        more = memory.grow(min(self.capacity, self.max_capacity - self.capacity))
+        if more:
+            self.capacity += more
+            self._grown_at = self.consumed
+            self._notify()
 
     def put(self, offset: int, data: memoryview) -> None:
         """A received slice (copied: the caller's buffer is reused)."""
@@ -142,6 +207,7 @@ class StreamWindow:
         if self.consumed < self.next:
             self._grow(self.consumed - self.next)
             self.consumed = self.next
+            self._give_back()
             self._notify()
         while True:
             self._check()
@@ -158,6 +224,7 @@ class StreamWindow:
                     chunk = chunk[skip:]
                 self.next += len(chunk)
                 return chunk
+            self._grow_if_held_back()
             await self._wait()
 
     def fail(self, exc: BaseException) -> None:
@@ -174,6 +241,19 @@ class StreamWindow:
         if self.buffered:
             self.observer.stream_buffered(-self.buffered)
             self.buffered = 0
+        if self._memory is not None:
+            self._memory.give(self.capacity)
+            self._memory = None
+
+
+def _part_end(parts: list[tuple[int, int]] | None, offset: int, end: int) -> int:
+    """The last byte of the object part holding `offset` (ranges never cross
+    one, so part checksums combine), or `end`."""
+    if parts:
+        i = bisect.bisect_right(parts, offset, key=lambda p: p[0]) - 1
+        if i >= 0 and parts[i][0] <= offset <= parts[i][1]:
+            return min(parts[i][1], end)
+    return end
 
 
 class _WindowSink:
@@ -232,7 +312,12 @@ class ObjectStream:
             raise InvalidRange(f"range start {self.start} beyond an empty object", size)
         self.end = end
         config = engine.config
-        self.window = StreamWindow(self.start, end, config.stream_window, engine.observer)
+        length = end - self.start + 1
+        self.window = StreamWindow(
+            self.start, end, max(1, min(config.part_size, config.stream_window, length)),
+            engine.observer, memory=engine.stream_memory,
+            max_capacity=max(1, min(config.stream_window, length)),
+        )  # fmt: skip
         if self.start == 0 and end == size - 1:  # only a whole object can be verified
             self._verifier = Verifier(
                 size, meta.etag, meta.checksums, meta.checksum_type, parts_later=True
@@ -261,15 +346,14 @@ class ObjectStream:
         # layout is asked for (it shapes only the later ranges); the others
         # join once the first is flowing (or has ended well), so on a small host
         # they do not compete with it for the server and the CPU.
-        first = (self.start, min(self.start + FIRST_RANGE - 1, self.end))
+        first_end = await window.claim(self.start, self.end, FIRST_RANGE)
         flowing = asyncio.Event()
 
         async def fetch(s: int, e: int) -> None:
             async with slots:
-                await window.admit(e)
                 digest = self._verifier.range_digest(s, e) if self._verifier else None
                 sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
-                if (s, e) == first:
+                if s == self.start:
                     sink = _FirstBytes(sink, flowing)
                 await engine.fetch_range(
                     self.store, self.key, s, e, sink,
@@ -280,13 +364,28 @@ class ObjectStream:
         async def rest() -> None:
             parts = await asyncio.shield(self._layout)  # the reader may await it too
             await flowing.wait()
-            if first[1] < self.end:
-                ranges = plan_ranges(first[1] + 1, self.end, config.part_size, parts)
-                await run_workers(config.concurrency, ranges, fetch)
+            cursor = first_end + 1
+            cutting = asyncio.Lock()  # ranges are cut and claimed in offset order
+
+            async def worker() -> None:
+                nonlocal cursor
+                while True:
+                    async with cutting:
+                        if cursor > self.end:
+                            return
+                        s = cursor
+                        e = await window.claim(s, _part_end(parts, s, self.end), config.part_size)
+                        cursor = e + 1
+                    await fetch(s, e)
+
+            if cursor <= self.end:
+                async with asyncio.TaskGroup() as workers:
+                    for _ in range(config.concurrency):
+                        workers.create_task(worker())
 
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(fetch(*first))
+                tg.create_task(fetch(self.start, first_end))
                 tg.create_task(rest())
         except BaseExceptionGroup as group:
             window.fail(first_error(group))

@@ -157,3 +157,13 @@ async def test_another_uid_cannot_see_or_use_a_job(harness: Harness) -> None:
     status, body = await _as_nobody(harness.socket, "GET", "/v1/jobs")
     assert (status, body) == (200, {"Jobs": []})
     assert (await harness.request("GET", "/v1/jobs/job-1")).status == 200, "root still sees it"
+
+
+async def test_a_range_of_thousands_of_digits_is_ignored_not_a_500(harness: Harness) -> None:
+    harness.store().put("sources/a.mp4", b"0123456789")
+    await harness.create_job()
+    for header in ["bytes=" + "1" * 5000 + "-", "bytes=0-" + "9" * 5000, "bytes=-" + "7" * 5000]:
+        answer = await harness.request(
+            "GET", "/v1/jobs/job-1/objects/a.mp4", headers={"Range": header}
+        )
+        assert (answer.status, answer.body) == (200, b"0123456789")

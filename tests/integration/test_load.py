@@ -81,6 +81,8 @@ def rig(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         tmp_path_factory.mktemp("load"),
         s3={"endpoint_url": local_aws.endpoint_url},
         transfer={"concurrency": 4, "global_concurrency": 32, "stream_window": "4MiB"},
+        # The churn registers jobs as fast as it can: far above the default rate.
+        limits={"job_creates_per_minute_per_uid": 100_000},
     ) as r:
         yield r
 

@@ -66,3 +66,31 @@ def test_errors_name_the_key(tmp_path: Path, body: str, names: str) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "absent.toml")
+
+
+def test_limits_and_header_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text("[api]\nheader_timeout = 2.5\n[limits]\nstreams_per_uid = 3\n")
+    config = load_config(path)
+    assert config.api.header_timeout == 2.5
+    assert config.limits.streams_per_uid == 3
+    assert config.limits.jobs_per_uid == 256  # the others keep their defaults
+    assert config.limits.connections_per_uid == 128
+    assert config.limits.job_creates_per_minute_per_uid == 120
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[limits]\njobs_per_uid = 0\n", "jobs_per_uid must be at least 1"),
+        ("[limits]\nstreams_per_uid = '8'\n", "[limits] streams_per_uid: '8' must be an integer"),
+        ("[limits]\nsockets = 3\n", "[limits] sockets: unknown key"),
+        ("[api]\nheader_timeout = 0\n", "header_timeout must be > 0"),
+    ],
+)
+def test_bad_limits(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)

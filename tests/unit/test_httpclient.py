@@ -479,3 +479,67 @@ def test_on_uvloop() -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(scenario())
+
+
+INTERIM = [
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b'HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nX-Hint: "h"\r\n\r\n',
+]
+
+
+@pytest.mark.parametrize("interim", [INTERIM[:1], INTERIM[1:], INTERIM], ids=["100", "103", "both"])
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "bytewise"])
+async def test_interim_responses_are_skipped(
+    server: Server, client: HttpClient, interim: list[bytes], split: bool
+) -> None:
+    body = os.urandom(2000)
+
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        raw = b"".join(interim) + b'HTTP/1.1 200 OK\r\nContent-Length: 2000\r\nETag: "e"\r\n\r\n'
+        raw += body
+        step = 1 if split else len(raw)
+        for i in range(0, len(raw), step):
+            writer.write(raw[i : i + step])
+            await writer.drain()
+
+    server.respond = respond
+    for _ in range(2):  # and the connection stays usable
+        sink = Sink()
+        async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+            assert resp.status == 200
+            assert resp.headers.get("link") is None, "an interim header leaked"
+            assert resp.headers["etag"] == '"e"'
+            await resp.read_into(sink)
+        assert sink.data == body
+    assert server.connections == 1
+
+
+async def test_interim_then_chunked_error(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(INTERIM[1] + b"HTTP/1.1 503 Slow Down\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ERROR_XML), ERROR_XML))
+
+    server.respond = respond
+    assert await fetch(client, server.url) == (503, ERROR_XML)
+
+
+async def test_not_modified_with_a_length_has_no_body(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000\r\n\r\n")
+
+    server.respond = respond
+    assert await fetch(client, server.url, timeout=2) == (304, b"")
+    assert await fetch(client, server.url, timeout=2) == (304, b"")
+    assert server.connections == 1
+
+
+async def test_switching_protocols_is_malformed(server: Server, client: HttpClient) -> None:
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+        )
+
+    server.respond = respond
+    with pytest.raises(TransientError) as e:
+        await fetch(client, server.url)
+    assert e.value.reason == "server_error"

@@ -7,6 +7,9 @@ from datetime import UTC, datetime
 from prometheus_client import CollectorRegistry, generate_latest
 
 from s3feed.daemon.metrics import Metrics
+from s3feed.transfer.config import MiB, TransferConfig
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.fakestore import FakeObjectStore
 
 
 def _text(metrics: Metrics) -> str:
@@ -59,3 +62,16 @@ def test_observers_move_the_right_series() -> None:
     assert 's3feed_transfers_active{mode="cache"} 0.0' in text
     assert 's3feed_transfers_total{mode="cache",outcome="success"} 1.0' in text
     assert 's3feed_range_retries_total{reason="throttled"} 1.0' in text
+
+
+async def test_stream_memory_budget_and_use() -> None:
+    metrics = Metrics(CollectorRegistry(), "0")
+    engine = Engine(TransferConfig(part_size=MiB, stream_memory=64 * MiB), metrics)
+    assert _value(metrics, "s3feed_stream_memory_budget_bytes") == 64 * MiB
+    assert _value(metrics, "s3feed_stream_memory_used_bytes") == 0
+    store = FakeObjectStore()
+    store.put("k", b"x" * (3 * MiB))
+    async with engine.stream(store, "k", tenant="t") as s:
+        await anext(aiter(s))
+        assert _value(metrics, "s3feed_stream_memory_used_bytes") == MiB  # a part, at first
+    assert _value(metrics, "s3feed_stream_memory_used_bytes") == 0

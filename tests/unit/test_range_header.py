@@ -22,6 +22,12 @@ from s3feed.transfer.errors import InvalidRange
         ("items=0-4", 10, None),  # unparsable: ignored
         ("bytes=", 10, None),
         ("bytes=5-2", 10, None),  # last < first: invalid syntax, ignored
+        ("bytes=0-" + "9" * 19, 10, (0, 9)),  # the longest offset taken
+        ("bytes=-" + "9" * 19, 10, (0, 9)),
+        ("bytes=0-" + "9" * 20, 10, None),  # longer: ignored, as unparsable
+        ("bytes=" + "1" * 5000 + "-", 10, None),  # int() would refuse it: no 500
+        ("bytes=-" + "7" * 5000, 10, None),
+        ("bytes=0-" + "8" * 5000, 10, None),
     ],
 )
 def test_ranges(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
