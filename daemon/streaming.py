@@ -98,7 +98,7 @@ async def stream_object(
     observer.transfer_started("stream")
     out = _Delivery(request, resp, record, observer)
     try:
-        entry = await job.cache.lookup(job.store, full_key, meta.etag, checked=True)
+        entry = job.cache.lookup(job.store, full_key, meta.etag)
         cached = None
         if entry is not None:
             with contextlib.suppress(FileNotFoundError):  # evicted since: S3 has it
