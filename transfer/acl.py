@@ -112,7 +112,7 @@ def set_readers(file: FileRef, uids: Iterable[int]) -> None:
             os.setxattr(file, XATTR, value, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
-            raise AclUnsupported(exc.errno, f"no POSIX ACLs on this file system: {exc}") from exc
+            raise AclUnsupported(exc.errno, "no POSIX ACLs on this file system") from exc
         raise
 
 

@@ -160,7 +160,6 @@ class Cache:
         self._acl = await asyncio.to_thread(acl.supported, self.config.dir)
         if group is not None and not self._acl:
             raise acl.AclUnsupported(
-                errno.EOPNOTSUPP,
                 f"[cache] group = {self.config.group!r}: cache files are opened by a job's "
                 "users through per-uid POSIX ACL entries, and the file system of "
                 f"{self.config.dir} ({acl.filesystem(self.config.dir)}) does not keep them; "
