@@ -277,20 +277,22 @@ class CacheDir:
         same_boot = rec.boot_id == self.boot_id and rec.boot_id != "unknown"
         if rec.state is EntryState.COMPLETE:
             try:
-                ok = self.data_path(rid).stat().st_size == rec.size
+                st = self.data_path(rid).stat()
             except FileNotFoundError:
-                ok = False
-            if not ok or not (rec.synced or same_boot):
+                st = None
+            if st is None or st.st_size != rec.size or not (rec.synced or same_boot):
                 self.remove(rid)
                 return None
-            try:
-                # The process that granted access is gone, and with it its
-                # jobs (docs/design.md, "Cache file access"); this also
-                # makes a file an older version left group-readable 0600.
-                acl.set_readers(self.data_path(rid), ())
-            except OSError:
-                self.remove(rid)  # never serve a file whose access is unknown
-                return None
+            # The process that granted access is gone, and with it its jobs
+            # (docs/design.md, "Cache file access"). The group bits show an
+            # ACL's mask, so a file without them grants nobody (a file an
+            # older version left group-readable 0640 is made 0600 too).
+            if st.st_mode & 0o077:
+                try:
+                    acl.set_readers(self.data_path(rid), ())
+                except OSError:
+                    self.remove(rid)  # never serve a file whose access is unknown
+                    return None
             return rec
         if not self.part_path(rid).exists() and rec.ranges:
             rec.ranges = RangeSet()  # the record is written before its part file
