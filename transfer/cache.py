@@ -293,8 +293,23 @@ class Cache:
         owners = self._pins.get(rid)
         if owners is None or owner not in owners or readers <= owners[owner]:
             return
-        owners[owner] = owners[owner] | readers
-        self._apply(rid)
+        before = owners[owner]
+        owners[owner] = before | readers
+        try:
+            self._apply(rid)
+        except OSError as exc:
+            owners[owner] = before
+            self._apply_or_forget(rid)
+            if exc.errno not in (errno.ENOSPC, errno.E2BIG):
+                raise
+            # ext4 keeps ~500 entries per file (one xattr block), any file
+            # system at most 8190 (64 KiB): measured in tests/unit/test_cache.py.
+            raise InsufficientStorage(
+                f"the cache file {self.dir.data_path(rid).name} cannot name "
+                f"{len(self._readers(rid) | readers)} reader uids (the jobs holding it "
+                "grant too many distinct uids for the file system's ACL); end some of "
+                "those jobs or give them fewer EncoderUids"
+            ) from exc
 
     def _readers(self, rid: str) -> frozenset[int]:
         return frozenset().union(*self._pins.get(rid, {}).values())

@@ -650,3 +650,29 @@ async def test_min_free_holds_under_concurrent_new_fetches(tmp_path: Path) -> No
         "InsufficientStorage",
     ]
     await c.close()
+
+
+async def test_more_readers_than_the_file_system_keeps_is_a_clear_refusal(
+    cache: tuple[Cache, Counts],
+) -> None:
+    # 9000 uids are 72 KB of ACL: above any file system's 64 KiB xattr limit
+    # (ext4 keeps ~500 entries per file, tmpfs 8187: measured).
+    c, _ = cache
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    first = frozenset(range(2000, 2010))
+    e = await c.fetch(inner, "k", tenant="t", owner="job-a", progress=Progress(), readers=first)
+    with pytest.raises(InsufficientStorage, match="cannot name 9010 reader uids"):
+        await c.fetch(
+            inner, "k", tenant="t", owner="job-b", progress=Progress(),
+            readers=frozenset(range(10_000, 19_000)),
+        )  # fmt: skip
+    assert acl.readers(e.path) == first, "job-a keeps exactly what it had"
+    with pytest.raises(InsufficientStorage):  # job-a asking for more: same, nothing lost
+        await c.fetch(
+            inner, "k", tenant="t", owner="job-a", progress=Progress(),
+            readers=frozenset(range(20_000, 29_000)),
+        )  # fmt: skip
+    assert acl.readers(e.path) == first
+    c.unpin_all("job-a")
+    assert acl.readers(e.path) == frozenset()
