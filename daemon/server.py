@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from s3feed.auth.sts import AioStsClient, StsClient
+from s3feed.transfer.acl import AclUnsupported
 from s3feed.transfer.cache import Cache
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.s3store import S3Clients
@@ -301,7 +302,7 @@ async def serve(config: Config, config_path: Path | None) -> int:
             sock.close()
     try:
         await daemon.start(api_socket)
-    except SocketInUse as exc:
+    except (SocketInUse, AclUnsupported) as exc:
         log.error(str(exc))
         await daemon.stop()
         return 1

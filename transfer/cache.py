@@ -21,9 +21,18 @@ behalf of a job that is gone).
 What bounds memory and disk: bodies go straight from the store's buffer to
 the part file (Engine.download). Disk is bounded by `max_size` (entries count
 at their full size from the moment a download starts) and by `min_free` of
-the filesystem; room is made by evicting least-recently-used entries that are
-neither pinned by a live job nor being downloaded, else InsufficientStorage
-before any byte moves.
+the filesystem, counting the bytes running downloads will still write and
+the file system has not yet allocated (`_owed`); room is made by evicting
+least-recently-used entries that are neither pinned by a live job nor being
+downloaded, else InsufficientStorage before any byte moves.
+
+Who may open a file (docs/design.md, "Cache file access"): data files are
+0600, the daemon's. Each pin carries the uids its owner (a job) grants; when
+an entry is handed to an owner, the file's POSIX ACL becomes the union of the
+readers of its live owners, and `unpin_all` takes the owner's uids away again
+unless another live owner still grants them. ACLs are set on the event loop
+(one setxattr, ~6 us measured). Nothing survives the process: the start-up
+scan (CacheDir.load) and `close()` strip every entry's ACL.
 """
 
 from __future__ import annotations
@@ -32,12 +41,14 @@ import asyncio
 import contextlib
 import errno
 import grp
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import acl
 from .cacheindex import CacheDir, EntryState, Record, reserve
 from .config import CacheConfig
 from .engine import Engine, RetryBudget
@@ -55,6 +66,10 @@ from .store import ObjectMeta, ObjectStore
 
 SIDECAR_INTERVAL = 0.25  # seconds between sidecar rewrites during a download
 SYNC_DELAY = 60.0  # seconds from an entry's completion to its fsync
+SYNC_RETRY = 30.0  # seconds between fsync attempts of an entry that failed one
+SYNC_ATTEMPTS = 5  # then the entry stays unsynced (a reboot drops it)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,13 @@ class _Flight:
     waiters: dict[object, _Waiter] = field(default_factory=dict)  # one token per fetch call
     runner: object = None  # the waiter whose store the current task uses
     task: asyncio.Task[None] | None = None
+    allocated: bool = False  # reserve() took the part file's blocks from the file system
+
+    @property
+    def owed(self) -> int:
+        """Bytes this download will still take from the disk that free space
+        does not show yet (nothing once its blocks are reserved)."""
+        return 0 if self.allocated else self.rec.size - self.rec.ranges.total
 
 
 def _statvfs_free(path: Path) -> int:
@@ -98,18 +120,20 @@ class Cache:
         boot_id: str | None = None,
         sidecar_interval: float = SIDECAR_INTERVAL,
         sync_delay: float = SYNC_DELAY,
+        sync_retry: float = SYNC_RETRY,
     ) -> None:
         self.config = config
         self._sync_delay = sync_delay
+        self._sync_retry = sync_retry
         self._sidecar_interval = sidecar_interval
         self.engine = engine
         self.observer = observer
         self.dir = CacheDir(config.dir, boot_id)
-        # Data files are readable by the encoders' group when one is configured.
-        self._file_mode = 0o640 if config.group else 0o600
         self._disk_free = disk_free
+        self._acl = False  # the directory's file system keeps ACLs (known at start)
         self._entries: dict[str, Record] = {}
-        self._pins: dict[str, set[str]] = {}
+        # entry id -> owner -> the uids that owner lets open the entry's file
+        self._pins: dict[str, dict[str, frozenset[int]]] = {}
         self._flights: dict[str, _Flight] = {}
         self._removed: set[str] = set()  # evicted while the scan ran
         self._stopping: dict[str, asyncio.Task[None]] = {}
@@ -117,6 +141,7 @@ class Cache:
         self._syncer: asyncio.Task[None] | None = None
         # (when to fsync, entry id): see _run_syncer.
         self._to_sync: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
+        self._sync_failures: dict[str, int] = {}
 
     @property
     def size_bytes(self) -> int:
@@ -127,8 +152,19 @@ class Cache:
         return self.config.max_size
 
     async def start(self) -> None:
+        """Open the directory; AclUnsupported when `[cache] group` is set on a
+        file system without ACLs (group members would otherwise need group
+        read on every file, which this cache never gives)."""
         group = grp.getgrnam(self.config.group).gr_gid if self.config.group else None
         await asyncio.to_thread(self.dir.open, group)
+        self._acl = await asyncio.to_thread(acl.supported, self.config.dir)
+        if group is not None and not self._acl:
+            raise acl.AclUnsupported(
+                f"[cache] group = {self.config.group!r}: cache files are opened by a job's "
+                "users through per-uid POSIX ACL entries, and the file system of "
+                f"{self.config.dir} ({acl.filesystem(self.config.dir)}) does not keep them; "
+                "mount it with ACLs (e.g. -o acl) or unset [cache] group",
+            )
         self._scan = asyncio.create_task(self._run_scan())
         self._syncer = asyncio.create_task(self._run_syncer())
 
@@ -145,15 +181,21 @@ class Cache:
             if not flight.done.done():
                 flight.done.set_exception(Cancelled("the cache is shutting down"))
         self._flights.clear()
+        self._revoke_all()  # the daemon is stopping: its jobs' access ends
         for task in (self._scan, self._syncer):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
         for rid in list(self._entries):  # what the syncer had not reached yet
-            await self._sync_one(rid)
+            try:
+                await self._sync_one(rid)
+            except OSError:
+                log.warning("cache entry not synced at close", exc_info=True, extra={"entry": rid})
 
     async def _run_scan(self) -> None:
-        records = await asyncio.to_thread(self.dir.scan, self._flights.__contains__)
+        # Entries being downloaded or handed out are the loop's: their record
+        # was loaded (and its ACL stripped) by _known before any grant.
+        records = await asyncio.to_thread(self.dir.scan, self._busy)
         for rec in records:
             if rec.id not in self._entries and rec.id not in self._removed:
                 self._entries[rec.id] = rec
@@ -161,6 +203,13 @@ class Cache:
                     self._to_sync.put_nowait((0.0, rec.id))
         self._removed.clear()
         self._report_size()
+        # An entry pinned between the thread's check and its load was
+        # stripped after its grant: give its owners their uids back.
+        for rid in [r.id for r in records if r.id in self._pins]:
+            self._apply_or_forget(rid)
+
+    def _busy(self, rid: str) -> bool:
+        return rid in self._flights or rid in self._pins
 
     async def _run_syncer(self) -> None:
         # A finished entry is fsynced `sync_delay` seconds later, by when the
@@ -168,11 +217,28 @@ class Cache:
         # little, instead of forcing 1-2 CPU-s of writeback per GiB right as
         # the encoder starts. Until then the entry is served (it is complete)
         # but would not survive a reboot (CacheDir.load drops unsynced entries).
+        # A failed fsync (EIO, ENOSPC) is tried again `sync_retry` seconds
+        # later, up to SYNC_ATTEMPTS times, and never stops the other entries.
         while True:
             due, rid = await self._to_sync.get()
             if (wait := due - self.engine.monotonic()) > 0:
                 await asyncio.sleep(wait)
-            await self._sync_one(rid)
+            try:
+                await self._sync_one(rid)
+            except OSError as exc:
+                failures = self._sync_failures.get(rid, 0) + 1
+                again = failures < SYNC_ATTEMPTS
+                log.warning(
+                    "cache entry fsync failed",
+                    extra={"entry": rid, "error": str(exc), "attempt": failures, "retry": again},
+                )
+                if again:
+                    self._sync_failures[rid] = failures
+                    self._to_sync.put_nowait((self.engine.monotonic() + self._sync_retry, rid))
+                else:
+                    self._sync_failures.pop(rid, None)
+            else:
+                self._sync_failures.pop(rid, None)
 
     async def _sync_one(self, rid: str) -> None:
         rec = self._entries.get(rid)
@@ -199,37 +265,86 @@ class Cache:
         rec.last_used = time.time()
         return CacheEntry(self.dir.data_path(rec.id), rec.size, rec.etag, rec.verified)
 
-    def _pin(self, rid: str, owner: str) -> None:
-        self._pins.setdefault(rid, set()).add(owner)
+    def _pin(self, rid: str, owner: str) -> bool:
+        """Pin `rid` for `owner`; True when this made a new pin."""
+        owners = self._pins.setdefault(rid, {})
+        if owner in owners:
+            return False
+        owners[owner] = frozenset()
+        return True
 
     def _unpin(self, rid: str, owner: str) -> None:
         owners = self._pins.get(rid)
-        if owners is not None:
-            owners.discard(owner)
-            if not owners:
-                del self._pins[rid]
+        if owners is None or owner not in owners:
+            return
+        granted = owners.pop(owner)
+        if not owners:
+            del self._pins[rid]
+        if granted:
+            self._apply_or_forget(rid)
 
     def unpin_all(self, owner: str) -> None:
+        """`owner` is gone: unpin its entries, and its uids lose access to
+        each file unless another live owner of that entry grants them too."""
         for rid in list(self._pins):
             self._unpin(rid, owner)
 
-    async def lookup(
-        self, store: ObjectStore, key: str, etag: str, *, checked: bool = False
-    ) -> CacheEntry | None:
-        """A complete entry for a stream, after the job's own credentials pass
-        a HEAD with If-Match; None when there is none or the object changed.
-        `checked`: the caller's HEAD with this job's store just returned
-        `etag`, which is that same check."""
+    def _grant(self, rid: str, owner: str, readers: frozenset[int]) -> None:
+        owners = self._pins.get(rid)
+        if owners is None or owner not in owners or readers <= owners[owner]:
+            return
+        before = owners[owner]
+        owners[owner] = before | readers
+        try:
+            self._apply(rid)
+        except OSError as exc:
+            owners[owner] = before
+            self._apply_or_forget(rid)
+            if exc.errno not in (errno.ENOSPC, errno.E2BIG):
+                raise
+            # ext4 keeps ~500 entries per file (one xattr block), any file
+            # system at most 8190 (64 KiB): measured in tests/unit/test_cache.py.
+            raise InsufficientStorage(
+                f"the cache file {self.dir.data_path(rid).name} cannot name "
+                f"{len(self._readers(rid) | readers)} reader uids (the jobs holding it "
+                "grant too many distinct uids for the file system's ACL); end some of "
+                "those jobs or give them fewer EncoderUids"
+            ) from exc
+
+    def _readers(self, rid: str) -> frozenset[int]:
+        return frozenset().union(*self._pins.get(rid, {}).values())
+
+    def _apply(self, rid: str) -> None:
+        """The entry's file grants exactly what its live owners grant."""
+        if not self._acl:
+            return  # no group sharing here (start() refused it): 0600 is all there is
+        with contextlib.suppress(FileNotFoundError):  # evicted or dropped meanwhile
+            acl.set_readers(self.dir.data_path(rid), self._readers(rid))
+
+    def _apply_or_forget(self, rid: str) -> None:
+        # Revoking must not fail open: an entry whose ACL cannot be set is
+        # removed (the path stops opening for everyone).
+        try:
+            self._apply(rid)
+        except OSError:
+            log.error("cache entry ACL not set: entry removed", exc_info=True, extra={"entry": rid})
+            self._forget(rid)
+
+    def _revoke_all(self) -> None:
+        for rid in [rid for rid in self._pins if self._readers(rid)]:
+            for owner in self._pins[rid]:
+                self._pins[rid][owner] = frozenset()
+            self._apply_or_forget(rid)
+
+    def lookup(self, store: ObjectStore, key: str, etag: str) -> CacheEntry | None:
+        """The complete entry of `key` at `etag` in `store`'s bucket, else None;
+        counts a hit or a miss. No access check and no pin: the caller HEADs
+        the object with the job's own credentials first (that is the check,
+        and gives `etag`) and reads the file itself, so no uid is granted."""
         rec = self._known(self.dir.entry_id(store.endpoint, store.bucket, key, etag))
         if rec is None or rec.state is not EntryState.COMPLETE:
             self.observer.cache_miss()
             return None
-        if not checked:
-            try:
-                await store.head(key, if_match=etag)
-            except SourceChanged:
-                self.observer.cache_miss()
-                return None
         self.observer.cache_hit()
         return self._entry(rec)
 
@@ -242,26 +357,35 @@ class Cache:
         owner: str,
         progress: Progress,
         meta: ObjectMeta | None = None,
+        readers: frozenset[int] = frozenset(),
     ) -> CacheEntry:
         """The complete, verified entry for `key`, downloading it if needed;
-        pinned for `owner` until `unpin_all(owner)`. `meta`: what a HEAD with
-        this job's store just returned (it is the access check), else one is made."""
+        pinned for `owner` until `unpin_all(owner)`, and its file opens for
+        the uids in `readers` (besides root and the daemon) until then.
+        `meta`: what a HEAD with this job's store just returned (it is the
+        access check), else one is made."""
+        if bad := [u for u in readers if not 0 <= u <= acl.MAX_UID]:
+            raise ValueError(f"readers: uids out of range 0..{acl.MAX_UID}: {bad}")
         budget = RetryBudget(self.engine.config.retries)
         if meta is None:
             meta = await self.engine.retrying(budget, lambda: store.head(key))
         rid = self.dir.entry_id(store.endpoint, store.bucket, key, meta.etag)
-        self._pin(rid, owner)
+        new_pin = self._pin(rid, owner)
         try:
             rec = self._known(rid)
             if rec is not None and rec.state is EntryState.COMPLETE:
                 self.observer.cache_hit()
                 progress.start(self.engine.monotonic(), rec.size, rec.size)
                 progress.finish(self.engine.monotonic(), rec.verified)
-                return self._entry(rec)
-            self.observer.cache_miss()
-            return await self._join(rid, rec, meta, store, tenant, owner, progress)
+                entry = self._entry(rec)
+            else:
+                self.observer.cache_miss()
+                entry = await self._join(rid, rec, meta, store, tenant, owner, progress)
+            self._grant(rid, owner, readers)
+            return entry
         except BaseException:
-            self._unpin(rid, owner)
+            if new_pin:  # an earlier fetch of this owner keeps its pin and grant
+                self._unpin(rid, owner)
             raise
 
     async def _join(
@@ -332,7 +456,7 @@ class Cache:
         while True:
             counted = rec.id in self._entries
             over = self.size_bytes + (0 if counted else rec.size) - self.config.max_size
-            need_disk = rec.size - rec.ranges.total
+            need_disk = rec.size - rec.ranges.total + self._owed(rec.id)
             short = self.config.min_free + need_disk - self._disk_free(self.config.dir)
             if over <= 0 and short <= 0:
                 return
@@ -349,9 +473,14 @@ class Cache:
             raise InsufficientStorage(
                 f"the cache cannot make room for {rec.size} bytes: {self.size_bytes} of "
                 f"{self.config.max_size} bytes in use by entries pinned by running jobs, "
-                f"{self._disk_free(self.config.dir)} bytes free on disk (min_free "
+                f"{self._disk_free(self.config.dir)} bytes free on disk of which running "
+                f"downloads will still write {self._owed(rec.id)} (min_free "
                 f"{self.config.min_free}); raise cache.max_size or free disk space"
             )
+
+    def _owed(self, besides: str) -> int:
+        """What the other running downloads will still take from the disk."""
+        return sum(f.owed for rid, f in self._flights.items() if rid != besides)
 
     def _evictable(self, rid: str) -> bool:
         return rid not in self._pins and rid not in self._flights
@@ -371,10 +500,12 @@ class Cache:
         rec, dir_ = flight.rec, self.dir
         try:
             dir_.write_record(rec)  # before the part file: see CacheDir.scan
-            fd = os.open(dir_.part_path(rec.id), os.O_RDWR | os.O_CREAT, self._file_mode)
+            # 0600 always, also for a part file an older version left group-readable.
+            fd = os.open(dir_.part_path(rec.id), os.O_RDWR | os.O_CREAT, 0o600)
             try:
+                os.fchmod(fd, 0o600)
                 os.ftruncate(fd, rec.size)
-                reserve(fd, rec.size)
+                flight.allocated = reserve(fd, rec.size)
 
                 last_write = self.engine.monotonic()
 

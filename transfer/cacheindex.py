@@ -36,9 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import acl
 from .progress import RangeSet
 
 FORMAT = 1
+SECRET_BYTES = 32
 
 
 def current_boot_id() -> str:
@@ -51,7 +53,7 @@ def current_boot_id() -> str:
 _fallocate: Callable[[int, int, int, int], int] | None = None
 
 
-def reserve(fd: int, size: int) -> None:
+def reserve(fd: int, size: int) -> bool:
     """Allocate the blocks of [0, size) of a part file now: fallocate(2), mode 0.
 
     Written by hand (ctypes): Python's os has only posix_fallocate, whose glibc
@@ -59,11 +61,12 @@ def reserve(fd: int, size: int) -> None:
     block. On ext4 this takes the delayed-allocation bookkeeping out of every
     pwrite of the download (measured: about a fifth of the daemon's CPU per
     GiB), and a disk without room says so (ENOSPC) before a byte is fetched.
-    Where the file system cannot allocate ahead, nothing is reserved.
+    Where the file system cannot allocate ahead, nothing is reserved. True
+    when the blocks are now the file's (free space shows them as used).
     """
     global _fallocate
     if size <= 0:
-        return
+        return True
     if _fallocate is None:
         fn = ctypes.CDLL(None, use_errno=True).fallocate
         fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -72,9 +75,10 @@ def reserve(fd: int, size: int) -> None:
     while _fallocate(fd, 0, 0, size) != 0:
         err = ctypes.get_errno()
         if err in (errno.EOPNOTSUPP, errno.ENOSYS):
-            return
+            return False
         if err != errno.EINTR:
             raise OSError(err, os.strerror(err))
+    return True
 
 
 class EntryState(enum.Enum):
@@ -181,21 +185,57 @@ class CacheDir:
 
     def open(self, group: int | None) -> None:
         """Create the directory (traverse-only for `group`, setgid so files
-        inherit it) and load or make the secret that names entries."""
+        inherit it) and load or make the secret that names entries.
+
+        A secret that is missing or not exactly SECRET_BYTES long (a crash
+        while an older version wrote it, a truncated copy) is replaced, and
+        every entry goes with it: their names were keyed with a secret that
+        is lost, and a short one makes names guessable."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         if group is not None:
-            os.chown(self.path, -1, group)
+            # Under the shipped unit systemd made it ours with this group
+            # already; chown(2) is refused there (SystemCallFilter=~@privileged).
+            if self.path.stat().st_gid != group:
+                os.chown(self.path, -1, group)
             os.chmod(self.path, 0o2710)
         else:
             os.chmod(self.path, 0o700)
         secret_path = self.path / self.SECRET
         try:
-            self._secret = secret_path.read_bytes()
+            secret = secret_path.read_bytes()
         except FileNotFoundError:
-            fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-            self._secret = secret_path.read_bytes()
+            secret = b""
+        if len(secret) != SECRET_BYTES:
+            self._drop_entries()
+            secret = secrets.token_bytes(SECRET_BYTES)
+            self._write_atomically(secret_path, secret)
+        self._secret = secret
+
+    def _drop_entries(self) -> None:
+        with os.scandir(self.path) as it:
+            names = [e.name for e in it if e.name != self.SECRET]
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / name).unlink()
+
+    def _write_atomically(self, path: Path, data: bytes) -> None:
+        """tmp, fsync, rename, fsync of the directory: after a crash the file
+        is either the old one or complete, never empty or short."""
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def entry_id(self, endpoint: str, bucket: str, key: str, etag: str) -> str:
         if self._secret is None:
@@ -240,12 +280,22 @@ class CacheDir:
         same_boot = rec.boot_id == self.boot_id and rec.boot_id != "unknown"
         if rec.state is EntryState.COMPLETE:
             try:
-                ok = self.data_path(rid).stat().st_size == rec.size
+                st = self.data_path(rid).stat()
             except FileNotFoundError:
-                ok = False
-            if not ok or not (rec.synced or same_boot):
+                st = None
+            if st is None or st.st_size != rec.size or not (rec.synced or same_boot):
                 self.remove(rid)
                 return None
+            # The process that granted access is gone, and with it its jobs
+            # (docs/design.md, "Cache file access"). The group bits show an
+            # ACL's mask, so a file without them grants nobody (a file an
+            # older version left group-readable 0640 is made 0600 too).
+            if st.st_mode & 0o077:
+                try:
+                    acl.set_readers(self.data_path(rid), ())
+                except OSError:
+                    self.remove(rid)  # never serve a file whose access is unknown
+                    return None
             return rec
         if not self.part_path(rid).exists() and rec.ranges:
             rec.ranges = RangeSet()  # the record is written before its part file

@@ -71,9 +71,11 @@ class CacheConfig:
     dir: Path = Path("/var/cache/s3feed")
     max_size: int = 100 * GiB  # budget for complete and partial entries
     min_free: int = 5 * GiB  # never fill the disk below this
-    # The encoders' group: cache files are made readable by it (the directory
-    # traverse-only), so an encoder of another uid can open the path a fetch
-    # returned. None: files are the daemon's alone.
+    # The encoders' group: the directory is made traverse-only for it, so an
+    # encoder of another uid can reach the path a fetch returned; the file
+    # itself opens only for the uids of the jobs holding it (POSIX ACL
+    # entries, docs/design.md "Cache file access"; start-up refuses a group on
+    # a file system without ACLs). None: files are the daemon's alone.
     group: str | None = None
 
     def __post_init__(self) -> None:

@@ -115,7 +115,7 @@ class ObjectServer:
         byte_range = choose_range(meta)
         first, last = byte_range if byte_range else (0, meta.size - 1)
         cached: IO[bytes] | None = None
-        entry = await self.cache.lookup(store, key, meta.etag)
+        entry = self.cache.lookup(store, key, meta.etag)
         if entry is not None:
             with contextlib.suppress(FileNotFoundError):  # evicted since: S3 has it
                 cached = open(entry.path, "rb", buffering=0)  # noqa: ASYNC230, SIM115 (a local open)

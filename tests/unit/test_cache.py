@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import grp
 import hashlib
 import json
 import os
 import random
-from collections.abc import AsyncIterator
+import stat
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from s3feed.transfer import cacheindex
+from s3feed.transfer import acl, cacheindex
+from s3feed.transfer import cache as cache_mod
 from s3feed.transfer.cache import Cache
 from s3feed.transfer.cacheindex import reserve
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
@@ -94,8 +97,11 @@ async def test_miss_then_hit_byte_exact(cache: tuple[Cache, Counts]) -> None:
     gets = len(store.gets)
     e2 = await c.fetch(store, "k", tenant="t", owner="job2", progress=Progress())
     assert e2.path == e.path and len(store.gets) == gets
-    assert await c.lookup(store, "k", e.etag) == e2
-    assert (obs.hits, obs.misses) == (2, 1) and c.size_bytes == len(data)
+    calls = len(store.calls)
+    assert c.lookup(store, "k", e.etag) == e2
+    assert len(store.calls) == calls, "lookup asks S3 nothing: its caller HEADs first"
+    assert c.lookup(store, "k", '"another-etag"') is None
+    assert (obs.hits, obs.misses) == (2, 2) and c.size_bytes == len(data)
     assert [p.name for p in (c.config.dir).iterdir() if p.suffix == ".part"] == []
 
 
@@ -154,8 +160,7 @@ async def test_second_tenant_is_rechecked_by_s3(cache: tuple[Cache, Counts]) -> 
     sent = inner.bytes_sent + other.bytes_sent
     with pytest.raises(AccessDenied):
         await c.fetch(other, "k", tenant="t2", owner="j2", progress=Progress())
-    with pytest.raises(AccessDenied):
-        await c.lookup(other, "k", e.etag)
+    assert e.path.exists()
     assert inner.bytes_sent + other.bytes_sent == sent
 
 
@@ -311,3 +316,363 @@ def test_reserve_says_when_the_disk_is_full_and_skips_where_it_cannot(
     answers[:] = [errno.EINTR, 0]
     reserve(3, MiB)
     assert answers == [], "an interrupted call is made again"
+
+
+# --- who may open a cache file (transfer/acl.py on the test's own file system) ---
+
+
+async def test_a_files_readers_are_the_union_of_its_live_owners(
+    cache: tuple[Cache, Counts],
+) -> None:
+    c, _ = cache
+    inner = FakeObjectStore()
+    inner.put("k", blob(2 * MiB))
+    e = await c.fetch(
+        inner, "k", tenant="t", owner="job-a", progress=Progress(), readers=frozenset({1001})
+    )
+    assert acl.readers(e.path) == {1001}
+    await c.fetch(
+        inner, "k", tenant="t", owner="job-b", progress=Progress(), readers=frozenset({1002})
+    )
+    await c.fetch(
+        inner, "k", tenant="t", owner="job-c", progress=Progress(), readers=frozenset({1002, 1003})
+    )
+    assert acl.readers(e.path) == {1001, 1002, 1003}
+    c.unpin_all("job-a")
+    assert acl.readers(e.path) == {1002, 1003}
+    c.unpin_all("job-c")
+    assert acl.readers(e.path) == {1002}, "job-b still grants 1002"
+    c.unpin_all("job-b")
+    assert acl.readers(e.path) == frozenset()
+    assert stat.S_IMODE(e.path.stat().st_mode) == 0o600
+
+
+async def test_a_download_grants_only_once_it_is_handed_over(cache: tuple[Cache, Counts]) -> None:
+    c, _ = cache
+    release, reached = asyncio.Event(), asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        if pos >= MiB:
+            reached.set()
+            await release.wait()
+
+    inner = FakeObjectStore(gate=gate)
+    inner.put("k", blob(2 * MiB))
+    one = asyncio.create_task(
+        c.fetch(inner, "k", tenant="t", owner="j1", progress=Progress(), readers=frozenset({1001}))
+    )
+    await reached.wait()
+    two = asyncio.create_task(
+        c.fetch(inner, "k", tenant="t", owner="j2", progress=Progress(), readers=frozenset({1002}))
+    )
+    part = next(c.config.dir.glob("*.part"))
+    assert acl.readers(part) == frozenset() and stat.S_IMODE(part.stat().st_mode) == 0o600
+    release.set()
+    e1, e2 = await asyncio.gather(one, two)
+    assert e1.path == e2.path and acl.readers(e1.path) == {1001, 1002}
+
+
+async def test_a_failed_second_fetch_keeps_the_owners_earlier_grant(
+    cache: tuple[Cache, Counts],
+) -> None:
+    c, _ = cache
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    e = await c.fetch(
+        inner, "k", tenant="t", owner="j", progress=Progress(), readers=frozenset({1001})
+    )
+    meta = await inner.head("k")
+    with pytest.raises(ValueError, match="out of range"):
+        await c.fetch(
+            inner,
+            "k",
+            tenant="t",
+            owner="j",
+            progress=Progress(),
+            meta=meta,
+            readers=frozenset({-5}),
+        )
+    assert acl.readers(e.path) == {1001}
+
+
+async def test_close_and_a_restart_strip_every_grant(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    inner = FakeObjectStore()
+    inner.put("a", blob(MiB, 1))
+    inner.put("b", blob(MiB, 2))
+    ea = await c.fetch(
+        inner, "a", tenant="t", owner="j", progress=Progress(), readers=frozenset({1001})
+    )
+    eb = await c.fetch(
+        inner, "b", tenant="t", owner="j", progress=Progress(), readers=frozenset({1002})
+    )
+    await c.close()
+    assert acl.readers(ea.path) == frozenset() == acl.readers(eb.path)
+
+    # A daemon killed before its close left a grant: the next start takes it away.
+    acl.set_readers(ea.path, [1001])
+    ea.path.chmod(0o640)  # and an older version made files group-readable
+    acl.set_readers(eb.path, [])
+    eb.path.chmod(0o640)
+    c2, _ = new_cache(tmp_path)
+    await c2.start()
+    await asyncio.wait([c2._scan])  # type: ignore[list-item]
+    for p in (ea.path, eb.path):
+        assert acl.readers(p) == frozenset() and stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert c2.size_bytes == 2 * MiB, "the entries themselves stay"
+    await c2.close()
+
+
+async def test_an_entry_handed_out_during_the_scan_keeps_its_grant(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    inner = FakeObjectStore()
+    for k in "abcdefgh":
+        inner.put(k, blob(64 * 1024, ord(k)))
+        await c.fetch(inner, k, tenant="t", owner="j", progress=Progress())
+    await c.close()
+    c2, _ = new_cache(tmp_path)
+    await c2.start()
+    assert c2._scan is not None and not c2._scan.done()
+    e = await c2.fetch(
+        inner, "h", tenant="t", owner="j2", progress=Progress(), readers=frozenset({1001})
+    )
+    await asyncio.wait([c2._scan])
+    assert acl.readers(e.path) == {1001}
+    await c2.close()
+
+
+async def test_a_revoke_that_fails_removes_the_entry(
+    cache: tuple[Cache, Counts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c, _ = cache
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    e = await c.fetch(
+        inner, "k", tenant="t", owner="j", progress=Progress(), readers=frozenset({1001})
+    )
+
+    def broken(file: object, uids: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(acl, "set_readers", broken)
+    c.unpin_all("j")
+    assert not e.path.exists(), "fail closed: the path no longer opens for anyone"
+    assert c.size_bytes == 0
+
+
+async def test_group_sharing_without_acls_refuses_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real file system without ACLs (ramfs) is in tests/integration/test_cache_acl.py.
+    monkeypatch.setattr(acl, "supported", lambda d: False)
+    engine = Engine(TransferConfig(part_size=MiB))
+    group = grp.getgrgid(os.getgid()).gr_name
+    shared = Cache(CacheConfig(dir=tmp_path / "c1", group=group, min_free=0), engine, Counts())
+    with pytest.raises(acl.AclUnsupported, match=r"\[cache\] group.*mount it with ACLs.*unset"):
+        await shared.start()
+    alone = Cache(CacheConfig(dir=tmp_path / "c2", min_free=0), engine, Counts())
+    await alone.start()  # no group: the files are the daemon's alone, ACLs or not
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    e = await alone.fetch(
+        inner, "k", tenant="t", owner="j", progress=Progress(), readers=frozenset({1001})
+    )
+    assert acl.readers(e.path) == frozenset() and stat.S_IMODE(e.path.stat().st_mode) == 0o600
+    await alone.close()
+
+
+# --- failure paths (issue 13) ---
+
+
+async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obs = Counts()
+    engine = Engine(TransferConfig(part_size=MiB), obs, sleep=no_sleep)
+    cfg = CacheConfig(dir=tmp_path / "cache", max_size=TiB, min_free=0)
+    c = Cache(cfg, engine, obs, disk_free=lambda p: TiB, sync_delay=0, sync_retry=0)
+    await c.start()
+    inner = FakeObjectStore()
+    for k in "abc":
+        inner.put(k, blob(MiB, ord(k)))
+    ids = {k: c.dir.entry_id(inner.endpoint, inner.bucket, k, inner.objects[k].etag) for k in "abc"}
+    attempts = {rid: 0 for rid in ids.values()}
+    synced: set[str] = set()
+    done = asyncio.Event()
+    real_fsync, real_write = c.dir.fsync, c.dir.write_record
+
+    def check() -> None:
+        if synced == {ids["b"], ids["c"]} and attempts[ids["a"]] == cache_mod.SYNC_ATTEMPTS:
+            done.set()  # (fsync runs in a worker thread)
+
+    def fsync(path: Path) -> None:
+        rid = path.name.split(".")[0]
+        attempts[rid] += 1
+        loop.call_soon_threadsafe(check)
+        if rid == ids["a"] or (rid == ids["b"] and attempts[rid] == 1):
+            raise OSError(errno.EIO, "Input/output error")  # a always, b once
+        real_fsync(path)
+
+    def write_record(rec: cacheindex.Record) -> None:
+        real_write(rec)
+        if rec.synced:
+            synced.add(rec.id)
+        check()
+
+    loop = asyncio.get_running_loop()
+
+    monkeypatch.setattr(c.dir, "fsync", fsync)
+    monkeypatch.setattr(c.dir, "write_record", write_record)
+    for k in "abc":
+        await c.fetch(inner, k, tenant="t", owner="j", progress=Progress())
+    await asyncio.wait_for(done.wait(), 10)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert attempts[ids["a"]] == cache_mod.SYNC_ATTEMPTS, "bounded: a is left unsynced"
+    assert attempts[ids["b"]] == 2 and attempts[ids["c"]] == 1
+    assert c._syncer is not None and not c._syncer.done()
+    monkeypatch.setattr(c.dir, "fsync", real_fsync)
+    await c.close()
+
+
+@pytest.mark.parametrize("length", [0, 16, 33])
+async def test_a_key_file_of_the_wrong_length_is_replaced_and_the_entries_dropped(
+    tmp_path: Path, length: int
+) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    await c.fetch(inner, "k", tenant="t", owner="j", progress=Progress())
+    await c.close()
+    (c.config.dir / ".secret").write_bytes(b"\x01" * length)
+    c2, _ = new_cache(tmp_path)
+    await c2.start()
+    secret = (c2.config.dir / ".secret").read_bytes()
+    assert len(secret) == cacheindex.SECRET_BYTES and secret != b"\x01" * length
+    assert entries(c2) == [], "names keyed with the lost secret are gone"
+    assert c2.size_bytes == 0
+    p = Progress()
+    await c2.fetch(inner, "k", tenant="t", owner="j", progress=p)
+    assert p.bytes_done == MiB and inner.bytes_sent == 2 * MiB, "downloaded again"
+    await c2.close()
+
+
+def test_the_key_file_is_written_atomically_and_durably(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    d = cacheindex.CacheDir(tmp_path / "cache", "boot")
+    d.open(None)
+    secret = (d.path / ".secret").read_bytes()
+    assert len(secret) == cacheindex.SECRET_BYTES
+    assert synced == [str(d.path / ".secret.tmp"), str(d.path)], "the file, then the rename"
+    assert [p.name for p in d.path.iterdir()] == [".secret"]
+    assert stat.S_IMODE((d.path / ".secret").stat().st_mode) == 0o600
+    synced.clear()
+    again = cacheindex.CacheDir(tmp_path / "cache", "boot")
+    again.open(None)
+    assert synced == [] and (d.path / ".secret").read_bytes() == secret, "a good one is kept"
+
+
+def _du_disk(capacity: int) -> Callable[[Path], int]:
+    """Free space of a disk that holds only the cache: what its files allocate."""
+
+    def free(path: Path) -> int:
+        return capacity - sum(p.stat().st_blocks * 512 for p in path.iterdir())
+
+    return free
+
+
+@pytest.mark.parametrize("fallocate", [True, False], ids=["fallocate", "no-fallocate"])
+async def test_min_free_holds_with_downloads_that_have_not_written_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallocate: bool
+) -> None:
+    if not fallocate:  # a file system that cannot allocate ahead
+        monkeypatch.setattr(
+            cacheindex, "_fallocate", lambda *a: ctypes.set_errno(errno.EOPNOTSUPP) or -1
+        )
+    release = asyncio.Event()
+    reached = {k: asyncio.Event() for k in "abc"}
+
+    async def gate(key: str, pos: int) -> None:
+        if pos >= MiB:
+            reached[key].set()
+            await release.wait()
+
+    obs = Counts()
+    engine = Engine(TransferConfig(part_size=MiB, concurrency=2), obs, sleep=no_sleep)
+    cfg = CacheConfig(dir=tmp_path / "cache", max_size=TiB, min_free=MiB)
+    free = _du_disk(MiB + 5 * MiB + 64 * 1024)  # min_free + room for 5 MiB (+ the records)
+    c = Cache(cfg, engine, obs, disk_free=free)
+    await c.start()
+    inner = FakeObjectStore(gate=gate, chunk_size=256 * 1024)
+    for k in "abc":
+        inner.put(k, blob(2 * MiB, ord(k)))
+    a = asyncio.create_task(c.fetch(inner, "a", tenant="t", owner="j", progress=Progress()))
+    await reached["a"].wait()
+    b = asyncio.create_task(c.fetch(inner, "b", tenant="t", owner="j", progress=Progress()))
+    await reached["b"].wait()
+    with pytest.raises(InsufficientStorage, match="still write"):  # (a hang if admitted)
+        await asyncio.wait_for(c.fetch(inner, "c", tenant="t", owner="j", progress=Progress()), 10)
+    release.set()
+    await asyncio.gather(a, b)
+    assert free(cfg.dir) >= cfg.min_free
+    await c.close()
+
+
+async def test_min_free_holds_under_concurrent_new_fetches(tmp_path: Path) -> None:
+    # All three pass the free-space check before any of them has reserved a block.
+    c, _ = new_cache(tmp_path, free=MiB + 5 * MiB)
+    await c.start()
+    await asyncio.wait([c._scan])  # type: ignore[list-item]
+    inner = FakeObjectStore()
+    metas = []
+    for k in "abc":
+        inner.put(k, blob(2 * MiB, ord(k)))
+        metas.append(await inner.head(k))
+    results = await asyncio.gather(
+        *(c.fetch(inner, m.key, tenant="t", owner="j", progress=Progress(), meta=m) for m in metas),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results] == [
+        "CacheEntry",
+        "CacheEntry",
+        "InsufficientStorage",
+    ]
+    await c.close()
+
+
+async def test_more_readers_than_the_file_system_keeps_is_a_clear_refusal(
+    cache: tuple[Cache, Counts],
+) -> None:
+    # 9000 uids are 72 KB of ACL: above any file system's 64 KiB xattr limit
+    # (ext4 keeps ~500 entries per file, tmpfs 8187: measured).
+    c, _ = cache
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    first = frozenset(range(2000, 2010))
+    e = await c.fetch(inner, "k", tenant="t", owner="job-a", progress=Progress(), readers=first)
+    with pytest.raises(InsufficientStorage, match="cannot name 9010 reader uids"):
+        await c.fetch(
+            inner, "k", tenant="t", owner="job-b", progress=Progress(),
+            readers=frozenset(range(10_000, 19_000)),
+        )  # fmt: skip
+    assert acl.readers(e.path) == first, "job-a keeps exactly what it had"
+    with pytest.raises(InsufficientStorage):  # job-a asking for more: same, nothing lost
+        await c.fetch(
+            inner, "k", tenant="t", owner="job-a", progress=Progress(),
+            readers=frozenset(range(20_000, 29_000)),
+        )  # fmt: skip
+    assert acl.readers(e.path) == first
+    c.unpin_all("job-a")
+    assert acl.readers(e.path) == frozenset()

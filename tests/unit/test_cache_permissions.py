@@ -25,19 +25,20 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-async def test_with_a_group_entries_are_group_readable_and_the_rest_is_not(tmp_path: Path) -> None:
+async def test_with_a_group_the_directory_is_traverse_only_and_files_are_0600(
+    tmp_path: Path,
+) -> None:
     group = grp.getgrgid(os.getgid()).gr_name
     cache = _cache(tmp_path / "cache", group)
     await cache.start()
     store = FakeObjectStore()
     store.put("k", b"x" * (2 * MiB))
     entry = await cache.fetch(store, "k", tenant="t", owner="j", progress=Progress())
-    await cache.close()
     assert _mode(cache.config.dir) == 0o2710, "traverse-only for the group, setgid"
-    assert _mode(entry.path) == 0o640
-    for other in cache.config.dir.iterdir():
-        if other != entry.path:
-            assert _mode(other) == 0o600, other.name
+    assert _mode(entry.path) == 0o600, "the group reads nothing without a job's grant"
+    await cache.close()
+    for f in cache.config.dir.iterdir():
+        assert _mode(f) == 0o600, f.name
 
 
 async def test_without_a_group_everything_is_the_daemons(tmp_path: Path) -> None:
