@@ -1,6 +1,6 @@
 """Errors of the credentials layer.
 
-    AuthError                    .code is the API error code (DESIGN.md)
+    AuthError                    .code is the API error code (docs/design.md, Socket API)
     ├── InvalidInput             the caller's request is wrong; fix the request
     │   ├── InvalidRoleArn
     │   ├── InvalidTenantName

@@ -1,7 +1,7 @@
 """The inline session policy of a job: what its credentials may reach.
 
-Every AssumeRole of a job carries this policy (docs/design.md, "Least-privilege
-sessions"). A session's permissions are the intersection of the customer's
+Every AssumeRole of a job carries this policy (docs/design.md,
+Session policy). A session's permissions are the intersection of the customer's
 role policy and this document, so even a role that allows the whole bucket
 yields credentials that read only the job's folder:
 

@@ -1,7 +1,7 @@
 """When to refresh a role session, and how long to back off after a failure.
 
 Pure functions of their inputs (time and a random source passed in), so the
-policy of DESIGN.md (Credentials) is tested directly, without a session:
+policy of docs/design.md (Credentials) is tested directly, without a session:
 
 - L = the session length that was granted (DurationSeconds after any
   fallback). Refresh window A = 5 min if L <= 20 min, 15 min if L < 90 min,

@@ -25,8 +25,8 @@ Design note (concurrency):
 Least privilege: a session made with a `policy` (auth/policy.py) sends it as
 the inline session policy on every AssumeRole it makes -- the first call,
 each refresh and the 3600 s fallback -- so no credentials of the job ever
-reach more than the policy allows (docs/design.md, "Least-privilege
-sessions"). A policy STS will not take fails the first call; refused at a
+reach more than the policy allows (docs/design.md,
+Session policy). A policy STS will not take fails the first call; refused at a
 refresh (STS's packed budget is its own), it is not retried, like AccessDenied.
 """
 

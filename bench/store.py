@@ -2,7 +2,7 @@
 
 Design note. The benchmark starts its own SeaweedFS (`weed mini`, defaults:
 no -s3.readerCacheSizeMB, which makes whole-object GETs of large objects
-slow; ../shared/LOCAL-AWS.md) through scripts/local_aws.py, in a state
+slow; docs/design.md, Test environment) through scripts/local_aws.py, in a state
 directory of its own (bench/.work/local-aws), so it never shares a server with
 a test session and always stops what it started. The installed server and
 sample media of the main state directory are reused by symlink. A caller that

@@ -183,7 +183,7 @@ class Api:
         token = request.query.get("ContinuationToken")
         if token is not None and not 0 < len(token) <= MAX_TOKEN:
             raise ApiError("InvalidRequest", f"ContinuationToken must be 1-{MAX_TOKEN} characters")
-        # One page per request: memory per page, not per folder (docs/design.md, Listing).
+        # One page per request: memory per page, not per folder (docs/design.md, Socket API: listing pages).
         page = await job.store.list_page(prefix, max_keys=max_keys, token=token)
         objects = [
             {

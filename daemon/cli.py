@@ -16,7 +16,7 @@ error is one line on stderr that says what to do. The exit code tells the
 class of error (EXIT_CODES, also in `--help`), so a script can retry a 503
 and not a 403. Nothing the user can cause prints a traceback: socket errors
 and Ctrl-C become a message (`_local_error`), and Ctrl-C during `fetch`
-cancels the fetch first (docs/design.md, Fetch cancel).
+cancels the fetch first (docs/design.md, Socket API: fetch cancel).
 """
 
 from __future__ import annotations

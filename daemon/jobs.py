@@ -334,7 +334,7 @@ _SOURCE_FIELDS = ("Provider", "UriPath", "RoleArnToAssume", "RoleSessionDuration
 
 
 def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Location]:
-    """Validate a POST /v1/jobs body in DESIGN.md's order: envelope, JobId, Source, tenant."""
+    """Validate a POST /v1/jobs body in the order of docs/design.md (Socket API): envelope, JobId, Source, tenant."""
     if not isinstance(body, Mapping):
         raise ApiError("InvalidRequest", "the request body must be a JSON object")
     for name in body:

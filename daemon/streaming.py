@@ -32,7 +32,7 @@ log = logging.getLogger("s3feed.stream")
 
 # Offsets of at most 19 digits (2**63 has 19; an S3 object has at most 13):
 # longer ones are ignored like any unparsable header, before int() meets
-# thousands of digits (docs/design.md, Streaming).
+# thousands of digits (docs/design.md, Socket API: streams).
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
 
 
@@ -40,7 +40,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive (first, last) byte of a single-range header, or None for the whole object.
 
     Multi-range and unparsable headers are ignored (whole object, 200), as
-    DESIGN.md says; a well-formed range outside the object raises InvalidRange.
+    docs/design.md says (Socket API: streams); a well-formed range outside the object raises InvalidRange.
     """
     if not header:
         return None

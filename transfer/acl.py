@@ -2,7 +2,7 @@
 
 A cache file is the daemon's, mode 0600; a job's users get `user:UID:r--`
 entries, with `mask::r--` and nothing for the owning group or others (see
-docs/design.md, "Cache file access"). The set of entries is replaced as a
+docs/design.md, Cache). The set of entries is replaced as a
 whole on every change, so what a file grants is always exactly the union the
 cache computed; an empty set makes it a plain 0600 file again.
 

@@ -26,7 +26,7 @@ the file system has not yet allocated (`_owed`); room is made by evicting
 least-recently-used entries that are neither pinned by a live job nor being
 downloaded, else InsufficientStorage before any byte moves.
 
-Who may open a file (docs/design.md, "Cache file access"): data files are
+Who may open a file (docs/design.md, Cache): data files are
 0600, the daemon's. Each pin carries the uids its owner (a job) grants; when
 an entry is handed to an owner, the file's POSIX ACL becomes the union of the
 readers of its live owners, and `unpin_all` takes the owner's uids away again

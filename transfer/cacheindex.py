@@ -8,8 +8,8 @@ data renamed `I.part` -> `I.data`, then the record says COMPLETE; a crash
 between the two leaves a PARTIAL record whose part file is gone, which the
 scan drops. So a file is served only when its record says COMPLETE.
 
-Durability without fsync on the download path (PERF-NOTES: fsync costs ~40 %
-there, 14 % measured on this VM for 512 MiB): a process crash loses nothing
+Durability without fsync on the download path (docs/design.md, Performance
+notes: fsync costs ~40 % there, 14 % measured on this VM for 512 MiB): a process crash loses nothing
 the kernel holds, only a kernel crash or power loss does. A record therefore
 carries the kernel's boot id and a `synced` flag; the cache fsyncs completed
 entries in the background and then marks them synced. After a reboot, an
@@ -32,6 +32,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,22 +185,24 @@ class CacheDir:
         self._secret: bytes | None = None
 
     def open(self, group: int | None) -> None:
-        """Create the directory (traverse-only for `group`, setgid so files
-        inherit it) and load or make the secret that names entries.
+        """Create the directory (traverse-only for `group`) and load or make the secret that names entries.
 
         A secret that is missing or not exactly SECRET_BYTES long (a crash
         while an older version wrote it, a truncated copy) is replaced, and
         every entry goes with it: their names were keyed with a secret that
         is lost, and a short one makes names guessable."""
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if group is not None:
-            # Under the shipped unit systemd made it ours with this group
-            # already; chown(2) is refused there (SystemCallFilter=~@privileged).
-            if self.path.stat().st_gid != group:
-                os.chown(self.path, -1, group)
-            os.chmod(self.path, 0o2710)
-        else:
-            os.chmod(self.path, 0o700)
+        # Under the shipped unit systemd made the directory ours, with this
+        # group and mode, already: change only what differs (chown(2) is
+        # refused there by SystemCallFilter=~@privileged). No setgid bit:
+        # files are 0600 with ACLs, their group does not matter, and the
+        # unit's RestrictSUIDSGID= refuses it.
+        st = self.path.stat()
+        if group is not None and st.st_gid != group:
+            os.chown(self.path, -1, group)
+        mode = 0o710 if group is not None else 0o700
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(self.path, mode)
         secret_path = self.path / self.SECRET
         try:
             secret = secret_path.read_bytes()
@@ -287,7 +290,7 @@ class CacheDir:
                 self.remove(rid)
                 return None
             # The process that granted access is gone, and with it its jobs
-            # (docs/design.md, "Cache file access"). The group bits show an
+            # (docs/design.md, Cache). The group bits show an
             # ACL's mask, so a file without them grants nobody (a file an
             # older version left group-readable 0640 is made 0600 too).
             if st.st_mode & 0o077:

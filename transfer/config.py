@@ -74,7 +74,7 @@ class CacheConfig:
     # The encoders' group: the directory is made traverse-only for it, so an
     # encoder of another uid can reach the path a fetch returned; the file
     # itself opens only for the uids of the jobs holding it (POSIX ACL
-    # entries, docs/design.md "Cache file access"; start-up refuses a group on
+    # entries, docs/design.md, Cache; start-up refuses a group on
     # a file system without ACLs). None: files are the daemon's alone.
     group: str | None = None
 

@@ -1,6 +1,6 @@
 """Errors of the data path.
 
-    TransferError                .code is the API error code (DESIGN.md)
+    TransferError                .code is the API error code (docs/design.md, Socket API)
     ├── InvalidUriPath           the job's UriPath is not an accepted S3 form
     ├── InvalidKey               a key or prefix would leave the job's folder, or is malformed
     ├── InvalidRange             the requested byte range lies outside the object
@@ -28,7 +28,7 @@ from typing import ClassVar
 class TransferError(Exception):
     code: ClassVar[str] = "InternalError"
     # S3's x-amz-request-id and x-amz-id-2 when S3 answered this error: what
-    # an AWS support case needs (docs/design.md, Errors).
+    # an AWS support case needs (docs/design.md, Socket API: errors).
     request_id: str | None = None
     host_id: str | None = None
 

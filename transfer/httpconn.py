@@ -1,6 +1,6 @@
 """One keep-alive HTTP/1.1 connection that receives bodies into a reused buffer.
 
-Why it exists: on these machines (PERF-NOTES.md, 1 GiB in 16 MiB ranges)
+Why it exists: on these machines (docs/design.md, Performance notes: 1 GiB in 16 MiB ranges)
 aiobotocore's `get_object` + `iter_chunks` costs 1.62 CPU-s per GiB and
 botocore signing + one aiohttp session 1.32, because both copy every
 received segment into new `bytes` and join them; an `asyncio.BufferedProtocol`

@@ -1,6 +1,6 @@
 """A job's `UriPath` -> `S3Location`, and the rules that keep keys inside it.
 
-Accepted `UriPath` forms (DESIGN.md, Transfers); https only, no port, query,
+Accepted `UriPath` forms (docs/design.md, Transfers); https only, no port, query,
 fragment or credentials; the path is percent-decoded once:
 
     https://BUCKET.s3.REGION.amazonaws.com/FOLDER/        virtual-hosted

@@ -50,8 +50,17 @@ def api_settings() -> dict[str, Any]:
 
 
 @pytest.fixture
+def cache_settings() -> dict[str, Any]:
+    """[cache] settings beyond the harness's own; a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
 async def harness(
-    tmp_path: Path, socket_dir: Path, api_settings: dict[str, Any]
+    tmp_path: Path,
+    socket_dir: Path,
+    api_settings: dict[str, Any],
+    cache_settings: dict[str, Any],
 ) -> AsyncIterator[Harness]:
     config = Config(
         api=ApiConfig(
@@ -63,7 +72,9 @@ async def harness(
         metrics=MetricsConfig(listen="127.0.0.1:0"),
         s3=S3Config(),
         transfer=TransferConfig(part_size=1 * MiB, concurrency=4, stream_window=4 * MiB),
-        cache=CacheConfig(dir=tmp_path / "cache", max_size=256 * MiB, min_free=0),
+        cache=CacheConfig(
+            **{"dir": tmp_path / "cache", "max_size": 256 * MiB, "min_free": 0, **cache_settings}
+        ),
     )
     sts = FakeSts(SystemClock(), account="123456789012")
     stores: dict[str, FakeObjectStore] = {}

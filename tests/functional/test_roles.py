@@ -7,9 +7,14 @@ from the kernel (SO_PEERCRED, SO_PEERGROUPS), never from the request.
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import os
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,15 +23,11 @@ from harness import ACME_ROLE, ACME_URI, Harness, request_as
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run clients as other uids")
 
 CONTROLLERS = "s3feed-test-ctl"
+ENCODERS = "s3feed-test-enc"  # the cache group: encoder and stranger are both in it
 AGENT_UID = 61001  # the job agent: a member of CONTROLLERS
 ENCODER_UID = 61002  # named in the job's EncoderUids
 STRANGER_UID = 61003  # in the same groups as the encoder, named nowhere
 GID = 61000
-
-
-def _controllers_gid() -> int:
-    subprocess.run(["groupadd", "-f", CONTROLLERS], check=True)
-    return grp.getgrnam(CONTROLLERS).gr_gid
 
 
 def _job_body(job_id: str = "job-1", **extra: Any) -> dict[str, Any]:
@@ -34,17 +35,35 @@ def _job_body(job_id: str = "job-1", **extra: Any) -> dict[str, Any]:
     return {"JobId": job_id, "TenantName": "acme-films", "Source": source, **extra}
 
 
+def _group(name: str) -> int:
+    subprocess.run(["groupadd", "-f", name], check=True)
+    return grp.getgrnam(name).gr_gid
+
+
+@pytest.fixture
+def cache_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.node.get_closest_marker("shared_cache") is None:
+        yield {}
+        return
+    # Reachable by other uids (tmp_path is not): a world-traversable parent.
+    parent = Path(tempfile.mkdtemp(prefix="s3feed-cache-", dir="/tmp"))
+    os.chmod(parent, 0o755)
+    _group(ENCODERS)
+    yield {"dir": parent / "cache", "group": ENCODERS}
+    shutil.rmtree(parent)
+
+
 @pytest.fixture
 def api_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.node.get_closest_marker("controllers") is None:
         return {}
-    _controllers_gid()
+    _group(CONTROLLERS)
     return {"controller_groups": (CONTROLLERS,)}
 
 
 @pytest.mark.controllers
 async def test_only_controllers_create_and_delete_jobs(harness: Harness) -> None:
-    ctl = _controllers_gid()
+    ctl = _group(CONTROLLERS)
     status, body = await request_as(
         harness.socket, "POST", "/v1/jobs", _job_body(), uid=AGENT_UID, gid=GID
     )
@@ -137,3 +156,49 @@ async def test_sixty_four_encoder_uids_are_allowed(harness: Harness) -> None:
     answer = await harness.request("POST", "/v1/jobs", _job_body(EncoderUids=uids))
     assert answer.status == 201, answer.body
     assert answer.json["EncoderUids"] == uids
+
+
+async def _open_as(uid: int, gid: int, path: str) -> tuple[int, bytes, bytes]:
+    """`cat PATH` as uid:gid (that group only): (exit status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "cat", path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+@pytest.mark.shared_cache
+async def test_a_fetched_path_opens_for_the_jobs_uids_only_while_the_job_lives(
+    harness: Harness,
+) -> None:
+    media = os.urandom(300_000)
+    harness.store().put("sources/a.mp4", media)
+    enc_gid = grp.getgrnam(ENCODERS).gr_gid
+    body = _job_body(EncoderUids=[ENCODER_UID])
+    assert (await harness.request("POST", "/v1/jobs", body)).status == 201
+    status, fetch = await request_as(
+        harness.socket, "POST", "/v1/jobs/job-1/fetches?wait=true", {"Key": "a.mp4"},
+        uid=ENCODER_UID, gid=enc_gid,
+    )  # fmt: skip
+    assert status == 200, fetch
+    path = fetch["Path"]
+    assert await _open_as(ENCODER_UID, enc_gid, path) == (0, media, b"")
+    code, _, err = await _open_as(STRANGER_UID, enc_gid, path)
+    assert code != 0 and b"Permission denied" in err, "same group, knows the path: EACCES"
+
+    # A second job of another uid holding the same file does not keep the encoder in.
+    body2 = _job_body("job-2", EncoderUids=[STRANGER_UID])
+    assert (await harness.request("POST", "/v1/jobs", body2)).status == 201
+    again = await harness.request("POST", "/v1/jobs/job-2/fetches?wait=true", {"Key": "a.mp4"})
+    assert again.json["Path"] == path, "one cache entry"
+    assert (await _open_as(STRANGER_UID, enc_gid, path))[0] == 0
+
+    assert (await harness.request("DELETE", "/v1/jobs/job-1")).status == 204
+    code, _, err = await _open_as(ENCODER_UID, enc_gid, path)
+    assert code != 0 and b"Permission denied" in err, "its job ended: no more access"
+    assert await _open_as(STRANGER_UID, enc_gid, path) == (0, media, b"")
+    assert (await harness.request("DELETE", "/v1/jobs/job-2")).status == 204
+    assert (await _open_as(STRANGER_UID, enc_gid, path))[0] != 0

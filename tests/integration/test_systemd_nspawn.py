@@ -18,7 +18,7 @@ outside with `nsenter` into its namespaces, and shows:
 - a daemon whose loop stops (SIGSTOP) is killed by the watchdog and
   restarted, and the socket brings the new one the next request;
 - with `[cache] group` and `[api] controller_groups` set as the README
-  says, the cache directory is what the daemon sets (2710
+  says, the cache directory is what the daemon sets (710
   s3feed:s3feed-clients) before and after a restart (systemd re-owns it
   when it differs), and an encoder that is not a controller may not
   create a job (403 Forbidden) while an agent in s3feed-controllers may.
@@ -297,7 +297,7 @@ def test_cache_directory_survives_restarts_and_only_controllers_create_jobs(
     m = machine
     m.ok("systemctl", "start", "s3feed.socket")
     assert m.get("/healthz", "encoder")[0] == "200"
-    expected = ["2710", "s3feed", "s3feed-clients"]
+    expected = ["710", "s3feed", "s3feed-clients"]
     assert m.ok("stat", "-c", "%a %U %G", "/var/cache/s3feed").split() == expected
     m.ok("systemctl", "restart", "s3feed.service")
     assert m.get("/healthz", "encoder")[0] == "200"

@@ -1,4 +1,4 @@
-"""The refresh policy of DESIGN.md as pure functions (auth/schedule.py)."""
+"""The refresh policy of docs/design.md (Credentials) as pure functions (auth/schedule.py)."""
 
 from __future__ import annotations
 

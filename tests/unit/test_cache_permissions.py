@@ -34,7 +34,7 @@ async def test_with_a_group_the_directory_is_traverse_only_and_files_are_0600(
     store = FakeObjectStore()
     store.put("k", b"x" * (2 * MiB))
     entry = await cache.fetch(store, "k", tenant="t", owner="j", progress=Progress())
-    assert _mode(cache.config.dir) == 0o2710, "traverse-only for the group, setgid"
+    assert _mode(cache.config.dir) == 0o710, "traverse-only for the group"
     assert _mode(entry.path) == 0o600, "the group reads nothing without a job's grant"
     await cache.close()
     for f in cache.config.dir.iterdir():
