@@ -1,0 +1,295 @@
+"""`S3Uploader`: the UploadClient of one job's destination bucket.
+
+Each request is signed here with botocore's S3SigV4Auth (payload
+UNSIGNED-PAYLOAD: every body carries its CRC32C, which S3 checks) with
+`await credentials.current()`, and sent through the shared keep-alive pool
+of transfer/httpclient.py: a connection is taken, the whole request (head
+and body) written, the answer read, and the connection given back only
+after a clean keep-alive exchange. Until the one S3 client of transfer/
+takes uploads, this module is where the write requests live; the engine
+(transfer/upload.py) sees only the `UploadClient` methods.
+
+ExpiredToken forces a refresh and one retry, as for reads. S3's errors are
+translated in `_error`: a 403 names the permission the operation needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from urllib.parse import SplitResult, quote, urlsplit
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+
+from ..auth.botocore_creds import frozen
+from ..auth.credentials import Credentials, CredentialSource
+from .errors import AccessDenied, NoSuchKey, ObjectStoreError, TransferError, TransientError
+from .httpclient import HttpClient, Response
+from .observer import TransferObserver
+from .upload import CHECKSUM, PartDone
+from .uri import S3Location
+
+EXPIRED_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})
+THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "RequestLimitExceeded", "TooManyRequests"})
+PERMISSION = {
+    "PutObject": "s3:PutObject",
+    "CreateMultipartUpload": "s3:PutObject",
+    "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject",
+    "AbortMultipartUpload": "s3:AbortMultipartUpload",
+    "ListMultipartUploads": "s3:ListBucketMultipartUploads",
+}
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
+class _Unsigned(S3SigV4Auth):  # type: ignore[misc]
+    def payload(self, request: AWSRequest) -> str:
+        return "UNSIGNED-PAYLOAD"
+
+
+class _Expired(Exception):
+    pass
+
+
+class S3Uploader:
+    def __init__(
+        self,
+        location: S3Location,
+        credentials: CredentialSource,
+        *,
+        http: HttpClient,
+        observer: TransferObserver,
+        stall_timeout: float = 30.0,
+    ) -> None:
+        self.location = location
+        self.bucket = location.bucket
+        self._credentials = credentials
+        self._http = http
+        self._observer = observer
+        self._stall = stall_timeout
+
+    # -- UploadClient -------------------------------------------------------------------
+
+    async def put_object(
+        self, key: str, body: memoryview, checksum: str, headers: Mapping[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        h = {**headers, "x-amz-checksum-crc32c": checksum}
+        _, head, _ = await self._send("PutObject", "PUT", key, "", h, body)
+        return head.get("etag", ""), _echoed(head)
+
+    async def create_multipart(self, key: str, headers: Mapping[str, str]) -> str:
+        h = {**headers, "x-amz-checksum-algorithm": CHECKSUM}
+        _, _, doc = await self._send("CreateMultipartUpload", "POST", key, "uploads=", h)
+        upload_id = _find(doc, "UploadId")
+        if not upload_id:
+            raise TransientError(
+                "S3 answered CreateMultipartUpload without an UploadId", "server_error"
+            )
+        return upload_id
+
+    async def upload_part(
+        self, key: str, upload_id: str, number: int, body: memoryview, checksum: str
+    ) -> str:
+        query = f"partNumber={number}&uploadId={quote(upload_id, safe='')}"
+        h = {"x-amz-checksum-crc32c": checksum}
+        _, head, _ = await self._send("UploadPart", "PUT", key, query, h, body)
+        return head.get("etag", "")
+
+    async def complete(
+        self, key: str, upload_id: str, parts: list[PartDone]
+    ) -> tuple[str, dict[str, str]]:
+        xml = "".join(
+            f"<Part><PartNumber>{p.number}</PartNumber><ETag>{_xml(p.etag)}</ETag>"
+            f"<Checksum{CHECKSUM}>{p.checksum}</Checksum{CHECKSUM}></Part>"
+            for p in parts
+        )
+        body = f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode()
+        query = f"uploadId={quote(upload_id, safe='')}"
+        _, _, doc = await self._send(
+            "CompleteMultipartUpload", "POST", key, query, {}, memoryview(body)
+        )
+        checksum = _find(doc, f"Checksum{CHECKSUM}")
+        return _find(doc, "ETag"), {CHECKSUM: checksum} if checksum else {}
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        query = f"uploadId={quote(upload_id, safe='')}"
+        with contextlib.suppress(NoSuchKey):  # NoSuchUpload: already gone
+            await self._send("AbortMultipartUpload", "DELETE", key, query, {})
+
+    async def list_multipart_uploads(self, prefix: str) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        marker = ""
+        while True:
+            query = f"prefix={quote(prefix, safe='')}&uploads="
+            if marker:
+                query = f"key-marker={quote(marker, safe='')}&{query}"
+            _, _, doc = await self._send("ListMultipartUploads", "GET", "", query, {})
+            root = ET.fromstring(doc) if doc else None
+            if root is None:
+                return found
+            for up in root.iter(f"{_NS}Upload"):
+                found.append((up.findtext(f"{_NS}Key") or "", up.findtext(f"{_NS}UploadId") or ""))
+            if root.findtext(f"{_NS}IsTruncated") != "true":
+                return found
+            marker = root.findtext(f"{_NS}NextKeyMarker") or ""
+            if not marker:
+                return found
+
+    # -- one signed request -------------------------------------------------------------
+
+    async def _send(
+        self,
+        op: str,
+        method: str,
+        key: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: memoryview | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        try:
+            return await self._attempt(
+                await self._credentials.current(), op, method, key, query, headers, body
+            )
+        except _Expired:
+            creds = await self._credentials.refresh_now("expired_token")
+        try:
+            return await self._attempt(creds, op, method, key, query, headers, body)
+        except _Expired:
+            raise TransientError(
+                f"S3 still answered ExpiredToken for {op} after a refresh", "expired_token"
+            ) from None
+
+    async def _attempt(
+        self,
+        creds: Credentials,
+        op: str,
+        method: str,
+        key: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: memoryview | None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        url = self.location.url_for(key) if key else self._bucket_url()
+        if query:
+            url += "?" + query
+        parts = urlsplit(url)
+        h = {"Host": parts.netloc, **headers, "Content-Length": str(len(body) if body else 0)}
+        request = AWSRequest(method=method, url=url, headers=h)
+        _Unsigned(frozen(creds), "s3", self.location.region).add_auth(request)
+        head = _serialize(method, parts, dict(request.headers.items()))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            status, resp_headers, doc = await self._exchange(parts, head, body)
+        except TransientError as e:
+            self._observer.s3_request_error(op, e.reason)
+            raise
+        self._observer.s3_request(op, loop.time() - started)
+        code, message = (
+            _error_document(doc) if (status >= 300 or op == "CompleteMultipartUpload") else ("", "")
+        )
+        if status < 300 and not code:
+            return status, resp_headers, doc
+        self._observer.s3_request_error(op, code or str(status))
+        raise self._error(op, status, code, message, key, creds, resp_headers)
+
+    async def _exchange(
+        self, parts: SplitResult, head: bytes, body: memoryview | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        # The pool's own acquire/release: one exchange on one keep-alive connection.
+        scheme, host = parts.scheme, parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        conn = await self._http._acquire((scheme, host, port))
+        try:
+            await conn.send(head + bytes(body) if body else head, self._stall)
+            resp = Response(conn, self._stall)
+            data = await resp.read(1024 * 1024)
+            return resp.status, dict(resp.headers), data
+        except BaseException:
+            conn.abort()
+            raise
+        finally:
+            self._http._release(conn)
+
+    def _bucket_url(self) -> str:
+        return self.location.url_for("")
+
+    def _error(
+        self,
+        op: str,
+        status: int,
+        code: str,
+        message: str,
+        key: str,
+        creds: Credentials,
+        headers: Mapping[str, str],
+    ) -> Exception:
+        if code in EXPIRED_CODES or (code == "InvalidAccessKeyId" and creds.session_token):
+            return _Expired(code)
+        where = f"s3://{self.bucket}/{key}"
+        said = f"{status} {code}: {message}" if message else f"{status} {code}".strip()
+        error: TransferError
+        if status == 403:
+            error = AccessDenied(
+                f"S3 refused the job's role {op} on {where} ({said}); the role's policy must "
+                f"allow {PERMISSION.get(op, 's3:PutObject')} on the destination folder"
+                + (", and kms:GenerateDataKey on the destination's KMS key" if "KMS" in message
+                   else "")
+            )  # fmt: skip
+        elif code in ("NoSuchUpload", "NoSuchBucket") or status == 404:
+            error = NoSuchKey(f"{where}: {said}")
+        elif status == 429 or code in THROTTLE_CODES or (status == 503 and not code):
+            error = TransientError(f"S3 is throttling: {said}", "throttled")
+        elif status >= 500 or code in ("RequestTimeout", "InternalError"):
+            error = TransientError(f"S3 server error: {said}", "server_error")
+        else:
+            error = ObjectStoreError(f"S3 answered {said} for {op} on {where}")
+        request_id = headers.get("x-amz-request-id")
+        if request_id:
+            error.request_id, error.host_id = request_id, headers.get("x-amz-id-2")
+            error.message += f" (S3 request id {request_id})"
+            error.args = (error.message,)
+        return error
+
+
+def _serialize(method: str, parts: SplitResult, headers: Mapping[str, str]) -> bytes:
+    path, query = parts.path or "/", parts.query
+    lines = [f"{method} {path}{'?' + query if query else ''} HTTP/1.1"]
+    for name, value in headers.items():
+        if any(c in s for s in (name, value) for c in "\r\n"):
+            raise ValueError(f"header {name!r} contains a line break")
+        lines.append(f"{name}: {value}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def _echoed(headers: Mapping[str, str]) -> dict[str, str]:
+    value = headers.get(f"x-amz-checksum-{CHECKSUM.lower()}")
+    return {CHECKSUM: value} if value else {}
+
+
+def _find(doc: bytes, name: str) -> str:
+    try:
+        root = ET.fromstring(doc)
+    except ET.ParseError:
+        return ""
+    return root.findtext(f"{_NS}{name}") or root.findtext(name) or ""
+
+
+def _error_document(body: bytes) -> tuple[str, str]:
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return "", ""
+    if root.tag.rsplit("}", 1)[-1] != "Error":
+        return "", ""
+    return root.findtext("Code") or "", root.findtext("Message") or ""
+
+
+def _xml(text: str) -> str:
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )
