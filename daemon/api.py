@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,13 +24,16 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from s3feed.auth.validate import validate_tenant_name
 from s3feed.transfer.errors import TransferError
+from s3feed.transfer.observer import NullUploadObserver, UploadObserver
 from s3feed.transfer.serve import ObjectServer
 from s3feed.transfer.store import MAX_KEYS
+from s3feed.transfer.upload import UploadConfig
 
 from .errors import ApiError, describe, error_body, s3_ids
 from .identity import DaemonIdentity
 from .jobs import JobRegistry, TransferState
 from .limits import UidLimits
+from .outputs import UploadJournal, expect_handler, put_output
 from .peer import Controllers, Peer, peer_of
 from .streaming import stream_object
 
@@ -97,7 +101,9 @@ class Api:
         summary: Callable[[], dict[str, Any]],
         limits: UidLimits,
         body_timeout: float = 10.0,
+        outputs: OutputsConfig | None = None,
     ) -> None:
+        self.outputs = outputs or OutputsConfig()
         self.limits = limits
         self.body_timeout = body_timeout  # [api] header_timeout, for the JSON bodies too
         self.registry = registry
@@ -120,6 +126,9 @@ class Api:
         r.add_post("/v1/jobs/{JobId}/fetches", self.create_fetch)
         r.add_get("/v1/jobs/{JobId}/fetches/{FetchId}", self.get_fetch)
         r.add_delete("/v1/jobs/{JobId}/fetches/{FetchId}", self.cancel_fetch)
+        r.add_put(
+            "/v1/jobs/{JobId}/outputs/{Key:.+}", self.put_output, expect_handler=expect_handler
+        )
         r.add_get("/v1/trust-policy", self.get_trust_policy)
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", make_aiohttp_handler(self.metrics_registry))
@@ -248,6 +257,15 @@ class Api:
         await job.cancel_fetch(request.match_info["FetchId"])
         return web.Response(status=204)
 
+    async def put_output(self, request: web.Request) -> web.Response:
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        o = self.outputs
+        doc = await put_output(
+            request, job, request.match_info["Key"],
+            config=o.upload, observer=o.observer, journal=o.journal,
+        )  # fmt: skip
+        return json_response(doc, 201)
+
     async def get_trust_policy(self, request: web.Request) -> web.Response:
         peer_uid(request)
         tenant = validate_tenant_name(request.query.get("TenantName"))
@@ -285,6 +303,15 @@ async def _first(*waits: Coroutine[Any, Any, Any]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """What PUT .../outputs/{Key} needs besides the job (daemon/outputs.py)."""
+
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    observer: UploadObserver = field(default_factory=NullUploadObserver)
+    journal: UploadJournal = field(default_factory=lambda: UploadJournal(None))
 
 
 class _FetchFailed(TransferError):

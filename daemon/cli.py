@@ -7,6 +7,7 @@
     s3feed ls JOB [PREFIX]
     s3feed fetch JOB KEY            prints the cached file's path
     s3feed cat JOB KEY [--range A-B] > out   (| ffmpeg -i pipe:0)
+    s3feed put JOB KEY [FILE|-]      upload an output (ffmpeg ... pipe:1 | s3feed put JOB K -)
     s3feed status
     s3feed trust-policy TENANT
 
@@ -264,6 +265,40 @@ def cmd_cat(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def cmd_put(args: argparse.Namespace, client: Client) -> int:
+    show = sys.stderr.isatty() and not args.json
+    started = time.monotonic()
+
+    def progress(sent: int) -> None:
+        if show:
+            rate = sent / max(1e-3, time.monotonic() - started)
+            sys.stderr.write(f"\r{args.key}: {_human(sent)} sent, {_human(rate)}/s  ")
+            sys.stderr.flush()
+
+    if args.file in (None, "-"):
+        doc = client.put(args.job, args.key, sys.stdin.buffer.fileno(),
+                         content_type=args.content_type, progress=progress)  # fmt: skip
+    else:
+        try:
+            f = open(args.file, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise CliError(
+                "Usage", f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE
+            ) from None
+        with f:
+            doc = client.put(args.job, args.key, f, content_type=args.content_type,
+                             progress=progress)  # fmt: skip
+    if show:
+        sys.stderr.write("\n")
+    if args.json:
+        _print_json(doc)
+    else:
+        algorithm, value = next(iter(doc["Checksum"].items()), ("", ""))
+        print(f"s3://{doc['Bucket']}/{doc['Key']}\t{doc['Size']}\t{doc['ETag']}\t"
+              f"{algorithm} {value}".rstrip())  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace, client: Client) -> int:
     health = client.health()
     if args.json:
@@ -405,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     cat.add_argument("job", help="the JobId")
     cat.add_argument("key", help="the object's key, relative to the job's folder")
     cat.add_argument("--range", help="bytes A-B (inclusive), A- or -N")
+    put = sub_parser(sub, "put", "upload an output to the job's Destination")
+    put.add_argument("job", help="the JobId")
+    put.add_argument("key", help="the output's key, relative to the destination folder")
+    put.add_argument("file", nargs="?", help="the file to upload; - or none: standard input")
+    put.add_argument("--content-type", help="the object's Content-Type")
     sub_parser(sub, "status", "the daemon's health and summary")
     t = sub_parser(sub, "trust-policy", "the trust policy a tenant's role needs")
     t.add_argument("tenant", help="the TenantName (the role's sts:ExternalId)")
@@ -434,6 +474,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "ls": cmd_ls,
     "fetch": cmd_fetch,
     "cat": cmd_cat,
+    "put": cmd_put,
     "status": cmd_status,
     "trust-policy": cmd_trust_policy,
 }

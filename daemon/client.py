@@ -19,9 +19,9 @@ import http.client
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 import orjson
@@ -131,6 +131,10 @@ class _Calls:
         return method, f"/v1/jobs/{quote(job_id, safe='')}/fetches/{quote(fetch_id, safe='')}", None
 
     @staticmethod
+    def output_path(job_id: str, key: str) -> str:
+        return f"/v1/jobs/{quote(job_id, safe='')}/outputs/{quote(key, safe='/')}"
+
+    @staticmethod
     def object_path(job_id: str, key: str) -> str:
         return f"/v1/jobs/{quote(job_id, safe='')}/objects/{quote(key, safe='/')}"
 
@@ -165,6 +169,45 @@ def _is_pipe(fd: int) -> bool:
     return stat.S_ISFIFO(os.fstat(fd).st_mode)
 
 
+Body = bytes | bytearray | memoryview | int | BinaryIO  # int: an open file descriptor
+Progress = Callable[[int], None]  # bytes sent so far
+
+
+def _regular_size(fd: int) -> int | None:
+    """Bytes left in a regular file from its offset; None for pipes, sockets, ttys."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return max(0, st.st_size - os.lseek(fd, 0, os.SEEK_CUR))
+
+
+def _send_body(sock: socket.socket, data: Body, size: int | None, progress: Progress) -> None:
+    """Content-Length bodies go as they are (a regular file by sendfile);
+    anything else chunked, a read at a time."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        for start in range(0, len(view), READ_CHUNK):
+            sock.sendall(view[start : start + READ_CHUNK])
+            progress(min(len(view), start + READ_CHUNK))
+        return
+    fd = data if isinstance(data, int) else data.fileno()
+    sent = 0
+    if size is not None:
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        while sent < size:
+            n = os.sendfile(sock.fileno(), fd, offset + sent, min(size - sent, 8 * READ_CHUNK))
+            if n == 0:
+                raise OSError(f"the file ended after {sent} of {size} bytes")
+            sent += n
+            progress(sent)
+        return
+    while chunk := os.read(fd, READ_CHUNK):
+        sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        sent += len(chunk)
+        progress(sent)
+    sock.sendall(b"0\r\n\r\n")
+
+
 class Client:
     """Blocking client (one connection per call; the CLI's needs are small)."""
 
@@ -193,6 +236,43 @@ class Client:
         except BaseException:
             conn.close()
             raise
+
+    def put(
+        self,
+        job_id: str,
+        key: str,
+        data: Body,
+        *,
+        content_type: str | None = None,
+        progress: Progress = lambda sent: None,
+    ) -> Any:
+        """Upload `data` (bytes, an open file or descriptor, a pipe) as the
+        job's output `key`; -> {"Key", "Bucket", "ETag", "Size", "Checksum"}."""
+        conn = _UnixHTTPConnection(self.socket, self.timeout)
+        try:
+            conn.putrequest("PUT", _Calls.output_path(job_id, key), skip_accept_encoding=True)
+            if isinstance(data, bytes | bytearray | memoryview):
+                size: int | None = len(data)
+            else:
+                size = _regular_size(data if isinstance(data, int) else data.fileno())
+            if size is None:
+                conn.putheader("Transfer-Encoding", "chunked")
+            else:
+                conn.putheader("Content-Length", str(size))
+            if content_type:
+                conn.putheader("Content-Type", content_type)
+            conn.endheaders()
+            assert conn.sock is not None
+            # A refusal can come before the body is all sent: its answer says why.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                _send_body(conn.sock, data, size, progress)
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status >= 400:
+                raise _error(resp.status, body)
+            return orjson.loads(body)
+        finally:
+            conn.close()
 
     def _json(self, call: Call) -> Any:
         conn, resp = self._send(call)
@@ -421,6 +501,24 @@ class AsyncClient:
 
     async def health(self) -> Any:
         return await self._json(("GET", "/healthz", None))
+
+    async def put(
+        self,
+        job_id: str,
+        key: str,
+        data: bytes | BinaryIO | AsyncIterator[bytes],
+        *,
+        content_type: str | None = None,
+    ) -> Any:
+        """Upload `data` as the job's output `key` (see Client.put)."""
+        headers = {"Content-Type": content_type} if content_type else None
+        async with self.session.put(
+            _Calls.output_path(job_id, key), data=data, headers=headers
+        ) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                raise _error(resp.status, raw)
+            return orjson.loads(raw)
 
     async def read_object(
         self, job_id: str, key: str, byte_range: str | None = None

@@ -37,6 +37,9 @@ class ApiConfig:
     # Groups whose members may create and delete jobs; () = every client may.
     controller_groups: tuple[str, ...] = ()
     header_timeout: float = 10.0  # a request head must arrive within this (docs/design.md, Limits)
+    # Where the upload journal lives (docs/design.md, Outputs); None: systemd's
+    # $STATE_DIRECTORY, else no journal (uploads are then not recovered after a crash).
+    state_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.socket_mode <= 0o777:
@@ -157,7 +160,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
         "socket": _path, "socket_mode": _mode, "max_body": parse_size,
         "job_idle_ttl": _seconds, "drain_grace": _seconds,
         "controller_groups": _str_list,
-        "header_timeout": _seconds,
+        "header_timeout": _seconds, "state_dir": _path,
     }),
     "metrics": (MetricsConfig, {"listen": _str}),
     "sts": (StsConfig, {"region": _str, "endpoint_url": _str}),
@@ -165,7 +168,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
     "transfer": (TransferConfig, {
         "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
         "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,
-        "stream_memory": parse_size,
+        "stream_memory": parse_size, "upload_memory": parse_size,
     }),
     "cache": (CacheConfig, {
         "dir": _path, "max_size": parse_size, "min_free": parse_size, "group": _str,

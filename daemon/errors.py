@@ -21,6 +21,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "InvalidDuration": 400,
     "InvalidTenantName": 400,
     "InvalidKey": 400,
+    "NoDestination": 400,
+    "IncompleteBody": 400,
     "SessionPolicyTooLarge": 400,
     "AssumeRoleDenied": 403,
     "AccessDenied": 403,

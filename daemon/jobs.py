@@ -46,10 +46,13 @@ from s3feed.transfer.errors import TransferError
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.s3upload import S3Uploader
 from s3feed.transfer.serve import Authorised, ObjectServer
 from s3feed.transfer.store import ObjectStore
+from s3feed.transfer.upload import UploadClient
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
+from .destination import DestinationRequest, parse_destination, write_only_policy, write_statements
 from .errors import ApiError, describe, s3_ids
 
 log = logging.getLogger("s3feed.jobs")
@@ -123,6 +126,17 @@ class TransferRecord:
         return doc
 
 
+@dataclass
+class JobDestination:
+    """Where the job's outputs go (docs/design.md, Outputs): the Source's
+    session (`own_session` False) or a second one of the Destination's role."""
+
+    request: DestinationRequest
+    session: RoleSession
+    uploader: UploadClient
+    own_session: bool
+
+
 def _rfc3339(t: datetime | None) -> str | None:
     if t is None:
         return None
@@ -143,8 +157,11 @@ class Job:
         monotonic: Callable[[], float],
         encoder_uids: frozenset[int] = frozenset(),
         on_activity: Callable[[], None] = lambda: None,
+        destination: JobDestination | None = None,
     ) -> None:
         self.job_id = job_id
+        self.destination = destination
+        self._uploads: set[asyncio.Task[Any]] = set()
         self.tenant = tenant
         self.uid = uid
         self.location = location
@@ -178,7 +195,7 @@ class Job:
     @property
     def busy(self) -> bool:
         """A fetch or a stream of this job is running."""
-        return bool(self.open_streams or self._tasks)
+        return bool(self.open_streams or self._tasks or self._uploads)
 
     def idle_for(self) -> float:
         if self.busy:
@@ -190,6 +207,15 @@ class Job:
 
     def stream_closed(self) -> None:
         self.open_streams -= 1
+        self.touch()
+        self._on_activity()
+
+    def upload_opened(self, task: asyncio.Task[Any]) -> None:
+        """An upload runs in `task` (its API handler); `close` cancels it."""
+        self._uploads.add(task)
+
+    def upload_closed(self, task: asyncio.Task[Any]) -> None:
+        self._uploads.discard(task)
         self.touch()
         self._on_activity()
 
@@ -296,6 +322,7 @@ class Job:
             "SessionPolicy": status.policy,
             "CreatedAt": _rfc3339(self.created_at),
             "Transfers": [r.document(now) for r in self.transfers.values()],
+            **({"Destination": self.destination.request.document()} if self.destination else {}),
         }
 
     async def _connect(self) -> None:
@@ -314,8 +341,16 @@ class Job:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Uploads abort their multipart uploads while the credentials still work.
+        uploads = list(self._uploads)
+        for task in uploads:
+            task.cancel()
+        if uploads:
+            await asyncio.wait(uploads, timeout=30)
         self.server.release(self.pin_owner)
         await self.store.close()
+        if self.destination is not None and self.destination.own_session:
+            await self.destination.session.close()
         await self.session.close()
 
 
@@ -326,10 +361,11 @@ class JobRequest:
     role_arn: str
     duration: int
     encoder_uids: frozenset[int] = frozenset()
+    destination: DestinationRequest | None = None
 
 
 _ENVELOPE = {"JobId": str, "TenantName": str, "Source": dict}
-_OPTIONAL = {"EncoderUids": list}
+_OPTIONAL = {"EncoderUids": list, "Destination": dict}
 _SOURCE_FIELDS = ("Provider", "UriPath", "RoleArnToAssume", "RoleSessionDurationInSeconds")
 
 
@@ -341,7 +377,8 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
         if name not in _ENVELOPE and name not in _OPTIONAL:
             raise ApiError(
                 "InvalidRequest",
-                f"unknown field {name!r}; allowed: JobId, TenantName, Source, EncoderUids",
+                f"unknown field {name!r}; allowed: JobId, TenantName, Source, EncoderUids, "
+                "Destination",
             )
     for name, kind in _ENVELOPE.items():
         if name not in body:
@@ -371,7 +408,12 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
     duration = validate_duration(source.get("RoleSessionDurationInSeconds"))
     tenant = validate_tenant_name(body["TenantName"])
     encoders = parse_encoder_uids(body.get("EncoderUids", []))
-    return JobRequest(job_id, tenant, role.arn, duration, encoders), location
+    destination = None
+    if "Destination" in body:
+        destination = parse_destination(
+            body["Destination"], s3, source_role=role.arn, source_duration=duration
+        )
+    return JobRequest(job_id, tenant, role.arn, duration, encoders, destination), location
 
 
 def parse_encoder_uids(value: object) -> frozenset[int]:
@@ -404,6 +446,7 @@ class JobRegistry:
         credential_observer: CredentialObserver,
         transfer_observer: TransferObserver,
         make_store: Callable[[S3Location, RoleSession], ObjectStore] | None = None,
+        make_uploader: Callable[[S3Location, RoleSession], UploadClient] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         jobs_changed: Callable[[int], None] = lambda count: None,
     ) -> None:
@@ -415,6 +458,7 @@ class JobRegistry:
         self._credential_observer = credential_observer
         self._transfer_observer = transfer_observer
         self._make_store = make_store or self._real_store
+        self._make_uploader = make_uploader or self._real_uploader
         self._monotonic = monotonic
         self._jobs: dict[str, Job] = {}
         self._reserved: set[str] = set()
@@ -423,6 +467,11 @@ class JobRegistry:
     def _real_store(self, location: S3Location, session: RoleSession) -> ObjectStore:
         return S3ObjectStore(
             location, session, clients=self._s3_clients, observer=self._transfer_observer
+        )
+
+    def _real_uploader(self, location: S3Location, session: RoleSession) -> UploadClient:
+        return S3Uploader(
+            location, session, http=self._s3_clients.http, observer=self._transfer_observer
         )
 
     def __len__(self) -> int:
@@ -439,6 +488,9 @@ class JobRegistry:
                 f"a job {request.job_id!r} is live; DELETE it first or use another JobId",
             )
         self._reserved.add(request.job_id)
+        dest = request.destination
+        shared = dest is not None and dest.role_arn == request.role_arn
+        second: RoleSession | None = None
         try:
             session = await RoleSession.assume(
                 self._sts,
@@ -454,8 +506,30 @@ class JobRegistry:
                     bucket=location.bucket,
                     prefix=location.prefix,
                     region=location.region,
+                    statements=write_statements(dest) if dest is not None and shared else (),
                 ),
             )
+            destination = None
+            if dest is not None:
+                try:
+                    if not shared:
+                        second = await RoleSession.assume(
+                            self._sts,
+                            job_id=f"{request.job_id}.outputs",
+                            role_arn=dest.role_arn,
+                            external_id=request.tenant,
+                            duration=dest.duration,
+                            observer=self._credential_observer,
+                            policy=write_only_policy(dest),
+                        )
+                except BaseException:
+                    await session.close()
+                    raise
+                dest_session = second or session
+                destination = JobDestination(
+                    dest, dest_session, self._make_uploader(dest.location, dest_session),
+                    own_session=second is not None,
+                )  # fmt: skip
             job = Job(
                 job_id=request.job_id,
                 tenant=request.tenant,
@@ -467,6 +541,7 @@ class JobRegistry:
                 monotonic=self._monotonic,
                 encoder_uids=request.encoder_uids,
                 on_activity=self._activity.set,
+                destination=destination,
             )
             self._jobs[job.job_id] = job
             self._jobs_changed(len(self._jobs))

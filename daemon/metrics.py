@@ -30,7 +30,11 @@ from s3feed.transfer.errors import RETRY_REASONS
 
 MODES = ("cache", "stream")
 OUTCOMES = ("success", "failed", "cancelled")
-S3_OPS = ("GetObject", "HeadObject", "ListObjectsV2")
+S3_OPS = (
+    "GetObject", "HeadObject", "ListObjectsV2",
+    "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+)  # fmt: skip
 
 # Time to first byte and request latency on loopback are milliseconds; on
 # AWS tens of milliseconds to seconds.
@@ -140,6 +144,25 @@ class Metrics:
         self.cache_evictions = Counter(
             "s3feed_cache_evictions", "Cache entries evicted.", registry=r
         )
+        self.sent = Counter(
+            "s3feed_sent_bytes", "Bytes of outputs uploaded to S3 (acknowledged), by tenant.",
+            ["tenant"], registry=r,
+        )  # fmt: skip
+        self.uploads = Counter(
+            "s3feed_uploads", "Outputs uploads finished, by outcome.", ["outcome"], registry=r
+        )
+        self.uploads_active = Gauge(
+            "s3feed_uploads_active", "Outputs uploads running now.", registry=r
+        )
+        self.upload_duration = Histogram(
+            "s3feed_upload_duration_seconds", "Wall time of finished uploads.",
+            buckets=DURATION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upload_part_duration = Histogram(
+            "s3feed_upload_part_duration_seconds",
+            "Latency of an acknowledged part upload (or single PutObject), its last attempt.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         self._export_zeroes()
 
     def _export_zeroes(self) -> None:
@@ -154,6 +177,8 @@ class Metrics:
             self.s3_duration.labels(op)
         for reason in RETRY_REASONS:
             self.retries.labels(reason)
+        for outcome in OUTCOMES:
+            self.uploads.labels(outcome)
         for limit in LIMIT_KEYS:
             self.limit_refusals.labels(limit)
 
@@ -213,6 +238,21 @@ class Metrics:
     def stream_memory(self, used: int, budget: int) -> None:
         self.stream_memory_used.set(used)
         self.stream_memory_budget.set(budget)
+
+    # UploadObserver
+    def upload_started(self) -> None:
+        self.uploads_active.inc()
+
+    def upload_finished(self, outcome: str, seconds: float) -> None:
+        self.uploads_active.dec()
+        self.uploads.labels(outcome).inc()
+        self.upload_duration.observe(seconds)
+
+    def bytes_sent(self, tenant: str, n: int) -> None:
+        self.sent.labels(tenant).inc(n)
+
+    def upload_part(self, seconds: float) -> None:
+        self.upload_part_duration.observe(seconds)
 
     def cache_hit(self) -> None:
         self.cache_hits.inc()

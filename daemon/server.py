@@ -38,15 +38,17 @@ from s3feed.transfer.cache import Cache
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.s3store import S3Clients
 from s3feed.transfer.serve import ObjectServer
+from s3feed.transfer.upload import MIN_PART, UploadConfig
 
 from . import systemd
-from .api import Api
+from .api import Api, OutputsConfig
 from .config import Config, ConfigError, load_config
 from .connections import KEEPALIVE_TIMEOUT, GuardedSockSite
 from .identity import DaemonIdentity
 from .jobs import JobRegistry
 from .limits import UidLimits
 from .metrics import Metrics
+from .outputs import UploadJournal, abort_leftovers
 from .peer import Controllers
 
 log = logging.getLogger("s3feed.server")
@@ -105,6 +107,7 @@ class Daemon:
         config_path: Path | None = None,
         sts: StsClient | None = None,
         make_store: Callable[..., Any] | None = None,
+        make_uploader: Callable[..., Any] | None = None,
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.config = config
@@ -128,9 +131,17 @@ class Daemon:
             credential_observer=self.metrics,
             transfer_observer=self.metrics,
             make_store=make_store,
+            make_uploader=make_uploader,
             jobs_changed=self.metrics.jobs_active.set,
         )
         self.identity = DaemonIdentity(self.sts)
+        state_dir = config.api.state_dir or (
+            Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+            if os.environ.get("STATE_DIRECTORY")
+            else None
+        )
+        self.upload_journal = UploadJournal(state_dir / "uploads.json" if state_dir else None)
+        self._make_uploader = make_uploader
         self.limits = UidLimits(config.limits, refused=self.metrics.limit_refused)
         self.api = Api(
             registry=self.registry,
@@ -142,10 +153,21 @@ class Daemon:
             summary=self.summary,
             limits=self.limits,
             body_timeout=config.api.header_timeout,
+            outputs=OutputsConfig(
+                UploadConfig(
+                    part_size=max(config.transfer.part_size, MIN_PART),
+                    memory=config.transfer.upload_memory,
+                    retries=config.transfer.retries,
+                    stall_timeout=config.transfer.stall_timeout,
+                ),
+                self.metrics,
+                self.upload_journal,
+            ),
         )
         self._runners: list[web.AppRunner] = []
         self._created_socket: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
         self.socket_path: Path | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -197,11 +219,26 @@ class Daemon:
             header_timeout=self.config.api.header_timeout,
         ).start()  # fmt: skip
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
+        if self.upload_journal.entries:
+            self._recovery = asyncio.create_task(self._abort_leftovers(), name="upload recovery")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
         log.info(
             "s3feed serving",
             extra={"socket": str(self.socket_path), "metrics": metrics_at},
         )
+
+    async def _abort_leftovers(self) -> None:
+        """Multipart uploads a crashed run left behind (docs/design.md, Outputs)."""
+        try:
+            await abort_leftovers(
+                self.upload_journal,
+                sts=self.sts,
+                s3=self.config.s3,
+                observer=self.metrics,
+                make_uploader=self._make_uploader or self.registry._real_uploader,
+            )
+        except Exception:
+            log.exception("aborting the last run's multipart uploads failed")
 
     async def _reap_idle(self) -> None:
         while True:
@@ -239,6 +276,10 @@ class Daemon:
                 await site.stop()
         if not await self.registry.drain(self.config.api.drain_grace):
             log.warning("drain grace over: cancelling the transfers still running")
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

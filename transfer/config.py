@@ -50,6 +50,8 @@ class TransferConfig:
     stream_memory: int = 1 * GiB  # all stream windows together
     retries: int = 10  # retry budget per transfer
     stall_timeout: float = 30.0  # seconds without a byte before a range is retried
+    # Outputs (transfer/upload.py): part buffers per upload, at least one part.
+    upload_memory: int = 64 * MiB
 
     def __post_init__(self) -> None:
         if not 1 * MiB <= self.part_size <= 5 * GiB:
@@ -60,6 +62,8 @@ class TransferConfig:
             raise ValueError("transfer.stream_window must be at least transfer.part_size")
         if self.stream_memory < self.part_size:
             raise ValueError("transfer.stream_memory must be at least transfer.part_size")
+        if self.upload_memory < 1:
+            raise ValueError("transfer.upload_memory must be > 0")
         if self.retries < 0:
             raise ValueError("transfer.retries must be >= 0")
         if self.stall_timeout <= 0:

@@ -1,7 +1,9 @@
 """Observer protocol through which transfer/ reports to metrics (daemon/metrics.py).
 
 `mode` is "cache" or "stream"; `op` is the S3 operation ("GetObject",
-"HeadObject", "ListObjectsV2"); `outcome` is "success", "failed" or "cancelled".
+"HeadObject", "ListObjectsV2", and for outputs "PutObject", "CreateMultipartUpload",
+"UploadPart", "CompleteMultipartUpload", "AbortMultipartUpload",
+"ListMultipartUploads"); `outcome` is "success", "failed" or "cancelled".
 """
 
 from __future__ import annotations
@@ -69,4 +71,28 @@ class NullTransferObserver:
         pass
 
     def cache_size(self, size_bytes: int, capacity_bytes: int) -> None:
+        pass
+
+
+class UploadObserver(Protocol):
+    """Outputs (transfer/upload.py, daemon/outputs.py): `outcome` as for transfers."""
+
+    def upload_started(self) -> None: ...
+    def upload_finished(self, outcome: str, seconds: float) -> None: ...
+    def bytes_sent(self, tenant: str, n: int) -> None: ...
+    def upload_part(self, seconds: float) -> None:
+        """One part (or a single PutObject) acknowledged; seconds of its last attempt."""
+
+
+class NullUploadObserver:
+    def upload_started(self) -> None:
+        pass
+
+    def upload_finished(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def bytes_sent(self, tenant: str, n: int) -> None:
+        pass
+
+    def upload_part(self, seconds: float) -> None:
         pass

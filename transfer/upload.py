@@ -185,6 +185,7 @@ class Upload:
     sent: int = 0  # bytes S3 acknowledged
     parts_in_flight: int = 0
     on_sent: Callable[[int], None] = lambda n: None
+    on_part: Callable[[float], None] = lambda seconds: None  # part latency
 
 
 async def upload(
@@ -291,7 +292,7 @@ async def _put_single(
     checksum = crc32c(data)
     view = memoryview(data)
     etag, echoed = await _retrying(
-        lambda: client.put_object(key, view, checksum, headers), config, sleep, rand
+        lambda: _timed(state, client.put_object(key, view, checksum, headers)), config, sleep, rand
     )
     state.sent += len(data)
     state.on_sent(len(data))
@@ -321,7 +322,7 @@ async def _send_parts(
             view = memoryview(data)
             state.parts_in_flight += 1
             etag = await _retrying(
-                lambda: client.upload_part(key, upload_id, number, view, checksum),
+                lambda: _timed(state, client.upload_part(key, upload_id, number, view, checksum)),
                 config,
                 sleep,
                 rand,
@@ -362,6 +363,14 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if not isinstance(exc, asyncio.CancelledError):
             return exc
     return group.exceptions[0]
+
+
+async def _timed(state: Upload, request: Awaitable[T]) -> T:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await request
+    state.on_part(loop.time() - started)
+    return result
 
 
 async def _retrying(

@@ -1,0 +1,222 @@
+"""Outputs end to end (docs/design.md, Outputs): `s3feed serve` on ministack
+(ExternalId and session policies enforced) and SeaweedFS, `s3feed put` from
+a pipe and from a file, checked byte for byte with the admin keys.
+
+The writer role is created here, with the admin IAM keys: its trust policy
+requires the acme tenant as ExternalId and its policy allows reading and
+writing every test bucket, so that what keeps a job inside its destination
+folder is the job's session policy alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from daemonproc import S3FEED, Daemon, running_daemon
+from reliability import blob
+
+from s3feed.daemon.client import Client, S3feedError
+
+if TYPE_CHECKING:
+    from conftest import LocalAws, TestBucket
+
+local_aws_script = sys.modules["s3feed_local_aws"]
+
+MiB = 1024 * 1024
+PART = 5 * MiB  # the daemon's upload part: max([transfer] part_size, S3's 5 MiB)
+
+
+def uri(bucket: str, folder: str = "") -> str:
+    return f"https://{bucket}.s3.us-east-1.amazonaws.com/{folder}"
+
+
+def _role(local_aws: LocalAws, name: str, actions: list[str]) -> str:
+    prefix = local_aws_script.TEST_BUCKET_PREFIX
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{local_aws.account_id}:root"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": local_aws.acme_tenant}},
+        }],
+    }  # fmt: skip
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": actions, "Resource": f"arn:aws:s3:::{prefix}*/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{prefix}*"},
+        ],
+    }
+    with local_aws.closing_client("iam") as iam:
+        arn = iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), MaxSessionDuration=3600
+        )["Role"]["Arn"]
+        iam.put_role_policy(RoleName=name, PolicyName="rw", PolicyDocument=json.dumps(policy))
+    return str(arn)
+
+
+@pytest.fixture(scope="module")
+def writer_role(local_aws: LocalAws) -> str:
+    return _role(
+        local_aws,
+        f"s3feed-writer-{secrets.token_hex(4)}",
+        ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+    )
+
+
+@pytest.fixture(scope="module")
+def reader_role(local_aws: LocalAws) -> str:
+    return _role(local_aws, f"s3feed-reader-{secrets.token_hex(4)}", ["s3:GetObject"])
+
+
+@pytest.fixture(scope="module")
+def daemon(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    work = tmp_path_factory.mktemp("outputs")
+    with running_daemon(local_aws, work / "s3feed", api={"state_dir": work}) as d:
+        yield d
+
+
+def _job(daemon: Daemon, local_aws: LocalAws, bucket: str, role: str, **dest: Any) -> str:
+    job_id = f"out-{secrets.token_hex(4)}"
+    Client(str(daemon.socket)).create_job(
+        job_id, local_aws.acme_tenant, uri(bucket, "in/"), role, 900,
+        Destination={"Provider": "AmazonS3", "UriPath": uri(bucket, "renditions/"), **dest},
+    )  # fmt: skip
+    return job_id
+
+
+def _put(daemon: Daemon, job: str, key: str, data: bytes, src: str, tmp: Path) -> Any:
+    if src == "file":
+        path = tmp / "body"
+        path.write_bytes(data)
+        args = [S3FEED, "--json", "put", job, key, str(path)]
+        stdin = None
+    else:
+        args = [S3FEED, "--json", "put", job, key, "-"]
+        stdin = subprocess.PIPE
+    proc = subprocess.Popen(args, env=daemon.env, stdin=stdin, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    out, err = proc.communicate(data if stdin else None, timeout=300)
+    assert proc.returncode == 0, err.decode()
+    return json.loads(out)
+
+
+def _uploads(bucket: TestBucket) -> list[Any]:
+    return list(bucket.s3.list_multipart_uploads(Bucket=bucket.name).get("Uploads", []))
+
+
+@pytest.mark.parametrize("src", ["pipe", "file"])
+def test_round_trip_is_byte_exact(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str, src: str,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    job = _job(daemon, local_aws, bucket.name, writer_role)
+    for i, size in enumerate([0, 1, PART - 1, PART, PART + 1, 100 * MiB]):
+        data = blob(size, i)
+        doc = _put(daemon, job, f"out/{size}.ts", data, src, tmp_path)
+        key = f"renditions/out/{size}.ts"
+        assert (doc["Bucket"], doc["Key"], doc["Size"]) == (bucket.name, key, size)
+        got = bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+        assert got == data, f"{size} bytes from a {src} differ"
+        assert set(doc["Checksum"]) == {"CRC32C"}
+    assert _uploads(bucket) == []
+    listed = Client(str(daemon.socket)).get_job(job)["Transfers"]
+    assert [t["State"] for t in listed if t["Mode"] == "upload"] == ["done"] * 6
+
+
+def test_session_policy_allows_the_destination_folder_only(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str
+) -> None:
+    job = _job(daemon, local_aws, bucket.name, writer_role)
+    c = Client(str(daemon.socket))
+    policy = c.get_job(job)["SessionPolicy"]
+    write = next(s for s in policy["Statement"] if s["Sid"] == "WriteOutputs")
+    assert write["Resource"] == f"arn:aws:s3:::{bucket.name}/renditions/*"
+    # The role may write the whole bucket; the job's credentials only renditions/.
+    with pytest.raises(S3feedError) as info:
+        c.put(job, "../in/x.ts", b"x")
+    assert info.value.code == "InvalidKey"
+    creds = local_aws.assume(writer_role, local_aws.acme_tenant, Policy=json.dumps(policy))
+    with local_aws.closing_client("s3", creds) as s3:
+        s3.put_object(Bucket=bucket.name, Key="renditions/ok", Body=b"ok")
+        with pytest.raises(Exception, match="AccessDenied"):
+            s3.put_object(Bucket=bucket.name, Key="in/not-ok", Body=b"no")
+
+
+def test_a_role_without_put_object_is_a_clear_403(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, reader_role: str
+) -> None:
+    job = _job(daemon, local_aws, bucket.name, reader_role)
+    c = Client(str(daemon.socket))
+    for size in (10, 2 * PART):
+        with pytest.raises(S3feedError) as info:
+            c.put(job, f"x{size}", blob(size, 1))
+        assert info.value.status == 403 and info.value.code == "AccessDenied"
+        assert "s3:PutObject" in info.value.message
+    assert _uploads(bucket) == []
+
+
+def test_no_destination_is_a_400(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str
+) -> None:
+    c = Client(str(daemon.socket))
+    c.create_job("no-dest", local_aws.acme_tenant, uri(bucket.name, "in/"), writer_role, 900)
+    try:
+        with pytest.raises(S3feedError) as info:
+            c.put("no-dest", "x", b"x")
+        assert (info.value.status, info.value.code) == (400, "NoDestination")
+    finally:
+        c.delete_job("no-dest")
+
+
+def test_sse_reaches_s3(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str
+) -> None:
+    job = _job(daemon, local_aws, bucket.name, writer_role, ServerSideEncryption="AES256")
+    c = Client(str(daemon.socket))
+    c.put(job, "small", b"abc")
+    c.put(job, "large", blob(PART + 3, 2))
+    for key in ("small", "large"):
+        head = bucket.s3.head_object(Bucket=bucket.name, Key=f"renditions/{key}")
+        assert head["ServerSideEncryption"] == "AES256"
+
+
+def test_client_killed_mid_body_leaves_nothing(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str
+) -> None:
+    job = _job(daemon, local_aws, bucket.name, writer_role)
+    proc = subprocess.Popen([S3FEED, "put", job, "killed.ts", "-"], env=daemon.env,
+                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(blob(3 * PART, 3))  # past the first part: a multipart upload is open
+    proc.stdin.flush()
+    c = Client(str(daemon.socket))
+    deadline = time.monotonic() + 60
+    while not _uploads(bucket):
+        assert time.monotonic() < deadline, "no multipart upload started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    with contextlib.suppress(BrokenPipeError):
+        proc.stdin.close()
+    deadline = time.monotonic() + 60
+    while True:
+        state = [t["State"] for t in c.get_job(job)["Transfers"] if t["Mode"] == "upload"]
+        if state and state[0] != "running":
+            break
+        assert time.monotonic() < deadline, "the upload did not end"
+        time.sleep(0.05)
+    assert state == ["failed"]
+    assert _uploads(bucket) == []
+    listed = bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="renditions/")
+    assert listed.get("KeyCount", 0) == 0
