@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
+from faultproxy import Fault, FaultProxy, Seen
 from reliability import blob
 
 from s3feed.daemon.client import Client, S3feedError
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
 
 local_aws_script = sys.modules["s3feed_local_aws"]
+
+# The fault proxy forwards part uploads as bytes; aiohttp warns about large ones.
+pytestmark = pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # the daemon's upload part: max([transfer] part_size, S3's 5 MiB)
@@ -220,3 +224,46 @@ def test_client_killed_mid_body_leaves_nothing(
     assert _uploads(bucket) == []
     listed = bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="renditions/")
     assert listed.get("KeyCount", 0) == 0
+
+
+def _part_put(req: Seen) -> bool:
+    return req.method == "PUT" and "partNumber=" in req.query
+
+
+def test_resets_and_slowdown_on_parts_are_retried(
+    local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
+) -> None:
+    with FaultProxy(local_aws.endpoint_url, "s3") as proxy, running_daemon(
+        local_aws, tmp_path / "s3feed", s3={"endpoint_url": proxy.url},
+        api={"state_dir": tmp_path},
+    ) as daemon:  # fmt: skip
+        job = _job(daemon, local_aws, bucket.name, writer_role)
+        proxy.add(
+            Fault("slowdown", match=_part_put, times=2),
+            Fault("reset", match=_part_put, after=3, times=2),
+            Fault("status500", match=_part_put, after=6, times=1),
+        )
+        data = blob(4 * PART + 17, 7)
+        doc = _put(daemon, job, "faulty.ts", data, "pipe", tmp_path)
+        assert proxy.injected == {"slowdown": 2, "reset": 2, "status500": 1}
+    got = bucket.s3.get_object(Bucket=bucket.name, Key="renditions/faulty.ts")["Body"].read()
+    assert got == data and doc["Size"] == len(data)
+    assert _uploads(bucket) == []
+
+
+def test_slowdown_for_good_aborts_and_answers_503(
+    local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
+) -> None:
+    with FaultProxy(local_aws.endpoint_url, "s3") as proxy, running_daemon(
+        local_aws, tmp_path / "s3feed", s3={"endpoint_url": proxy.url},
+        transfer={"retries": 2}, api={"state_dir": tmp_path},
+    ) as daemon:  # fmt: skip
+        job = _job(daemon, local_aws, bucket.name, writer_role)
+        proxy.add(Fault("slowdown", match=_part_put, after=1, times=None))
+        with pytest.raises(S3feedError) as info:
+            Client(str(daemon.socket)).put(job, "never.ts", blob(3 * PART, 8))
+        assert (info.value.status, info.value.code) == (503, "S3Unavailable")
+        assert "SlowDown" in info.value.message
+        assert json.loads((tmp_path / "uploads.json").read_text()) == {"Uploads": []}
+    assert _uploads(bucket) == []
+    assert "Contents" not in bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="renditions/")
