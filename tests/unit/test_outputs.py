@@ -1,0 +1,143 @@
+"""daemon/destination.py (parsing, grants) and daemon/outputs.py (the journal)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s3feed.auth.clock import SystemClock
+from s3feed.auth.fakests import FakeSts
+from s3feed.auth.observer import NullCredentialObserver
+from s3feed.daemon.destination import parse_destination, write_only_policy, write_statements
+from s3feed.daemon.errors import ApiError
+from s3feed.daemon.jobs import parse_job_request
+from s3feed.daemon.outputs import UploadJournal, abort_leftovers
+from s3feed.transfer.config import S3Config
+from s3feed.transfer.errors import InvalidUriPath
+from s3feed.transfer.fakeupload import FakeUploadStore
+
+ROLE = "arn:aws:iam::123456789012:role/src"
+OTHER = "arn:aws:iam::123456789012:role/out"
+URI = "https://out-bucket.s3.eu-west-1.amazonaws.com/renditions/"
+
+
+def _dest(**fields: Any) -> Any:
+    body = {"Provider": "AmazonS3", "UriPath": URI, **fields}
+    return parse_destination(body, S3Config(), source_role=ROLE, source_duration=1800)
+
+
+def test_defaults_come_from_the_source() -> None:
+    d = _dest()
+    assert (d.role_arn, d.duration) == (ROLE, 1800)
+    assert (d.location.bucket, d.location.prefix) == ("out-bucket", "renditions/")
+    assert d.encryption.headers() == {}
+    d = _dest(RoleArnToAssume=OTHER, RoleSessionDurationInSeconds=3600)
+    assert (d.role_arn, d.duration) == (OTHER, 3600)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"Bucket": "x"}, "InvalidRequest"),
+        ({"Provider": "GCS"}, "InvalidProvider"),
+        ({"RoleArnToAssume": "not-an-arn"}, "InvalidRoleArn"),
+        ({"RoleSessionDurationInSeconds": 60}, "InvalidDuration"),
+        ({"ServerSideEncryption": "aws:kms:dsse"}, "InvalidRequest"),
+        ({"SSEKMSKeyId": "k"}, "InvalidRequest"),  # without aws:kms
+        ({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "a\nb"}, "InvalidRequest"),
+        ({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": 5}, "InvalidRequest"),
+    ],
+)
+def test_invalid_destinations_use_the_source_codes(fields: dict[str, Any], code: str) -> None:
+    with pytest.raises(Exception) as info:
+        _dest(**fields)
+    assert getattr(info.value, "code", None) == code
+
+
+def test_uri_path_rules_are_the_source_rules() -> None:
+    with pytest.raises(InvalidUriPath):
+        _dest(UriPath="http://out-bucket.s3.eu-west-1.amazonaws.com/x/")
+    with pytest.raises(ApiError, match=r"missing field 'Destination\.UriPath'"):
+        parse_destination(
+            {"Provider": "AmazonS3"}, S3Config(), source_role=ROLE, source_duration=900
+        )
+
+
+def test_sse_headers() -> None:
+    d = _dest(ServerSideEncryption="aws:kms", SSEKMSKeyId="alias/outputs")
+    assert d.encryption.headers() == {
+        "x-amz-server-side-encryption": "aws:kms",
+        "x-amz-server-side-encryption-aws-kms-key-id": "alias/outputs",
+    }
+    assert d.document()["SSEKMSKeyId"] == "alias/outputs"
+    assert _dest(ServerSideEncryption="AES256").encryption.headers() == {
+        "x-amz-server-side-encryption": "AES256"
+    }
+
+
+def test_grants_cover_the_destination_folder_only() -> None:
+    (write,) = write_statements(_dest())
+    assert write["Resource"] == "arn:aws:s3:::out-bucket/renditions/*"
+    assert set(write["Action"]) == {
+        "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+    }  # fmt: skip
+    kms = write_statements(_dest(ServerSideEncryption="aws:kms"))[1]
+    assert kms["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
+    only = write_only_policy(_dest(RoleArnToAssume=OTHER))
+    assert [s["Sid"] for s in only["Statement"]] == ["WriteOutputs"]  # no reads
+
+
+def test_the_job_request_carries_its_destination() -> None:
+    body = {
+        "JobId": "j1",
+        "TenantName": "acme",
+        "Source": {"Provider": "AmazonS3", "UriPath": URI.replace("renditions", "in"),
+                   "RoleArnToAssume": ROLE},
+        "Destination": {"Provider": "AmazonS3", "UriPath": URI},
+    }  # fmt: skip
+    request, _ = parse_job_request(body, S3Config())
+    assert request.destination is not None and request.destination.role_arn == ROLE
+    with pytest.raises(ApiError, match="must be an object"):
+        parse_job_request({**body, "Destination": "s3://x"}, S3Config())
+
+
+def test_the_journal_survives_a_restart_and_is_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "uploads.json"
+    journal = UploadJournal(path)
+    j = journal.for_job(job_id="j1", tenant="acme", role_arn=ROLE, uri=URI)
+    j.started("out-bucket", "renditions/a", "u1")
+    j.started("out-bucket", "renditions/b", "u2")
+    j.ended("out-bucket", "renditions/a", "u1")
+    assert [e["UploadId"] for e in UploadJournal(path).entries] == ["u2"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "uploads.json.tmp").exists()
+    path.write_text("{not json")
+    assert UploadJournal(path).entries == []  # unreadable: a new journal, not a crash
+
+
+def test_leftovers_are_aborted_with_a_session_of_the_recorded_role(tmp_path: Path) -> None:
+    journal = UploadJournal(tmp_path / "uploads.json")
+    store = FakeUploadStore("out-bucket")
+
+    async def main() -> int:
+        upload_id = await store.create_multipart("renditions/a", {})
+        journal.for_job(job_id="j1", tenant="acme", role_arn=ROLE, uri=URI).started(
+            "out-bucket", "renditions/a", upload_id
+        )
+        sts = FakeSts(SystemClock())
+        n = await abort_leftovers(
+            journal, sts=sts, s3=S3Config(), observer=NullCredentialObserver(),
+            make_uploader=lambda location, session: store,
+        )  # fmt: skip
+        (call,) = sts.calls
+        assert (call.role_arn, call.external_id) == (ROLE, "acme")
+        policy = json.loads(call.policy)
+        assert policy["Statement"][0]["Action"] == "s3:AbortMultipartUpload"
+        return n
+
+    assert asyncio.run(main()) == 1
+    assert store.uploads == {} and journal.entries == []
