@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,3 +267,80 @@ def test_slowdown_for_good_aborts_and_answers_503(
         assert json.loads((tmp_path / "uploads.json").read_text()) == {"Uploads": []}
     assert _uploads(bucket) == []
     assert "Contents" not in bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="renditions/")
+
+
+def _start_put(daemon: Daemon, job: str, key: str, first: bytes) -> subprocess.Popen[bytes]:
+    """`s3feed put JOB KEY -` with `first` written; returns once S3 has a multipart upload."""
+    proc = subprocess.Popen([S3FEED, "--json", "put", job, key, "-"], env=daemon.env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdin is not None
+    proc.stdin.write(first)
+    proc.stdin.flush()
+    return proc
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_sigterm_lets_a_running_upload_finish(
+    local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
+) -> None:
+    data = blob(3 * PART + 5, 9)
+    with running_daemon(local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path,
+                                                              "drain_grace": 60}) as daemon:  # fmt: skip
+        job = _job(daemon, local_aws, bucket.name, writer_role)
+        proc = _start_put(daemon, job, "drained.ts", data[: 2 * PART])
+        _wait_for("a multipart upload", lambda: bool(_uploads(bucket)))
+        daemon.process.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(data[2 * PART :], timeout=120)
+        assert proc.returncode == 0, err.decode()
+        assert daemon.process.wait(timeout=60) == 0
+    assert json.loads(out)["Size"] == len(data)
+    got = bucket.s3.get_object(Bucket=bucket.name, Key="renditions/drained.ts")["Body"].read()
+    assert got == data
+
+
+def test_sigterm_aborts_uploads_still_running_after_the_grace(
+    local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
+) -> None:
+    with running_daemon(local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path,
+                                                              "drain_grace": 1}) as daemon:  # fmt: skip
+        job = _job(daemon, local_aws, bucket.name, writer_role)
+        proc = _start_put(daemon, job, "cut.ts", blob(2 * PART, 10))
+        _wait_for("a multipart upload", lambda: bool(_uploads(bucket)))
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(timeout=60) == 0
+        proc.communicate(timeout=60)
+        assert proc.returncode != 0
+    assert _uploads(bucket) == []
+    assert json.loads((tmp_path / "uploads.json").read_text()) == {"Uploads": []}
+
+
+def test_a_restarted_daemon_aborts_what_a_crashed_one_left(
+    local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
+) -> None:
+    work = tmp_path / "s3feed"
+    with (
+        pytest.raises(AssertionError, match="exited with -9"),
+        running_daemon(local_aws, work, api={"state_dir": tmp_path}) as daemon,
+    ):
+        job = _job(daemon, local_aws, bucket.name, writer_role)
+        proc = _start_put(daemon, job, "crashed.ts", blob(2 * PART, 11))
+        _wait_for("a multipart upload", lambda: bool(_uploads(bucket)))
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(timeout=30)
+        proc.communicate(timeout=60)
+    (left,) = json.loads((tmp_path / "uploads.json").read_text())["Uploads"]
+    assert left["Key"] == "renditions/crashed.ts" and left["Tenant"] == local_aws.acme_tenant
+    assert [u["UploadId"] for u in _uploads(bucket)] == [left["UploadId"]]
+    with running_daemon(local_aws, work, api={"state_dir": tmp_path}):
+        _wait_for("the left upload aborted", lambda: not _uploads(bucket))
+        _wait_for(
+            "the journal emptied",
+            lambda: json.loads((tmp_path / "uploads.json").read_text())["Uploads"] == [],
+        )
