@@ -848,6 +848,9 @@ def start_ministack(paths: Paths, owner: str = "cli") -> dict[str, Any]:
 
 SEAWEED_BUCKET = "seaweed-sources"
 SEAWEED_ROLE = "s3feed-seaweed-reader"
+SEAWEED_WRITER_ROLE = (
+    "s3feed-seaweed-writer"  # reads and writes outputs (tests/integration/test_outputs.py)
+)
 SEAWEED_STOP_TIMEOUT_S = 20.0  # it stops its parts one by one: ~5 s measured
 
 
@@ -916,6 +919,19 @@ def write_seaweed_configs(paths: Paths, keys: dict[str, str]) -> tuple[Path, Pat
         ]
     }
     read = json.loads(_read_policy([SEAWEED_BUCKET, TEST_BUCKET_PREFIX + "*"]))
+    write = json.loads(
+        _policy(
+            {
+                "Effect": "Allow",
+                "Action": [
+                    "s3:PutObject",
+                    "s3:AbortMultipartUpload",
+                    "s3:ListMultipartUploadParts",
+                ],
+                "Resource": [f"arn:aws:s3:::{SEAWEED_BUCKET}/*"],
+            }
+        )
+    )
 
     def trust(principal: str) -> dict[str, Any]:
         # No ExternalId condition: SeaweedFS cannot evaluate one (such a role
@@ -939,13 +955,22 @@ def write_seaweed_configs(paths: Paths, keys: dict[str, str]) -> tuple[Path, Pat
                 "attachedPolicies": ["s3feed-read-sources"],
             },
             {
+                "roleName": SEAWEED_WRITER_ROLE,
+                "roleArn": role_arn(SEAWEED_WRITER_ROLE),
+                "trustPolicy": trust(f"arn:aws:iam::{ACCOUNT_ID}:user/{DAEMON_USER}"),
+                "attachedPolicies": ["s3feed-read-sources", "s3feed-write-outputs"],
+            },
+            {
                 "roleName": UNTRUSTING_ROLE,
                 "roleArn": role_arn(UNTRUSTING_ROLE),
                 "trustPolicy": trust(f"arn:aws:iam::{FOREIGN_ACCOUNT}:user/{DAEMON_USER}"),
                 "attachedPolicies": ["s3feed-read-sources"],
             },
         ],
-        "policies": [{"name": "s3feed-read-sources", "document": read}],
+        "policies": [
+            {"name": "s3feed-read-sources", "document": read},
+            {"name": "s3feed-write-outputs", "document": write},
+        ],
     }
     ids_path = paths.seaweed_conf / "identities.json"
     iam_path = paths.seaweed_conf / "iam.json"

@@ -29,7 +29,7 @@ from reliability import blob
 from s3feed.daemon.client import Client, S3feedError
 
 if TYPE_CHECKING:
-    from conftest import LocalAws, TestBucket
+    from conftest import LocalAws, Seaweed, TestBucket
 
 local_aws_script = sys.modules["s3feed_local_aws"]
 
@@ -344,3 +344,32 @@ def test_a_restarted_daemon_aborts_what_a_crashed_one_left(
             "the journal emptied",
             lambda: json.loads((tmp_path / "uploads.json").read_text())["Uploads"] == [],
         )
+
+
+@pytest.fixture(scope="module")
+def seaweed_daemon(seaweed: Seaweed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    work = tmp_path_factory.mktemp("seaweed-outputs")
+    with running_daemon(seaweed, work / "s3feed", api={"state_dir": work}) as d:  # type: ignore[arg-type]
+        yield d
+
+
+@pytest.mark.parametrize("src", ["pipe", "file"])
+def test_round_trip_on_seaweedfs(
+    seaweed_daemon: Daemon, seaweed: Seaweed, src: str, tmp_path: Path
+) -> None:
+    folder = f"out-{secrets.token_hex(4)}/"
+    job = f"sw-{secrets.token_hex(4)}"
+    Client(str(seaweed_daemon.socket)).create_job(
+        job, "seaweed-tenant", uri(seaweed.bucket, "in/"),
+        local_aws_script.role_arn(local_aws_script.SEAWEED_WRITER_ROLE),
+        Destination={"Provider": "AmazonS3", "UriPath": uri(seaweed.bucket, folder)},
+    )  # fmt: skip
+    with seaweed.closing_client("s3") as s3:
+        for i, size in enumerate([0, 1, PART - 1, PART + 1, 100 * MiB]):
+            data = blob(size, 100 + i)
+            doc = _put(seaweed_daemon, job, f"{size}.ts", data, src, tmp_path)
+            assert doc["Size"] == size
+            got = s3.get_object(Bucket=seaweed.bucket, Key=f"{folder}{size}.ts")["Body"].read()
+            assert got == data, f"{size} bytes from a {src} differ on SeaweedFS"
+        uploads = s3.list_multipart_uploads(Bucket=seaweed.bucket, Prefix=folder)
+        assert not uploads.get("Uploads")
