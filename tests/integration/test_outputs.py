@@ -158,7 +158,7 @@ def test_session_policy_allows_the_destination_folder_only(
 
 
 def test_a_role_without_put_object_is_a_clear_403(
-    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, reader_role: str
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, reader_role: str, tmp_path: Path
 ) -> None:
     job = _job(daemon, local_aws, bucket.name, reader_role)
     c = Client(str(daemon.socket))
@@ -168,6 +168,18 @@ def test_a_role_without_put_object_is_a_clear_403(
         assert info.value.status == 403 and info.value.code == "AccessDenied"
         assert "s3:PutObject" in info.value.message
     assert _uploads(bucket) == []
+    # curl asks `Expect: 100-continue` for a large body: the 403 comes instead of
+    # the 100, so not one byte of the body is sent.
+    body = tmp_path / "large"
+    body.write_bytes(blob(2 * PART, 2))
+    out = subprocess.run(
+        ["curl", "-sS", "--unix-socket", str(daemon.socket), "-T", str(body),
+         "-w", "\n%{http_code} %{size_upload}", f"http://localhost/v1/jobs/{job}/outputs/big"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    doc, _, tail = out.stdout.rpartition("\n")
+    assert tail == "403 0"
+    assert json.loads(doc)["Error"]["Code"] == "AccessDenied"
 
 
 def test_no_destination_is_a_400(
