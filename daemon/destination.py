@@ -65,9 +65,8 @@ class DestinationRequest:
         return doc
 
 
-def parse_destination(
-    value: object, s3: S3Config, *, source_role: str, source_duration: int
-) -> DestinationRequest:
+def check_envelope(value: object) -> Mapping[str, Any]:
+    """Step 4 of registering (docs/design.md, Socket API): unknown or missing fields."""
     if not isinstance(value, Mapping):
         raise ApiError("InvalidRequest", "field 'Destination' must be an object")
     for name in value:
@@ -79,6 +78,14 @@ def parse_destination(
     for name in ("Provider", "UriPath"):
         if name not in value:
             raise ApiError("InvalidRequest", f"missing field 'Destination.{name}'")
+    return value
+
+
+def parse_destination(
+    value: object, s3: S3Config, *, source_role: str, source_duration: int
+) -> DestinationRequest:
+    """Steps 4 and 6 of registering, for `Destination`."""
+    value = check_envelope(value)
     if value["Provider"] != "AmazonS3":
         raise ApiError("InvalidProvider", 'Destination.Provider must be "AmazonS3"')
     location = parse_uri_path(value["UriPath"], s3)

@@ -52,7 +52,13 @@ from s3feed.transfer.store import ObjectStore
 from s3feed.transfer.upload import UploadClient
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
-from .destination import DestinationRequest, parse_destination, write_only_policy, write_statements
+from .destination import (
+    DestinationRequest,
+    parse_destination,
+    write_only_policy,
+    write_statements,
+)
+from .destination import check_envelope as check_destination
 from .errors import ApiError, describe, s3_ids
 
 log = logging.getLogger("s3feed.jobs")
@@ -396,6 +402,8 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
     for name in _SOURCE_FIELDS[:3]:
         if name not in source:
             raise ApiError("InvalidRequest", f"missing field 'Source.{name}'")
+    if "Destination" in body:
+        check_destination(body["Destination"])
     job_id = body["JobId"]
     if not JOB_ID.fullmatch(job_id):
         raise ApiError(
@@ -406,13 +414,13 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
     location = parse_uri_path(source["UriPath"], s3)
     role = parse_role_arn(source["RoleArnToAssume"])
     duration = validate_duration(source.get("RoleSessionDurationInSeconds"))
-    tenant = validate_tenant_name(body["TenantName"])
-    encoders = parse_encoder_uids(body.get("EncoderUids", []))
     destination = None
     if "Destination" in body:
         destination = parse_destination(
             body["Destination"], s3, source_role=role.arn, source_duration=duration
         )
+    tenant = validate_tenant_name(body["TenantName"])
+    encoders = parse_encoder_uids(body.get("EncoderUids", []))
     return JobRequest(job_id, tenant, role.arn, duration, encoders, destination), location
 
 

@@ -141,3 +141,17 @@ def test_leftovers_are_aborted_with_a_session_of_the_recorded_role(tmp_path: Pat
 
     assert asyncio.run(main()) == 1
     assert store.uploads == {} and journal.entries == []
+
+
+def test_destination_is_checked_in_the_documented_order() -> None:
+    source = {"Provider": "AmazonS3", "UriPath": URI.replace("renditions", "in"),
+              "RoleArnToAssume": ROLE}  # fmt: skip
+    body = {"JobId": "bad id", "TenantName": "x", "Source": source,
+            "Destination": {"Provider": "AmazonS3"}}  # fmt: skip
+    # Envelope (a missing Destination field) before the JobId...
+    with pytest.raises(ApiError, match=r"Destination\.UriPath"):
+        parse_job_request(body, S3Config())
+    # ... and the Destination's UriPath before the TenantName.
+    body = {**body, "JobId": "ok", "Destination": {"Provider": "AmazonS3", "UriPath": "s3://b/"}}
+    with pytest.raises(InvalidUriPath):
+        parse_job_request(body, S3Config())
