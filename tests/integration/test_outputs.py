@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -385,3 +387,45 @@ def test_round_trip_on_seaweedfs(
             assert got == data, f"{size} bytes from a {src} differ on SeaweedFS"
         uploads = s3.list_multipart_uploads(Bucket=seaweed.bucket, Prefix=folder)
         assert not uploads.get("Uploads")
+
+
+def _curl_put_as(
+    uid: int, gid: int, sock: Path, job: str, key: str, data: bytes
+) -> tuple[int, Any]:
+    """curl -T - (chunked, from a pipe) as another real uid."""
+    out = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+         "curl", "-sS", "--unix-socket", str(sock), "-T", "-", "-w", "\\n%{http_code}",
+         f"http://localhost/v1/jobs/{job}/outputs/{key}"],
+        input=data, capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    body, _, status = out.stdout.rpartition(b"\n")
+    return int(status), json.loads(body)
+
+
+def test_encoder_uids_may_upload_and_other_uids_see_no_job(
+    local_aws: LocalAws, bucket: TestBucket, writer_role: str
+) -> None:
+    nobody = 65534
+    with tempfile.TemporaryDirectory(dir="/tmp") as short:
+        os.chmod(short, 0o755)  # other uids reach the socket inside
+        sock = Path(short) / "s.sock"
+        with running_daemon(
+            local_aws, Path(short) / "d", api={"socket": sock, "socket_mode": "0666",
+                                               "state_dir": short},
+        ) as daemon:  # fmt: skip
+            job = f"uids-{secrets.token_hex(4)}"
+            Client(str(daemon.socket)).create_job(
+                job, local_aws.acme_tenant, uri(bucket.name, "in/"), writer_role, 900,
+                EncoderUids=[nobody],
+                Destination={"Provider": "AmazonS3", "UriPath": uri(bucket.name, "renditions/")},
+            )  # fmt: skip
+            data = blob(PART + 9, 12)
+            status, doc = _curl_put_as(nobody, nobody, sock, job, "by-encoder.ts", data)
+            assert status == 201, doc
+            status, doc = _curl_put_as(65533, 65533, sock, job, "by-stranger.ts", b"x")
+            assert (status, doc["Error"]["Code"]) == (404, "NoSuchJob")
+    got = bucket.s3.get_object(Bucket=bucket.name, Key="renditions/by-encoder.ts")["Body"].read()
+    assert got == data
+    listed = bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="renditions/")
+    assert [o["Key"] for o in listed["Contents"]] == ["renditions/by-encoder.ts"]
