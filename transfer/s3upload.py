@@ -204,8 +204,11 @@ class S3Uploader:
         port = parts.port or (443 if scheme == "https" else 80)
         conn = await self._http._acquire((scheme, host, port))
         try:
-            await conn.send(head + bytes(body) if body else head, self._stall)
-            resp = Response(conn, self._stall)
+            # The stall clock starts when the request is written: give the body time to
+            # leave at 1 MiB/s before waiting for the answer counts as a stall.
+            stall = self._stall + (len(body) / (1024 * 1024) if body else 0)
+            await conn.send(head + body if body else head, stall)
+            resp = Response(conn, stall)
             data = await resp.read(1024 * 1024)
             return resp.status, dict(resp.headers), data
         except BaseException:

@@ -262,7 +262,7 @@ async def _read_part(body: BodySource, size: int, state: Upload) -> bytearray:
     while len(buf) < size:
         try:
             chunk = await body.read(size - len(buf))
-        except (ConnectionError, OSError, EOFError, ValueError) as e:
+        except (ConnectionError, OSError, EOFError) as e:
             raise IncompleteBody(f"the client went away after {state.received} bytes: {e}") from e
         except Exception as e:  # aiohttp's payload errors
             if type(e).__module__.startswith("aiohttp"):
