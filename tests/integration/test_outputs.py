@@ -429,3 +429,21 @@ def test_encoder_uids_may_upload_and_other_uids_see_no_job(
     assert got == data
     listed = bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="renditions/")
     assert [o["Key"] for o in listed["Contents"]] == ["renditions/by-encoder.ts"]
+
+
+def test_sse_kms_fields_reach_s3(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str
+) -> None:
+    with local_aws.closing_client("kms") as kms:
+        key_id = kms.create_key(Description="s3feed outputs test")["KeyMetadata"]["KeyId"]
+    job = _job(daemon, local_aws, bucket.name, writer_role,
+               ServerSideEncryption="aws:kms", SSEKMSKeyId=key_id)  # fmt: skip
+    c = Client(str(daemon.socket))
+    policy = c.get_job(job)["SessionPolicy"]
+    assert "EncryptViaS3" in [s["Sid"] for s in policy["Statement"]]
+    c.put(job, "small", b"abc")
+    c.put(job, "large", blob(PART + 3, 4))
+    for key in ("small", "large"):
+        head = bucket.s3.head_object(Bucket=bucket.name, Key=f"renditions/{key}")
+        assert head["ServerSideEncryption"] == "aws:kms"
+        assert head["SSEKMSKeyId"].endswith(key_id)
