@@ -10,6 +10,7 @@ folder is the job's session policy alone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -28,7 +29,7 @@ from daemonproc import S3FEED, Daemon, running_daemon
 from faultproxy import Fault, FaultProxy, Seen
 from reliability import blob
 
-from s3feed.daemon.client import Client, S3feedError
+from s3feed.daemon.client import AsyncClient, Client, S3feedError
 
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed, TestBucket
@@ -447,3 +448,28 @@ def test_sse_kms_fields_reach_s3(
         head = bucket.s3.head_object(Bucket=bucket.name, Key=f"renditions/{key}")
         assert head["ServerSideEncryption"] == "aws:kms"
         assert head["SSEKMSKeyId"].endswith(key_id)
+
+
+def test_a_destination_role_of_its_own_is_a_second_session(
+    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str
+) -> None:
+    job = f"two-{secrets.token_hex(4)}"
+    c = Client(str(daemon.socket))
+    c.create_job(
+        job, local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn, 900,
+        Destination={"Provider": "AmazonS3", "UriPath": uri(bucket.name, "renditions/"),
+                     "RoleArnToAssume": writer_role},
+    )  # fmt: skip
+    doc = c.get_job(job)
+    # The Source's session reads only; the writes go with the writer role's session.
+    assert "WriteOutputs" not in [s["Sid"] for s in doc["SessionPolicy"]["Statement"]]
+    assert doc["Destination"]["RoleArnToAssume"] == writer_role
+
+    async def put_async() -> Any:
+        async with AsyncClient(str(daemon.socket)) as ac:
+            return await ac.put(job, "async.ts", b"from the async client")
+
+    assert asyncio.run(put_async())["Size"] == len(b"from the async client")
+    got = bucket.s3.get_object(Bucket=bucket.name, Key="renditions/async.ts")["Body"].read()
+    assert got == b"from the async client"
+    c.delete_job(job)
