@@ -25,6 +25,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.transfer -p s3feed.daemon
+	$(PY) scripts/check_wheel.py
 
 test: $(VENV)/.installed debian-packages lint
 	$(PY) scripts/local_aws.py install
