@@ -17,7 +17,6 @@ What ministack does not do as AWS does (checked here so a change shows):
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,8 +41,6 @@ from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
-
-local_aws_script = sys.modules["s3feed_local_aws"]
 
 
 def daemon_factory(local_aws: LocalAws) -> Callable[[], AioSession]:
