@@ -387,7 +387,7 @@ ROWS = [
                 "Wall time of finished transfers: median and 95th percentile by mode. Long transfers "
                 "are normal for big sources; a jump at constant throughput means slower S3."
             ),
-            w=12,
+            w=8,
             h=8,
             unit="s",
             targets=[
@@ -404,7 +404,7 @@ ROWS = [
         timeseries(
             title="Transfer failure ratio",
             description="Failed transfers as a share of finished transfers, by mode. Red above 5%.",
-            w=12,
+            w=8,
             h=8,
             unit="percentunit",
             steps=[("green", None), ("red", 0.05)],
@@ -414,6 +414,24 @@ ROWS = [
                 Target(
                     "{{mode}}",
                     'sum by (mode) (rate(s3feed_transfers_total{$SEL, outcome="failed"}[$__rate_interval])) / sum by (mode) (rate(s3feed_transfers_total{$SEL}[$__rate_interval]))',
+                )
+            ],
+        ),
+        timeseries(
+            title="Limit refusals by limit",
+            description=(
+                "Requests and connections refused with 429 LimitExceeded per second, by the "
+                "[limits] key that refused them (docs/design.md, Limits). A steady rate for "
+                "one key means a client keeps running into it: find the client, or raise the "
+                "limit."
+            ),
+            w=8,
+            h=8,
+            unit="ops",
+            targets=[
+                Target(
+                    "{{limit}}",
+                    "sum by (limit) (rate(s3feed_limit_refusals_total{$SEL}[$__rate_interval]))",
                 )
             ],
         ),
@@ -520,11 +538,27 @@ ROWS = [
                 "stream_window per stream; near that bound the encoders read slower than S3 delivers "
                 "(fine), near zero with active streams S3 is the bottleneck."
             ),
-            w=12,
+            w=8,
             h=8,
             unit="bytes",
             targets=[
                 Target("{{instance}}", "sum by (instance) (s3feed_stream_buffered_bytes{$SEL})")
+            ],
+        ),
+        timeseries(
+            title="Stream memory used and budget by host",
+            description=(
+                "Bytes granted to stream windows (solid) against [transfer] stream_memory "
+                "(dashed), per daemon. At the budget, new streams get smaller windows and "
+                "stream slower rather than the daemon growing (docs/design.md, Stream memory)."
+            ),
+            w=8,
+            h=8,
+            unit="bytes",
+            overrides=[dashed("budget .*")],
+            targets=[
+                Target("used {{instance}}", "s3feed_stream_memory_used_bytes{$SEL}"),
+                Target("budget {{instance}}", "s3feed_stream_memory_budget_bytes{$SEL}"),
             ],
         ),
         timeseries(
@@ -533,7 +567,7 @@ ROWS = [
                 "Streams running now (left axis) and bytes per second streamed to encoders (right "
                 "axis), over the selected hosts."
             ),
-            w=12,
+            w=8,
             h=8,
             unit="none",
             overrides=[
