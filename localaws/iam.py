@@ -190,7 +190,7 @@ def write_seaweed_configs(paths: Paths, keys: dict[str, str]) -> tuple[Path, Pat
         # No ExternalId condition: SeaweedFS cannot evaluate one (such a role
         # can never be assumed there).  Account :root principals do not match
         # its users either; name the user.
-        return json.loads(_trust(principal, None))
+        return dict(json.loads(_trust(principal, None)))
 
     iam = {
         "sts": {

@@ -64,18 +64,31 @@ from .state import (
 SEAWEED_STOP_TIMEOUT_S = 20.0  # it stops its parts one by one: ~5 s measured
 
 
+def _stop_timeout(name: str) -> float:
+    return SEAWEED_STOP_TIMEOUT_S if name == "seaweed" else STOP_TIMEOUT_S
+
+
+def _running_entry(paths: Paths, state: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The state entry of server `name` if it runs; a stale entry is cleaned up
+    (its process group killed, the entry dropped from `state` and state.json)."""
+    current = state.get(name)
+    if current and alive(current["pid"]) and port_open(current["port"]):
+        return dict(current)
+    if current:
+        log(f"stale {name} state (pid {current['pid']}); cleaning up")
+        kill_group(current["pid"], _stop_timeout(name))
+        state.pop(name, None)
+        write_state(paths, state)
+    return None
+
+
 def start_ministack(paths: Paths, owner: str = "cli") -> dict[str, Any]:
     """Start (or find running) ministack; returns its state entry."""
     with locked(paths):
         state = read_state(paths)
-        current = state.get("ministack")
-        if current and alive(current["pid"]) and port_open(current["port"]):
-            return dict(current)
-        if current:
-            log(f"stale ministack state (pid {current['pid']}); cleaning up")
-            kill_group(current["pid"])
-            state.pop("ministack", None)
-            write_state(paths, state)
+        current = _running_entry(paths, state, "ministack")
+        if current is not None:
+            return current
         install_ministack(paths)
         make_media(paths)
         paths.tmp.mkdir(parents=True, exist_ok=True)
@@ -97,14 +110,12 @@ def start_ministack(paths: Paths, owner: str = "cli") -> dict[str, Any]:
             )
             pid = spawn([str(paths.ministack_bin)], env, paths.ministack_log, paths.root)
             endpoint = f"http://{HOST}:{port}"
+
+            def bound(pid: int = pid, port: int = port) -> bool:
+                return port in listening_ports(pid)
+
             try:
-                wait_until(
-                    "ministack",
-                    lambda pid=pid, port=port: port in listening_ports(pid),
-                    pid,
-                    paths.ministack_log,
-                    START_TIMEOUT_S,
-                )
+                wait_until("ministack", bound, pid, paths.ministack_log, START_TIMEOUT_S)
             except ServerExited:
                 log(f"ministack did not bind port {port} (attempt {attempt + 1}); retrying")
                 kill_group(pid)
@@ -160,14 +171,9 @@ def start_seaweed(paths: Paths, owner: str = "cli") -> dict[str, Any]:
     """Start (or find running) SeaweedFS (`weed mini`); returns its state entry."""
     with locked(paths):
         state = read_state(paths)
-        current = state.get("seaweed")
-        if current and alive(current["pid"]) and port_open(current["port"]):
-            return dict(current)
-        if current:
-            log(f"stale seaweed state (pid {current['pid']}); cleaning up")
-            kill_group(current["pid"], SEAWEED_STOP_TIMEOUT_S)
-            state.pop("seaweed", None)
-            write_state(paths, state)
+        current = _running_entry(paths, state, "seaweed")
+        if current is not None:
+            return current
         install_seaweed(paths)
         make_media(paths)
         keys = seaweed_config(paths)
@@ -264,9 +270,7 @@ def stop(paths: Paths, which: tuple[str, ...] = ("ministack", "seaweed")) -> lis
             entry = state.get(name)
             if not entry:
                 continue
-            kill_group(
-                entry["pid"], SEAWEED_STOP_TIMEOUT_S if name == "seaweed" else STOP_TIMEOUT_S
-            )
+            kill_group(entry["pid"], _stop_timeout(name))
             wait_ports_closed(list(entry.get("ports", [entry["port"]])))
             state.pop(name)
             write_state(paths, state)
