@@ -26,7 +26,9 @@ def shell_quote(value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m localaws", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("command", choices=["install", "start", "stop", "status", "env"])
     parser.add_argument(
         "--seaweed", action="store_true", help="SeaweedFS instead of ministack (start/stop)"
