@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.transfer import acl, cacheindex
-from s3feed.transfer import cache as cache_mod
+from s3feed.transfer import acl, cachedir, cachesync
 from s3feed.transfer.cache import Cache
-from s3feed.transfer.cacheindex import reserve
+from s3feed.transfer.cachedir import reserve
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import AccessDenied, Cancelled, InsufficientStorage, SourceChanged
@@ -306,7 +305,7 @@ def test_reserve_says_when_the_disk_is_full_and_skips_where_it_cannot(
         ctypes.set_errno(err)
         return -1 if err else 0
 
-    monkeypatch.setattr(cacheindex, "_fallocate", fake_fallocate)
+    monkeypatch.setattr(cachedir, "_fallocate", fake_fallocate)
     answers[:] = [errno.ENOSPC]
     with pytest.raises(OSError) as full:
         reserve(3, MiB)
@@ -504,7 +503,7 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
     real_fsync, real_write = c.dir.fsync, c.dir.write_record
 
     def check() -> None:
-        if synced == {ids["b"], ids["c"]} and attempts[ids["a"]] == cache_mod.SYNC_ATTEMPTS:
+        if synced == {ids["b"], ids["c"]} and attempts[ids["a"]] == cachesync.SYNC_ATTEMPTS:
             done.set()  # (fsync runs in a worker thread)
 
     def fsync(path: Path) -> None:
@@ -515,11 +514,11 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
             raise OSError(errno.EIO, "Input/output error")  # a always, b once
         real_fsync(path)
 
-    def write_record(rec: cacheindex.Record) -> None:
+    def write_record(rec: cachedir.Record) -> None:
         real_write(rec)
         if rec.synced:
             synced.add(rec.id)
-        check()
+        loop.call_soon_threadsafe(check)  # (records are written by the file worker thread)
 
     loop = asyncio.get_running_loop()
 
@@ -530,7 +529,7 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
     await asyncio.wait_for(done.wait(), 10)
     for _ in range(5):
         await asyncio.sleep(0)
-    assert attempts[ids["a"]] == cache_mod.SYNC_ATTEMPTS, "bounded: a is left unsynced"
+    assert attempts[ids["a"]] == cachesync.SYNC_ATTEMPTS, "bounded: a is left unsynced"
     assert attempts[ids["b"]] == 2 and attempts[ids["c"]] == 1
     assert c._syncer is not None and not c._syncer.done()
     monkeypatch.setattr(c.dir, "fsync", real_fsync)
@@ -551,7 +550,7 @@ async def test_a_key_file_of_the_wrong_length_is_replaced_and_the_entries_droppe
     c2, _ = new_cache(tmp_path)
     await c2.start()
     secret = (c2.config.dir / ".secret").read_bytes()
-    assert len(secret) == cacheindex.SECRET_BYTES and secret != b"\x01" * length
+    assert len(secret) == cachedir.SECRET_BYTES and secret != b"\x01" * length
     assert entries(c2) == [], "names keyed with the lost secret are gone"
     assert c2.size_bytes == 0
     p = Progress()
@@ -571,15 +570,15 @@ def test_the_key_file_is_written_atomically_and_durably(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    d = cacheindex.CacheDir(tmp_path / "cache", "boot")
+    d = cachedir.CacheDir(tmp_path / "cache", "boot")
     d.open(None)
     secret = (d.path / ".secret").read_bytes()
-    assert len(secret) == cacheindex.SECRET_BYTES
+    assert len(secret) == cachedir.SECRET_BYTES
     assert synced == [str(d.path / ".secret.tmp"), str(d.path)], "the file, then the rename"
     assert [p.name for p in d.path.iterdir()] == [".secret"]
     assert stat.S_IMODE((d.path / ".secret").stat().st_mode) == 0o600
     synced.clear()
-    again = cacheindex.CacheDir(tmp_path / "cache", "boot")
+    again = cachedir.CacheDir(tmp_path / "cache", "boot")
     again.open(None)
     assert synced == [] and (d.path / ".secret").read_bytes() == secret, "a good one is kept"
 
@@ -599,7 +598,7 @@ async def test_min_free_holds_with_downloads_that_have_not_written_yet(
 ) -> None:
     if not fallocate:  # a file system that cannot allocate ahead
         monkeypatch.setattr(
-            cacheindex, "_fallocate", lambda *a: ctypes.set_errno(errno.EOPNOTSUPP) or -1
+            cachedir, "_fallocate", lambda *a: ctypes.set_errno(errno.EOPNOTSUPP) or -1
         )
     release = asyncio.Event()
     reached = {k: asyncio.Event() for k in "abc"}
