@@ -11,8 +11,10 @@ import json
 import os
 import random
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -675,3 +677,71 @@ async def test_more_readers_than_the_file_system_keeps_is_a_clear_refusal(
     assert acl.readers(e.path) == first
     c.unpin_all("job-a")
     assert acl.readers(e.path) == frozenset()
+
+
+# --- file calls off the event loop (docs/design.md, Cache) ---
+
+
+async def test_a_downloads_file_calls_run_on_the_file_worker_in_order(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path, max_size=3 * MiB)  # a sidecar after every range
+    await c.start()
+    loop_thread = threading.get_ident()
+    calls: list[tuple[str, int, object]] = []
+    for name in ("write_record", "open_part", "finish", "remove"):
+        real = getattr(c.dir, name)
+
+        def wrapped(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            state = args[0].state if _name in ("write_record", "finish") else None
+            calls.append((_name, threading.get_ident(), state))
+            return _real(*args)
+
+        setattr(c.dir, name, wrapped)
+    inner = FakeObjectStore()
+    inner.put("a", blob(2 * MiB, 1))
+    inner.put("b", blob(2 * MiB, 2))
+    await c.fetch(inner, "a", tenant="t", owner="j", progress=Progress())
+    c.unpin_all("j")
+    await c.fetch(inner, "b", tenant="t", owner="j", progress=Progress())  # evicts a
+    names = [name for name, _, _ in calls]
+    assert {"write_record", "open_part", "finish", "remove"} <= set(names)
+    assert all(thread != loop_thread for _, thread, _ in calls), "nothing on the loop"
+    first = names[: names.index("finish") + 1]  # the download of a
+    assert first[:2] == ["write_record", "open_part"] and first.count("write_record") >= 3
+    sidecars = [state for name, _, state in calls[: len(first) - 1] if name == "write_record"]
+    assert all(s is cachedir.EntryState.PARTIAL for s in sidecars), "sidecars land first"
+    assert calls[len(first) - 1][2] is cachedir.EntryState.COMPLETE
+    assert entries(c) == sorted(
+        f"{c.dir.entry_id(inner.endpoint, inner.bucket, 'b', inner.objects['b'].etag)}.{x}"
+        for x in ("data", "json")
+    )
+    await c.close()
+
+
+async def test_a_download_cancelled_while_its_part_file_opens_closes_it(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    loop = asyncio.get_running_loop()
+    entered, release = asyncio.Event(), threading.Event()
+    opened: list[int] = []
+    real_open = c.dir.open_part
+
+    def open_part(rid: str, size: int) -> tuple[int, bool]:
+        loop.call_soon_threadsafe(entered.set)
+        release.wait(10)
+        fd, allocated = real_open(rid, size)
+        opened.append(fd)
+        return fd, allocated
+
+    c.dir.open_part = open_part  # type: ignore[method-assign]
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    fetch = asyncio.create_task(c.fetch(inner, "k", tenant="t", owner="j", progress=Progress()))
+    await entered.wait()
+    fetch.cancel()  # the only waiter leaves: the flight is cancelled
+    await asyncio.wait([fetch])
+    release.set()
+    await c.close()  # drains the file worker
+    assert len(opened) == 1
+    with pytest.raises(OSError) as err:
+        os.fstat(opened[0])
+    assert err.value.errno == errno.EBADF
