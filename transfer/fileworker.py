@@ -33,9 +33,12 @@ log = logging.getLogger(__name__)
 
 class FileWorker:
     def __init__(self, name: str = "s3feed-cache-files") -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None  # started by the first call
 
     def submit(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
         future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         future.add_done_callback(_retrieved)
         return future
@@ -44,9 +47,13 @@ class FileWorker:
         return await self.submit(fn, *args)
 
     async def close(self) -> None:
-        """Wait for every call submitted so far, then stop the thread."""
+        """Wait for every call submitted so far, then stop the thread (a
+        later call starts another; closing twice is fine)."""
+        if self._pool is None:
+            return
         await self.run(_nothing)
-        self._pool.shutdown(wait=False)
+        pool, self._pool = self._pool, None
+        pool.shutdown(wait=False)
 
 
 def _nothing() -> None:

@@ -68,3 +68,15 @@ async def test_close_waits_for_every_call_already_submitted() -> None:
     release.set()
     await closing
     assert done == ["slow"]
+
+
+async def test_closing_twice_is_fine_and_a_call_after_close_still_runs() -> None:
+    worker = FileWorker()
+    await worker.close()  # never started
+    assert await worker.run(lambda: 1) == 1
+    await worker.close()
+    await worker.close()
+    threads: list[int] = []
+    await worker.run(lambda: threads.append(threading.get_ident()))
+    assert threads and threads[0] != threading.get_ident()
+    await worker.close()
