@@ -277,7 +277,7 @@ class Cache:
             if not flight.done.done():
                 if not flight.waiters:
                     self._cancel(flight)
-                elif flight.runner is token:
+                elif flight.runner is token and not flight.ending:
                     self._launch(flight)  # go on with a remaining job's credentials
 
     def _launch(self, flight: Flight) -> None:
@@ -383,9 +383,10 @@ class Cache:
         flight.done.set_result(self._entry(rec))
 
     async def _drop(self, flight: Flight) -> None:
-        self._flights.pop(flight.rec.id, None)
+        flight.ending = True  # not restarted while its files go: nothing is left to resume
         self._forget(flight.rec.id)
         await self._files.run(self.dir.remove, flight.rec.id)
+        self._flights.pop(flight.rec.id, None)
 
     def _forget(self, rid: str) -> None:
         """Out of the index; the caller removes the files."""

@@ -56,6 +56,7 @@ class Flight:
     runner: object = None  # the waiter whose store the current task uses
     task: asyncio.Task[None] | None = None
     allocated: bool = False  # reserve() took the part file's blocks from the file system
+    ending: bool = False  # failed for good; its files are being removed
 
     @classmethod
     def start(cls, rec: Record, meta: ObjectMeta) -> Flight:

@@ -745,3 +745,34 @@ async def test_a_download_cancelled_while_its_part_file_opens_closes_it(tmp_path
     with pytest.raises(OSError) as err:
         os.fstat(opened[0])
     assert err.value.errno == errno.EBADF
+
+
+async def test_a_failed_download_is_not_restarted_while_its_files_are_removed(
+    tmp_path: Path,
+) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    loop = asyncio.get_running_loop()
+    removing, release = asyncio.Event(), threading.Event()
+    real_remove = c.dir.remove
+
+    def remove(rid: str) -> None:
+        loop.call_soon_threadsafe(removing.set)
+        release.wait(10)
+        real_remove(rid)
+
+    c.dir.remove = remove  # type: ignore[method-assign]
+    inner = FakeObjectStore()
+    inner.put("k", blob(4 * MiB))
+    a = FailingObjectStore(inner, {2: Fault("source_changed")})
+    b = FailingObjectStore(inner)
+    t1 = asyncio.create_task(c.fetch(a, "k", tenant="t1", owner="j1", progress=Progress()))
+    t2 = asyncio.create_task(c.fetch(b, "k", tenant="t2", owner="j2", progress=Progress()))
+    await removing.wait()  # a's download saw SourceChanged; its files are going
+    t1.cancel()  # the waiter whose store the flight used leaves meanwhile
+    await asyncio.wait([t1])
+    release.set()
+    with pytest.raises(SourceChanged):
+        await t2  # the other waiter gets the outcome, not a resume over removed files
+    assert b.gets == [] and entries(c) == [] and c.size_bytes == 0
+    await c.close()
