@@ -175,8 +175,8 @@ class Job:
     async def cancel_fetch(self, fetch_id: str) -> TransferRecord:
         """End fetch `fetch_id` as `cancelled` (a finished one stays as it is).
         Its wait on the cache entry ends; the download itself stops only if no
-        other fetch waits for that entry (transfer/cache.py; docs/design.md,
-        Fetch cancel)."""
+        other fetch waits for that entry (transfer/cacheflight.py; docs/design.md,
+        Socket API)."""
         record = self.transfers.get(fetch_id)
         if record is None or record.mode != "cache":
             raise ApiError("NoSuchFetch", f"job {self.job_id!r} has no fetch {fetch_id!r}")

@@ -148,7 +148,7 @@ class JobRegistry:
         """Close the jobs idle longer than `ttl`. Each await of a close lets a
         DELETE or a re-creation run, so every candidate is checked again right
         before: still this very object under its id, still idle (docs/design.md,
-        Jobs). One job failing to close does not spare the others."""
+        Socket API). One job failing to close does not spare the others."""
         reaped: list[str] = []
         for job in [j for j in self._jobs.values() if j.idle_for() > ttl]:
             if self._jobs.get(job.job_id) is not job or job.idle_for() <= ttl:

@@ -1,7 +1,7 @@
 """The cache's syncer: completed entries are fsynced in the background, then marked synced.
 
-Why later and not on the download path (docs/design.md, Cache and Performance
-notes): a finished entry is fsynced `sync_delay` seconds after completion, by
+Why later and not on the download path (docs/design.md, Cache; and
+Performance notes): a finished entry is fsynced `sync_delay` seconds after completion, by
 when the kernel has usually written it back on its own, so the fsync then
 costs little instead of forcing 1-2 CPU-s of writeback per GiB right as the
 encoder starts. Until then the entry is served (it is complete) but would not
