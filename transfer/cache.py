@@ -10,9 +10,8 @@ says why and what was measured); the on-disk format is transfer/cachedir.py.
 
 Who waits on whom: `fetch` HEADs the object with the job's own store first:
 that is the tenant-isolation check (S3 decides, not the cache) and gives the
-ETag of the entry key. A complete entry is handed over at once. Otherwise the
-caller joins the entry's flight, the single download of that entry
-(transfer/cacheflight.py), and leaves it as it pleases.
+ETag of the entry key. A complete entry is handed over at once, else the
+caller joins the entry's single download (transfer/cacheflight.py).
 
 What bounds memory and disk: bodies go straight from the store's buffer to
 the part file (Engine.download). Disk is bounded by `max_size` (entries count
@@ -22,9 +21,8 @@ the file system has not yet allocated (`_owed`); room is made by evicting
 least-recently-used entries that are neither pinned by a live job nor being
 downloaded, else InsufficientStorage before any byte moves.
 
-Who may open a file: pins and per-uid ACL grants (transfer/cachegrants.py).
-Nothing survives the process: the start-up scan (CacheDir.load) and
-`close()` strip every entry's ACL.
+Who may open a file: pins and per-uid ACL grants (transfer/cachegrants.py);
+the start-up scan (CacheDir.load) and `close()` strip every entry's ACL.
 """
 
 from __future__ import annotations
