@@ -44,10 +44,10 @@ from .api import Api
 from .config import Config, ConfigError, load_config
 from .connections import KEEPALIVE_TIMEOUT, GuardedSockSite
 from .identity import DaemonIdentity
-from .jobs import JobRegistry
 from .limits import UidLimits
 from .metrics import Metrics
 from .peer import Controllers
+from .registry import JobRegistry
 
 log = logging.getLogger("s3feed.server")
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
-from .cache import Cache, CacheEntry
+from .cache import Cache
+from .cacheflight import CacheEntry
 from .engine import Engine
 from .observer import TransferObserver
 from .progress import Progress

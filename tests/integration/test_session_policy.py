@@ -6,7 +6,7 @@ on its first credentials, after a refresh, and after the 3600 s fallback.
 
 Through the real daemon: a job's document shows its SessionPolicy and
 nothing else changed; a folder too long for STS is a 400 (both need the
-daemon/jobs.py wiring, marked xfail(strict) until it lands).
+daemon/registry.py wiring, marked xfail(strict) until it lands).
 
 What ministack does not do as AWS does (checked here so a change shows):
 - IAM's `${*}` `${?}` `${$}` literal characters are not implemented, so a
@@ -32,7 +32,8 @@ from s3feed.auth.errors import SessionPolicyTooLarge
 from s3feed.auth.observer import NullCredentialObserver
 from s3feed.auth.policy import packed, session_policy
 from s3feed.auth.session import RoleSession
-from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity, duration_exceeded
+from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity
+from s3feed.auth.stserrors import duration_exceeded
 from s3feed.daemon.client import Client, S3feedError
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import AccessDenied
