@@ -51,7 +51,7 @@ from pathlib import Path
 from . import acl
 from .cacheindex import CacheDir, EntryState, Record, reserve
 from .config import CacheConfig
-from .engine import Engine, RetryBudget
+from .engine import Engine
 from .errors import (
     AccessDenied,
     Cancelled,
@@ -62,6 +62,7 @@ from .errors import (
 )
 from .observer import TransferObserver
 from .progress import Progress
+from .retry import RetryBudget
 from .store import ObjectMeta, ObjectStore
 
 SIDECAR_INTERVAL = 0.25  # seconds between sidecar rewrites during a download
