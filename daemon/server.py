@@ -112,7 +112,10 @@ class Daemon:
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), s3feed_version())
         self._own_sts = sts is None
         self.sts: StsClient = sts or AioStsClient(config.sts)
-        self.s3_clients = S3Clients(config.s3)
+        try:
+            self.s3_clients = S3Clients(config.s3)  # the one S3 client of every job
+        except ValueError as exc:  # a CA bundle that cannot be read
+            raise ConfigError(str(exc)) from None
         self.engine = Engine(config.transfer, self.metrics)
         self.cache = Cache(config.cache, self.engine, self.metrics)
         self.server = ObjectServer(self.engine, self.cache, self.metrics)

@@ -37,7 +37,7 @@ from typing import TypeVar
 
 from .checksums import RangeDigest, Verifier, etag_parts
 from .config import TransferConfig
-from .errors import ChecksumMismatch, TransientError
+from .errors import ChecksumMismatch, ObjectStoreError, TransientError
 from .observer import NullTransferObserver, TransferObserver
 from .progress import Progress, RangeSet
 from .retry import RetryBudget, run_workers
@@ -225,15 +225,16 @@ class Engine:
         """The object's part layout and whether it is exact (see object_parts)."""
         if etag_parts(meta.etag) is None:
             return None, False
-        probe: Callable[..., Awaitable[int]] | None = getattr(store, "part_size", None)
-        if probe is None:
-            return object_parts(meta, None), False
 
         async def ask() -> int:
-            assert probe is not None
-            return await probe(meta.key, if_match=meta.etag)
+            return await store.part_size(meta.key, if_match=meta.etag)
 
-        exact = object_parts(meta, await self.retrying(budget, ask))
+        try:
+            exact = object_parts(meta, await self.retrying(budget, ask))
+        except ObjectStoreError as exc:
+            if type(exc) is not ObjectStoreError:
+                raise  # NoSuchKey, AccessDenied, SourceChanged: the transfer's end
+            exact = None  # a server that refuses ?partNumber: the layout is guessed
         return (exact, True) if exact is not None else (object_parts(meta, None), False)
 
     async def download(
