@@ -37,7 +37,7 @@ from typing import TypeVar
 
 from .checksums import RangeDigest, Verifier, etag_parts
 from .config import TransferConfig
-from .errors import ChecksumMismatch, ObjectStoreError, TransientError
+from .errors import ChecksumMismatch, TransientError
 from .observer import NullTransferObserver, TransferObserver
 from .progress import Progress, RangeSet
 from .retry import RetryBudget, run_workers
@@ -226,15 +226,11 @@ class Engine:
         if etag_parts(meta.etag) is None:
             return None, False
 
-        async def ask() -> int:
+        async def ask() -> int | None:
             return await store.part_size(meta.key, if_match=meta.etag)
 
-        try:
-            exact = object_parts(meta, await self.retrying(budget, ask))
-        except ObjectStoreError as exc:
-            if type(exc) is not ObjectStoreError:
-                raise  # NoSuchKey, AccessDenied, SourceChanged: the transfer's end
-            exact = None  # a server that refuses ?partNumber: the layout is guessed
+        part_size = await self.retrying(budget, ask)
+        exact = object_parts(meta, part_size) if part_size is not None else None
         return (exact, True) if exact is not None else (object_parts(meta, None), False)
 
     async def download(

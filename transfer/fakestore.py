@@ -66,6 +66,7 @@ class FakeObjectStore:
         self.gate = gate
         self.objects: dict[str, _Object] = {}
         self.denied: set[str] = set()
+        self.denied_all = False
         self.bytes_sent = 0
         self.closed = False
         self._versions = 0
@@ -77,14 +78,18 @@ class FakeObjectStore:
         *,
         etag: str | None = None,
         parts: int | None = None,
+        part_size: int | None = None,
         checksum: str | None = None,
     ) -> str:
         """Store an object. `parts` splits it into N equal parts (the last
-        shorter) with a `-N` ETag; `checksum` ("CRC32", "CRC32C") adds that
-        checksum: FULL_OBJECT for single-part, COMPOSITE for multipart."""
+        shorter), `part_size` into parts of that size, as an uploader would,
+        with a `-N` ETag; `checksum` ("CRC32", "CRC32C") adds that checksum:
+        FULL_OBJECT for single-part, COMPOSITE for multipart."""
         layout: list[tuple[int, int]] | None = None
+        if part_size:
+            parts = max(1, -(-len(data) // part_size))
         if parts:
-            psize = max(1, -(-len(data) // parts))
+            psize = part_size or max(1, -(-len(data) // parts))
             layout = [(s, min(s + psize, len(data)) - 1) for s in range(0, len(data), psize)]
         if etag is None:
             digest = hashlib.md5(data).hexdigest()
@@ -110,11 +115,16 @@ class FakeObjectStore:
     def overwrite(self, key: str, data: bytes) -> str:
         return self.put(key, data, etag=f'"{zlib.crc32(data) ^ self._versions:032x}"')
 
-    def deny(self, key: str) -> None:
-        self.denied.add(key)
+    def deny(self, key: str | None = None) -> None:
+        """Refuse `key` (AccessDenied; listings skip it), or with no key the
+        whole bucket, listings included, as S3 does to a role without access."""
+        if key is None:
+            self.denied_all = True
+        else:
+            self.denied.add(key)
 
     def _lookup(self, key: str, if_match: str | None) -> _Object:
-        if key in self.denied:
+        if key in self.denied or self.denied_all:
             raise AccessDenied(f"Access Denied: s3://{self.bucket}/{key}")
         obj = self.objects.get(key)
         if obj is None:
@@ -137,7 +147,7 @@ class FakeObjectStore:
         await asyncio.sleep(0)
         return self._meta(key, self._lookup(key, if_match))
 
-    async def part_size(self, key: str, *, if_match: str | None = None) -> int:
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
         """Size of part 1 (HEAD ?partNumber=1), the object size if single-part."""
         obj = self._lookup(key, if_match)
         return obj.parts[0][1] + 1 if obj.parts else len(obj.data)
@@ -190,6 +200,8 @@ class FakeObjectStore:
             except (ValueError, UnicodeDecodeError):
                 raise InvalidContinuationToken("the continuation token is not valid") from None
         await asyncio.sleep(0)
+        if self.denied_all:
+            raise AccessDenied(f"Access Denied: s3://{self.bucket}/{prefix}")
         keys = [
             k for k in sorted(self.objects)
             if k.startswith(prefix) and k > after and k not in self.denied
@@ -289,7 +301,7 @@ class FailingObjectStore:
         await self._strike(self.heads.get(n), key, if_match)
         return await self.inner.head(key, if_match=if_match)
 
-    async def part_size(self, key: str, *, if_match: str | None = None) -> int:
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
         n = self._count("HeadObject", "HeadObjectPart")
         self.calls.append(Call("HeadObjectPart", key, if_match=if_match))
         await self._strike(self.heads.get(n), key, if_match)

@@ -33,6 +33,7 @@ from typing import TypeVar
 from urllib.parse import unquote_plus
 
 from ..auth.credentials import Credentials, CredentialSource
+from .checksums import etag_parts
 from .errors import InvalidContinuationToken, ObjectStoreError, TransferError, TransientError
 from .observer import TransferObserver
 from .s3client import S3Client, S3Response
@@ -148,14 +149,18 @@ class S3ObjectStore:
         resp = await self._control("HeadObject", key, headers=headers)
         return _object_meta(key, resp.headers, int(resp.headers.get("content-length", "-1")))
 
-    async def part_size(self, key: str, *, if_match: str | None = None) -> int:
-        """The size of part 1 (HEAD ?partNumber=1: its Content-Length); the
-        object's size when it was not uploaded in parts."""
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
+        """The size of part 1 (HEAD ?partNumber=1: its Content-Length, with
+        x-amz-mp-parts-count); the object's size when it was not uploaded in
+        parts; None when the server ignores partNumber (ministack answers the
+        whole object without a parts count)."""
         headers = {"If-Match": if_match} if if_match is not None else {}
         resp = await self._control("HeadObject", key, query={"partNumber": "1"}, headers=headers)
         length = resp.headers.get("content-length", "")
         if not length.isdigit():
             raise TransientError("S3 answered HEAD ?partNumber=1 without a length", "server_error")
+        if "x-amz-mp-parts-count" not in resp.headers and etag_parts(resp.headers.get("etag", "")):
+            return None  # a multipart object, and no word on its parts
         return int(length)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:

@@ -74,11 +74,12 @@ class ObjectStore(Protocol):
         """Raises NoSuchKey, AccessDenied, SourceChanged (If-Match failed), TransientError."""
         ...
 
-    async def part_size(self, key: str, *, if_match: str | None = None) -> int:
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
         """The size of the object's part 1 (S3: HEAD ?partNumber=1, its
-        Content-Length); the object's size when it has no parts. Raises as
-        `head`. With part 1's size and the `-N` ETag the whole layout follows
-        (every part but the last has part 1's size)."""
+        Content-Length); the object's size when it has no parts; None when the
+        store cannot tell (a server that ignores partNumber: the layout is then
+        guessed). Raises as `head`. With part 1's size and the `-N` ETag the
+        whole layout follows (every part but the last has part 1's size)."""
         ...
 
     async def get_range(
