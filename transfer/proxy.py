@@ -49,7 +49,11 @@ class Proxies:
             return (environ.get(name.lower()) or environ.get(name.upper()) or "").strip()
 
         entries = tuple(e.strip().lower() for e in get("no_proxy").split(",") if e.strip())
-        return cls(_parse(get("https_proxy")), _parse(get("http_proxy")), entries)
+        return cls(
+            _parse("HTTPS_PROXY", get("https_proxy")),
+            _parse("HTTP_PROXY", get("http_proxy")),
+            entries,
+        )
 
     def for_url(self, scheme: str, host: str) -> Proxy | None:
         """The proxy for a request to `host` over `scheme`, or None: direct."""
@@ -88,7 +92,7 @@ def bypass(host: str, entries: tuple[str, ...]) -> bool:
     return False
 
 
-def _parse(value: str) -> Proxy | None:
+def _parse(name: str, value: str) -> Proxy | None:
     if not value:
         return None
     if "://" not in value:
@@ -96,8 +100,7 @@ def _parse(value: str) -> Proxy | None:
     parts = urlsplit(value)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(
-            f"proxy {parts.scheme}://{parts.hostname or ''} is not supported: only an http:// "
-            "proxy (CONNECT for https) is"
+            f"{name}: a {parts.scheme}:// proxy is not supported, only http:// (CONNECT for https)"
         )
     auth = None
     if parts.username is not None:
