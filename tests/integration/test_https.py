@@ -341,3 +341,53 @@ async def test_https_proxy_carries_both_planes_and_no_proxy_bypasses_it(
     finally:
         await client.close()
     assert len(proxy.targets) == seen + 1
+
+
+@dataclass(frozen=True)
+class _DaemonTarget:
+    """What tests/integration/daemonproc.py needs of a local AWS."""
+
+    region: str
+    endpoint_url: str
+    daemon_access_key_id: str
+    daemon_secret_access_key: str
+
+
+def test_the_daemon_over_https_end_to_end(
+    tls_seaweed: TlsSeaweed, pki: Pki, tmp_path: Path
+) -> None:
+    """Every request the daemon makes (AssumeRole, HEAD, part layout, GET, the cache's
+    download) over TLS with its CA bundles; then the same with a stranger CA is refused
+    on the S3 plane with the setting named."""
+    from daemonproc import running_daemon
+
+    from s3feed.daemon.client import Client, S3feedError
+
+    sw = tls_seaweed
+    target = _DaemonTarget(
+        sw.region,
+        sw.https_url,
+        sw.keys["daemon_access_key_id"],
+        sw.keys["daemon_secret_access_key"],
+    )
+    uri = f"https://{sw.bucket}.s3.{sw.region}.amazonaws.com/"
+    expected = local_aws_script.sample_bytes("multipart", 12 << 20)
+    for ca, ok in ((pki.ca, True), (pki.stranger, False)):
+        with running_daemon(
+            target,  # type: ignore[arg-type]
+            tmp_path / ca.stem,
+            sts={"ca_bundle": str(pki.ca)},
+            s3={"ca_bundle": str(ca)},
+        ) as daemon:
+            client = Client(str(daemon.socket), timeout=60)
+            client.create_job("tls", "acme", uri, sw.role_arn)
+            if ok:
+                got = b"".join(client.read_object("tls", local_aws_script.MULTIPART_KEY))
+                assert got == expected
+                fetched = client.fetch("tls", local_aws_script.MULTIPART_KEY)
+                assert Path(fetched["Path"]).read_bytes() == expected
+            else:
+                with pytest.raises(S3feedError) as e:
+                    b"".join(client.read_object("tls", local_aws_script.MULTIPART_KEY))
+                assert "S3Unavailable" in str(e.value.code)
+                assert f"[s3] ca_bundle = {ca}" in str(e.value)
