@@ -39,7 +39,7 @@ def uri(bucket: str, folder: str = "") -> str:
 
 
 async def _missing_key_errors_carry_ids(store: S3ObjectStore) -> None:
-    """Control plane (aiobotocore HEAD) and data plane (the raw ranged GET)."""
+    """HEAD and the ranged GET, both through the daemon's one S3 client."""
     for call in (
         lambda: store.head("missing.ts"),
         lambda: store.get_range("missing.ts", 0, 9, Buffer(0, 10)),
