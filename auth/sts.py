@@ -122,6 +122,9 @@ class AioStsClient:
         read_timeout: float = 15.0,
     ) -> None:
         self._config = config
+        # [sts] ca_bundle, else botocore's own AWS_CA_BUNDLE; proxies: botocore
+        # reads HTTPS_PROXY/HTTP_PROXY/NO_PROXY itself (docs/design.md, Configuration).
+        self._verify = config.ca_bundle or None
         self._session_factory = session_factory
         self._max_attempts = max_attempts
         self._timeouts = (connect_timeout, read_timeout)
@@ -300,6 +303,7 @@ class AioStsClient:
                 region_name=self._config.region,
                 endpoint_url=self._config.endpoint_url,
                 config=config,
+                verify=self._verify,
             )
         )
         self._generation += 1

@@ -120,6 +120,7 @@ def translate(
         NoCredentialsError,
         ParamValidationError,
         PartialCredentialsError,
+        SSLError,
     )
 
     if isinstance(exc, ClientError):
@@ -164,6 +165,13 @@ def translate(
             "the daemon has no usable AWS credentials of its own (standard chain: environment, "
             f"shared config, instance profile): {type(exc).__name__}",
             sts_code="NoCredentials",
+            retryable=False,
+        )
+    if isinstance(exc, SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return StsUnavailable(
+            f"the TLS certificate of STS is not trusted ({exc}); the daemon verifies it against "
+            "[sts] ca_bundle, else AWS_CA_BUNDLE, else the system's CAs",
+            sts_code="NetworkError",
             retryable=False,
         )
     if isinstance(exc, BotoCoreError | OSError | asyncio.TimeoutError):

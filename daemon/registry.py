@@ -24,7 +24,8 @@ from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import StsClient
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.observer import TransferObserver
-from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.s3client import S3Client
+from s3feed.transfer.s3store import S3ObjectStore
 from s3feed.transfer.serve import ObjectServer
 from s3feed.transfer.store import ObjectStore
 from s3feed.transfer.uri import S3Location
@@ -41,7 +42,7 @@ class JobRegistry:
         self,
         *,
         sts: StsClient,
-        s3_clients: S3Clients,
+        s3_clients: S3Client,
         s3_config: S3Config,
         server: ObjectServer,
         credential_observer: CredentialObserver,

@@ -42,7 +42,7 @@ from .cacheflight import CacheEntry, Flight, Waiter, download
 from .cachegrants import Grants
 from .cachesync import SYNC_DELAY, SYNC_RETRY, Syncer
 from .config import CacheConfig
-from .engine import Engine, RetryBudget
+from .engine import Engine
 from .errors import (
     AccessDenied,
     Cancelled,
@@ -54,6 +54,7 @@ from .errors import (
 from .fileworker import FileWorker
 from .observer import TransferObserver
 from .progress import Progress
+from .retry import RetryBudget
 from .store import ObjectMeta, ObjectStore
 
 SIDECAR_INTERVAL = 0.25  # seconds between sidecar rewrites during a download
