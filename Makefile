@@ -7,7 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv
 
-.PHONY: demo test lint unit functional integration local-aws-start local-aws-stop bench clean
+.PHONY: demo dashboards test lint unit functional integration local-aws-start local-aws-stop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap-venv $(PYTHON) $(VENV)
@@ -21,10 +21,16 @@ demo: $(VENV)/.installed debian-packages
 	$(PY) scripts/local_aws.py install
 	$(PY) scripts/demo.py
 
+# The Grafana dashboard JSON is generated: edit grafana/generate.py, then run this.
+dashboards: $(VENV)/.installed
+	$(PY) grafana/generate.py
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.transfer -p s3feed.daemon
+	$(VENV)/bin/mypy localaws grafana/generate.py
+	$(PY) scripts/check_wheel.py
 
 test: $(VENV)/.installed debian-packages lint
 	$(PY) scripts/local_aws.py install

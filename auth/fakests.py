@@ -39,7 +39,8 @@ from .clock import Clock
 from .credentials import Credentials
 from .errors import AuthError, StsUnavailable
 from .policy import MAX_POLICY_CHARS
-from .sts import AssumedRole, CallerIdentity, denied, duration_exceeded, policy_refused
+from .sts import AssumedRole, CallerIdentity
+from .stserrors import denied, duration_exceeded, policy_refused
 
 
 @dataclass(frozen=True)

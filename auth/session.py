@@ -10,11 +10,10 @@ Design note (concurrency):
   last attempt at the expiry instant; then the session turns EXPIRED, a
   terminal state. AccessDenied is never retried: the session keeps its
   credentials until they expire, then turns EXPIRED.
-- Every STS call goes through one single-flight slot, `_inflight`: a task
-  that performs one AssumeRole. The refresher and any `refresh_now` callers
-  (transfer/ after an S3 ExpiredToken) await that same task through
-  `asyncio.shield`, so 100 concurrent callers cause one STS call, and a
-  cancelled caller does not cancel the refresh the others wait for.
+- Every STS call goes through one single-flight slot, `_inflight`, a task
+  that the refresher and `refresh_now` callers (transfer/ after an S3
+  ExpiredToken) await through `asyncio.shield`: 100 concurrent callers cause
+  one STS call; a cancelled caller does not cancel the others' refresh.
   Credentials younger than `min_refresh_interval` count as just refreshed.
 - `current()` never calls STS: it answers the credentials in hand, waits
   for an in-flight refresh if they have expired, or raises CredentialsExpired.
@@ -22,23 +21,19 @@ Design note (concurrency):
   drops the credentials; callers still waiting see CredentialsExpired.
 - Memory: one Credentials, a few warnings; nothing grows with time.
 
-Least privilege: a session made with a `policy` (auth/policy.py) sends it as
-the inline session policy on every AssumeRole it makes -- the first call,
-each refresh and the 3600 s fallback -- so no credentials of the job ever
-reach more than the policy allows (docs/design.md,
-Session policy). A policy STS will not take fails the first call; refused at a
-refresh (STS's packed budget is its own), it is not retried, like AccessDenied.
+Least privilege (docs/design.md, Session policy): a `policy` (auth/policy.py)
+is sent on every AssumeRole of the session -- the first, each refresh, the
+3600 s fallback. One STS will not take fails the first call; refused at a
+refresh, it is not retried, like AccessDenied.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,7 +48,9 @@ from .errors import (
 from .observer import CredentialObserver
 from .policy import MAX_POLICY_CHARS, packed
 from .schedule import backoff_delay, refresh_at
-from .sts import AssumedRole, StsClient, policy_refused
+from .sessionstate import ALLOWED, SessionState, SessionStatus
+from .sts import AssumedRole, StsClient
+from .stserrors import policy_refused
 from .validate import (
     DEFAULT_DURATION,
     parse_role_arn,
@@ -63,35 +60,6 @@ from .validate import (
 )
 
 log = logging.getLogger("s3feed.auth.session")
-
-
-class SessionState(enum.Enum):
-    ACTIVE = "active"
-    EXPIRED = "expired"  # hard expiry passed with no successful refresh; terminal
-    CLOSED = "closed"
-
-
-_ALLOWED = {
-    SessionState.ACTIVE: {SessionState.EXPIRED, SessionState.CLOSED},
-    SessionState.EXPIRED: {SessionState.CLOSED},
-    SessionState.CLOSED: set[SessionState](),
-}
-
-
-@dataclass(frozen=True)
-class SessionStatus:
-    """What a job document shows about its session. Never a secret."""
-
-    role_arn: str
-    session_name: str
-    expires_at: datetime | None
-    granted_duration_seconds: int
-    refreshes: int
-    last_refresh_error: str | None
-    warnings: tuple[str, ...]
-    expired: bool
-    next_refresh_at: datetime | None = None
-    policy: dict[str, Any] | None = None  # the inline session policy sent to STS
 
 
 class RoleSession:
@@ -249,7 +217,7 @@ class RoleSession:
             raise policy_refused("SessionPolicyTooLarge", None, len(text))
 
     def _transition(self, to: SessionState) -> None:
-        if to not in _ALLOWED[self._state]:
+        if to not in ALLOWED[self._state]:
             raise RuntimeError(f"session {self._job_id}: {self._state.value} -> {to.value}")
         self._state = to
 

@@ -2,14 +2,9 @@
 
 `StsClient` is what role sessions call; `AioStsClient` is the real one and
 `FakeSts` (auth/fakests.py) the unit-test one. botocore errors become our
-errors in one place, `_translate`, so the rest of auth/ sees only:
-
-    AssumeRoleDenied             AccessDenied: trust policy, ExternalId, permissions
-    MaxSessionDurationExceeded   ValidationError: DurationSeconds above the role's maximum
-    SessionPolicyTooLarge        PackedPolicyTooLarge, the 2048-character ValidationError,
-                                 MalformedPolicyDocument: the job's session policy
-    StsUnavailable(retryable)    throttling, 5xx, network        -> retryable
-                                 our own credentials missing/refused -> not
+errors in one place, `translate` (auth/stserrors.py), so the rest of auth/
+sees only AssumeRoleDenied, MaxSessionDurationExceeded, SessionPolicyTooLarge
+and StsUnavailable.
 
 Design note (concurrency):
 - One long-lived botocore client serves every job's AssumeRole calls
@@ -37,33 +32,10 @@ from typing import Any, Protocol
 
 from .config import StsConfig
 from .credentials import Credentials
-from .errors import (
-    AssumeRoleDenied,
-    AuthError,
-    MaxSessionDurationExceeded,
-    SessionPolicyTooLarge,
-    StsUnavailable,
-)
-from .policy import MAX_POLICY_CHARS
+from .errors import AssumeRoleDenied, AuthError, StsUnavailable
+from .stserrors import OwnCredentialsExpired, denied, translate
 
 log = logging.getLogger("s3feed.auth.sts")
-
-_THROTTLING = {
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "TooManyRequestsException",
-    "PriorRequestNotComplete",
-    "IDPCommunicationError",
-}
-_OWN_CREDENTIALS_EXPIRED = {"ExpiredToken", "ExpiredTokenException", "RequestExpired"}
-_OWN_CREDENTIALS_REFUSED = {
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "UnrecognizedClientException",
-    "IncompleteSignature",
-    "MissingAuthenticationToken",
-}
 
 
 @dataclass(frozen=True)
@@ -116,57 +88,6 @@ class StsClient(Protocol):
         ...
 
 
-def denied(role_arn: str, external_id: str, principal: str | None, detail: str) -> AssumeRoleDenied:
-    who = principal or "the daemon's own identity (not yet known: STS unreachable)"
-    return AssumeRoleDenied(
-        f"STS refused to let {who} assume role {role_arn} with ExternalId {external_id!r}. "
-        "The role's trust policy must allow sts:AssumeRole for the daemon's account with the "
-        f"condition StringEquals sts:ExternalId = {external_id!r}; "
-        f"`GET /v1/trust-policy?TenantName={external_id}` (or `s3feed trust-policy "
-        f"{external_id}`) prints that statement. STS said: {detail}",
-        sts_code="AccessDenied",
-    )
-
-
-def duration_exceeded(role_arn: str, duration: int, detail: str) -> MaxSessionDurationExceeded:
-    return MaxSessionDurationExceeded(
-        f"RoleSessionDurationInSeconds {duration} exceeds the MaxSessionDuration of role "
-        f"{role_arn}; raise the role's maximum session duration or ask for less. "
-        f"STS said: {detail}",
-        sts_code="ValidationError",
-    )
-
-
-_POLICY_TOO_LARGE = {"PackedPolicyTooLarge", "PackedPolicyTooLargeException"}
-_POLICY_MALFORMED = {"MalformedPolicyDocument", "MalformedPolicyDocumentException"}
-
-
-def policy_refused(code: str, detail: str | None, chars: int | None) -> SessionPolicyTooLarge:
-    """STS refused the job's session policy (or would: `detail` None means the
-    daemon did not send it). `detail` is cut short: some STS answers echo the
-    whole policy back."""
-    size = f" ({chars} characters)" if chars is not None else ""
-    if code in _POLICY_MALFORMED:
-        what = (
-            f"STS refused the session policy that limits the job's credentials to its folder"
-            f"{size} as malformed. The folder name is written into the policy; a folder "
-            "that IAM cannot read in a policy cannot be a job's folder: register the job "
-            "on a folder one level up or rename the folder"
-        )
-    else:
-        what = (
-            f"the job's folder makes the session policy too large for STS{size}: the policy "
-            "that limits the job's credentials to its folder names the folder twice, and STS "
-            f"accepts at most {MAX_POLICY_CHARS} characters (less once packed). Register the "
-            "job on a shorter folder, e.g. one level up (folders of up to about 700 ASCII "
-            "characters fit)"
-        )
-    if detail is None:
-        return SessionPolicyTooLarge(f"{what}. The policy was not sent.", sts_code=code)
-    detail = detail if len(detail) <= 300 else detail[:297] + "..."
-    return SessionPolicyTooLarge(f"{what}. STS said: {detail}", sts_code=code)
-
-
 def _parse_identity(response: dict[str, Any]) -> CallerIdentity:
     arn = str(response["Arn"])
     return CallerIdentity(
@@ -175,91 +96,6 @@ def _parse_identity(response: dict[str, Any]) -> CallerIdentity:
         partition=arn.split(":")[1] if arn.count(":") >= 5 else "aws",
         user_id=str(response["UserId"]),
     )
-
-
-class _OwnCredentialsExpired(Exception):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-def _translate(
-    exc: Exception,
-    *,
-    role_arn: str | None = None,
-    external_id: str = "",
-    duration: int = 0,
-    principal: str | None = None,
-    policy_chars: int | None = None,
-) -> Exception:
-    """botocore/aiohttp failure -> our error. The only place that reads botocore errors."""
-    from botocore.exceptions import (
-        BotoCoreError,
-        ClientError,
-        CredentialRetrievalError,
-        NoCredentialsError,
-        ParamValidationError,
-        PartialCredentialsError,
-    )
-
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "Unknown"))
-        detail = f"{code}: {error.get('Message', '')}".strip()
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        if code in _OWN_CREDENTIALS_EXPIRED:
-            return _OwnCredentialsExpired(detail)
-        if code in ("AccessDenied", "AccessDeniedException") and role_arn is not None:
-            return denied(role_arn, external_id, principal, detail)
-        too_long = "MaxSessionDuration" in detail or "DurationSeconds exceeds" in detail
-        if code == "ValidationError" and too_long and role_arn is not None:
-            return duration_exceeded(role_arn, duration, detail)
-        if code in _POLICY_TOO_LARGE | _POLICY_MALFORMED:
-            return policy_refused(code, detail, policy_chars)
-        if code == "ValidationError" and "'policy'" in detail and "length" in detail:
-            return policy_refused(
-                code,
-                f"ValidationError: the policy must have length less than or equal to "
-                f"{MAX_POLICY_CHARS}",
-                policy_chars,
-            )
-        if code in _THROTTLING or status >= 500 or status == 429:
-            return StsUnavailable(f"STS is unavailable ({detail}); retry later", sts_code=code)
-        if code in _OWN_CREDENTIALS_REFUSED:
-            return StsUnavailable(
-                f"STS refused the daemon's own AWS credentials ({detail}); "
-                "check the service's credentials (instance profile, environment)",
-                sts_code=code,
-                retryable=False,
-            )
-        return StsUnavailable(f"STS rejected the request: {detail}", sts_code=code, retryable=False)
-    if isinstance(exc, ParamValidationError):  # validate.py should have caught it: our bug
-        return StsUnavailable(
-            f"the daemon built an invalid STS request: {exc}",
-            sts_code="InvalidParameter",
-            retryable=False,
-        )
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
-        return StsUnavailable(
-            "the daemon has no usable AWS credentials of its own (standard chain: environment, "
-            f"shared config, instance profile): {type(exc).__name__}",
-            sts_code="NoCredentials",
-            retryable=False,
-        )
-    if isinstance(exc, BotoCoreError | OSError | asyncio.TimeoutError):
-        return StsUnavailable(
-            f"STS could not be reached ({type(exc).__name__}: {exc}); retry later",
-            sts_code="NetworkError",
-        )
-    with contextlib.suppress(ImportError):
-        import aiohttp
-
-        if isinstance(exc, aiohttp.ClientError):
-            return StsUnavailable(
-                f"STS could not be reached ({type(exc).__name__}); retry later",
-                sts_code="NetworkError",
-            )
-    return exc
 
 
 class _Handle:
@@ -286,6 +122,9 @@ class AioStsClient:
         read_timeout: float = 15.0,
     ) -> None:
         self._config = config
+        # [sts] ca_bundle, else botocore's own AWS_CA_BUNDLE; proxies: botocore
+        # reads HTTPS_PROXY/HTTP_PROXY/NO_PROXY itself (docs/design.md, Configuration).
+        self._verify = config.ca_bundle or None
         self._session_factory = session_factory
         self._max_attempts = max_attempts
         self._timeouts = (connect_timeout, read_timeout)
@@ -362,8 +201,8 @@ class AioStsClient:
         try:
             response = await self._call("get_caller_identity")
         except Exception as exc:
-            translated = _translate(exc)
-            if isinstance(translated, _OwnCredentialsExpired):
+            translated = translate(exc)
+            if isinstance(translated, OwnCredentialsExpired):
                 translated = self._own_expired(translated)
             raise translated from None
         self._identity = _parse_identity(response)
@@ -378,7 +217,7 @@ class AioStsClient:
         policy_chars: int | None = None,
     ) -> Exception:
         principal = self._identity.arn if self._identity else None
-        translated = _translate(
+        translated = translate(
             exc,
             role_arn=role_arn,
             external_id=external_id,
@@ -393,12 +232,12 @@ class AioStsClient:
             if self._identity is not None:
                 detail = translated.message.split("STS said: ", 1)[-1]
                 translated = denied(role_arn, external_id, self._identity.arn, detail)
-        if isinstance(translated, _OwnCredentialsExpired):
+        if isinstance(translated, OwnCredentialsExpired):
             translated = self._own_expired(translated)
         return translated
 
     @staticmethod
-    def _own_expired(exc: _OwnCredentialsExpired) -> StsUnavailable:
+    def _own_expired(exc: OwnCredentialsExpired) -> StsUnavailable:
         return StsUnavailable(
             f"the daemon's own AWS credentials have expired and reloading them did not help "
             f"({exc.detail}); check the service's credential source",
@@ -415,7 +254,7 @@ class AioStsClient:
                 result: dict[str, Any] = await getattr(handle.client, operation)(**params)
                 return result
             except Exception as exc:
-                if attempt == 0 and isinstance(_translate(exc), _OwnCredentialsExpired):
+                if attempt == 0 and isinstance(translate(exc), OwnCredentialsExpired):
                     log.warning("the daemon's own AWS credentials expired; reloading them")
                     await self._reload(handle.generation)
                     continue
@@ -464,6 +303,7 @@ class AioStsClient:
                 region_name=self._config.region,
                 endpoint_url=self._config.endpoint_url,
                 config=config,
+                verify=self._verify,
             )
         )
         self._generation += 1

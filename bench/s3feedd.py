@@ -8,61 +8,28 @@ The daemon uses the project's own virtualenv, the store's daemon identity
 (keys in its environment, as an instance profile would give them), default
 [transfer] settings unless the caller overrides them, and a private socket
 and cache directory under the run's work directory, removed on exit.
+
+The harness itself is localaws/daemon.py, shared with the integration tests
+and the demo; this module adds the benchmark's defaults.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3feed.daemon.client import Client
+from localaws.daemon import Daemon, Identity
+from localaws.daemon import running as running_daemon
 
 from .store import Store
 
-REPO = Path(__file__).resolve().parent.parent
-S3FEED = REPO / ".venv" / "bin" / "s3feed"
+__all__ = ["Daemon", "job_uri", "running"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _toml_value(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str | Path) else str(value)
-
-
-@dataclass
-class Daemon:
-    process: subprocess.Popen[bytes]
-    socket: Path
-    metrics_port: int
-    cache_dir: Path
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def metric(self, name: str) -> float | None:
-        """One unlabelled sample from /metrics, or None."""
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith(name + " "):
-                    return float(line.split()[1])
-        return None
+# Room for the largest benchmark object; the floor keeps a full disk from
+# failing a run halfway.
+CACHE = {"max_size": "64GiB", "min_free": "1GiB"}
 
 
 def job_uri(store: Store, folder: str) -> str:
@@ -72,67 +39,9 @@ def job_uri(store: Store, folder: str) -> str:
 
 @contextlib.contextmanager
 def running(store: Store, work: Path, transfer: dict[str, Any] | None = None) -> Iterator[Daemon]:
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    port = free_port()
-    sections: dict[str, dict[str, Any]] = {
-        "api": {"socket": work / "s3feed.sock"},
-        "metrics": {"listen": f"127.0.0.1:{port}"},
-        "sts": {"region": store.region, "endpoint_url": store.endpoint_url},
-        "s3": {"endpoint_url": store.endpoint_url},
-        "transfer": dict(transfer or {}),
-        "cache": {"dir": work / "cache", "max_size": "64GiB", "min_free": "1GiB"},
-    }
-    lines = []
-    for name, keys in sections.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in keys.items()]
-        lines.append("")
-    config = work / "s3feed.toml"
-    config.write_text("\n".join(lines))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3FEED_"))}
-    env.update(
-        AWS_ACCESS_KEY_ID=store.daemon_key_id,
-        AWS_SECRET_ACCESS_KEY=store.daemon_secret,
-        AWS_DEFAULT_REGION=store.region,
-        AWS_CONFIG_FILE="/dev/null",
-        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
-    )
-    log = work / "s3feed.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(S3FEED), "serve", "--config", str(config), "--log-level", "WARNING"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )
-    daemon = Daemon(process, work / "s3feed.sock", port, work / "cache", log)
-    try:
-        _wait_for_socket(daemon)
+    identity = Identity(store.endpoint_url, store.region, store.daemon_key_id, store.daemon_secret)
+    overrides = {"transfer": dict(transfer or {}), "cache": CACHE}
+    with running_daemon(
+        identity, work, overrides, log_level="WARNING", fresh=True, remove_cache=True
+    ) as daemon:
         yield daemon
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        shutil.rmtree(work / "cache", ignore_errors=True)
-
-
-def _wait_for_socket(daemon: Daemon, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon.process.poll() is not None:
-            raise RuntimeError(
-                f"s3feed serve exited with {daemon.process.returncode}:\n"
-                + daemon.log.read_text()[-3000:]
-            )
-        if daemon.socket.exists():
-            with contextlib.suppress(OSError):  # an answer, not a connect: the daemon serves
-                Client(str(daemon.socket), timeout=5).health()
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"s3feed serve did not open {daemon.socket} in {timeout} s")

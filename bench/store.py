@@ -2,7 +2,7 @@
 
 Design note. The benchmark starts its own SeaweedFS (`weed mini`, defaults:
 no -s3.readerCacheSizeMB, which makes whole-object GETs of large objects
-slow; docs/design.md, Test environment) through scripts/local_aws.py, in a state
+slow; docs/design.md, Test environment) through the localaws package, in a state
 directory of its own (bench/.work/local-aws), so it never shares a server with
 a test session and always stops what it started. The installed server and
 sample media of the main state directory are reused by symlink. A caller that
@@ -20,30 +20,16 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import importlib.util
 import os
 import random
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+import localaws
+
 MiB = 1 << 20
-
-
-def local_aws() -> ModuleType:
-    name = "s3feed_local_aws"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "local_aws.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -63,12 +49,11 @@ class Store:
         return int(self.endpoint_url.rsplit(":", 1)[1])
 
     def client(self, service: str, creds: dict[str, str] | None = None) -> Any:
-        la = local_aws()
         if creds is None:
-            return la.client(
+            return localaws.client(
                 service, self.endpoint_url, self.admin_key_id, self.admin_secret, None, self.region
             )
-        return la.client(
+        return localaws.client(
             service,
             self.endpoint_url,
             creds["AccessKeyId"],
@@ -100,20 +85,19 @@ class Store:
 @contextlib.contextmanager
 def own_seaweed(work: Path) -> Iterator[Store]:
     """Start SeaweedFS in WORK/local-aws; stop it on the way out."""
-    la = local_aws()
     root = work / "local-aws"
     root.mkdir(parents=True, exist_ok=True)
-    main = la.Paths()
+    main = localaws.Paths()
     for name in ("seaweed-venv", "media"):
         link = root / name
         if (main.root / name).exists() and not link.exists():
             link.symlink_to(main.root / name)
-    paths = la.Paths(root)
-    entry = la.start_seaweed(paths, owner="bench")
+    paths = localaws.Paths(root)
+    entry = localaws.start_seaweed(paths, owner="bench")
     try:
         yield Store(
             endpoint_url=entry["endpoint_url"],
-            region=la.REGION,
+            region=localaws.REGION,
             admin_key_id=entry["admin_access_key_id"],
             admin_secret=entry["admin_secret_access_key"],
             daemon_key_id=entry["daemon_access_key_id"],
@@ -123,7 +107,7 @@ def own_seaweed(work: Path) -> Iterator[Store]:
             server_pgid=entry["pid"],
         )
     finally:
-        la.stop(paths, ("seaweed",))
+        localaws.stop(paths, ("seaweed",))
 
 
 def reference(work: Path, name: str, size: int, seed: int) -> Path:

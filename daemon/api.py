@@ -31,10 +31,11 @@ from s3feed.transfer.upload import UploadConfig
 
 from .errors import ApiError, describe, error_body, s3_ids
 from .identity import DaemonIdentity
-from .jobs import JobRegistry, TransferState
 from .limits import UidLimits
 from .outputs import UploadJournal, expect_handler, put_output
 from .peer import Controllers, Peer, peer_of
+from .records import TransferState
+from .registry import JobRegistry
 from .streaming import stream_object
 
 log = logging.getLogger("s3feed.api")

@@ -163,8 +163,10 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
         "header_timeout": _seconds, "state_dir": _path,
     }),
     "metrics": (MetricsConfig, {"listen": _str}),
-    "sts": (StsConfig, {"region": _str, "endpoint_url": _str}),
-    "s3": (S3Config, {"endpoint_url": _str, "addressing": _str}),
+    "sts": (StsConfig, {"region": _str, "endpoint_url": _str,
+                        "ca_bundle": _str}),
+    "s3": (S3Config, {"endpoint_url": _str, "addressing": _str,
+                      "ca_bundle": _str}),
     "transfer": (TransferConfig, {
         "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
         "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,

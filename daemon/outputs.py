@@ -44,7 +44,8 @@ from s3feed.transfer.upload import Upload, UploadClient, UploadConfig, upload
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
 from .errors import ApiError
-from .jobs import Job, TransferState
+from .job import Job
+from .records import TransferState
 
 log = logging.getLogger("s3feed.outputs")
 

@@ -36,7 +36,7 @@ from s3feed.auth.sts import AioStsClient, StsClient
 from s3feed.transfer.acl import AclUnsupported
 from s3feed.transfer.cache import Cache
 from s3feed.transfer.engine import Engine
-from s3feed.transfer.s3store import S3Clients
+from s3feed.transfer.s3client import S3Client
 from s3feed.transfer.serve import ObjectServer
 from s3feed.transfer.upload import MIN_PART, UploadConfig
 
@@ -45,11 +45,11 @@ from .api import Api, OutputsConfig
 from .config import Config, ConfigError, load_config
 from .connections import KEEPALIVE_TIMEOUT, GuardedSockSite
 from .identity import DaemonIdentity
-from .jobs import JobRegistry
 from .limits import UidLimits
 from .metrics import Metrics
 from .outputs import UploadJournal, abort_leftovers
 from .peer import Controllers
+from .registry import JobRegistry
 
 log = logging.getLogger("s3feed.server")
 
@@ -115,7 +115,10 @@ class Daemon:
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), s3feed_version())
         self._own_sts = sts is None
         self.sts: StsClient = sts or AioStsClient(config.sts)
-        self.s3_clients = S3Clients(config.s3)
+        try:
+            self.s3_clients = S3Client(config.s3)  # the one S3 client of every job
+        except ValueError as exc:  # a CA bundle that cannot be read
+            raise ConfigError(str(exc)) from None
         self.engine = Engine(config.transfer, self.metrics)
         self.cache = Cache(config.cache, self.engine, self.metrics)
         self.server = ObjectServer(self.engine, self.cache, self.metrics)

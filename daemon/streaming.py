@@ -26,7 +26,8 @@ from s3feed.transfer.errors import InvalidRange
 from s3feed.transfer.serve import Delivery, ObjectServer
 
 from .errors import describe, s3_ids
-from .jobs import Job, TransferRecord, TransferState
+from .job import Job
+from .records import TransferRecord, TransferState
 
 log = logging.getLogger("s3feed.stream")
 

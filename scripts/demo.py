@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """`make demo`: one real job, end to end, on a local embedded AWS.
 
-Starts ministack (S3 + STS + IAM with real ExternalId checks) through
-scripts/local_aws.py, then `s3feed serve` with the daemon's own IAM keys and
-endpoint overrides pointing at it, registers a job exactly as an encoder
-would (curl over the Unix socket), fetches an MP4 whose index is at the end
+Starts ministack (S3 + STS + IAM with real ExternalId checks) through the
+localaws package, then `s3feed serve` (localaws.daemon, the harness the tests
+and the benchmark use) with the daemon's own IAM keys and endpoint overrides
+pointing at it, registers a job exactly as an encoder would (curl over the Unix socket), fetches an MP4 whose index is at the end
 into the cache and has ffprobe read the file, streams an MPEG-TS to ffprobe
 through a pipe, shows STS refusing a job with the wrong tenant name, and
 stops everything it started. Run it again: it starts from scratch.
@@ -12,30 +12,22 @@ stops everything it started. Run it again: it starts from scratch.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shlex
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # localaws is not installed: it lives at the root
+
+import localaws  # noqa: E402
+from localaws.daemon import DaemonError, Identity, running  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 S3FEED = str(VENV_BIN / "s3feed")
-
-
-def load_local_aws() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("local_aws", REPO / "scripts" / "local_aws.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def say(text: str) -> None:
@@ -44,12 +36,6 @@ def say(text: str) -> None:
 
 def show(cmd: str) -> None:
     print(f"    $ {cmd}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def curl(sock: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -72,91 +58,40 @@ def curl(sock: Path, method: str, path: str, body: Any = None) -> tuple[int, Any
     return int(status), json.loads(text) if text.strip() else None
 
 
-def wait_for_socket(sock: Path, daemon: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            raise SystemExit(f"s3feed serve exited with {daemon.returncode}; see its log above")
-        if sock.exists():
-            with socket.socket(socket.AF_UNIX) as s:
-                try:
-                    s.connect(str(sock))
-                    return
-                except OSError:
-                    pass
-        time.sleep(0.05)
-    raise SystemExit("s3feed serve did not open its socket in time")
-
-
 def main() -> int:
-    la = load_local_aws()
-    paths = la.Paths()
+    paths = localaws.Paths()
     say("starting the local AWS (ministack on 127.0.0.1, auth on)")
-    was_running = bool(la.read_state(paths).get("ministack"))
-    state = la.start_ministack(paths, owner="demo")
-    env = la.env_vars(paths, la.read_state(paths))
-    endpoint = env["S3FEED_LOCAL_ENDPOINT_URL"]
-    work = paths.root / "demo"
-    if work.exists():
-        subprocess.run(["rm", "-rf", str(work)], check=True)
-    work.mkdir(parents=True)
-    sock = work / "s3feed.sock"
-    config = work / "s3feed.toml"
-    config.write_text(
-        f"""# demo configuration: every AWS endpoint is the local ministack
-[api]
-socket = "{sock}"
-socket_mode = "0660"
-
-[metrics]
-listen = "127.0.0.1:{free_port()}"
-
-[sts]
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-
-[s3]
-endpoint_url = "{endpoint}"
-
-[transfer]
-part_size = "1MiB"
-
-[cache]
-dir = "{work / "cache"}"
-max_size = "1GiB"
-min_free = "0"
-"""
-    )
-    daemon_env = {
-        **os.environ,
+    was_running = bool(localaws.read_state(paths).get("ministack"))
+    localaws.start_ministack(paths, owner="demo")
+    env = localaws.env_vars(paths)
+    identity = Identity(
         # The daemon's own identity, as an instance profile would give it.
-        "AWS_ACCESS_KEY_ID": env["S3FEED_LOCAL_DAEMON_ACCESS_KEY_ID"],
-        "AWS_SECRET_ACCESS_KEY": env["S3FEED_LOCAL_DAEMON_SECRET_ACCESS_KEY"],
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        daemon_env.pop(name, None)
-    say("starting s3feed serve")
-    show(f"s3feed serve --config {config}")
-    log = (work / "s3feed.log").open("wb")
-    daemon = subprocess.Popen(
-        [S3FEED, "serve", "--config", str(config)], env=daemon_env, stderr=log
+        endpoint_url=env["S3FEED_LOCAL_ENDPOINT_URL"],
+        region=env["S3FEED_LOCAL_REGION"],
+        access_key_id=env["S3FEED_LOCAL_DAEMON_ACCESS_KEY_ID"],
+        secret_access_key=env["S3FEED_LOCAL_DAEMON_SECRET_ACCESS_KEY"],
     )
+    work = paths.root / "demo"
+    overrides = {
+        "api": {"socket_mode": "0660"},
+        "transfer": {"part_size": "1MiB"},
+        "cache": {"max_size": "1GiB", "min_free": "0"},
+    }
     ok = False
     try:
-        wait_for_socket(sock, daemon)
-        ok = run_job(sock, env)
+        say("starting s3feed serve (every AWS endpoint is the local ministack)")
+        show(f"s3feed serve --config {work / 's3feed.toml'}")
+        with running(identity, work, overrides, fresh=True) as daemon:
+            ok = run_job(daemon.socket, env)
+            say("stopping s3feed (SIGTERM: drain, exit 0)")
+        print(f"    s3feed exited with 0; its log: {daemon.log}")
+    except DaemonError as exc:
+        print(f"    {exc}")
+        ok = False
     finally:
-        say("stopping s3feed (SIGTERM: drain, exit 0)")
-        daemon.send_signal(signal.SIGTERM)
-        code = daemon.wait(timeout=60)
-        log.close()
-        print(f"    s3feed exited with {code}; its log: {work / 's3feed.log'}")
-        ok = ok and code == 0
         if not was_running:
             say("stopping the local AWS")
-            la.stop(paths, ("ministack",))
-        del state
+            localaws.stop(paths, ("ministack",))
     say("demo " + ("succeeded" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -3,20 +3,15 @@
 What runs where: all state lives on the event loop (no locks). `start()`
 launches two background tasks: the scan of the cache directory (in a worker
 thread; start-up never waits for it, a lookup of an entry the scan has not
-reached reads that entry's record directly) and the syncer, which fsyncs
-completed entries off the download path (cacheindex.py says why).
+reached reads that entry's record directly) and the syncer
+(transfer/cachesync.py). File calls other than the data path's pwrite go
+through one file worker thread in the order issued (transfer/fileworker.py
+says why and what was measured); the on-disk format is transfer/cachedir.py.
 
 Who waits on whom: `fetch` HEADs the object with the job's own store first:
 that is the tenant-isolation check (S3 decides, not the cache) and gives the
-ETag of the entry key. A complete entry is handed over at once. Otherwise the
-caller joins the entry's `_Flight`, the single download of that entry: the
-flight runs in a task the cache owns, and every caller awaits its result
-through `asyncio.shield`, so a caller that goes away does not stop it. When
-the last waiter leaves, the flight is cancelled (its done ranges stay in the
-sidecar for a later resume); when the waiter whose store the flight uses
-leaves while others wait, the flight restarts with a remaining waiter's store
-and resumes from the ranges already on disk (credentials are never used on
-behalf of a job that is gone).
+ETag of the entry key. A complete entry is handed over at once, else the
+caller joins the entry's single download (transfer/cacheflight.py).
 
 What bounds memory and disk: bodies go straight from the store's buffer to
 the part file (Engine.download). Disk is bounded by `max_size` (entries count
@@ -26,32 +21,28 @@ the file system has not yet allocated (`_owed`); room is made by evicting
 least-recently-used entries that are neither pinned by a live job nor being
 downloaded, else InsufficientStorage before any byte moves.
 
-Who may open a file (docs/design.md, Cache): data files are
-0600, the daemon's. Each pin carries the uids its owner (a job) grants; when
-an entry is handed to an owner, the file's POSIX ACL becomes the union of the
-readers of its live owners, and `unpin_all` takes the owner's uids away again
-unless another live owner still grants them. ACLs are set on the event loop
-(one setxattr, ~6 us measured). Nothing survives the process: the start-up
-scan (CacheDir.load) and `close()` strip every entry's ACL.
+Who may open a file: pins and per-uid ACL grants (transfer/cachegrants.py);
+the start-up scan (CacheDir.load) and `close()` strip every entry's ACL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import grp
 import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import acl
-from .cacheindex import CacheDir, EntryState, Record, reserve
+from .cachedir import CacheDir, EntryState, Record
+from .cacheflight import CacheEntry, Flight, Waiter, download
+from .cachegrants import Grants
+from .cachesync import SYNC_DELAY, SYNC_RETRY, Syncer
 from .config import CacheConfig
-from .engine import Engine, RetryBudget
+from .engine import Engine
 from .errors import (
     AccessDenied,
     Cancelled,
@@ -60,48 +51,15 @@ from .errors import (
     NoSuchKey,
     SourceChanged,
 )
+from .fileworker import FileWorker
 from .observer import TransferObserver
 from .progress import Progress
+from .retry import RetryBudget
 from .store import ObjectMeta, ObjectStore
 
 SIDECAR_INTERVAL = 0.25  # seconds between sidecar rewrites during a download
-SYNC_DELAY = 60.0  # seconds from an entry's completion to its fsync
-SYNC_RETRY = 30.0  # seconds between fsync attempts of an entry that failed one
-SYNC_ATTEMPTS = 5  # then the entry stays unsynced (a reboot drops it)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CacheEntry:
-    path: Path
-    size: int
-    etag: str
-    verified: tuple[str, ...]
-
-
-@dataclass
-class _Waiter:
-    store: ObjectStore
-    tenant: str
-
-
-@dataclass
-class _Flight:
-    rec: Record
-    meta: ObjectMeta
-    done: asyncio.Future[CacheEntry]
-    progress: Progress = field(default_factory=Progress)
-    waiters: dict[object, _Waiter] = field(default_factory=dict)  # one token per fetch call
-    runner: object = None  # the waiter whose store the current task uses
-    task: asyncio.Task[None] | None = None
-    allocated: bool = False  # reserve() took the part file's blocks from the file system
-
-    @property
-    def owed(self) -> int:
-        """Bytes this download will still take from the disk that free space
-        does not show yet (nothing once its blocks are reserved)."""
-        return 0 if self.allocated else self.rec.size - self.rec.ranges.total
 
 
 def _statvfs_free(path: Path) -> int:
@@ -124,24 +82,22 @@ class Cache:
     ) -> None:
         self.config = config
         self._sync_delay = sync_delay
-        self._sync_retry = sync_retry
         self._sidecar_interval = sidecar_interval
         self.engine = engine
         self.observer = observer
         self.dir = CacheDir(config.dir, boot_id)
         self._disk_free = disk_free
-        self._acl = False  # the directory's file system keeps ACLs (known at start)
+        self._files = FileWorker()
         self._entries: dict[str, Record] = {}
-        # entry id -> owner -> the uids that owner lets open the entry's file
-        self._pins: dict[str, dict[str, frozenset[int]]] = {}
-        self._flights: dict[str, _Flight] = {}
+        self._grants = Grants(self.dir.data_path, self._fail_closed)
+        self._flights: dict[str, Flight] = {}
         self._removed: set[str] = set()  # evicted while the scan ran
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._scan: asyncio.Task[None] | None = None
+        self._sync = Syncer(
+            self._entries, self.dir, self._files, engine.monotonic, sync_retry=sync_retry
+        )
         self._syncer: asyncio.Task[None] | None = None
-        # (when to fsync, entry id): see _run_syncer.
-        self._to_sync: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
-        self._sync_failures: dict[str, int] = {}
 
     @property
     def size_bytes(self) -> int:
@@ -157,8 +113,8 @@ class Cache:
         read on every file, which this cache never gives)."""
         group = grp.getgrnam(self.config.group).gr_gid if self.config.group else None
         await asyncio.to_thread(self.dir.open, group)
-        self._acl = await asyncio.to_thread(acl.supported, self.config.dir)
-        if group is not None and not self._acl:
+        self._grants.acl = await asyncio.to_thread(acl.supported, self.config.dir)
+        if group is not None and not self._grants.acl:
             raise acl.AclUnsupported(
                 f"[cache] group = {self.config.group!r}: cache files are opened by a job's "
                 "users through per-uid POSIX ACL entries, and the file system of "
@@ -166,7 +122,7 @@ class Cache:
                 "mount it with ACLs (e.g. -o acl) or unset [cache] group",
             )
         self._scan = asyncio.create_task(self._run_scan())
-        self._syncer = asyncio.create_task(self._run_syncer())
+        self._syncer = asyncio.create_task(self._sync.run())
 
     async def close(self) -> None:
         """Cancel downloads, sync completed entries, stop background tasks."""
@@ -181,16 +137,17 @@ class Cache:
             if not flight.done.done():
                 flight.done.set_exception(Cancelled("the cache is shutting down"))
         self._flights.clear()
-        self._revoke_all()  # the daemon is stopping: its jobs' access ends
+        self._grants.revoke_all()  # the daemon is stopping: its jobs' access ends
         for task in (self._scan, self._syncer):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
         for rid in list(self._entries):  # what the syncer had not reached yet
             try:
-                await self._sync_one(rid)
+                await self._sync.sync(rid)
             except OSError:
                 log.warning("cache entry not synced at close", exc_info=True, extra={"entry": rid})
+        await self._files.close()
 
     async def _run_scan(self) -> None:
         # Entries being downloaded or handed out are the loop's: their record
@@ -200,55 +157,16 @@ class Cache:
             if rec.id not in self._entries and rec.id not in self._removed:
                 self._entries[rec.id] = rec
                 if rec.state is EntryState.COMPLETE and not rec.synced:
-                    self._to_sync.put_nowait((0.0, rec.id))
+                    self._sync.schedule(rec.id)
         self._removed.clear()
         self._report_size()
         # An entry pinned between the thread's check and its load was
         # stripped after its grant: give its owners their uids back.
-        for rid in [r.id for r in records if r.id in self._pins]:
-            self._apply_or_forget(rid)
+        for rid in [r.id for r in records if r.id in self._grants]:
+            self._grants.apply_or_forget(rid)
 
     def _busy(self, rid: str) -> bool:
-        return rid in self._flights or rid in self._pins
-
-    async def _run_syncer(self) -> None:
-        # A finished entry is fsynced `sync_delay` seconds later, by when the
-        # kernel has usually written it back on its own: the fsync then costs
-        # little, instead of forcing 1-2 CPU-s of writeback per GiB right as
-        # the encoder starts. Until then the entry is served (it is complete)
-        # but would not survive a reboot (CacheDir.load drops unsynced entries).
-        # A failed fsync (EIO, ENOSPC) is tried again `sync_retry` seconds
-        # later, up to SYNC_ATTEMPTS times, and never stops the other entries.
-        while True:
-            due, rid = await self._to_sync.get()
-            if (wait := due - self.engine.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            try:
-                await self._sync_one(rid)
-            except OSError as exc:
-                failures = self._sync_failures.get(rid, 0) + 1
-                again = failures < SYNC_ATTEMPTS
-                log.warning(
-                    "cache entry fsync failed",
-                    extra={"entry": rid, "error": str(exc), "attempt": failures, "retry": again},
-                )
-                if again:
-                    self._sync_failures[rid] = failures
-                    self._to_sync.put_nowait((self.engine.monotonic() + self._sync_retry, rid))
-                else:
-                    self._sync_failures.pop(rid, None)
-            else:
-                self._sync_failures.pop(rid, None)
-
-    async def _sync_one(self, rid: str) -> None:
-        rec = self._entries.get(rid)
-        if rec is None or rec.state is not EntryState.COMPLETE or rec.synced:
-            return
-        with contextlib.suppress(FileNotFoundError):  # evicted meanwhile
-            await asyncio.to_thread(self.dir.fsync, self.dir.data_path(rid))
-            if self._entries.get(rid) is rec:
-                rec.synced = True
-                self.dir.write_record(rec)
+        return rid in self._flights or rid in self._grants
 
     def _report_size(self) -> None:
         self.observer.cache_size(self.size_bytes, self.capacity_bytes)
@@ -265,76 +183,10 @@ class Cache:
         rec.last_used = time.time()
         return CacheEntry(self.dir.data_path(rec.id), rec.size, rec.etag, rec.verified)
 
-    def _pin(self, rid: str, owner: str) -> bool:
-        """Pin `rid` for `owner`; True when this made a new pin."""
-        owners = self._pins.setdefault(rid, {})
-        if owner in owners:
-            return False
-        owners[owner] = frozenset()
-        return True
-
-    def _unpin(self, rid: str, owner: str) -> None:
-        owners = self._pins.get(rid)
-        if owners is None or owner not in owners:
-            return
-        granted = owners.pop(owner)
-        if not owners:
-            del self._pins[rid]
-        if granted:
-            self._apply_or_forget(rid)
-
     def unpin_all(self, owner: str) -> None:
         """`owner` is gone: unpin its entries, and its uids lose access to
         each file unless another live owner of that entry grants them too."""
-        for rid in list(self._pins):
-            self._unpin(rid, owner)
-
-    def _grant(self, rid: str, owner: str, readers: frozenset[int]) -> None:
-        owners = self._pins.get(rid)
-        if owners is None or owner not in owners or readers <= owners[owner]:
-            return
-        before = owners[owner]
-        owners[owner] = before | readers
-        try:
-            self._apply(rid)
-        except OSError as exc:
-            owners[owner] = before
-            self._apply_or_forget(rid)
-            if exc.errno not in (errno.ENOSPC, errno.E2BIG):
-                raise
-            # ext4 keeps ~500 entries per file (one xattr block), any file
-            # system at most 8190 (64 KiB): measured in tests/unit/test_cache.py.
-            raise InsufficientStorage(
-                f"the cache file {self.dir.data_path(rid).name} cannot name "
-                f"{len(self._readers(rid) | readers)} reader uids (the jobs holding it "
-                "grant too many distinct uids for the file system's ACL); end some of "
-                "those jobs or give them fewer EncoderUids"
-            ) from exc
-
-    def _readers(self, rid: str) -> frozenset[int]:
-        return frozenset().union(*self._pins.get(rid, {}).values())
-
-    def _apply(self, rid: str) -> None:
-        """The entry's file grants exactly what its live owners grant."""
-        if not self._acl:
-            return  # no group sharing here (start() refused it): 0600 is all there is
-        with contextlib.suppress(FileNotFoundError):  # evicted or dropped meanwhile
-            acl.set_readers(self.dir.data_path(rid), self._readers(rid))
-
-    def _apply_or_forget(self, rid: str) -> None:
-        # Revoking must not fail open: an entry whose ACL cannot be set is
-        # removed (the path stops opening for everyone).
-        try:
-            self._apply(rid)
-        except OSError:
-            log.error("cache entry ACL not set: entry removed", exc_info=True, extra={"entry": rid})
-            self._forget(rid)
-
-    def _revoke_all(self) -> None:
-        for rid in [rid for rid in self._pins if self._readers(rid)]:
-            for owner in self._pins[rid]:
-                self._pins[rid][owner] = frozenset()
-            self._apply_or_forget(rid)
+        self._grants.unpin_all(owner)
 
     def lookup(self, store: ObjectStore, key: str, etag: str) -> CacheEntry | None:
         """The complete entry of `key` at `etag` in `store`'s bucket, else None;
@@ -370,7 +222,7 @@ class Cache:
         if meta is None:
             meta = await self.engine.retrying(budget, lambda: store.head(key))
         rid = self.dir.entry_id(store.endpoint, store.bucket, key, meta.etag)
-        new_pin = self._pin(rid, owner)
+        new_pin = self._grants.pin(rid, owner)
         try:
             rec = self._known(rid)
             if rec is not None and rec.state is EntryState.COMPLETE:
@@ -381,11 +233,11 @@ class Cache:
             else:
                 self.observer.cache_miss()
                 entry = await self._join(rid, rec, meta, store, tenant, owner, progress)
-            self._grant(rid, owner, readers)
+            self._grants.grant(rid, owner, readers)
             return entry
         except BaseException:
             if new_pin:  # an earlier fetch of this owner keeps its pin and grant
-                self._unpin(rid, owner)
+                self._grants.unpin(rid, owner)
             raise
 
     async def _join(
@@ -407,34 +259,27 @@ class Cache:
             flight = self._flights.get(rid)  # making room may have yielded
         if flight is None:
             assert rec is not None
-            loop = asyncio.get_running_loop()
-            flight = _Flight(rec, meta, loop.create_future())
-            flight.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            flight = Flight.start(rec, meta)
             self._flights[rid] = flight
             self._entries[rid] = rec
             self._report_size()
-        p = flight.progress
-        progress.size, progress.bytes_done, progress.started = p.size, p.bytes_done, p.started
-        if p.moving.is_set():  # joined a download under way: it moves already
-            progress.moving.set()
-        p.followers.append(progress)
+        flight.follow(progress)
         token = object()
-        flight.waiters[token] = _Waiter(store, tenant)
+        flight.waiters[token] = Waiter(store, tenant)
         if flight.task is None:
             self._launch(flight)
         try:
             return await asyncio.shield(flight.done)
         finally:
-            # By identity: two waiters' Progress compare equal field by field.
-            p.followers[:] = [f for f in p.followers if f is not progress]
+            flight.unfollow(progress)
             flight.waiters.pop(token, None)
             if not flight.done.done():
                 if not flight.waiters:
                     self._cancel(flight)
-                elif flight.runner is token:
+                elif flight.runner is token and not flight.ending:
                     self._launch(flight)  # go on with a remaining job's credentials
 
-    def _launch(self, flight: _Flight) -> None:
+    def _launch(self, flight: Flight) -> None:
         token, waiter = next(iter(flight.waiters.items()))
         previous = flight.task or self._stopping.pop(flight.rec.id, None)
         if previous is not None:
@@ -442,7 +287,7 @@ class Cache:
         flight.runner = token
         flight.task = asyncio.create_task(self._download(flight, waiter, previous))
 
-    def _cancel(self, flight: _Flight) -> None:
+    def _cancel(self, flight: Flight) -> None:
         if flight.task is not None:
             flight.task.cancel()
             self._stopping[flight.rec.id] = flight.task  # a next flight waits for it
@@ -465,7 +310,7 @@ class Cache:
                 key=lambda r: r.last_used,
             )
             if victims:
-                self._evict(victims[0].id)
+                await self._evict(victims[0].id)
                 continue
             if self._scan is not None and not self._scan.done():
                 await asyncio.wait([self._scan])  # entries it finds may be evictable
@@ -483,61 +328,32 @@ class Cache:
         return sum(f.owed for rid, f in self._flights.items() if rid != besides)
 
     def _evictable(self, rid: str) -> bool:
-        return rid not in self._pins and rid not in self._flights
+        return rid not in self._grants and rid not in self._flights
 
-    def _evict(self, rid: str) -> None:
+    async def _evict(self, rid: str) -> None:
         self._forget(rid)
         self.observer.cache_eviction()
-        self._report_size()
+        await self._files.run(self.dir.remove, rid)
 
     async def _download(
-        self, flight: _Flight, waiter: _Waiter, previous: asyncio.Task[None] | None
+        self, flight: Flight, waiter: Waiter, previous: asyncio.Task[None] | None
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # one writer of the part file at a time
             if self._stopping.get(flight.rec.id) is previous:
                 del self._stopping[flight.rec.id]
-        rec, dir_ = flight.rec, self.dir
+        rec = flight.rec
         try:
-            dir_.write_record(rec)  # before the part file: see CacheDir.scan
-            # 0600 always, also for a part file an older version left group-readable.
-            fd = os.open(dir_.part_path(rec.id), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-                os.ftruncate(fd, rec.size)
-                flight.allocated = reserve(fd, rec.size)
-
-                last_write = self.engine.monotonic()
-
-                def range_done(start: int, end: int) -> None:
-                    # The sidecar is what a restart resumes from; rewriting it
-                    # after every range cost ~9 % of the cache path's CPU. A
-                    # crash loses at most a quarter second of recorded ranges: those
-                    # are fetched again, never trusted unrecorded.
-                    nonlocal last_write
-                    rec.ranges.add(start, end)
-                    now = self.engine.monotonic()
-                    if now - last_write >= self._sidecar_interval:
-                        dir_.write_record(rec)
-                        last_write = now
-
-                await self.engine.download(
-                    waiter.store,
-                    rec.key,
-                    fd,
-                    tenant=waiter.tenant,
-                    progress=flight.progress,
-                    meta=flight.meta,
-                    skip=rec.ranges,
-                    on_range_done=range_done,
-                )
-            finally:
-                os.close(fd)
-            os.replace(dir_.part_path(rec.id), dir_.data_path(rec.id))
-            rec.complete(flight.progress.verified, dir_.boot_id)
-            dir_.write_record(rec)
+            await download(
+                flight,
+                waiter,
+                cache_dir=self.dir,
+                files=self._files,
+                engine=self.engine,
+                sidecar_interval=self._sidecar_interval,
+            )
         except (SourceChanged, ChecksumMismatch, AccessDenied, NoSuchKey) as exc:
-            self._drop(flight)  # nothing here is worth resuming
+            await self._drop(flight)  # nothing here is worth resuming
             flight.done.set_exception(exc)
             return
         except asyncio.CancelledError:
@@ -548,7 +364,7 @@ class Cache:
                 flight.done.set_exception(exc)
                 return
             # Something else filled the disk: give back what this entry holds.
-            self._drop(flight)
+            await self._drop(flight)
             flight.done.set_exception(
                 InsufficientStorage(
                     f"the cache's file system ({self.config.dir}) has no room left for "
@@ -562,16 +378,24 @@ class Cache:
             flight.done.set_exception(exc)
             return
         self._flights.pop(rec.id, None)
-        self._to_sync.put_nowait((self.engine.monotonic() + self._sync_delay, rec.id))
+        self._sync.schedule(rec.id, self.engine.monotonic() + self._sync_delay)
         flight.done.set_result(self._entry(rec))
 
-    def _drop(self, flight: _Flight) -> None:
-        self._flights.pop(flight.rec.id, None)
+    async def _drop(self, flight: Flight) -> None:
+        flight.ending = True  # not restarted while its files go: nothing is left to resume
         self._forget(flight.rec.id)
+        await self._files.run(self.dir.remove, flight.rec.id)
+        self._flights.pop(flight.rec.id, None)
 
     def _forget(self, rid: str) -> None:
+        """Out of the index; the caller removes the files."""
         self._entries.pop(rid, None)
         if self._scan is not None and not self._scan.done():
             self._removed.add(rid)
-        self.dir.remove(rid)
         self._report_size()
+
+    def _fail_closed(self, rid: str) -> None:
+        # An entry whose ACL could not be set: its path stops opening for
+        # everyone before the call returns, so the unlink is inline (rare).
+        self._forget(rid)
+        self.dir.remove(rid)

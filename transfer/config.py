@@ -22,8 +22,13 @@ class S3Config:
 
     endpoint_url: str | None = None
     addressing: Literal["auto", "path", "virtual"] = "auto"
+    # PEM file of the CAs that https S3 endpoints are verified against; None:
+    # AWS_CA_BUNDLE if set, else the system's store (docs/design.md, Configuration).
+    ca_bundle: str | None = None
 
     def __post_init__(self) -> None:
+        if self.ca_bundle is not None and not self.ca_bundle:
+            raise ValueError("s3.ca_bundle must not be empty")
         if self.endpoint_url is not None and not self.endpoint_url.startswith(
             ("http://", "https://")
         ):

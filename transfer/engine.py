@@ -33,19 +33,16 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from .checksums import RangeDigest, Verifier, etag_parts
 from .config import TransferConfig
-from .errors import ChecksumMismatch, S3Unavailable, TransientError
+from .errors import ChecksumMismatch, TransientError
 from .observer import NullTransferObserver, TransferObserver
 from .progress import Progress, RangeSet
+from .retry import RetryBudget, run_workers
 from .store import BodySink, ObjectMeta, ObjectStore
 from .streammemory import StreamMemory
-
-if TYPE_CHECKING:
-    from .window import ObjectStream
 
 T = TypeVar("T")
 BACKOFF_BASE = 0.1  # seconds; the n-th consecutive failure waits U(0, base * 2^n)
@@ -89,20 +86,6 @@ class FairLimiter:
                 fut.set_result(None)
                 return
         self._free += 1
-
-
-@dataclass
-class RetryBudget:
-    remaining: int
-    last_cause: str = ""
-
-    def spend(self, exc: TransientError) -> None:
-        self.last_cause = f"{exc.reason}: {exc.message}"
-        if self.remaining <= 0:
-            raise S3Unavailable(
-                f"S3 kept failing, retries exhausted; last cause: {self.last_cause}"
-            )
-        self.remaining -= 1
 
 
 def object_parts(meta: ObjectMeta, part_size: int | None) -> list[tuple[int, int]] | None:
@@ -242,15 +225,12 @@ class Engine:
         """The object's part layout and whether it is exact (see object_parts)."""
         if etag_parts(meta.etag) is None:
             return None, False
-        probe: Callable[..., Awaitable[int]] | None = getattr(store, "part_size", None)
-        if probe is None:
-            return object_parts(meta, None), False
 
-        async def ask() -> int:
-            assert probe is not None
-            return await probe(meta.key, if_match=meta.etag)
+        async def ask() -> int | None:
+            return await store.part_size(meta.key, if_match=meta.etag)
 
-        exact = object_parts(meta, await self.retrying(budget, ask))
+        part_size = await self.retrying(budget, ask)
+        exact = object_parts(meta, part_size) if part_size is not None else None
         return (exact, True) if exact is not None else (object_parts(meta, None), False)
 
     async def download(
@@ -357,46 +337,3 @@ class Engine:
                 raise ChecksumMismatch(f"MD5 {got} does not match ETag {verifier.md5_expected}")
             kinds.append("MD5")
         return kinds
-
-    def stream(
-        self,
-        store: ObjectStore,
-        key: str,
-        *,
-        tenant: str,
-        start: int = 0,
-        end: int | None = None,
-        meta: ObjectMeta | None = None,
-    ) -> ObjectStream:
-        from .window import ObjectStream
-
-        return ObjectStream(self, store, key, tenant=tenant, start=start, end=end, meta=meta)
-
-
-async def run_workers(
-    n: int, ranges: list[tuple[int, int]], fn: Callable[[int, int], Awaitable[None]]
-) -> None:
-    """Run fn over ranges, in order, by up to n workers in a TaskGroup; the
-    first failure cancels the rest and is raised as itself."""
-    todo = iter(ranges)
-
-    async def worker() -> None:
-        for s, e in todo:
-            await fn(s, e)
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(n, len(ranges))):
-                tg.create_task(worker())
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error a TaskGroup failed with (its siblings' CancelledErrors aside)."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group.exceptions[0]

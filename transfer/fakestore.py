@@ -9,8 +9,9 @@ loop between slices; with `rng` set, a random number of yields, so that
 parallel ranges complete in random order. `gate`, when set, is awaited before
 every slice: tests use it to hold producers on an event instead of sleeping.
 
-`FailingObjectStore` wraps a store and injects the faults the engine must
-survive, per GET call number, and records every call.
+`FailingObjectStore` wraps any ObjectStore (a fake or the real one) and
+injects the faults the engine must survive into its GETs, HEADs and listing
+pages, per call number, and records every call.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .errors import (
     SourceChanged,
     TransientError,
 )
-from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta
+from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, ObjectStore, RangeMeta
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -65,6 +66,7 @@ class FakeObjectStore:
         self.gate = gate
         self.objects: dict[str, _Object] = {}
         self.denied: set[str] = set()
+        self.denied_all = False
         self.bytes_sent = 0
         self.closed = False
         self._versions = 0
@@ -76,14 +78,18 @@ class FakeObjectStore:
         *,
         etag: str | None = None,
         parts: int | None = None,
+        part_size: int | None = None,
         checksum: str | None = None,
     ) -> str:
         """Store an object. `parts` splits it into N equal parts (the last
-        shorter) with a `-N` ETag; `checksum` ("CRC32", "CRC32C") adds that
-        checksum: FULL_OBJECT for single-part, COMPOSITE for multipart."""
+        shorter), `part_size` into parts of that size, as an uploader would,
+        with a `-N` ETag; `checksum` ("CRC32", "CRC32C") adds that checksum:
+        FULL_OBJECT for single-part, COMPOSITE for multipart."""
         layout: list[tuple[int, int]] | None = None
+        if part_size:
+            parts = max(1, -(-len(data) // part_size))
         if parts:
-            psize = max(1, -(-len(data) // parts))
+            psize = part_size or max(1, -(-len(data) // parts))
             layout = [(s, min(s + psize, len(data)) - 1) for s in range(0, len(data), psize)]
         if etag is None:
             digest = hashlib.md5(data).hexdigest()
@@ -109,11 +115,16 @@ class FakeObjectStore:
     def overwrite(self, key: str, data: bytes) -> str:
         return self.put(key, data, etag=f'"{zlib.crc32(data) ^ self._versions:032x}"')
 
-    def deny(self, key: str) -> None:
-        self.denied.add(key)
+    def deny(self, key: str | None = None) -> None:
+        """Refuse `key` (AccessDenied; listings skip it), or with no key the
+        whole bucket, listings included, as S3 does to a role without access."""
+        if key is None:
+            self.denied_all = True
+        else:
+            self.denied.add(key)
 
     def _lookup(self, key: str, if_match: str | None) -> _Object:
-        if key in self.denied:
+        if key in self.denied or self.denied_all:
             raise AccessDenied(f"Access Denied: s3://{self.bucket}/{key}")
         obj = self.objects.get(key)
         if obj is None:
@@ -136,7 +147,7 @@ class FakeObjectStore:
         await asyncio.sleep(0)
         return self._meta(key, self._lookup(key, if_match))
 
-    async def part_size(self, key: str, *, if_match: str | None = None) -> int:
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
         """Size of part 1 (HEAD ?partNumber=1), the object size if single-part."""
         obj = self._lookup(key, if_match)
         return obj.parts[0][1] + 1 if obj.parts else len(obj.data)
@@ -189,6 +200,8 @@ class FakeObjectStore:
             except (ValueError, UnicodeDecodeError):
                 raise InvalidContinuationToken("the continuation token is not valid") from None
         await asyncio.sleep(0)
+        if self.denied_all:
+            raise AccessDenied(f"Access Denied: s3://{self.bucket}/{prefix}")
         keys = [
             k for k in sorted(self.objects)
             if k.startswith(prefix) and k > after and k not in self.denied
@@ -235,12 +248,22 @@ class Call:
 
 @dataclass
 class FailingObjectStore:
-    """Injects `schedule[n]` into the n-th GET (0-based) of the wrapped store."""
+    """Wraps any ObjectStore and injects faults, recording every call.
 
-    inner: FakeObjectStore
+    `schedule[n]` strikes the n-th GET (0-based; or a function of the GET's
+    number and Call), `heads[n]` the n-th HEAD (part-size probes included),
+    `lists[n]` the n-th listing page. A GET fault may deliver `after_bytes`
+    first; `source_changed` overwrites a FakeObjectStore's object (then the
+    inner store refuses the stale ETag itself) and is SourceChanged at once
+    for any other store.
+    """
+
+    inner: ObjectStore
     schedule: Mapping[int, Fault] | Callable[[int, Call], Fault | None] = field(
         default_factory=dict
     )
+    heads: Mapping[int, Fault] = field(default_factory=dict)
+    lists: Mapping[int, Fault] = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
 
     @property
@@ -255,17 +278,51 @@ class FailingObjectStore:
     def gets(self) -> list[Call]:
         return [c for c in self.calls if c.op == "GetObject"]
 
+    def _count(self, *ops: str) -> int:
+        return sum(1 for c in self.calls if c.op in ops)
+
+    async def _strike(self, fault: Fault | None, key: str, if_match: str | None) -> None:
+        """Raise what a control-plane `fault` stands for (None: nothing)."""
+        if fault is None:
+            return
+        if fault.kind == "access_denied":
+            raise AccessDenied(f"Access Denied: s3://{self.bucket}/{key}")
+        if fault.kind == "source_changed":
+            if isinstance(self.inner, FakeObjectStore) and key in self.inner.objects:
+                self.inner.overwrite(key, b"overwritten:" + self.inner.objects[key].data)
+                if if_match is None:
+                    return
+            raise SourceChanged(f"s3://{self.bucket}/{key} changed (injected)")
+        raise TransientError(f"injected {fault.kind}", fault.kind)
+
     async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:
+        n = self._count("HeadObject", "HeadObjectPart")
         self.calls.append(Call("HeadObject", key, if_match=if_match))
+        await self._strike(self.heads.get(n), key, if_match)
         return await self.inner.head(key, if_match=if_match)
 
-    async def part_size(self, key: str, *, if_match: str | None = None) -> int:
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
+        n = self._count("HeadObject", "HeadObjectPart")
+        self.calls.append(Call("HeadObjectPart", key, if_match=if_match))
+        await self._strike(self.heads.get(n), key, if_match)
         return await self.inner.part_size(key, if_match=if_match)
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
+        token = None
+        while True:
+            page = await self.list_page(prefix, token=token)
+            for meta in page.objects:
+                yield meta
+            if page.next_token is None:
+                return
+            token = page.next_token
 
     async def list_page(
         self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
     ) -> ObjectPage:
+        n = self._count("ListObjectsV2")
         self.calls.append(Call("ListObjectsV2", prefix))
+        await self._strike(self.lists.get(n), prefix, None)
         return await self.inner.list_page(prefix, max_keys=max_keys, token=token)
 
     async def get_range(
@@ -282,15 +339,24 @@ class FailingObjectStore:
         n = len(self.gets)
         self.calls.append(call)
         fault = self.schedule(n, call) if callable(self.schedule) else self.schedule.get(n)
+        inner = self.inner
         if fault is None:
-            return await self.inner.get_range(key, start, end, sink, if_match=if_match)
-        if fault.kind == "access_denied":
-            raise AccessDenied(f"Access Denied: s3://{self.bucket}/{key}")
-        if fault.kind == "source_changed":
-            self.inner.overwrite(key, b"overwritten:" + self.inner.objects[key].data)
-            return await self.inner.get_range(key, start, end, sink, if_match=if_match)
+            return await inner.get_range(
+                key, start, end, sink, if_match=if_match, stall_timeout=stall_timeout
+            )
+        if fault.kind in ("access_denied", "source_changed"):
+            await self._strike(fault, key, if_match)
+            return await inner.get_range(
+                key, start, end, sink, if_match=if_match, stall_timeout=stall_timeout
+            )
         if fault.after_bytes:
             limit = start + fault.after_bytes - 1
             limit = limit if end is None else min(limit, end)
-            await self.inner.get_range(key, start, limit, sink, if_match=if_match)
+            await inner.get_range(key, start, limit, sink, if_match=if_match)
         raise TransientError(f"injected {fault.kind}", fault.kind)
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def close(self) -> None:
+        await self.inner.close()

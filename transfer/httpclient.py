@@ -1,12 +1,21 @@
-"""The data plane's HTTP client: a pool of keep-alive connections shared by all jobs.
+"""The daemon's one HTTP client: a pool of keep-alive connections shared by all jobs.
 
-Only GET, only already-signed requests: connections carry no credentials, so
-one pool (keyed by scheme, host, port) serves every job, and each request is
-signed by its job (transfer/s3store.py) just before it is sent. Bodies are
-received into each connection's reused buffer (transfer/httpconn.py says why
-and what it saved).
+Every S3 request of every job goes through it (transfer/s3client.py signs
+them; docs/design.md, Transfers): HEAD, ListObjectsV2, ranged GET, and the
+upload calls. Connections carry no credentials, so one pool (keyed by scheme,
+host, port) serves every job; each request is signed by its job just before
+it is sent. Bodies are received into each connection's reused buffer
+(transfer/httpconn.py says why and what it saved).
 
-Concurrency: `get` runs in the caller's task; it takes an idle connection
+TLS and proxies (docs/design.md, Configuration): https connections verify
+the server against `ssl_context` (built from `[s3] ca_bundle` or
+`AWS_CA_BUNDLE`, else the system's store); a certificate that does not
+verify is S3Unavailable naming where the trusted CAs came from (`trust`),
+never retried. `proxies` (transfer/proxy.py: HTTPS_PROXY, HTTP_PROXY,
+NO_PROXY) sends https through a CONNECT tunnel, TLS inside it end to end,
+and http to the proxy in absolute form.
+
+Concurrency: `request` runs in the caller's task; it takes an idle connection
 (most recently used first, younger than `idle_timeout`) or opens one, and
 gives it back when the `async with` block ends, only if the exchange ended
 cleanly on a keep-alive response; otherwise the connection is aborted. The
@@ -25,8 +34,9 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlsplit
 
-from .errors import TransientError
-from .httpconn import BUFFER_SIZE, BodyConsumer, HttpConnection
+from .errors import S3Unavailable, TransientError
+from .httpconn import BUFFER_SIZE, MAX_HEAD_BYTES, BodyConsumer, HttpConnection
+from .proxy import Proxies, Proxy
 
 ERROR_BODY_LIMIT = 64 * 1024
 
@@ -72,12 +82,16 @@ class HttpClient:
         idle_timeout: float = 15.0,
         connect_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        trust: str = "the system's CA certificates ([s3] ca_bundle and AWS_CA_BUNDLE unset)",
+        proxies: Proxies | None = None,
         buffer_size: int = BUFFER_SIZE,
     ) -> None:
         self._max_idle = max_idle_per_host
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
         self._ssl = ssl_context
+        self._trust = trust  # where the CA certificates came from, for errors
+        self._proxies = proxies or Proxies()
         self._buffer_size = buffer_size
         self._idle: dict[Key, list[HttpConnection]] = {}
         self._open: set[HttpConnection] = set()
@@ -87,31 +101,76 @@ class HttpClient:
     def open_connections(self) -> int:
         return len(self._open)
 
-    @contextlib.asynccontextmanager
-    async def get(
+    @property
+    def idle_connections(self) -> int:
+        return sum(len(idle) for idle in self._idle.values())
+
+    def get(
         self, url: str, headers: Mapping[str, str], *, stall_timeout: float
+    ) -> contextlib.AbstractAsyncContextManager[Response]:
+        """GET `url`: `request("GET", ...)`."""
+        return self.request("GET", url, headers, stall_timeout=stall_timeout)
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes = b"",
+        *,
+        stall_timeout: float,
     ) -> AsyncIterator[Response]:
-        """GET `url` with `headers` (signed; Host is added from the URL when
-        absent) and yield the response once its head has arrived."""
+        """Send `method url` with `headers` (signed; Host is added from the URL
+        when absent, Content-Length when there is a body or the method needs
+        one) and yield the response once its head has arrived. Read its body
+        (or not) inside the block."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         key: Key = (parts.scheme, parts.hostname, port)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        proxy = self._proxies.for_url(parts.scheme, parts.hostname)
+        if proxy is not None and parts.scheme == "http":
+            target = f"http://{parts.netloc}{target}"  # absolute form, to the proxy
+            if proxy.authorization:
+                headers = {**headers, "Proxy-Authorization": proxy.authorization}
         if not any(k.lower() == "host" for k in headers):
             headers = {"Host": parts.netloc, **headers}
-        request = serialize_get(target, headers)
-        conn = await self._exchange(key, request, stall_timeout)
+        if (body or method in ("PUT", "POST")) and not any(
+            k.lower() == "content-length" for k in headers
+        ):
+            headers = {**headers, "Content-Length": str(len(body))}
+        request = serialize(method, target, headers) + body
+        conn = await self._exchange(key, request, stall_timeout, method == "HEAD")
         try:
             yield Response(conn, stall_timeout)
         finally:
             self._release(conn)
 
-    async def _exchange(self, key: Key, request: bytes, stall_timeout: float) -> HttpConnection:
+    async def warm(self, url: str) -> None:
+        """Open one idle connection to `url`'s host unless one is idle already,
+        so that the first request does not pay for connect (and TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        key: Key = (
+            parts.scheme,
+            parts.hostname,
+            parts.port or (443 if parts.scheme == "https" else 80),
+        )
+        if self._idle.get(key):
+            return
+        conn = await self._connect(key)
+        self._release(conn)
+
+    async def _exchange(
+        self, key: Key, request: bytes, stall_timeout: float, head: bool
+    ) -> HttpConnection:
         conn = await self._acquire(key)
         try:
-            await conn.send(request, stall_timeout)
+            await conn.send(request, stall_timeout, head=head)
         except TransientError as e:
             if not (conn.exchanges > 0 and conn.received == 0 and e.reason == "reset"):
                 raise
@@ -119,7 +178,7 @@ class HttpClient:
             for stale in self._idle.pop(key, []):
                 stale.abort()
             conn = await self._connect(key)
-            await conn.send(request, stall_timeout)
+            await conn.send(request, stall_timeout, head=head)
         return conn
 
     async def _acquire(self, key: Key) -> HttpConnection:
@@ -141,23 +200,69 @@ class HttpClient:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             tls = self._ssl
-        loop = asyncio.get_running_loop()
+        proxy = self._proxies.for_url(scheme, host)
+        where = f"{host}:{port}" + (
+            f" through the proxy {proxy.host}:{proxy.port}" if proxy else ""
+        )
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: HttpConnection(key, self._buffer_size),
-                    host,
-                    port,
-                    ssl=tls,
-                    server_hostname=host if tls else None,
-                )
+                if proxy is None:
+                    conn = await self._open_direct(key, tls)
+                elif tls is None:
+                    conn = await self._open_direct(key, None, (proxy.host, proxy.port))
+                else:
+                    conn = await self._open_tunnel(key, tls, proxy)
+        except ssl.SSLCertVerificationError as e:
+            raise S3Unavailable(
+                f"the TLS certificate of {host}:{port} is not trusted "
+                f"({e.verify_message or e}); the daemon trusts {self._trust}"
+            ) from None
         except (OSError, TimeoutError) as e:
-            raise TransientError(
-                f"cannot connect to {host}:{port}: {e or 'timeout'}", "reset"
-            ) from e
+            raise TransientError(f"cannot connect to {where}: {e or 'timeout'}", "reset") from e
         self._open.add(conn)
         conn.closed.add_done_callback(lambda _: self._open.discard(conn))
         return conn
+
+    async def _open_direct(
+        self, key: Key, tls: ssl.SSLContext | None, via: tuple[str, int] | None = None
+    ) -> HttpConnection:
+        host, port = via or key[1:]
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            lambda: HttpConnection(key, self._buffer_size),
+            host,
+            port,
+            ssl=tls,
+            server_hostname=key[1] if tls else None,
+        )
+        return conn
+
+    async def _open_tunnel(self, key: Key, tls: ssl.SSLContext, proxy: Proxy) -> HttpConnection:
+        """CONNECT through `proxy`, then TLS with the S3 host inside the tunnel."""
+        _, host, port = key
+        loop = asyncio.get_running_loop()
+        transport, tunnel = await loop.create_connection(_Tunnel, proxy.host, proxy.port)
+        try:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            head = {"Host": authority}
+            if proxy.authorization:
+                head["Proxy-Authorization"] = proxy.authorization
+            transport.write(serialize("CONNECT", authority, head))
+            status = await tunnel.answered
+            if status != 200:
+                raise ConnectionRefusedError(
+                    f"the proxy {proxy.host}:{proxy.port} answered {status} to CONNECT {authority}"
+                )
+            conn = HttpConnection(key, self._buffer_size)
+            secure = await loop.start_tls(transport, tunnel, tls, server_hostname=host)
+            if secure is None:
+                raise ConnectionResetError("the tunnel closed during the TLS handshake")
+            secure.set_protocol(conn)
+            conn.connection_made(secure)
+            return conn
+        except BaseException:
+            transport.abort()
+            raise
 
     def _release(self, conn: HttpConnection) -> None:
         idle = self._idle.setdefault(conn.key, [])
@@ -176,8 +281,45 @@ class HttpClient:
             await asyncio.wait(waiting, timeout=5)
 
 
+class _Tunnel(asyncio.Protocol):
+    """Reads the proxy's answer to CONNECT: its status once the head ended."""
+
+    def __init__(self) -> None:
+        self.answered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._head = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.answered.done():
+            return  # bytes before TLS started: the handshake will fail on them
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HEAD_BYTES:
+                self.answered.set_exception(ConnectionResetError("the proxy's answer is too long"))
+            return
+        status_line = bytes(self._head[: self._head.find(b"\r\n")]).decode("latin-1")
+        version, _, rest = status_line.partition(" ")
+        code = rest[:3]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            self.answered.set_exception(
+                ConnectionResetError(f"the proxy answered {status_line[:80]!r} to CONNECT")
+            )
+            return
+        self.answered.set_result(int(code))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answered.done():
+            self.answered.set_exception(
+                ConnectionResetError(f"the proxy closed the connection: {exc or 'eof'}")
+            )
+
+
 def serialize_get(target: str, headers: Mapping[str, str]) -> bytes:
-    lines = [f"GET {target} HTTP/1.1"]
+    return serialize("GET", target, headers)
+
+
+def serialize(method: str, target: str, headers: Mapping[str, str]) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1"]
     for name, value in headers.items():
         if any(c in s for s in (name, value) for c in "\r\n"):
             raise ValueError(f"header {name!r} contains a line break")

@@ -81,15 +81,19 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._lost: str | None = None  # why the transport went away during the exchange
         self._consumer: BodyConsumer | None = None
         self._error: BaseException | None = None
+        self._no_body = False  # the request was a HEAD: no body follows any head
 
     @property
     def reusable(self) -> bool:
         return self._state in ("idle", "done") and self._transport is not None
 
-    async def send(self, request: bytes, stall_timeout: float) -> None:
-        """Write a GET request and wait for the response head (status, headers)."""
+    async def send(self, request: bytes, stall_timeout: float, *, head: bool = False) -> None:
+        """Write a request (head and body, already serialised) and wait for the
+        response head (status, headers). `head`: the request was a HEAD, so the
+        response has no body whatever its Content-Length says."""
         assert self.reusable and self._transport is not None
         self._new_exchange()
+        self._no_body = head
         self._parser = httptools.HttpResponseParser(self)
         self._state = "head"
         self._transport.write(request)
@@ -289,7 +293,9 @@ class HttpConnection(asyncio.BufferedProtocol):
         assert self._parser is not None and self._transport is not None
         status = self._parser.get_status_code()
         if status == 101:  # llhttp would hand the connection over: refuse here
-            self._error = TransientError("101 Switching Protocols answered a GET", "server_error")
+            self._error = TransientError(
+                "101 Switching Protocols answered a request", "server_error"
+            )
             raise self._error
         if 100 <= status < 200:
             self._interim = True  # llhttp ends it here; the real head follows
@@ -301,6 +307,9 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._transport.pause_reading()
         self._wake()
         length = self.headers.get("content-length", "")
+        if self._no_body:
+            self._remaining = 0
+            raise _HeadDone  # the answer to a HEAD ends with its head
         if status in (204, 304):
             return  # no body whatever Content-Length says; llhttp completes it
         if "transfer-encoding" not in self.headers and length.isdigit():

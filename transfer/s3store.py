@@ -1,105 +1,52 @@
 """`S3ObjectStore`: the ObjectStore of one job's bucket, signed with the job's role.
 
-Control plane (HeadObject, ListObjectsV2) goes through a per-job aiobotocore
-client; data plane (ranged GET) through the shared raw client of
-transfer/httpclient.py, signed here with botocore's S3SigV4Auth. Both sign
-every request with `await credentials.current()`: the aiobotocore client
-gets a credentials object that asks the job's CredentialSource on each
-request (botocore's RefreshableCredentials would impose its fixed 15/10-min
-windows; auth/ owns refresh). S3 errors of both planes are translated into
-transfer/errors.py in one function, `_translate`.
-
-Concurrency: a store is used by many tasks of one job at once; it holds no
-per-request state. The aiobotocore client is created on first use under a
-lock and closed by `close`. `S3Clients` is shared by all jobs: the botocore
-data loader (service models parsed once, so a job's client costs ~15 ms
-instead of ~130), the raw connection pool, and the S3 config.
+Every call goes through the daemon's one `S3Client` (transfer/s3client.py):
+HeadObject, HEAD ?partNumber=1 (the part layout), ListObjectsV2 and ranged
+GetObject, and `request` for the calls that have no method here (uploads).
+A store holds no client, pool or connection of its own, only the job's
+location, credential source and observer: a job costs a few hundred bytes
+here (docs/design.md, Transfers). Each request is signed once with
+`await credentials.current()`; auth/ owns refresh. S3's errors are
+translated in one place (transfer/s3errors.py).
 
 ExpiredToken (400 on AWS and ministack; SeaweedFS answers 403
 InvalidAccessKeyId once temporary keys lapse) forces a refresh and one retry
-of that request; a second expiry is TransientError('expired_token').
+of that request; a second expiry is TransientError('expired_token'). The
+control plane (HEAD, LIST) retries a TransientError twice more after a short
+full-jitter backoff, as botocore's standard mode did for it; GETs are retried
+by the engine, which knows what was already received.
+
+Concurrency: a store is used by many tasks of one job at once; it holds no
+per-request state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import random
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
+from urllib.parse import unquote_plus
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.exceptions import BotoCoreError, ClientError
-
-from ..auth.botocore_creds import aio_session_for, frozen
 from ..auth.credentials import Credentials, CredentialSource
-from .config import S3Config
-from .errors import (
-    AccessDenied,
-    InvalidContinuationToken,
-    InvalidRange,
-    InvalidUriPath,
-    NoSuchKey,
-    ObjectStoreError,
-    SourceChanged,
-    TransferError,
-    TransientError,
-)
-from .httpclient import HttpClient
+from .checksums import etag_parts
+from .errors import InvalidContinuationToken, ObjectStoreError, TransferError, TransientError
 from .observer import TransferObserver
+from .s3client import S3Client, S3Response
+from .s3errors import CHECKSUM_ALGORITHMS, Expired, content_range, error_document, translate
 from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta
 from .uri import S3Location
 
 T = TypeVar("T")
 log = logging.getLogger("s3feed.s3")
 
-CHECKSUM_ALGORITHMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
-EXPIRED_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})
-THROTTLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
-)
-
-
-class _Expired(Exception):
-    """S3 says the signing credentials expired: refresh and retry once."""
-
-    def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-class S3Clients:
-    """What every job's store shares; close it once, after the last store."""
-
-    def __init__(self, s3: S3Config, *, http: HttpClient | None = None) -> None:
-        self.s3 = s3
-        self.http = http or HttpClient()
-        self._loader = AioSession().get_component("data_loader")
-
-    async def control_client(self, location: S3Location, credentials: CredentialSource) -> Any:
-        """A new aiobotocore S3 client for one job; the caller closes it."""
-        session = aio_session_for(credentials, data_loader=self._loader)
-        config = AioConfig(
-            region_name=location.region,
-            signature_version="s3v4",
-            s3={"addressing_style": location.addressing},
-            retries={"mode": "standard", "total_max_attempts": 3},
-            connect_timeout=10,
-            read_timeout=30,
-            max_pool_connections=4,
-        )
-        ctx = session.create_client("s3", endpoint_url=location.endpoint_url, config=config)
-        return await ctx.__aenter__()
-
-    async def close(self) -> None:
-        await self.http.close()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a HEAD without Last-Modified
+CONTROL_ATTEMPTS = 3
+CONTROL_BACKOFF = 0.1  # seconds; the n-th retry waits U(0, base * 2^n)
 
 
 class S3ObjectStore:
@@ -108,64 +55,112 @@ class S3ObjectStore:
         location: S3Location,
         credentials: CredentialSource,
         *,
-        clients: S3Clients,
+        clients: S3Client,
         observer: TransferObserver,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.location = location
         self.bucket = location.bucket
         self.endpoint = location.endpoint_url
         self._credentials = credentials
-        self._clients = clients
+        self._client = clients
         self._observer = observer
-        self._client: Any = None
-        self._client_lock = asyncio.Lock()
-
-    async def _control(self) -> Any:
-        async with self._client_lock:
-            if self._client is None:
-                self._client = await self._clients.control_client(self.location, self._credentials)
-            return self._client
+        self._sleep = sleep
 
     async def connect(self) -> None:
-        # A new aiobotocore client's first request costs 25-40 ms more than the
-        # next ones (client, connection pool, endpoint rules): pay it when the
-        # job registers, with a one-key listing of its folder, not on the
-        # encoder's first read. A refusal here is not the job's failure: the
-        # encoder's own requests will report what is wrong.
-        client = await self._control()
-        args = {"Bucket": self.bucket, "Prefix": self.location.prefix, "MaxKeys": 1}
-        with contextlib.suppress(TransferError):
-            await self._with_refresh(
-                self.location.prefix,
-                lambda creds: self._call("ListObjectsV2", client.list_objects_v2, creds, args),
-            )
+        # The first request to a host pays for connect (and TLS): have one
+        # connection ready when the job registers, not on the encoder's first
+        # read. It is the daemon's (shared by every job on that host), and a
+        # failure here is not the job's: its own requests will report it.
+        try:
+            await self._client.warm(self.location)
+        except (TransferError, OSError) as e:
+            log.debug("no connection ready for %s: %s", self.endpoint, e)
 
     async def close(self) -> None:
-        async with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        pass  # nothing of its own: the S3Client is the daemon's
+
+    # -- any request (uploads use this) -------------------------------------------------
+
+    async def request(
+        self,
+        op: str,
+        method: str,
+        key: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        stall_timeout: float = 30.0,
+    ) -> S3Response:
+        """Send one S3 request for `key` (a full key; "" for the bucket), signed
+        with the job's current credentials (refreshed and re-signed once on
+        ExpiredToken), counted under `op` (e.g. "PutObject"). A 2xx answer is
+        returned whole; any other is raised as transfer/errors.py."""
+
+        async def attempt(creds: Credentials) -> S3Response:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            try:
+                resp = await self._client.request(
+                    self.location, creds, method, key, query, headers, body,
+                    stall_timeout=stall_timeout,
+                )  # fmt: skip
+            except TransientError as e:
+                self._observer.s3_request_error(op, e.reason)
+                raise
+            self._observer.s3_request(op, loop.time() - started)
+            if resp.status < 300:
+                return resp
+            code, message = error_document(resp.body)
+            self._observer.s3_request_error(op, code or str(resp.status))
+            raise translate(
+                resp.status, code, message, f"s3://{self.bucket}/{key}", creds, resp.headers,
+                self.location.region,
+            )  # fmt: skip
+
+        return await self._with_refresh(key, attempt)
+
+    async def _control(
+        self,
+        op: str,
+        key: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> S3Response:
+        method = "HEAD" if op == "HeadObject" else "GET"
+        for n in range(CONTROL_ATTEMPTS):
+            try:
+                return await self.request(op, method, key, query=query, headers=headers)
+            except TransientError as e:
+                if n == CONTROL_ATTEMPTS - 1 or e.reason == "expired_token":
+                    raise  # an expiry was retried once already, with new credentials
+                await self._sleep(random.uniform(0, CONTROL_BACKOFF * 2**n))
+        raise AssertionError("unreachable")
 
     # -- control plane ------------------------------------------------------------------
 
     async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        headers = {"x-amz-checksum-mode": "ENABLED"}
         if if_match is not None:
-            args["IfMatch"] = if_match
-        client = await self._control()
-        r = await self._with_refresh(
-            key, lambda creds: self._call("HeadObject", client.head_object, creds, args)
-        )
-        checksums = {a: r[f"Checksum{a}"] for a in CHECKSUM_ALGORITHMS if r.get(f"Checksum{a}")}
-        return ObjectMeta(
-            key=key,
-            size=int(r["ContentLength"]),
-            etag=r["ETag"],
-            last_modified=r["LastModified"],
-            version_id=r.get("VersionId"),
-            checksums=checksums,
-            checksum_type=r.get("ChecksumType"),
-        )
+            headers["If-Match"] = if_match
+        resp = await self._control("HeadObject", key, headers=headers)
+        return _object_meta(key, resp.headers, int(resp.headers.get("content-length", "-1")))
+
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
+        """The size of part 1 (HEAD ?partNumber=1: its Content-Length, with
+        x-amz-mp-parts-count); the object's size when it was not uploaded in
+        parts; None when the server ignores partNumber (ministack answers the
+        whole object without a parts count)."""
+        headers = {"If-Match": if_match} if if_match is not None else {}
+        resp = await self._control("HeadObject", key, query={"partNumber": "1"}, headers=headers)
+        length = resp.headers.get("content-length", "")
+        if not length.isdigit():
+            raise TransientError("S3 answered HEAD ?partNumber=1 without a length", "server_error")
+        if "x-amz-mp-parts-count" not in resp.headers and etag_parts(resp.headers.get("etag", "")):
+            return None  # a multipart object, and no word on its parts
+        return int(length)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
         token = None
@@ -180,71 +175,17 @@ class S3ObjectStore:
     async def list_page(
         self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
     ) -> ObjectPage:
-        client = await self._control()
-        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": max_keys}
+        query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys)}
+        query["encoding-type"] = "url"
         if token is not None:
-            args["ContinuationToken"] = token
+            query["continuation-token"] = token
         try:
-            page = await self._with_refresh(
-                prefix,
-                lambda creds: self._call("ListObjectsV2", client.list_objects_v2, creds, args),
-            )
+            resp = await self._control("ListObjectsV2", "", query=query)
         except ObjectStoreError as e:
             if token is not None and type(e) is ObjectStoreError:  # S3's 400 InvalidArgument
                 raise InvalidContinuationToken(f"S3 refused the continuation token: {e}") from None
             raise
-        objects = [
-            ObjectMeta(
-                key=o["Key"],
-                size=int(o["Size"]),
-                etag=o["ETag"],
-                last_modified=o["LastModified"],
-                checksum_type=o.get("ChecksumType"),
-            )
-            for o in page.get("Contents", ())
-            # S3 applies Prefix whatever the token encodes; a server that let a
-            # token reach past it must not list another job's keys.
-            if o["Key"].startswith(prefix)
-        ]
-        truncated = page.get("IsTruncated") and page.get("NextContinuationToken")
-        return ObjectPage(objects, page["NextContinuationToken"] if truncated else None)
-
-    async def _call(
-        self,
-        op: str,
-        method: Callable[..., Awaitable[dict[str, Any]]],
-        creds: Credentials,
-        args: Mapping[str, Any],
-    ) -> dict[str, Any]:
-        # `creds` is what the client signs with: it asks the same source.
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            result = await method(**args)
-        except ClientError as e:
-            self._observer.s3_request(op, loop.time() - started)
-            meta = e.response.get("ResponseMetadata", {})
-            err = e.response.get("Error", {})
-            status = int(meta.get("HTTPStatusCode", 0))
-            code = str(err.get("Code", ""))
-            if code == str(status):
-                code = ""  # HEAD answers carry no error document
-            error = _translate(
-                status,
-                code,
-                str(err.get("Message", "")),
-                f"s3://{self.bucket}/{args.get('Key', args.get('Prefix', ''))}",
-                creds,
-                meta.get("HTTPHeaders", {}),
-                self.location.region,
-            )
-            self._observer.s3_request_error(op, code or str(status))
-            raise error from None
-        except BotoCoreError as e:
-            self._observer.s3_request_error(op, "reset")
-            raise TransientError(f"S3 {op} failed: {e}", "reset") from e
-        self._observer.s3_request(op, loop.time() - started)
-        return result
+        return _list_page(resp.body, prefix)
 
     # -- data plane ---------------------------------------------------------------------
 
@@ -274,39 +215,43 @@ class S3ObjectStore:
         if_match: str | None,
         stall_timeout: float,
     ) -> RangeMeta:
-        url = self.location.url_for(key)
-        headers = {"Host": urlsplit(url).netloc, "x-amz-checksum-mode": "ENABLED"}
+        headers = {"x-amz-checksum-mode": "ENABLED"}
         if start > 0 or end is not None:  # a whole-object GET works for 0 bytes too
             headers["Range"] = f"bytes={start}-{'' if end is None else end}"
         if if_match is not None:
             headers["If-Match"] = if_match
-        request = AWSRequest(method="GET", url=url, headers=headers)
-        S3SigV4Auth(frozen(creds), "s3", self.location.region).add_auth(request)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with self._clients.http.get(
-                url, dict(request.headers.items()), stall_timeout=stall_timeout
+            async with self._client.open(
+                self.location, creds, "GET", key, headers=headers, stall_timeout=stall_timeout
             ) as resp:
                 self._observer.s3_request("GetObject", loop.time() - started)
-                if resp.status in (200, 206):
-                    meta = _range_meta(resp.status, resp.headers, start, end)
-                    pos = start
+                status = resp.status
+                if status in (200, 206):
+                    meta = _range_meta(status, resp.headers, start, end)
+                    if if_match is not None and meta.etag and meta.etag != if_match:
+                        # A server that ignores If-Match: not one byte of the new object.
+                        status = 412
+                    else:
+                        pos = start
 
-                    def consume(data: memoryview) -> None:
-                        nonlocal pos
-                        sink.write(pos, data)
-                        pos += len(data)
+                        def consume(data: memoryview) -> None:
+                            nonlocal pos
+                            sink.write(pos, data)
+                            pos += len(data)
 
-                    await resp.read_into(consume)
-                    return meta
-                code, message = _error_document(await resp.read())
+                        await resp.read_into(consume)
+                        return meta
+                    code, message = "PreconditionFailed", "the ETag changed"
+                else:
+                    code, message = error_document(await resp.read())
         except TransientError as e:  # no answer, or a broken one
             self._observer.s3_request_error("GetObject", e.reason)
             raise
-        self._observer.s3_request_error("GetObject", code or str(resp.status))
-        raise _translate(
-            resp.status, code, message, f"s3://{self.bucket}/{key}", creds, resp.headers,
+        self._observer.s3_request_error("GetObject", code or str(status))
+        raise translate(
+            status, code, message, f"s3://{self.bucket}/{key}", creds, resp.headers,
             self.location.region,
         )  # fmt: skip
 
@@ -315,11 +260,11 @@ class S3ObjectStore:
     async def _with_refresh(self, key: str, attempt: Callable[[Credentials], Awaitable[T]]) -> T:
         try:
             return await attempt(await self._credentials.current())
-        except _Expired:
+        except Expired:
             pass
         try:
             return await attempt(await self._credentials.refresh_now("expired_token"))
-        except _Expired as e:
+        except Expired as e:
             raise TransientError(
                 f"S3 still answered {e.code} for {key!r} after the job's credentials were "
                 "refreshed",
@@ -327,113 +272,73 @@ class S3ObjectStore:
             ) from None
 
 
-def _translate(
-    status: int,
-    code: str,
-    message: str,
-    where: str,
-    creds: Credentials,
-    headers: Mapping[str, str],
-    region: str,
-) -> Exception:
-    """S3's answer -> transfer/errors.py (or _Expired: refresh and retry once),
-    carrying S3's request ids in the error, its message and the log."""
-    error = _classify(status, code, message, where, creds, headers, region)
-    request_id = headers.get("x-amz-request-id") or None
-    host_id = headers.get("x-amz-id-2") or None
-    log.info(
-        "S3 answered an error",
-        extra={"status": status, "s3_code": code or None, "where": where,
-               "request_id": request_id, "host_id": host_id},
-    )  # fmt: skip
-    if isinstance(error, TransferError) and request_id:
-        error.request_id, error.host_id = request_id, host_id
-        error.message += f" (S3 request id {request_id}" + (
-            f", host id {host_id})" if host_id else ")"
-        )
-        error.args = (error.message,)
-    return error
+def _object_meta(key: str, headers: Mapping[str, str], size: int) -> ObjectMeta:
+    if size < 0:
+        raise TransientError(f"S3 answered HEAD {key!r} without a length", "server_error")
+    modified = headers.get("last-modified")
+    return ObjectMeta(
+        key=key,
+        size=size,
+        etag=headers.get("etag", ""),
+        last_modified=parsedate_to_datetime(modified) if modified else _EPOCH,
+        version_id=headers.get("x-amz-version-id"),
+        checksums=_checksums(headers),
+        checksum_type=headers.get("x-amz-checksum-type"),
+    )
 
 
-def _classify(
-    status: int,
-    code: str,
-    message: str,
-    where: str,
-    creds: Credentials,
-    headers: Mapping[str, str],
-    region: str,
-) -> Exception:
-    temporary = creds.session_token is not None
-    lapsed = creds.expiration is not None and creds.expiration <= datetime.now(UTC)
-    if (
-        code in EXPIRED_CODES
-        or (code == "InvalidAccessKeyId" and temporary)  # SeaweedFS, after expiry
-        or (not code and status == 400 and temporary)  # HEAD: no body to say ExpiredToken
-        or (not code and status == 403 and lapsed)
-    ):
-        return _Expired(code or str(status))
-    said = f"{status} {code}: {message}" if message else f"{status} {code}".strip()
-    if (
-        status == 301
-        or code in ("PermanentRedirect", "IllegalLocationConstraintException")
-        or (code == "AuthorizationHeaderMalformed" and "region" in message.lower())
-    ):
-        actual = headers.get("x-amz-bucket-region")
-        return InvalidUriPath(
-            f"{where}: S3 says the bucket is in {actual or 'another region'}, not in "
-            f"{region} as the job's UriPath says ({said}); register the job with the "
-            f"bucket's own region: https://<bucket>.s3.{actual or '<region>'}.amazonaws.com/<folder>/"
-        )
-    if code == "NoSuchBucket":
-        return NoSuchKey(f"{where}: the bucket does not exist")
-    if status == 404 or code == "NoSuchKey":
-        return NoSuchKey(f"{where} does not exist")
-    if status == 403:
-        return AccessDenied(
-            f"S3 refused the job's role access to {where} ({said}); the role's policy "
-            "must allow s3:GetObject and s3:ListBucket there"
-        )
-    if status == 412:
-        return SourceChanged(f"{where} changed during the transfer (its ETag no longer matches)")
-    if status == 416:
-        size = _content_range(headers.get("content-range", ""))[2]
-        return InvalidRange(f"the range lies outside {where} ({size} bytes)", size)
-    if status == 429 or (status == 503 and code in ("", "SlowDown")) or code in THROTTLE_CODES:
-        return TransientError(f"S3 is throttling: {said}", "throttled")
-    if status >= 500 or code in ("RequestTimeout", "InternalError"):
-        return TransientError(f"S3 server error: {said}", "server_error")
-    return ObjectStoreError(f"S3 answered {said} for {where}")
+def _checksums(headers: Mapping[str, str]) -> dict[str, str]:
+    return {
+        a: headers[f"x-amz-checksum-{a.lower()}"]
+        for a in CHECKSUM_ALGORITHMS
+        if headers.get(f"x-amz-checksum-{a.lower()}")
+    }
 
 
-def _error_document(body: bytes) -> tuple[str, str]:
+def _list_page(body: bytes, prefix: str) -> ObjectPage:
     try:
         root = ET.fromstring(body)
-    except ET.ParseError:
-        return "", ""
-    return root.findtext("Code") or "", root.findtext("Message") or ""
+    except ET.ParseError as e:
+        raise TransientError(
+            f"S3 answered a listing that is not XML: {e}", "server_error"
+        ) from None
 
+    def text(node: ET.Element, name: str) -> str:
+        for child in node:
+            if child.tag.rpartition("}")[2] == name:
+                return child.text or ""
+        return ""
 
-def _content_range(value: str) -> tuple[int, int, int]:
-    """'bytes a-b/size' -> (a, b, size); 'bytes */size' -> (-1, -1, size); -1 when absent."""
-    unit, _, rest = value.partition(" ")
-    span, _, size = rest.partition("/")
-    first, _, last = span.partition("-")
-    try:
-        if unit != "bytes":
-            raise ValueError(value)
-        total = int(size) if size.isdigit() else -1
-        if span == "*":
-            return -1, -1, total
-        return int(first), int(last), total
-    except ValueError:
-        return -1, -1, -1
+    encoded = text(root, "EncodingType") == "url"
+    objects = []
+    for node in root:
+        if node.tag.rpartition("}")[2] != "Contents":
+            continue
+        key = text(node, "Key")
+        if encoded:
+            key = unquote_plus(key)
+        # S3 applies Prefix whatever the token encodes; a server that let a
+        # token reach past it must not list another job's keys.
+        if not key.startswith(prefix):
+            continue
+        objects.append(
+            ObjectMeta(
+                key=key,
+                size=int(text(node, "Size") or 0),
+                etag=text(node, "ETag"),
+                last_modified=datetime.fromisoformat(text(node, "LastModified")),
+                checksum_type=text(node, "ChecksumType") or None,
+            )
+        )
+    token = text(root, "NextContinuationToken")
+    truncated = text(root, "IsTruncated") == "true" and token
+    return ObjectPage(objects, token if truncated else None)
 
 
 def _range_meta(status: int, headers: Mapping[str, str], start: int, end: int | None) -> RangeMeta:
     length = int(headers.get("content-length", "-1"))
     if status == 206:
-        first, last, size = _content_range(headers.get("content-range", ""))
+        first, last, size = content_range(headers.get("content-range", ""))
         want = size - 1 if end is None else min(end, size - 1)
         if size < 0 or first != start or last != want or length != last - first + 1:
             raise TransientError(
@@ -451,10 +356,6 @@ def _range_meta(status: int, headers: Mapping[str, str], start: int, end: int | 
         etag=headers.get("etag", ""),
         last_modified=parsedate_to_datetime(modified) if modified else None,
         version_id=headers.get("x-amz-version-id"),
-        checksums={
-            a: headers[f"x-amz-checksum-{a.lower()}"]
-            for a in CHECKSUM_ALGORITHMS
-            if f"x-amz-checksum-{a.lower()}" in headers
-        },
+        checksums=_checksums(headers),
         checksum_type=headers.get("x-amz-checksum-type"),
     )

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
-from .cache import Cache, CacheEntry
+from .cache import Cache
+from .cacheflight import CacheEntry
 from .engine import Engine
 from .observer import TransferObserver
 from .progress import Progress
 from .store import ObjectMeta, ObjectStore
-from .window import ObjectStream
+from .stream import ObjectStream
 
 FILE_CHUNK = 1024 * 1024
 _SEAL = object()
@@ -166,7 +167,8 @@ class Delivery:
         server.observer.transfer_started("stream")
         try:
             if self._cached is None and self.length:
-                stream = server.engine.stream(
+                stream = ObjectStream(
+                    server.engine,
                     self._store, self.meta.key, tenant=self._tenant,
                     start=self.first, end=self.last, meta=self.meta,
                 )  # fmt: skip

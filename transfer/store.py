@@ -1,11 +1,14 @@
-"""The one seam between transfer/ and S3: head, ranged get, list.
+"""The one seam between transfer/ and S3: head, part layout, ranged get, list.
 
-`S3ObjectStore` (transfer/s3store.py) is the real implementation: control
-plane (HEAD, LIST) through aiobotocore, data plane (ranged GET) through a
-small keep-alive client that receives bodies into a reused buffer and hands
-each received slice to the caller's sink without copying. `FakeObjectStore`
-and `FailingObjectStore` (transfer/fakestore.py) stand beside it for unit
-tests; everything above this seam takes any of the three.
+`ObjectStore` declares every capability the code above it uses; nothing
+above this seam asks a store for anything else (no `getattr` probes).
+`S3ObjectStore` (transfer/s3store.py) is the real implementation, every
+request through the daemon's one S3 client (transfer/s3client.py), bodies
+received into a reused buffer and handed to the caller's sink without
+copying. `FakeObjectStore` and `FailingObjectStore` (transfer/fakestore.py)
+implement the same contract for unit tests, and one parametrised suite
+(tests/integration/test_store_contract.py) holds the fakes and the real
+store on SeaweedFS and ministack to it (docs/design.md, Transfers).
 
 Keys here are full S3 keys (the job's folder already joined); a store is
 bound to one bucket and one job's credentials.
@@ -71,6 +74,14 @@ class ObjectStore(Protocol):
         """Raises NoSuchKey, AccessDenied, SourceChanged (If-Match failed), TransientError."""
         ...
 
+    async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
+        """The size of the object's part 1 (S3: HEAD ?partNumber=1, its
+        Content-Length); the object's size when it has no parts; None when the
+        store cannot tell (a server that ignores partNumber: the layout is then
+        guessed). Raises as `head`. With part 1's size and the `-N` ETag the
+        whole layout follows (every part but the last has part 1's size)."""
+        ...
+
     async def get_range(
         self,
         key: str,
@@ -83,7 +94,10 @@ class ObjectStore(Protocol):
     ) -> RangeMeta:
         """GET bytes start..end (inclusive; end None = to the end) into `sink`.
 
-        Delivers the body as it arrives. Raises NoSuchKey, AccessDenied,
+        Delivers the body as it arrives and returns what the answer said of
+        the whole object; a body whose ETag is not `if_match` is refused
+        before its first byte (SourceChanged), even from a server that
+        ignores If-Match. Raises NoSuchKey, AccessDenied,
         SourceChanged (412), InvalidRange (416), or TransientError with a
         reason (5xx, throttling, reset, truncated body, stall). Bytes already
         handed to the sink before a TransientError are valid: the caller may

@@ -1,15 +1,7 @@
-"""In-order streaming of parallel ranged GETs through a bounded window.
+"""The bounded reorder window of a stream: `StreamWindow`.
 
-What runs where: `ObjectStream` owns one producer task. It fetches a short
-first range at once, while the object's part layout is asked for, then runs
-`concurrency` workers over the rest; all of them share `concurrency` slots.
-Workers cut ranges one at a time, in offset order (a lock): each waits in
-`claim` until the `StreamWindow` has room, takes up to a part of it (never
-across an object part's end), then fetches it with `Engine.fetch_range`
-(retries, limiter) into a sink that copies each received slice into the
-window's heap (the store's buffer is reused, so one copy per slice is the
-price of reordering). The reader iterates the stream and gets chunks
-strictly in offset order.
+Producers (transfer/stream.py) `claim` room and `put` received slices at
+their offsets; the reader `get`s chunks strictly in offset order.
 
 Who waits on whom, and what bounds memory: backpressure is an explicit pair.
 The reader reports bytes consumed by asking for the next chunk (the chunk it
@@ -30,45 +22,16 @@ drops below the bytes already admitted, so admitted ranges stay admitted.
 
 Reassembly is a heap keyed by offset; bytes below the delivery point are
 dropped, so a retried range never duplicates bytes.
-
-Cancellation: leaving the `async with` cancels the producer task, hence its
-TaskGroup and every in-flight GET. A producer error fails the window and the
-reader gets it as the exception from its next iteration (after the bytes
-already delivered, never wrong bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import enum
 import heapq
-from types import TracebackType
-from typing import TYPE_CHECKING
 
-from .checksums import RangeDigest, Verifier
-from .engine import RetryBudget, first_error
-from .errors import InvalidRange
 from .observer import TransferObserver
-from .store import BodySink, ObjectMeta, ObjectStore
 from .streammemory import MIN_WINDOW, StreamMemory
-
-if TYPE_CHECKING:
-    from .engine import Engine
-
-
-FIRST_RANGE = 1024 * 1024  # bytes of a stream's first GET
-
-
-class _FirstBytes:
-    """A sink that says when its first bytes arrive."""
-
-    def __init__(self, inner: BodySink, arrived: asyncio.Event) -> None:
-        self._inner, self._arrived = inner, arrived
-
-    def write(self, offset: int, data: memoryview) -> None:
-        self._inner.write(offset, data)
-        self._arrived.set()
 
 
 class WindowState(enum.Enum):
@@ -244,182 +207,3 @@ class StreamWindow:
         if self._memory is not None:
             self._memory.give(self.capacity)
             self._memory = None
-
-
-def _part_end(parts: list[tuple[int, int]] | None, offset: int, end: int) -> int:
-    """The last byte of the object part holding `offset` (ranges never cross
-    one, so part checksums combine), or `end`."""
-    if parts:
-        i = bisect.bisect_right(parts, offset, key=lambda p: p[0]) - 1
-        if i >= 0 and parts[i][0] <= offset <= parts[i][1]:
-            return min(parts[i][1], end)
-    return end
-
-
-class _WindowSink:
-    __slots__ = ("digest", "engine", "tenant", "window")
-
-    def __init__(
-        self, window: StreamWindow, digest: RangeDigest | None, engine: Engine, tenant: str
-    ) -> None:
-        self.window, self.digest, self.engine, self.tenant = window, digest, engine, tenant
-
-    def write(self, offset: int, data: memoryview) -> None:
-        if self.digest is not None:
-            self.digest.update(offset, data)
-        self.window.put(offset, data)
-        self.engine.observer.bytes_received(self.tenant, len(data))
-
-
-class ObjectStream:
-    """`async with engine.stream(...) as s: async for chunk in s: ...`"""
-
-    meta: ObjectMeta
-
-    def __init__(
-        self,
-        engine: Engine,
-        store: ObjectStore,
-        key: str,
-        *,
-        tenant: str,
-        start: int = 0,
-        end: int | None = None,
-        meta: ObjectMeta | None = None,
-    ) -> None:
-        self.engine, self.store, self.key, self.tenant = engine, store, key, tenant
-        self.start, self._end_req, self._meta = start, end, meta
-        self.end = -1
-        self.verified: list[str] = []
-        self.window: StreamWindow | None = None
-        self._verifier: Verifier | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._layout: asyncio.Task[list[tuple[int, int]] | None]
-        self._budget = RetryBudget(engine.config.retries)
-
-    async def __aenter__(self) -> ObjectStream:
-        engine, budget = self.engine, self._budget
-        store, key = self.store, self.key
-        meta = self._meta
-        if meta is None:
-            meta = await engine.retrying(budget, lambda: store.head(key))
-        self.meta = meta
-        size = meta.size
-        end = size - 1 if self._end_req is None else min(self._end_req, size - 1)
-        if self.start < 0 or (size > 0 and (self.start >= size or end < self.start)):
-            raise InvalidRange(f"range {self.start}-{self._end_req} outside 0-{size - 1}", size)
-        if size == 0 and self.start > 0:
-            raise InvalidRange(f"range start {self.start} beyond an empty object", size)
-        self.end = end
-        config = engine.config
-        length = end - self.start + 1
-        self.window = StreamWindow(
-            self.start, end, max(1, min(config.part_size, config.stream_window, length)),
-            engine.observer, memory=engine.stream_memory,
-            max_capacity=max(1, min(config.stream_window, length)),
-        )  # fmt: skip
-        if self.start == 0 and end == size - 1:  # only a whole object can be verified
-            self._verifier = Verifier(
-                size, meta.etag, meta.checksums, meta.checksum_type, parts_later=True
-            )
-        self._layout = asyncio.create_task(self._learn_layout())
-        self._task = asyncio.create_task(self._produce())
-        return self
-
-    async def _learn_layout(self) -> list[tuple[int, int]] | None:
-        parts, exact = await self.engine.layout(self.store, self.meta, self._budget)
-        if self._verifier is not None:
-            self._verifier.learn_parts(parts, exact)
-        return parts
-
-    async def _produce(self) -> None:
-        window, engine, config = self.window, self.engine, self.engine.config
-        assert window is not None
-        if self.end < self.start:
-            return  # an empty object: nothing to fetch
-        owner = object()
-        slots = asyncio.Semaphore(config.concurrency)  # this stream's share of S3
-
-        # The reader waits for the first bytes: a short first GET (S3 answers
-        # a small range sooner; on SeaweedFS 11 ms vs 17-23 ms to the first
-        # 64 KiB with 16 MiB ranges) starts at once and alone, while the part
-        # layout is asked for (it shapes only the later ranges); the others
-        # join once the first is flowing (or has ended well), so on a small host
-        # they do not compete with it for the server and the CPU.
-        first_end = await window.claim(self.start, self.end, FIRST_RANGE)
-        flowing = asyncio.Event()
-
-        async def fetch(s: int, e: int) -> None:
-            async with slots:
-                digest = self._verifier.range_digest(s, e) if self._verifier else None
-                sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
-                if s == self.start:
-                    sink = _FirstBytes(sink, flowing)
-                await engine.fetch_range(
-                    self.store, self.key, s, e, sink,
-                    etag=self.meta.etag, budget=self._budget, owner=owner,
-                )  # fmt: skip
-                flowing.set()  # a first range that failed starts nothing more
-
-        async def rest() -> None:
-            parts = await asyncio.shield(self._layout)  # the reader may await it too
-            await flowing.wait()
-            cursor = first_end + 1
-            cutting = asyncio.Lock()  # ranges are cut and claimed in offset order
-
-            async def worker() -> None:
-                nonlocal cursor
-                while True:
-                    async with cutting:
-                        if cursor > self.end:
-                            return
-                        s = cursor
-                        e = await window.claim(s, _part_end(parts, s, self.end), config.part_size)
-                        cursor = e + 1
-                    await fetch(s, e)
-
-            if cursor <= self.end:
-                async with asyncio.TaskGroup() as workers:
-                    for _ in range(config.concurrency):
-                        workers.create_task(worker())
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(fetch(self.start, first_end))
-                tg.create_task(rest())
-        except BaseExceptionGroup as group:
-            window.fail(first_error(group))
-
-    def __aiter__(self) -> ObjectStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        window = self.window
-        if window is None:
-            raise RuntimeError("iterate an ObjectStream inside `async with`")
-        chunk = await window.get()
-        if chunk is not None and window.next > self.end and self._verifier is not None:
-            await self._layout  # a composite checksum needs the part layout
-            self.verified = self._verifier.verify_crc()  # before the last byte goes out
-        if chunk is None:
-            raise StopAsyncIteration
-        return chunk
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._layout.cancel()
-            await asyncio.wait([self._task, self._layout])
-            if not self._task.cancelled():
-                self._task.exception()  # _produce hands its errors to the window
-            if not self._layout.cancelled():
-                self._layout.exception()  # and the layout's, through _produce
-        if self.window is not None:
-            # Transfer counts and durations of streams are the API's to report
-            # (daemon/streaming.py): it also serves streams from the cache.
-            self.window.close()

@@ -24,7 +24,7 @@ import pytest
 from harness import ACME_ROLE, ACME_URI, Harness
 
 from s3feed.auth.fakests import FakeSts
-from s3feed.daemon.jobs import TransferRecord, TransferState
+from s3feed.daemon.records import TransferRecord, TransferState
 
 MiB = 1024 * 1024
 SITE_PACKAGES = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))

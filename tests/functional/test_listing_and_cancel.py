@@ -12,7 +12,7 @@ import pytest
 from harness import Harness
 
 from s3feed.daemon.client import AsyncClient, Client
-from s3feed.daemon.jobs import TransferState
+from s3feed.daemon.records import TransferState
 
 KEYS = [f"sources/show/{n:02d}.ts" for n in range(7)]
 

@@ -1,7 +1,8 @@
 """Integration fixtures: a real local AWS (ministack, and SeaweedFS) on 127.0.0.1.
 
-`local_aws` (session) starts ministack through scripts/local_aws.py unless it
-is already running for this state directory (`scripts/local_aws.py start`, or
+`local_aws` (session) starts ministack through the localaws package (at the
+repository root; pytest's `pythonpath` puts it on the path) unless it is
+already running for this state directory (`scripts/local_aws.py start`, or
 another test session), and stops it at the end only if a test session started
 it and no other session still uses it.  `bucket` / `globex_bucket` give each
 test a fresh bucket that the acme (resp. globex) role may read.  `seaweed`
@@ -11,33 +12,17 @@ test a fresh bucket that the acme (resp. globex) role may read.  `seaweed`
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import secrets
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+import localaws
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_local_aws() -> ModuleType:
-    name = "s3feed_local_aws"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / "local_aws.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-local_aws_script = _load_local_aws()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -65,7 +50,7 @@ class _Keys:
         else:
             key, secret = creds["AccessKeyId"], creds["SecretAccessKey"]
             token = creds.get("SessionToken")
-        return local_aws_script.client(service, self.endpoint_url, key, secret, token, self.region)
+        return localaws.client(service, self.endpoint_url, key, secret, token, self.region)
 
     @contextlib.contextmanager
     def closing_client(self, service: str, creds: dict[str, str] | None = None) -> Iterator[Any]:
@@ -119,7 +104,7 @@ class LocalAws(_Keys):
 
 
 def _from_env(values: dict[str, str], state_dir: Path) -> LocalAws:
-    p = local_aws_script.ENV_PREFIX
+    p = localaws.ENV_PREFIX
 
     def opt_path(name: str) -> Path | None:
         return Path(values[p + name]) if p + name in values else None
@@ -151,12 +136,12 @@ def _from_env(values: dict[str, str], state_dir: Path) -> LocalAws:
 
 @pytest.fixture(scope="session")
 def local_aws() -> Iterator[LocalAws]:
-    paths = local_aws_script.Paths()
-    local_aws_script.acquire(paths)
+    paths = localaws.Paths()
+    localaws.acquire(paths)
     try:
-        yield _from_env(local_aws_script.env_vars(paths), paths.root)
+        yield _from_env(localaws.env_vars(paths), paths.root)
     finally:
-        local_aws_script.release(paths)
+        localaws.release(paths)
 
 
 @dataclass(frozen=True)
@@ -171,7 +156,7 @@ class TestBucket:
     def put(self, key: str, body: bytes | Path, part_size: int | None = None) -> str:
         """PUT the object (multipart when part_size is given, >= 5 MiB except the
         last part); returns its ETag."""
-        return str(local_aws_script.put_object(self.s3, self.name, key, body, part_size))
+        return str(localaws.put_object(self.s3, self.name, key, body, part_size))
 
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=self.name, Key=key)
@@ -184,7 +169,7 @@ def put_object(local_aws: LocalAws) -> Callable[..., str]:
 
     def put(bucket: str, key: str, body: bytes | Path, part_size: int | None = None) -> str:
         with local_aws.closing_client("s3") as s3:
-            return str(local_aws_script.put_object(s3, bucket, key, body, part_size))
+            return str(localaws.put_object(s3, bucket, key, body, part_size))
 
     return put
 
@@ -197,20 +182,20 @@ def _fresh_bucket(local_aws: LocalAws, prefix: str) -> Iterator[TestBucket]:
         try:
             yield TestBucket(name=name, s3=s3)
         finally:
-            local_aws_script.empty_and_delete_bucket(s3, name)
+            localaws.empty_and_delete_bucket(s3, name)
 
 
 @pytest.fixture
 def bucket(local_aws: LocalAws) -> Iterator[TestBucket]:
     """`s3feed-test-<hex>`: readable by the acme role, not by globex."""
-    with _fresh_bucket(local_aws, local_aws_script.TEST_BUCKET_PREFIX) as b:
+    with _fresh_bucket(local_aws, localaws.TEST_BUCKET_PREFIX) as b:
         yield b
 
 
 @pytest.fixture
 def globex_bucket(local_aws: LocalAws) -> Iterator[TestBucket]:
     """`s3feed-test-globex-<hex>`: readable by the globex role, not by acme."""
-    with _fresh_bucket(local_aws, local_aws_script.GLOBEX_TEST_BUCKET_PREFIX) as b:
+    with _fresh_bucket(local_aws, localaws.GLOBEX_TEST_BUCKET_PREFIX) as b:
         yield b
 
 
@@ -241,12 +226,12 @@ class Seaweed(_Keys):
 
 @pytest.fixture(scope="session")
 def seaweed() -> Iterator[Seaweed]:
-    paths = local_aws_script.Paths()
-    entry = local_aws_script.acquire(paths, "seaweed")
+    paths = localaws.Paths()
+    entry = localaws.acquire(paths, "seaweed")
     try:
         yield Seaweed(
             endpoint_url=entry["endpoint_url"],
-            region=local_aws_script.REGION,
+            region=localaws.REGION,
             admin_access_key_id=entry["admin_access_key_id"],
             admin_secret_access_key=entry["admin_secret_access_key"],
             daemon_access_key_id=entry["daemon_access_key_id"],
@@ -254,9 +239,9 @@ def seaweed() -> Iterator[Seaweed]:
             role_arn=entry["role_arn"],
             untrusting_role_arn=entry["untrusting_role_arn"],
             bucket=entry["bucket"],
-            multipart_key=local_aws_script.MULTIPART_KEY,
+            multipart_key=localaws.MULTIPART_KEY,
             pid=entry["pid"],
             ports=tuple(entry.get("ports", [entry["port"]])),
         )
     finally:
-        local_aws_script.release(paths, "seaweed")
+        localaws.release(paths, "seaweed")

@@ -6,8 +6,8 @@ a secrets grep, and the tally that becomes the results table.
         Client(str(rig.daemon.socket)).fetch(...)
         rig.verify(data, received)       # counts bytes verified / corrupt bytes
 
-`rig.daemon` is started and stopped like daemonproc's (SIGTERM must end it
-with 0), but may also be SIGKILLed and restarted on the same cache directory.
+`rig.daemon` is started and stopped by daemonproc's harness (SIGTERM must end
+it with 0), but may also be SIGKILLed and restarted on the same cache directory.
 On the way out every rig greps the daemon's log and cache directory for every
 secret STS issued through its proxy, and counts what it finds.
 
@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -33,8 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from daemonproc import S3FEED, Daemon, free_port, stop, wait_for_socket, write_config
+from daemonproc import Daemon, free_port, identity, stop
 from faultproxy import ISSUED, FaultProxy
+
+from localaws.daemon import daemon_env, start
 
 if TYPE_CHECKING:
     from conftest import LocalAws
@@ -134,27 +135,11 @@ class Rig:
         }
         for name, keys in self.overrides.items():
             sections.setdefault(name, {}).update(keys)
-        config = self.work / "s3feed.toml"
-        write_config(config, sections)
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": self.local_aws.daemon_access_key_id,
-            "AWS_SECRET_ACCESS_KEY": self.local_aws.daemon_secret_access_key,
-            "AWS_DEFAULT_REGION": self.local_aws.region,
-        }
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "S3FEED_SOCKET"):
-            env.pop(name, None)
         log = self.work / f"s3feed-{len(self.logs)}.log"
         self.logs.append(log)
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [S3FEED, "serve", "--config", str(config)], env=env, stdout=out, stderr=out
-            )
-        self.daemon = Daemon(
-            process, Path(sections["api"]["socket"]), port, log, Path(sections["cache"]["dir"]), config
-        )  # fmt: skip
         TALLY.daemon_runs += 1
-        wait_for_socket(self.daemon)
+        env = daemon_env(identity(self.local_aws))
+        self.daemon = start(self.work / "s3feed.toml", sections, env, log)
         return self.daemon
 
     def kill(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -34,8 +33,6 @@ from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity
 
 if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
-
-local_aws_script = sys.modules["s3feed_local_aws"]
 
 
 def keys_session(key: str, secret: str, token: str | None = None) -> AioSession:

@@ -33,7 +33,8 @@ from s3feed.transfer.config import CacheConfig, GiB, S3Config, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress
-from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.s3client import S3Client
+from s3feed.transfer.s3store import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ class _Creds:
 @pytest.fixture
 async def store(local_aws: LocalAws, bucket: TestBucket) -> AsyncIterator[S3ObjectStore]:
     """The store of a job (tenant acme) whose role may read `bucket`."""
-    clients = S3Clients(S3Config(endpoint_url=local_aws.endpoint_url))
+    clients = S3Client(S3Config(endpoint_url=local_aws.endpoint_url))
     uri = f"https://{bucket.name}.s3.{local_aws.region}.amazonaws.com/"
     creds = _Creds(local_aws.assume(local_aws.acme_role_arn, local_aws.acme_tenant))
     location = parse_uri_path(uri, clients.s3)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -38,6 +37,7 @@ from reliability import (
     wait_fetch,
 )
 
+import localaws
 from s3feed.daemon.client import Client, S3feedError
 
 if TYPE_CHECKING:
@@ -50,17 +50,16 @@ class Bucket:
     """A bucket the acme role may read, for a whole module (admin keys)."""
 
     def __init__(self, local_aws: LocalAws) -> None:
-        self.scripts = sys.modules["s3feed_local_aws"]
         self.s3 = local_aws.client("s3")
-        self.name = self.scripts.TEST_BUCKET_PREFIX + secrets.token_hex(6)
+        self.name = localaws.TEST_BUCKET_PREFIX + secrets.token_hex(6)
         self.s3.create_bucket(Bucket=self.name)
 
     def put(self, key: str, body: bytes) -> str:
         remember(body)
-        return str(self.scripts.put_object(self.s3, self.name, key, body, None))
+        return str(localaws.put_object(self.s3, self.name, key, body, None))
 
     def close(self) -> None:
-        self.scripts.empty_and_delete_bucket(self.s3, self.name)
+        localaws.empty_and_delete_bucket(self.s3, self.name)
         self.s3.close()
 
 

@@ -17,7 +17,6 @@ import asyncio
 import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -41,6 +40,7 @@ from reliability import (
     uri,
 )
 
+import localaws
 from s3feed.daemon.client import AsyncClient, Client
 
 if TYPE_CHECKING:
@@ -56,14 +56,13 @@ STREAM_ROUNDS = 10 if SOAK else 1
 
 @pytest.fixture(scope="module")
 def load_bucket(local_aws: LocalAws) -> Iterator[tuple[str, dict[str, bytes]]]:
-    scripts = sys.modules["s3feed_local_aws"]
     objects = {
         f"j{j}/s{s}.bin": remember(blob(STREAM_SIZE + s, seed=1000 + 10 * j + s))
         for j in range(JOBS)
         for s in range(STREAMS_PER_JOB)
     }
     objects["small/clip.ts"] = remember(blob(64 * 1024, seed=7))
-    name = scripts.TEST_BUCKET_PREFIX + secrets.token_hex(6)
+    name = localaws.TEST_BUCKET_PREFIX + secrets.token_hex(6)
     with local_aws.closing_client("s3") as s3:
         s3.create_bucket(Bucket=name)
         try:
@@ -71,7 +70,7 @@ def load_bucket(local_aws: LocalAws) -> Iterator[tuple[str, dict[str, bytes]]]:
                 s3.put_object(Bucket=name, Key=key, Body=body)
             yield name, objects
         finally:
-            scripts.empty_and_delete_bucket(s3, name)
+            localaws.empty_and_delete_bucket(s3, name)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,12 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+import localaws
+
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed, TestBucket
 
-# Loaded by conftest.py from scripts/local_aws.py.
-local_aws_script = sys.modules["s3feed_local_aws"]
-
-SCRIPT = Path(local_aws_script.__file__)
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "local_aws.py"  # the CLI
 
 
 def error_code(fn: Callable[[], Any]) -> str:
@@ -151,7 +150,7 @@ def test_per_test_buckets_follow_the_tenants(
 
 def test_bucket_fixture_multipart_upload(local_aws: LocalAws, bucket: TestBucket) -> None:
     part = 5 << 20
-    data = local_aws_script.sample_bytes("mp-test", 2 * part + 1234)
+    data = localaws.sample_bytes("mp-test", 2 * part + 1234)
     etag = bucket.put("big.bin", data, part_size=part)
     assert etag.strip('"').endswith("-3")
     creds = local_aws.assume(local_aws.acme_role_arn, local_aws.acme_tenant)
@@ -168,18 +167,18 @@ def test_bucket_fixture_multipart_upload(local_aws: LocalAws, bucket: TestBucket
 def test_bucket_fixture_removes_its_bucket(local_aws: LocalAws) -> None:
     # The fixture, driven by hand: the bucket and its objects are gone afterwards.
     with local_aws.closing_client("s3") as s3:
-        name = local_aws_script.TEST_BUCKET_PREFIX + "cleanup-check"
+        name = localaws.TEST_BUCKET_PREFIX + "cleanup-check"
         s3.create_bucket(Bucket=name)
-        local_aws_script.put_object(s3, name, "k", b"v")
-        local_aws_script.put_object(s3, name, "m", b"v" * (5 << 20), part_size=5 << 20)
-        local_aws_script.empty_and_delete_bucket(s3, name)
+        localaws.put_object(s3, name, "k", b"v")
+        localaws.put_object(s3, name, "m", b"v" * (5 << 20), part_size=5 << 20)
+        localaws.empty_and_delete_bucket(s3, name)
         assert error_code(lambda: s3.head_bucket(Bucket=name)) in ("404", "NoSuchBucket")
 
 
 def test_expired_session_gets_expired_token(local_aws: LocalAws) -> None:
     # ministack does not validate DurationSeconds (AWS wants 900..43200), so a
     # 1-second session shows real expiry; botocore's own check is switched off.
-    sts = local_aws_script.client(
+    sts = localaws.client(
         "sts",
         local_aws.endpoint_url,
         local_aws.daemon_access_key_id,
@@ -213,7 +212,7 @@ def test_sample_media_is_in_acme_sources(local_aws: LocalAws) -> None:
     if local_aws.media_mp4_path is None or local_aws.media_ts_path is None:
         pytest.skip("no ffmpeg: no sample media")
     assert local_aws.media_mp4_key and local_aws.media_ts_key
-    boxes = local_aws_script.mp4_top_level_boxes(local_aws.media_mp4_path)
+    boxes = localaws.mp4_top_level_boxes(local_aws.media_mp4_path)
     assert boxes.index("moov") > boxes.index("mdat"), boxes
     creds = local_aws.assume(local_aws.acme_role_arn, local_aws.acme_tenant)
     with local_aws.closing_client("s3", creds) as s3:
@@ -237,7 +236,7 @@ def scratch_dir(tmp_path: Path, local_aws: LocalAws) -> Iterator[Path]:
             (root / name).symlink_to(local_aws.state_dir / name)
     yield root
     # Whatever happened in the test, leave no server behind.
-    local_aws_script.stop(local_aws_script.Paths(root))
+    localaws.stop(localaws.Paths(root))
 
 
 def run_cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -258,8 +257,8 @@ def port_is_closed(port: int) -> bool:
 
 
 def assert_gone(pid: int, port: int) -> None:
-    assert not local_aws_script.alive(pid)
-    assert local_aws_script.pids_in_group(pid) == []
+    assert not localaws.alive(pid)
+    assert localaws.pids_in_group(pid) == []
     assert port_is_closed(port)
 
 
@@ -268,7 +267,7 @@ def test_cli_start_stop_leaves_nothing_behind(scratch_dir: Path, local_aws: Loca
     state = json.loads((scratch_dir / "state.json").read_text())["ministack"]
     pid, port = state["pid"], state["port"]
     assert port != int(local_aws.endpoint_url.rsplit(":", 1)[1])
-    assert local_aws_script.alive(pid)
+    assert localaws.alive(pid)
     assert not port_is_closed(port)
     # A second start finds the running server instead of starting another.
     run_cli(scratch_dir, "start")
@@ -281,7 +280,7 @@ def test_cli_start_stop_leaves_nothing_behind(scratch_dir: Path, local_aws: Loca
 
     run_cli(scratch_dir, "stop")
     deadline = time.monotonic() + 5  # the zombie is reaped by whoever adopted it
-    while local_aws_script.alive(pid) and time.monotonic() < deadline:
+    while localaws.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert_gone(pid, port)
     assert not (scratch_dir / "state.json").exists()
@@ -293,20 +292,20 @@ def test_cli_start_stop_leaves_nothing_behind(scratch_dir: Path, local_aws: Loca
 
 
 def test_fixture_acquire_release_stops_what_it_started(scratch_dir: Path) -> None:
-    paths = local_aws_script.Paths(scratch_dir)
-    entry = local_aws_script.acquire(paths)
+    paths = localaws.Paths(scratch_dir)
+    entry = localaws.acquire(paths)
     assert entry["owner"] == "pytest"
-    assert local_aws_script.release(paths) is True
+    assert localaws.release(paths) is True
     assert_gone(entry["pid"], entry["port"])
 
 
 def test_fixture_release_keeps_a_cli_started_server(scratch_dir: Path) -> None:
-    paths = local_aws_script.Paths(scratch_dir)
+    paths = localaws.Paths(scratch_dir)
     run_cli(scratch_dir, "start")
-    entry = local_aws_script.acquire(paths)
+    entry = localaws.acquire(paths)
     assert entry["owner"] == "cli"
-    assert local_aws_script.release(paths) is False
-    assert local_aws_script.alive(entry["pid"])
+    assert localaws.release(paths) is False
+    assert localaws.alive(entry["pid"])
     run_cli(scratch_dir, "stop")
 
 
@@ -321,7 +320,7 @@ def test_seaweed_role_reads_its_bucket(seaweed: Seaweed) -> None:
         assert head["ETag"].strip('"').endswith("-3")
         assert head["ContentLength"] == 12 << 20
         ranged = read_body(s3, seaweed.bucket, seaweed.multipart_key, Range="bytes=100-199")
-        assert ranged == local_aws_script.sample_bytes("multipart", 12 << 20)[100:200]
+        assert ranged == localaws.sample_bytes("multipart", 12 << 20)[100:200]
 
 
 def test_seaweed_enforces_principal_and_role_policy(seaweed: Seaweed) -> None:
@@ -350,7 +349,7 @@ def test_seaweed_s3_port_is_found_among_its_ports(seaweed: Seaweed) -> None:
     }
     port = int(seaweed.endpoint_url.rsplit(":", 1)[1])
     # As if it had moved away from the port we asked for: the scan finds it.
-    assert local_aws_script.find_s3_port(seaweed.pid, 1, keys) == port
+    assert localaws.find_s3_port(seaweed.pid, 1, keys) == port
     assert port in seaweed.ports and len(seaweed.ports) > 1
 
 
@@ -364,7 +363,7 @@ def test_cli_seaweed_start_stop_leaves_nothing_behind(scratch_dir: Path) -> None
     assert "S3FEED_LOCAL_ENDPOINT_URL" not in env  # ministack is not running there
     run_cli(scratch_dir, "stop", "--seaweed")
     deadline = time.monotonic() + 5
-    while local_aws_script.alive(pid) and time.monotonic() < deadline:
+    while localaws.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     for port in ports:
         assert_gone(pid, port)

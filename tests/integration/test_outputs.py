@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,12 +28,12 @@ from daemonproc import S3FEED, Daemon, running_daemon
 from faultproxy import Fault, FaultProxy, Seen
 from reliability import blob
 
+import localaws
 from s3feed.daemon.client import AsyncClient, Client, S3feedError
 
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed, TestBucket
 
-local_aws_script = sys.modules["s3feed_local_aws"]
 
 # The fault proxy forwards part uploads as bytes; aiohttp warns about large ones.
 pytestmark = pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
@@ -48,7 +47,7 @@ def uri(bucket: str, folder: str = "") -> str:
 
 
 def _role(local_aws: LocalAws, name: str, actions: list[str]) -> str:
-    prefix = local_aws_script.TEST_BUCKET_PREFIX
+    prefix = localaws.TEST_BUCKET_PREFIX
     trust = {
         "Version": "2012-10-17",
         "Statement": [{
@@ -376,7 +375,7 @@ def test_round_trip_on_seaweedfs(
     job = f"sw-{secrets.token_hex(4)}"
     Client(str(seaweed_daemon.socket)).create_job(
         job, "seaweed-tenant", uri(seaweed.bucket, "in/"),
-        local_aws_script.role_arn(local_aws_script.SEAWEED_WRITER_ROLE),
+        localaws.role_arn(localaws.SEAWEED_WRITER_ROLE),
         Destination={"Provider": "AmazonS3", "UriPath": uri(seaweed.bucket, folder)},
     )  # fmt: skip
     with seaweed.closing_client("s3") as s3:

@@ -22,7 +22,8 @@ from test_s3store import Buffer, StaticSource, make_store, sts_creds
 from s3feed.daemon.client import Client, S3feedError
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import AccessDenied, InvalidContinuationToken, NoSuchKey
-from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.s3client import S3Client
+from s3feed.transfer.s3store import S3ObjectStore
 
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed, TestBucket
@@ -39,7 +40,7 @@ def uri(bucket: str, folder: str = "") -> str:
 
 
 async def _missing_key_errors_carry_ids(store: S3ObjectStore) -> None:
-    """Control plane (aiobotocore HEAD) and data plane (the raw ranged GET)."""
+    """HEAD and the ranged GET, both through the daemon's one S3 client."""
     for call in (
         lambda: store.head("missing.ts"),
         lambda: store.get_range("missing.ts", 0, 9, Buffer(0, 10)),
@@ -50,7 +51,7 @@ async def _missing_key_errors_carry_ids(store: S3ObjectStore) -> None:
 
 
 async def test_seaweedfs_store_errors_carry_the_request_ids(seaweed: Seaweed) -> None:
-    clients = S3Clients(S3Config(endpoint_url=seaweed.endpoint_url))
+    clients = S3Client(S3Config(endpoint_url=seaweed.endpoint_url))
     creds = sts_creds(seaweed.assume())
     store = make_store(seaweed, seaweed.bucket, StaticSource(creds), clients)  # type: ignore[arg-type]
     try:
@@ -63,7 +64,7 @@ async def test_seaweedfs_store_errors_carry_the_request_ids(seaweed: Seaweed) ->
 async def test_store_errors_carry_the_request_ids(
     local_aws: LocalAws, bucket: TestBucket, globex_bucket: TestBucket
 ) -> None:
-    clients = S3Clients(S3Config(endpoint_url=local_aws.endpoint_url))
+    clients = S3Client(S3Config(endpoint_url=local_aws.endpoint_url))
     creds = sts_creds(local_aws.assume(local_aws.acme_role_arn, local_aws.acme_tenant))
     store = make_store(local_aws, bucket.name, StaticSource(creds), clients)
     other = make_store(local_aws, globex_bucket.name, StaticSource(creds), clients)
@@ -87,7 +88,7 @@ async def test_pages_are_s3s_and_stay_in_the_folder(
     keys = [f"show/{n:02d}.ts" for n in range(5)]
     for key in [*keys, "a-first.ts", "shower.ts", "zz-last.ts"]:
         bucket.put(key, b"x")
-    clients = S3Clients(S3Config(endpoint_url=local_aws.endpoint_url))
+    clients = S3Client(S3Config(endpoint_url=local_aws.endpoint_url))
     creds = sts_creds(local_aws.assume(local_aws.acme_role_arn, local_aws.acme_tenant))
     store = make_store(local_aws, bucket.name, StaticSource(creds), clients, folder="show/")
     try:

@@ -24,7 +24,8 @@ from s3feed.transfer.errors import (
     SourceChanged,
     TransientError,
 )
-from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.s3client import S3Client
+from s3feed.transfer.s3store import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:
@@ -85,8 +86,8 @@ class Buffer:
 
 
 @pytest.fixture
-async def clients(local_aws: LocalAws) -> AsyncIterator[S3Clients]:
-    c = S3Clients(S3Config(endpoint_url=local_aws.endpoint_url))
+async def clients(local_aws: LocalAws) -> AsyncIterator[S3Client]:
+    c = S3Client(S3Config(endpoint_url=local_aws.endpoint_url))
     yield c
     await c.close()
 
@@ -95,7 +96,7 @@ def make_store(
     local_aws: LocalAws,
     bucket: str,
     source: Any,
-    clients: S3Clients,
+    clients: S3Client,
     observer: Any = None,
     folder: str = "",
 ) -> S3ObjectStore:
@@ -106,7 +107,7 @@ def make_store(
 
 @pytest.fixture
 async def acme(
-    local_aws: LocalAws, bucket: TestBucket, clients: S3Clients
+    local_aws: LocalAws, bucket: TestBucket, clients: S3Client
 ) -> AsyncIterator[S3ObjectStore]:
     """The store of a job whose role (acme) may read `bucket`."""
     creds = sts_creds(local_aws.assume(local_aws.acme_role_arn, local_aws.acme_tenant))
@@ -137,7 +138,7 @@ async def test_head_and_whole_get_are_byte_exact(
 
 
 async def test_ranges_are_byte_exact_on_a_multipart_object(
-    acme: S3ObjectStore, bucket: TestBucket, clients: S3Clients
+    acme: S3ObjectStore, bucket: TestBucket, clients: S3Client
 ) -> None:
     body = os.urandom(12 * MiB + 123)
     etag = bucket.put("multi.bin", body, part_size=5 * MiB)
@@ -205,7 +206,7 @@ async def test_keys_that_need_encoding(acme: S3ObjectStore, bucket: TestBucket) 
 
 
 async def test_list_is_recursive_under_the_prefix(
-    local_aws: LocalAws, bucket: TestBucket, clients: S3Clients
+    local_aws: LocalAws, bucket: TestBucket, clients: S3Client
 ) -> None:
     for key in ["show/a.ts", "show/s1/b.ts", "show/s1/e2/c.ts", "shower.ts", "other/d.ts"]:
         bucket.put(key, b"x" * len(key))
@@ -222,7 +223,7 @@ async def test_list_is_recursive_under_the_prefix(
 
 
 async def test_another_tenants_role_is_access_denied(
-    local_aws: LocalAws, globex_bucket: TestBucket, clients: S3Clients
+    local_aws: LocalAws, globex_bucket: TestBucket, clients: S3Client
 ) -> None:
     globex_bucket.put("secret.ts", b"globex only")
     creds = sts_creds(local_aws.assume(local_aws.acme_role_arn, local_aws.acme_tenant))
@@ -263,7 +264,7 @@ async def expired_creds(local_aws: LocalAws) -> Credentials:
 
 
 async def test_expired_token_refreshes_and_retries_once(
-    local_aws: LocalAws, bucket: TestBucket, clients: S3Clients
+    local_aws: LocalAws, bucket: TestBucket, clients: S3Client
 ) -> None:
     bucket.put("k.ts", b"payload")
     # Fresh first: ministack forgets lapsed sessions at the next AssumeRole and then
@@ -292,7 +293,7 @@ async def test_expired_token_refreshes_and_retries_once(
 
 
 async def test_expired_after_refresh_is_transient(
-    local_aws: LocalAws, bucket: TestBucket, clients: S3Clients
+    local_aws: LocalAws, bucket: TestBucket, clients: S3Client
 ) -> None:
     bucket.put("k.ts", b"payload")
     stale = await expired_creds(local_aws)
@@ -311,7 +312,7 @@ async def test_expired_after_refresh_is_transient(
 
 
 async def test_every_request_signs_with_the_current_credentials(
-    local_aws: LocalAws, bucket: TestBucket, clients: S3Clients
+    local_aws: LocalAws, bucket: TestBucket, clients: S3Client
 ) -> None:
     """A source whose current() changes between requests (as after a background
     refresh): both planes pick the new keys up without a new client."""

@@ -6,7 +6,7 @@ on its first credentials, after a refresh, and after the 3600 s fallback.
 
 Through the real daemon: a job's document shows its SessionPolicy and
 nothing else changed; a folder too long for STS is a 400 (both need the
-daemon/jobs.py wiring, marked xfail(strict) until it lands).
+daemon/registry.py wiring, marked xfail(strict) until it lands).
 
 What ministack does not do as AWS does (checked here so a change shows):
 - IAM's `${*}` `${?}` `${$}` literal characters are not implemented, so a
@@ -17,7 +17,6 @@ What ministack does not do as AWS does (checked here so a change shows):
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,17 +32,17 @@ from s3feed.auth.errors import SessionPolicyTooLarge
 from s3feed.auth.observer import NullCredentialObserver
 from s3feed.auth.policy import packed, session_policy
 from s3feed.auth.session import RoleSession
-from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity, duration_exceeded
+from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity
+from s3feed.auth.stserrors import duration_exceeded
 from s3feed.daemon.client import Client, S3feedError
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import AccessDenied
-from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.s3client import S3Client
+from s3feed.transfer.s3store import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
-
-local_aws_script = sys.modules["s3feed_local_aws"]
 
 
 def daemon_factory(local_aws: LocalAws) -> Callable[[], AioSession]:
@@ -63,8 +62,8 @@ async def sts(local_aws: LocalAws) -> AsyncIterator[AioStsClient]:
 
 
 @pytest.fixture
-async def clients(local_aws: LocalAws) -> AsyncIterator[S3Clients]:
-    c = S3Clients(S3Config(endpoint_url=local_aws.endpoint_url))
+async def clients(local_aws: LocalAws) -> AsyncIterator[S3Client]:
+    c = S3Client(S3Config(endpoint_url=local_aws.endpoint_url))
     yield c
     await c.close()
 
@@ -100,7 +99,7 @@ class RoleMaximum:
 
 
 def store_for(
-    local_aws: LocalAws, clients: S3Clients, bucket: str, folder: str, source: Any
+    local_aws: LocalAws, clients: S3Client, bucket: str, folder: str, source: Any
 ) -> S3ObjectStore:
     uri = f"https://{bucket}.s3.{local_aws.region}.amazonaws.com/{folder}"
     location = parse_uri_path(uri, clients.s3)
@@ -146,7 +145,7 @@ def code_of(call: Callable[[], Any]) -> str:
 
 
 async def assert_reads_only_shows(
-    local_aws: LocalAws, clients: S3Clients, bucket: str, session: RoleSession
+    local_aws: LocalAws, clients: S3Client, bucket: str, session: RoleSession
 ) -> None:
     """The session's credentials read and list shows/ and nothing else."""
     job = store_for(local_aws, clients, bucket, "shows/", session)
@@ -190,7 +189,7 @@ def shows_bucket(bucket: TestBucket) -> TestBucket:
 
 
 async def test_the_role_reads_the_whole_bucket_but_the_job_session_only_its_folder(
-    local_aws: LocalAws, sts: AioStsClient, clients: S3Clients, shows_bucket: TestBucket
+    local_aws: LocalAws, sts: AioStsClient, clients: S3Client, shows_bucket: TestBucket
 ) -> None:
     # Without a session policy the role's own credentials read outside the folder:
     # what is denied below is denied by the session policy.
@@ -209,7 +208,7 @@ async def test_the_role_reads_the_whole_bucket_but_the_job_session_only_its_fold
 
 
 async def test_refreshed_and_fallback_credentials_stay_in_the_folder(
-    local_aws: LocalAws, sts: AioStsClient, clients: S3Clients, shows_bucket: TestBucket
+    local_aws: LocalAws, sts: AioStsClient, clients: S3Client, shows_bucket: TestBucket
 ) -> None:
     # The test roles' MaxSessionDuration is 3600: 7200 falls back, with the policy.
     limited = RoleMaximum(sts, 3600)

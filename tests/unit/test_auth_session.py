@@ -29,7 +29,8 @@ from s3feed.auth.errors import (
 from s3feed.auth.fakests import FakeSts
 from s3feed.auth.policy import packed, session_policy
 from s3feed.auth.schedule import refresh_window
-from s3feed.auth.session import RoleSession, SessionState
+from s3feed.auth.session import RoleSession
+from s3feed.auth.sessionstate import SessionState
 
 ROLE = "arn:aws:iam::272758771130:role/acme-media-reader"
 TENANT = "acme-films"

@@ -24,7 +24,8 @@ from s3feed.auth.errors import (
     StsUnavailable,
 )
 from s3feed.auth.policy import packed, session_policy
-from s3feed.auth.sts import AioStsClient, _translate
+from s3feed.auth.sts import AioStsClient
+from s3feed.auth.stserrors import translate as _translate
 
 ROLE = "arn:aws:iam::272758771130:role/acme-media-reader"
 ME = "arn:aws:iam::111122223333:user/s3feed-host"

@@ -11,15 +11,16 @@ import json
 import os
 import random
 import stat
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from s3feed.transfer import acl, cacheindex
-from s3feed.transfer import cache as cache_mod
+from s3feed.transfer import acl, cachedir, cachesync
 from s3feed.transfer.cache import Cache
-from s3feed.transfer.cacheindex import reserve
+from s3feed.transfer.cachedir import reserve
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import AccessDenied, Cancelled, InsufficientStorage, SourceChanged
@@ -306,7 +307,7 @@ def test_reserve_says_when_the_disk_is_full_and_skips_where_it_cannot(
         ctypes.set_errno(err)
         return -1 if err else 0
 
-    monkeypatch.setattr(cacheindex, "_fallocate", fake_fallocate)
+    monkeypatch.setattr(cachedir, "_fallocate", fake_fallocate)
     answers[:] = [errno.ENOSPC]
     with pytest.raises(OSError) as full:
         reserve(3, MiB)
@@ -504,7 +505,7 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
     real_fsync, real_write = c.dir.fsync, c.dir.write_record
 
     def check() -> None:
-        if synced == {ids["b"], ids["c"]} and attempts[ids["a"]] == cache_mod.SYNC_ATTEMPTS:
+        if synced == {ids["b"], ids["c"]} and attempts[ids["a"]] == cachesync.SYNC_ATTEMPTS:
             done.set()  # (fsync runs in a worker thread)
 
     def fsync(path: Path) -> None:
@@ -515,11 +516,11 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
             raise OSError(errno.EIO, "Input/output error")  # a always, b once
         real_fsync(path)
 
-    def write_record(rec: cacheindex.Record) -> None:
+    def write_record(rec: cachedir.Record) -> None:
         real_write(rec)
         if rec.synced:
             synced.add(rec.id)
-        check()
+        loop.call_soon_threadsafe(check)  # (records are written by the file worker thread)
 
     loop = asyncio.get_running_loop()
 
@@ -530,7 +531,7 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
     await asyncio.wait_for(done.wait(), 10)
     for _ in range(5):
         await asyncio.sleep(0)
-    assert attempts[ids["a"]] == cache_mod.SYNC_ATTEMPTS, "bounded: a is left unsynced"
+    assert attempts[ids["a"]] == cachesync.SYNC_ATTEMPTS, "bounded: a is left unsynced"
     assert attempts[ids["b"]] == 2 and attempts[ids["c"]] == 1
     assert c._syncer is not None and not c._syncer.done()
     monkeypatch.setattr(c.dir, "fsync", real_fsync)
@@ -551,7 +552,7 @@ async def test_a_key_file_of_the_wrong_length_is_replaced_and_the_entries_droppe
     c2, _ = new_cache(tmp_path)
     await c2.start()
     secret = (c2.config.dir / ".secret").read_bytes()
-    assert len(secret) == cacheindex.SECRET_BYTES and secret != b"\x01" * length
+    assert len(secret) == cachedir.SECRET_BYTES and secret != b"\x01" * length
     assert entries(c2) == [], "names keyed with the lost secret are gone"
     assert c2.size_bytes == 0
     p = Progress()
@@ -571,15 +572,15 @@ def test_the_key_file_is_written_atomically_and_durably(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    d = cacheindex.CacheDir(tmp_path / "cache", "boot")
+    d = cachedir.CacheDir(tmp_path / "cache", "boot")
     d.open(None)
     secret = (d.path / ".secret").read_bytes()
-    assert len(secret) == cacheindex.SECRET_BYTES
+    assert len(secret) == cachedir.SECRET_BYTES
     assert synced == [str(d.path / ".secret.tmp"), str(d.path)], "the file, then the rename"
     assert [p.name for p in d.path.iterdir()] == [".secret"]
     assert stat.S_IMODE((d.path / ".secret").stat().st_mode) == 0o600
     synced.clear()
-    again = cacheindex.CacheDir(tmp_path / "cache", "boot")
+    again = cachedir.CacheDir(tmp_path / "cache", "boot")
     again.open(None)
     assert synced == [] and (d.path / ".secret").read_bytes() == secret, "a good one is kept"
 
@@ -599,7 +600,7 @@ async def test_min_free_holds_with_downloads_that_have_not_written_yet(
 ) -> None:
     if not fallocate:  # a file system that cannot allocate ahead
         monkeypatch.setattr(
-            cacheindex, "_fallocate", lambda *a: ctypes.set_errno(errno.EOPNOTSUPP) or -1
+            cachedir, "_fallocate", lambda *a: ctypes.set_errno(errno.EOPNOTSUPP) or -1
         )
     release = asyncio.Event()
     reached = {k: asyncio.Event() for k in "abc"}
@@ -676,3 +677,102 @@ async def test_more_readers_than_the_file_system_keeps_is_a_clear_refusal(
     assert acl.readers(e.path) == first
     c.unpin_all("job-a")
     assert acl.readers(e.path) == frozenset()
+
+
+# --- file calls off the event loop (docs/design.md, Cache) ---
+
+
+async def test_a_downloads_file_calls_run_on_the_file_worker_in_order(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path, max_size=3 * MiB)  # a sidecar after every range
+    await c.start()
+    loop_thread = threading.get_ident()
+    calls: list[tuple[str, int, object]] = []
+    for name in ("write_record", "open_part", "finish", "remove"):
+        real = getattr(c.dir, name)
+
+        def wrapped(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            state = args[0].state if _name in ("write_record", "finish") else None
+            calls.append((_name, threading.get_ident(), state))
+            return _real(*args)
+
+        setattr(c.dir, name, wrapped)
+    inner = FakeObjectStore()
+    inner.put("a", blob(2 * MiB, 1))
+    inner.put("b", blob(2 * MiB, 2))
+    await c.fetch(inner, "a", tenant="t", owner="j", progress=Progress())
+    c.unpin_all("j")
+    await c.fetch(inner, "b", tenant="t", owner="j", progress=Progress())  # evicts a
+    names = [name for name, _, _ in calls]
+    assert {"write_record", "open_part", "finish", "remove"} <= set(names)
+    assert all(thread != loop_thread for _, thread, _ in calls), "nothing on the loop"
+    first = names[: names.index("finish") + 1]  # the download of a
+    assert first[:2] == ["write_record", "open_part"] and first.count("write_record") >= 3
+    sidecars = [state for name, _, state in calls[: len(first) - 1] if name == "write_record"]
+    assert all(s is cachedir.EntryState.PARTIAL for s in sidecars), "sidecars land first"
+    assert calls[len(first) - 1][2] is cachedir.EntryState.COMPLETE
+    assert entries(c) == sorted(
+        f"{c.dir.entry_id(inner.endpoint, inner.bucket, 'b', inner.objects['b'].etag)}.{x}"
+        for x in ("data", "json")
+    )
+    await c.close()
+
+
+async def test_a_download_cancelled_while_its_part_file_opens_closes_it(tmp_path: Path) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    loop = asyncio.get_running_loop()
+    entered, release = asyncio.Event(), threading.Event()
+    opened: list[int] = []
+    real_open = c.dir.open_part
+
+    def open_part(rid: str, size: int) -> tuple[int, bool]:
+        loop.call_soon_threadsafe(entered.set)
+        release.wait(10)
+        fd, allocated = real_open(rid, size)
+        opened.append(fd)
+        return fd, allocated
+
+    c.dir.open_part = open_part  # type: ignore[method-assign]
+    inner = FakeObjectStore()
+    inner.put("k", blob(MiB))
+    fetch = asyncio.create_task(c.fetch(inner, "k", tenant="t", owner="j", progress=Progress()))
+    await entered.wait()
+    fetch.cancel()  # the only waiter leaves: the flight is cancelled
+    await asyncio.wait([fetch])
+    release.set()
+    await c.close()  # drains the file worker
+    assert len(opened) == 1
+    with pytest.raises(OSError) as err:
+        os.fstat(opened[0])
+    assert err.value.errno == errno.EBADF
+
+
+async def test_a_failed_download_is_not_restarted_while_its_files_are_removed(
+    tmp_path: Path,
+) -> None:
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    loop = asyncio.get_running_loop()
+    removing, release = asyncio.Event(), threading.Event()
+    real_remove = c.dir.remove
+
+    def remove(rid: str) -> None:
+        loop.call_soon_threadsafe(removing.set)
+        release.wait(10)
+        real_remove(rid)
+
+    c.dir.remove = remove  # type: ignore[method-assign]
+    inner = FakeObjectStore()
+    inner.put("k", blob(4 * MiB))
+    a = FailingObjectStore(inner, {2: Fault("source_changed")})
+    b = FailingObjectStore(inner)
+    t1 = asyncio.create_task(c.fetch(a, "k", tenant="t1", owner="j1", progress=Progress()))
+    t2 = asyncio.create_task(c.fetch(b, "k", tenant="t2", owner="j2", progress=Progress()))
+    await removing.wait()  # a's download saw SourceChanged; its files are going
+    t1.cancel()  # the waiter whose store the flight used leaves meanwhile
+    await asyncio.wait([t1])
+    release.set()
+    with pytest.raises(SourceChanged):
+        await t2  # the other waiter gets the outcome, not a resume over removed files
+    assert b.gets == [] and entries(c) == [] and c.size_bytes == 0
+    await c.close()

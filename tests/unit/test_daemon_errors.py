@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from s3feed.auth.sts import policy_refused
+from s3feed.auth.stserrors import policy_refused
 from s3feed.daemon.errors import STATUS_BY_CODE, describe
 
 

@@ -99,3 +99,39 @@ async def test_gate_holds_delivery() -> None:
     go.set()
     await task
     assert store.bytes_sent == 3
+
+
+async def test_failing_store_fails_heads_and_listings_too() -> None:
+    inner = FakeObjectStore()
+    etag = inner.put("d/k", b"x" * 30, part_size=10)
+    store = FailingObjectStore(
+        inner,
+        heads={0: Fault("throttled"), 2: Fault("source_changed"), 3: Fault("access_denied")},
+        lists={1: Fault("reset")},
+    )
+    with pytest.raises(TransientError) as info:
+        await store.head("d/k")
+    assert info.value.reason == "throttled"
+    assert await store.part_size("d/k", if_match=etag) == 10  # a HEAD too: the second
+    with pytest.raises(SourceChanged):
+        await store.head("d/k", if_match=etag)  # the object was overwritten
+    with pytest.raises(AccessDenied):
+        await store.part_size("d/k")
+    assert (await store.list_page("d/")).objects[0].key == "d/k"
+    with pytest.raises(TransientError):
+        await store.list_page("d/")
+    assert [m.key async for m in store.list_objects("d/")] == ["d/k"]
+    assert [c.op for c in store.calls] == [
+        "HeadObject", "HeadObjectPart", "HeadObject", "HeadObjectPart",
+        "ListObjectsV2", "ListObjectsV2", "ListObjectsV2",
+    ]  # fmt: skip
+
+
+async def test_a_denied_bucket_refuses_listings() -> None:
+    store = FakeObjectStore()
+    store.put("k", b"v")
+    store.deny()
+    with pytest.raises(AccessDenied):
+        await store.list_page("")
+    with pytest.raises(AccessDenied):
+        await store.head("k")

@@ -5,7 +5,7 @@ error, never another exception.
 Parsers: UriPath (transfer/uri.py), keys and prefixes (S3Location.key_for /
 prefix_for), RoleArnToAssume, TenantName and RoleSessionDurationInSeconds
 (auth/validate.py), the Range header (daemon/streaming.py), the job request
-envelope (daemon/jobs.py) and the configuration (daemon/config.py).
+envelope (daemon/requests.py) and the configuration (daemon/config.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from s3feed.auth.errors import AuthError, InvalidDuration, InvalidRoleArn, Inval
 from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
 from s3feed.daemon.config import Config, ConfigError, config_from_mapping, config_keys, load_config
 from s3feed.daemon.errors import STATUS_BY_CODE, ApiError
-from s3feed.daemon.jobs import parse_job_request
+from s3feed.daemon.requests import parse_job_request
 from s3feed.daemon.streaming import parse_range
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import InvalidKey, InvalidRange, InvalidUriPath, TransferError

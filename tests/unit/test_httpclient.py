@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -15,8 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import uvloop
 
-from s3feed.transfer.errors import TransientError
+from s3feed.transfer.errors import S3Unavailable, TransientError
 from s3feed.transfer.httpclient import HttpClient, serialize_get
+from s3feed.transfer.proxy import Proxies
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -441,9 +443,11 @@ async def test_tls_body_and_keep_alive(tls_files: tuple[str, str]) -> None:
         assert server.connections == 1
         # Certificates are checked: a client that does not trust this one refuses it.
         stranger = HttpClient()
-        with pytest.raises(TransientError) as e:
+        # Not a TransientError: retrying cannot make it trusted; the message
+        # says which CAs the client trusted.
+        with pytest.raises(S3Unavailable) as e:
             await fetch(stranger, f"https://127.0.0.1:{port}")
-        assert "CERTIFICATE_VERIFY_FAILED" in str(e.value)
+        assert "not trusted" in str(e.value) and "AWS_CA_BUNDLE" in str(e.value)
         await stranger.close()
     finally:
         await client.close()
@@ -543,3 +547,76 @@ async def test_switching_protocols_is_malformed(server: Server, client: HttpClie
     with pytest.raises(TransientError) as e:
         await fetch(client, server.url)
     assert e.value.reason == "server_error"
+
+
+async def _connect_proxy(targets: list[str]) -> asyncio.Server:
+    """A CONNECT-only proxy on 127.0.0.1 that records each tunnel's target."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            method, target, _ = head.split(" ", 2)
+            assert method == "CONNECT"
+            targets.append(target)
+            host, _, port = target.rpartition(":")
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(ConnectionError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_https_through_a_connect_tunnel(tls_files: tuple[str, str], loop: str) -> None:
+    """TLS inside the proxy's tunnel, verified end to end, keep-alive kept, on
+    both event loops (the daemon runs on uvloop); a refused CONNECT is a reset."""
+    cert, key = tls_files
+
+    async def scenario() -> None:
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_ctx.load_cert_chain(cert, key)
+        body = os.urandom(300_000)
+        server = Server()
+        server.respond = ok_body(body, pieces=5)
+        server._server = await asyncio.start_server(server._handle, "127.0.0.1", 0, ssl=server_ctx)
+        targets: list[str] = []
+        proxy = await _connect_proxy(targets)
+        proxy_url = f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+        client = HttpClient(
+            ssl_context=ssl.create_default_context(cafile=cert),
+            proxies=Proxies.from_environ({"HTTPS_PROXY": proxy_url}),
+        )
+        try:
+            port = server._server.sockets[0].getsockname()[1]
+            for _ in range(2):
+                assert await fetch(client, f"https://127.0.0.1:{port}/x") == (200, body)
+            assert targets == [f"127.0.0.1:{port}"] and server.connections == 1
+            request_line = server.requests[0].split(b"\r\n")[0]
+            assert request_line == b"GET /x/k HTTP/1.1", "origin form inside the tunnel"
+            refused = HttpClient(
+                proxies=Proxies.from_environ({"HTTPS_PROXY": "http://127.0.0.1:1"})
+            )
+            with pytest.raises(TransientError) as e:
+                await fetch(refused, f"https://127.0.0.1:{port}/x")
+            assert e.value.reason == "reset" and "through the proxy 127.0.0.1:1" in str(e.value)
+            await refused.close()
+        finally:
+            await client.close()
+            proxy.close()
+            await server.stop()
+
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(scenario())

@@ -23,7 +23,8 @@ from s3feed.transfer.errors import (
     TransientError,
 )
 from s3feed.transfer.httpclient import HttpClient
-from s3feed.transfer.s3store import S3Clients, S3ObjectStore
+from s3feed.transfer.s3client import S3Client
+from s3feed.transfer.s3store import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 pytestmark = pytest.mark.timeout(30)
@@ -93,7 +94,7 @@ async def server() -> AsyncIterator[Server]:
 
 @pytest.fixture
 async def env(server: Server) -> AsyncIterator[tuple[S3ObjectStore, Source, Recorder]]:
-    clients = S3Clients(S3Config(endpoint_url=server.url), http=HttpClient())
+    clients = S3Client(S3Config(endpoint_url=server.url), http=HttpClient())
     location = parse_uri_path("https://media-in.s3.eu-west-1.amazonaws.com/f/", clients.s3)
     source, recorder = Source(), Recorder()
     store = S3ObjectStore(location, source, clients=clients, observer=recorder)

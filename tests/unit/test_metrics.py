@@ -10,6 +10,7 @@ from s3feed.daemon.metrics import Metrics
 from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.fakestore import FakeObjectStore
+from s3feed.transfer.stream import ObjectStream
 
 
 def _text(metrics: Metrics) -> str:
@@ -71,7 +72,7 @@ async def test_stream_memory_budget_and_use() -> None:
     assert _value(metrics, "s3feed_stream_memory_used_bytes") == 0
     store = FakeObjectStore()
     store.put("k", b"x" * (3 * MiB))
-    async with engine.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(engine, store, "k", tenant="t") as s:
         await anext(aiter(s))
         assert _value(metrics, "s3feed_stream_memory_used_bytes") == MiB  # a part, at first
     assert _value(metrics, "s3feed_stream_memory_used_bytes") == 0

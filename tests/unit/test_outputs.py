@@ -14,8 +14,8 @@ from s3feed.auth.fakests import FakeSts
 from s3feed.auth.observer import NullCredentialObserver
 from s3feed.daemon.destination import parse_destination, write_only_policy, write_statements
 from s3feed.daemon.errors import ApiError
-from s3feed.daemon.jobs import parse_job_request
 from s3feed.daemon.outputs import UploadJournal, abort_leftovers
+from s3feed.daemon.requests import parse_job_request
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import InvalidUriPath
 from s3feed.transfer.fakeupload import FakeUploadStore

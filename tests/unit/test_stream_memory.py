@@ -13,8 +13,8 @@ from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.fakestore import FakeObjectStore
 from s3feed.transfer.observer import NullTransferObserver
+from s3feed.transfer.stream import ObjectStream
 from s3feed.transfer.streammemory import MIN_WINDOW, StreamMemory
-from s3feed.transfer.window import ObjectStream
 
 
 class Reported(NullTransferObserver):
@@ -68,7 +68,7 @@ async def test_a_fast_reader_grows_its_window_up_to_stream_window() -> None:
     eng, _ = engine(budget=64 * MiB, window=8 * MiB)
     out = bytearray()
     capacities = set()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         assert s.window is not None and s.window.capacity == MiB  # a part, at first
         async for chunk in s:
             out += chunk
@@ -82,7 +82,7 @@ async def test_a_reader_slower_than_s3_keeps_a_small_window() -> None:
     store, data = store_with(12 * MiB)
     eng, _ = engine(budget=64 * MiB, window=8 * MiB)
     out = bytearray()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         assert s.window is not None
         async for chunk in s:
             out += chunk
@@ -97,7 +97,7 @@ async def hold(
     """n streams whose readers took their first chunk and then stopped reading."""
     streams = []
     for _ in range(n):
-        s = await stack.enter_async_context(eng.stream(store, "k", tenant="t"))
+        s = await stack.enter_async_context(ObjectStream(eng, store, "k", tenant="t"))
         await anext(aiter(s))
         streams.append(s)
     await settle()
@@ -122,13 +122,13 @@ async def test_at_the_budget_a_new_stream_starts_and_the_others_shrink_as_they_d
     store, data = store_with(24 * MiB)
     eng, _ = engine(budget=4 * MiB, window=4 * MiB)
     memory = eng.stream_memory
-    async with eng.stream(store, "k", tenant="t") as fast:
+    async with ObjectStream(eng, store, "k", tenant="t") as fast:
         got = bytearray()
         it = aiter(fast)
         while fast.window is not None and fast.window.capacity < 4 * MiB:
             got += await anext(it)  # a reader that waits: the window grows to the budget
         assert memory.free == 0
-        async with eng.stream(store, "k", tenant="t") as late:
+        async with ObjectStream(eng, store, "k", tenant="t") as late:
             assert late.window is not None and late.window.capacity == MIN_WINDOW
             assert memory.over == MIN_WINDOW
             late_out = b"".join([c async for c in late])  # the late stream completes
@@ -144,12 +144,12 @@ async def test_a_draining_window_gives_back_while_the_budget_is_overdrawn() -> N
     store, data = store_with(24 * MiB)
     eng, _ = engine(budget=4 * MiB, window=4 * MiB)
     memory = eng.stream_memory
-    async with eng.stream(store, "k", tenant="t") as fast:
+    async with ObjectStream(eng, store, "k", tenant="t") as fast:
         it = aiter(fast)
         got = bytearray()
         while fast.window is not None and fast.window.capacity < 4 * MiB:
             got += await anext(it)
-        async with eng.stream(store, "k", tenant="t") as late:
+        async with ObjectStream(eng, store, "k", tenant="t") as late:
             await anext(aiter(late))  # holds its floor, reads no more
             assert memory.over == MIN_WINDOW
             while memory.over:
@@ -166,7 +166,7 @@ async def test_a_draining_window_gives_back_while_the_budget_is_overdrawn() -> N
 async def test_a_small_object_asks_for_no_more_than_its_size(size: int) -> None:
     store, data = store_with(size)
     eng, _ = engine(budget=4 * MiB)
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         assert s.window is not None and s.window.capacity == max(1, size)
         assert b"".join([c async for c in s]) == data
     assert eng.stream_memory.used == 0

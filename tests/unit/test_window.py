@@ -13,6 +13,7 @@ from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import InvalidRange, SourceChanged
 from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
 from s3feed.transfer.observer import NullTransferObserver
+from s3feed.transfer.stream import ObjectStream
 from s3feed.transfer.window import StreamWindow, WindowState
 
 
@@ -61,7 +62,7 @@ async def test_in_order_under_random_completion(seed: int) -> None:
     store.put("k", data, checksum="CRC32")
     eng, obs = engine()
     out = bytearray()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         assert s.meta.size == len(data) and (s.start, s.end) == (0, len(data) - 1)
         async for chunk in s:
             out += chunk
@@ -76,7 +77,7 @@ async def test_memory_stays_under_window_while_reader_stalls() -> None:
     store.put("k", data)
     eng, obs = engine(window=3 * MiB, concurrency=8)
     out = bytearray()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         it = aiter(s)
         out += await anext(it)
         await settle()  # the reader stalls: every producer runs until it blocks
@@ -99,7 +100,7 @@ async def test_range_request_and_retries_never_duplicate_bytes() -> None:
     store = FailingObjectStore(inner, faults)
     eng, obs = engine()
     out = bytearray()
-    async with eng.stream(store, "k", tenant="t", start=123, end=4 * MiB) as s:
+    async with ObjectStream(eng, store, "k", tenant="t", start=123, end=4 * MiB) as s:
         assert (s.start, s.end) == (123, 4 * MiB)
         async for chunk in s:
             out += chunk
@@ -116,7 +117,7 @@ async def test_error_after_first_byte_reaches_the_reader() -> None:
     eng, obs = engine(concurrency=1)
     out = bytearray()
     with pytest.raises(SourceChanged):
-        async with eng.stream(store, "k", tenant="t") as s:
+        async with ObjectStream(eng, store, "k", tenant="t") as s:
             async for chunk in s:
                 out += chunk
     assert bytes(out) == data[: len(out)] and 0 < len(out) < len(data)
@@ -127,7 +128,7 @@ async def test_leaving_early_cancels_fetches() -> None:
     store = FakeObjectStore(chunk_size=64 * 1024)
     store.put("k", blob(16 * MiB))
     eng, obs = engine()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         await anext(aiter(s))
         task = s._task
     assert task is not None and task.done()
@@ -143,7 +144,7 @@ async def test_invalid_range(start: int, end: int | None) -> None:
     store.put("k", b"0123456789")
     eng, _ = engine()
     with pytest.raises(InvalidRange) as info:
-        async with eng.stream(store, "k", tenant="t", start=start, end=end):
+        async with ObjectStream(eng, store, "k", tenant="t", start=start, end=end):
             pass
     assert info.value.size == 10
 
@@ -152,7 +153,7 @@ async def test_empty_object_streams_nothing() -> None:
     store = FakeObjectStore()
     store.put("k", b"")
     eng, _ = engine()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         assert [c async for c in s] == []
 
 
@@ -196,7 +197,7 @@ async def test_first_bytes_do_not_wait_for_the_part_layout() -> None:
     data = blob(8 * MiB, 5)
     store.put("k", data, parts=4, checksum="CRC32")  # 2 MiB parts, COMPOSITE
     eng, _ = engine()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         out = b"".join([c async for c in s])
     assert out == data
     assert store.sent_before_answer, "the first GET runs while the layout is asked for"
@@ -208,7 +209,7 @@ async def test_parts_smaller_than_the_first_range_stream_unverified_not_failed()
     data = blob(2 * MiB + 3, 6)
     store.put("k", data, parts=7, checksum="CRC32C")  # ~300 KB parts (not AWS, but allowed)
     eng, _ = engine()
-    async with eng.stream(store, "k", tenant="t") as s:
+    async with ObjectStream(eng, store, "k", tenant="t") as s:
         out = b"".join([c async for c in s])
     assert out == data
     assert s.verified == [], "the first 1 MiB range spans parts: no part CRCs to combine"

@@ -17,8 +17,10 @@ unsynced COMPLETE entry is dropped and an unsynced PARTIAL entry forgets its
 ranges (its bytes may be zeros), so nothing unverified is ever served as
 complete. A cache directory is written by one daemon at a time.
 
-This module only reads and writes files; it has no event loop state and its
-scan runs in a worker thread.
+This module only reads and writes files; it has no event loop state. Its
+calls run in worker threads (docs/design.md, Cache): the cache's one file
+worker, in the order the loop issues them, and the start-up scan's thread.
+A worker writes a `Record.snapshot()`, never a record the loop goes on changing.
 """
 
 from __future__ import annotations
@@ -122,6 +124,10 @@ class Record:
         self.verified = tuple(verified)
         self.synced = False
         self.boot_id = boot_id
+
+    def snapshot(self) -> Record:
+        """A copy to hand to a worker thread while the loop goes on adding ranges."""
+        return Record.from_json(self.id, self.to_json())
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -261,6 +267,25 @@ class CacheDir:
         with os.fdopen(fd, "wb") as f:
             f.write(json.dumps(rec.to_json()).encode())
         os.replace(tmp, self.record_path(rec.id))
+
+    def open_part(self, rid: str, size: int) -> tuple[int, bool]:
+        """The part file of `rid`, open for writing at `size` bytes, and
+        whether its blocks are reserved (`reserve`). 0600 always, also for a
+        part file an older version left group-readable."""
+        fd = os.open(self.part_path(rid), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, size)
+            return fd, reserve(fd, size)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def finish(self, rec: Record) -> None:
+        """`rec` (a COMPLETE snapshot) is done: its part file becomes its data
+        file, then its record says so (the order the scan relies on)."""
+        os.replace(self.part_path(rec.id), self.data_path(rec.id))
+        self.write_record(rec)
 
     def remove(self, rid: str) -> None:
         for p in (self.record_path(rid), self.data_path(rid), self.part_path(rid)):
