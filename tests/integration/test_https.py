@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import local_aws_script
 from test_s3store import Buffer, Recorder, StaticSource, sts_creds
 
+import localaws
+from localaws import iam, processes, servers
 from s3feed.auth.config import StsConfig
 from s3feed.auth.errors import StsUnavailable
 from s3feed.auth.sts import AioStsClient
@@ -90,15 +91,14 @@ class TlsSeaweed:
 
 @pytest.fixture(scope="module")
 def tls_seaweed(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsSeaweed]:
-    las = local_aws_script
-    paths = las.Paths()
+    paths = localaws.Paths()
     if not paths.weed_bin.exists():
         pytest.skip("SeaweedFS is not installed: scripts/local_aws.py install")
-    keys = las.seaweed_config(paths)
-    ids_path, iam_path = las.write_seaweed_configs(paths, keys)
+    keys = iam.seaweed_config(paths)
+    ids_path, iam_path = iam.write_seaweed_configs(paths, keys)
     data = tmp_path_factory.mktemp("weed")
     taken: set[int] = set()
-    ports = {n: las.free_port_pair(taken) for n in ("s3", "https", "master", "volume", "filer", "admin")}  # fmt: skip
+    ports = {n: processes.free_port_pair(taken) for n in ("s3", "https", "master", "volume", "filer", "admin")}  # fmt: skip
     cmd = [
         str(paths.weed_bin), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
         f"-s3.config={ids_path}", f"-s3.iam.config={iam_path}", "-master.telemetry=false",
@@ -111,25 +111,27 @@ def tls_seaweed(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     log = data / "weed.log"
-    pid = las.spawn(cmd, env, log, data)
+    pid = processes.spawn(cmd, env, log, data)
     try:
-        las.wait_until(
-            "tls seaweed", lambda: las.find_s3_port(pid, ports["s3"], keys) is not None,
-            pid, log, las.START_TIMEOUT_S,
+        processes.wait_until(
+            "tls seaweed", lambda: localaws.find_s3_port(pid, ports["s3"], keys) is not None,
+            pid, log, iam.START_TIMEOUT_S,
         )  # fmt: skip
-        las.wait_until("tls seaweed https", lambda: las.port_open(ports["https"]), pid, log, 30)
+        processes.wait_until(
+            "tls seaweed https", lambda: processes.port_open(ports["https"]), pid, log, 30
+        )
         http_url = f"http://{HOST}:{ports['s3']}"
-        las.provision_seaweed(paths, http_url, keys)
+        iam.provision_seaweed(paths, http_url, keys)
         yield TlsSeaweed(
             https_url=f"https://{HOST}:{ports['https']}",
             http_url=http_url,
             keys=keys,
-            role_arn=las.role_arn(las.SEAWEED_ROLE),
-            bucket=las.SEAWEED_BUCKET,
-            region=las.REGION,
+            role_arn=localaws.role_arn(localaws.SEAWEED_ROLE),
+            bucket=localaws.SEAWEED_BUCKET,
+            region=localaws.REGION,
         )
     finally:
-        las.kill_group(pid, las.SEAWEED_STOP_TIMEOUT_S)
+        localaws.kill_group(pid, servers.SEAWEED_STOP_TIMEOUT_S)
 
 
 @dataclass
@@ -195,7 +197,7 @@ def _store(client: S3Client, sw: TlsSeaweed, creds: dict[str, Any]) -> S3ObjectS
 
 
 def _role_creds(sw: TlsSeaweed) -> dict[str, Any]:
-    with local_aws_script.closing_client(
+    with localaws.closing_client(
         "sts", sw.http_url, sw.keys["daemon_access_key_id"], sw.keys["daemon_secret_access_key"]
     ) as sts:
         return dict(sts.assume_role(RoleArn=sw.role_arn, RoleSessionName="tls")["Credentials"])
@@ -203,15 +205,15 @@ def _role_creds(sw: TlsSeaweed) -> dict[str, Any]:
 
 async def _every_s3_call(store: S3ObjectStore) -> None:
     """HEAD, part layout, LIST and ranged GET of the provisioned multipart object."""
-    key = local_aws_script.MULTIPART_KEY
+    key = localaws.MULTIPART_KEY
     meta = await store.head(key)
     assert meta.size == 12 << 20
-    assert await store.part_size(key, if_match=meta.etag) == local_aws_script.MULTIPART_PART_SIZE
+    assert await store.part_size(key, if_match=meta.etag) == iam.MULTIPART_PART_SIZE
     page = await store.list_page("", max_keys=1000)
     assert key in [m.key for m in page.objects]
     sink = Buffer(5, 1000)
     await store.get_range(key, 5, 1004, sink, if_match=meta.etag)
-    assert bytes(sink.data) == local_aws_script.sample_bytes("multipart", 12 << 20)[5:1005]
+    assert bytes(sink.data) == localaws.sample_bytes("multipart", 12 << 20)[5:1005]
 
 
 @pytest.mark.parametrize("how", ["setting", "AWS_CA_BUNDLE"])
@@ -247,8 +249,8 @@ async def test_a_wrong_ca_fails_at_once_naming_the_setting(
     }[how]
     try:
         for call in (
-            lambda: store.head(local_aws_script.MULTIPART_KEY),
-            lambda: store.get_range(local_aws_script.MULTIPART_KEY, 0, 9, Buffer(0, 10)),
+            lambda: store.head(localaws.MULTIPART_KEY),
+            lambda: store.get_range(localaws.MULTIPART_KEY, 0, 9, Buffer(0, 10)),
             lambda: store.list_page(""),
         ):
             with pytest.raises(S3Unavailable) as e:
@@ -373,7 +375,7 @@ def test_the_daemon_over_https_end_to_end(
         sw.keys["daemon_secret_access_key"],
     )
     uri = f"https://{sw.bucket}.s3.{sw.region}.amazonaws.com/"
-    expected = local_aws_script.sample_bytes("multipart", 12 << 20)
+    expected = localaws.sample_bytes("multipart", 12 << 20)
     for ca, ok in ((pki.ca, True), (pki.stranger, False)):
         with running_daemon(
             target,  # type: ignore[arg-type]
@@ -384,12 +386,12 @@ def test_the_daemon_over_https_end_to_end(
             client = Client(str(daemon.socket), timeout=60)
             client.create_job("tls", "acme", uri, sw.role_arn)
             if ok:
-                got = b"".join(client.read_object("tls", local_aws_script.MULTIPART_KEY))
+                got = b"".join(client.read_object("tls", localaws.MULTIPART_KEY))
                 assert got == expected
-                fetched = client.fetch("tls", local_aws_script.MULTIPART_KEY)
+                fetched = client.fetch("tls", localaws.MULTIPART_KEY)
                 assert Path(fetched["Path"]).read_bytes() == expected
             else:
                 with pytest.raises(S3feedError) as e:
-                    b"".join(client.read_object("tls", local_aws_script.MULTIPART_KEY))
+                    b"".join(client.read_object("tls", localaws.MULTIPART_KEY))
                 assert "S3Unavailable" in str(e.value.code)
                 assert f"[s3] ca_bundle = {ca}" in str(e.value)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from test_s3store import Buffer, Recorder, StaticSource, sts_creds
 
+import localaws
 from s3feed.transfer.config import S3Config, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import (
@@ -89,10 +90,9 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
         denied = _real(client, aws, other.name, creds, aws.region)
         admin = aws.client("s3")
         denied_key, bucket = "secret.ts", tb.name
-    from conftest import local_aws_script
 
     def put(key: str, data: bytes, part_size: int | None = None) -> str:
-        return str(local_aws_script.put_object(admin, bucket, key, data, part_size))
+        return str(localaws.put_object(admin, bucket, key, data, part_size))
 
     try:
         yield Subject(store, put, denied, denied_key, prefix, request.param)
