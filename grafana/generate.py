@@ -651,6 +651,64 @@ ROWS = [
         ),
     ),
     row(
+        "Outputs",
+        timeseries(
+            title="Upload throughput by host",
+            description=(
+                "Bytes of encoder outputs acknowledged by S3 per second, per daemon "
+                "(s3feed put and PUT /v1/jobs/{JobId}/outputs/{Key})."
+            ),
+            w=8,
+            h=8,
+            unit="Bps",
+            targets=[
+                Target(
+                    "{{instance}}",
+                    "sum by (instance) (rate(s3feed_sent_bytes_total{$SEL}[$__rate_interval]))",
+                )
+            ],
+        ),
+        timeseries(
+            title="Uploads by outcome",
+            description=(
+                "Finished uploads per second by outcome, and uploads running now. A failed upload "
+                "was aborted: nothing is left at its key (docs/design.md, Outputs)."
+            ),
+            w=8,
+            h=8,
+            unit="ops",
+            targets=[
+                Target(
+                    "{{outcome}}",
+                    "sum by (outcome) (rate(s3feed_uploads_total{$SEL}[$__rate_interval]))",
+                ),
+                Target("running", "sum(s3feed_uploads_active{$SEL})"),
+            ],
+        ),
+        timeseries(
+            title="Part upload latency",
+            description=(
+                "p50 and p99 of an acknowledged part upload (or a single PutObject), its last "
+                "attempt; a rising p99 with retries in the S3 error panel is S3 throttling."
+            ),
+            w=8,
+            h=8,
+            unit="s",
+            targets=[
+                Target(
+                    "p50",
+                    "histogram_quantile(0.5, sum by (le) "
+                    "(rate(s3feed_upload_part_duration_seconds_bucket{$SEL}[$__rate_interval])))",
+                ),
+                Target(
+                    "p99",
+                    "histogram_quantile(0.99, sum by (le) "
+                    "(rate(s3feed_upload_part_duration_seconds_bucket{$SEL}[$__rate_interval])))",
+                ),
+            ],
+        ),
+    ),
+    row(
         "Credentials",
         timeseries(
             title="Time to earliest credential expiry by host",

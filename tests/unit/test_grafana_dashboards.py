@@ -194,7 +194,9 @@ def test_panels_do_not_overlap() -> None:
 def test_overview_rows_cover_what_operators_need() -> None:
     d = load(GRAFANA / "dashboards" / "s3feed-overview.json")
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
-    assert rows == ["Overview", "Transfers and jobs", "S3", "Stream buffer", "Cache", "Credentials"]
+    assert rows == [
+        "Overview", "Transfers and jobs", "S3", "Stream buffer", "Cache", "Outputs", "Credentials",
+    ]  # fmt: skip
     exprs = " ".join(t["expr"] for p in query_panels(d) for t in p["targets"])
     for needle in (
         "sum by (instance) (rate(s3feed_received_bytes_total",
@@ -208,6 +210,9 @@ def test_overview_rows_cover_what_operators_need() -> None:
         "s3feed_credentials_earliest_expiry_timestamp_seconds",
         "sum by (code) (rate(s3feed_credential_refresh_failures_total",
         "sum by (code) (rate(s3feed_assume_role_failures_total",
+        "sum by (instance) (rate(s3feed_sent_bytes_total",
+        "sum by (outcome) (rate(s3feed_uploads_total",
+        "s3feed_upload_part_duration_seconds_bucket",
     ):
         assert needle in exprs, needle
 
