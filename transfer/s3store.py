@@ -34,7 +34,14 @@ from urllib.parse import unquote_plus
 
 from ..auth.credentials import Credentials, CredentialSource
 from .checksums import etag_parts
-from .errors import InvalidContinuationToken, ObjectStoreError, TransferError, TransientError
+from .errors import (
+    AccessDenied,
+    InvalidContinuationToken,
+    NoSuchKey,
+    ObjectStoreError,
+    TransferError,
+    TransientError,
+)
 from .observer import TransferObserver
 from .s3client import S3Client, S3Response
 from .s3errors import CHECKSUM_ALGORITHMS, Expired, content_range, error_document, translate
@@ -145,8 +152,25 @@ class S3ObjectStore:
         headers = {"x-amz-checksum-mode": "ENABLED"}
         if if_match is not None:
             headers["If-Match"] = if_match
-        resp = await self._control("HeadObject", key, headers=headers)
+        try:
+            resp = await self._control("HeadObject", key, headers=headers)
+        except AccessDenied:
+            if await self._absent(key):
+                raise NoSuchKey(f"s3://{self.bucket}/{key} does not exist") from None
+            raise
         return _object_meta(key, resp.headers, int(resp.headers.get("content-length", "-1")))
+
+    async def _absent(self, key: str) -> bool:
+        """After a 403 to a HEAD: is the key simply not there? S3 answers a
+        missing key with 404 only to a caller allowed s3:ListBucket without
+        condition; a job's session policy limits it to its folder
+        (docs/design.md, Session policy), so a missing key answers 403. A
+        listing of the key as prefix, which that policy allows, tells."""
+        try:
+            page = await self.list_page(key, max_keys=1)
+        except (AccessDenied, TransientError):
+            return False
+        return not (page.objects and page.objects[0].key == key)
 
     async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
         """The size of part 1 (HEAD ?partNumber=1: its Content-Length, with

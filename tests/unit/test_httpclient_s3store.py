@@ -273,3 +273,51 @@ async def test_still_expired_after_refresh(server: Server, env: Any) -> None:
     assert e.value.reason == "expired_token"
     assert source.refreshes == ["expired_token"]
     assert len(server.requests) == 2
+
+
+def _list_body(*keys: str) -> bytes:
+    contents = "".join(
+        f"<Contents><Key>{k}</Key><Size>1</Size><ETag>&quot;e&quot;</ETag>"
+        f"<LastModified>2026-11-28T13:00:00.000Z</LastModified></Contents>"
+        for k in keys
+    )
+    return (
+        f"<ListBucketResult><IsTruncated>false</IsTruncated>{contents}</ListBucketResult>"
+    ).encode()
+
+
+def head_403_then_list(*keys: str, list_status: str = "200 OK") -> Any:
+    """A HEAD answers 403 (no body), a listing answers `keys` (or `list_status`)."""
+
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        if head.startswith(b"HEAD "):
+            await answer("403 Forbidden", {})(head, writer, n)
+        elif list_status != "200 OK":
+            await error(list_status, "AccessDenied")(head, writer, n)
+        else:
+            body = _list_body(*keys)
+            await answer(list_status, {"Content-Type": "application/xml"}, body)(head, writer, n)
+
+    return respond
+
+
+async def test_a_403_to_a_head_of_a_missing_key_is_nosuchkey(server: Server, env: Any) -> None:
+    # A session policy that limits s3:ListBucket by prefix makes S3 answer a
+    # missing key with 403; a listing of the key as prefix tells the two apart.
+    store, _, _ = env
+    server.respond = head_403_then_list("f/ep1.ts.bak")
+    with pytest.raises(NoSuchKey):
+        await store.head("f/ep1.ts")
+    line, _ = request_headers(server.requests[1])
+    assert line.startswith("GET /media-in/?") and "prefix=f%2Fep1.ts" in line
+    assert "max-keys=1" in line
+
+
+async def test_a_403_to_a_head_of_a_listed_key_stays_accessdenied(server: Server, env: Any) -> None:
+    store, _, _ = env
+    server.respond = head_403_then_list("f/ep1.ts")
+    with pytest.raises(AccessDenied):
+        await store.head("f/ep1.ts")
+    server.respond = head_403_then_list(list_status="403 Forbidden")
+    with pytest.raises(AccessDenied):
+        await store.head("f/ep1.ts")
