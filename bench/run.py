@@ -87,6 +87,7 @@ def measure(
     ctx.out.mkdir(parents=True)
     os.sync()  # earlier runs' dirty pages are not this run's cost
     capture = plan.path_from_stdout is not None or plan.size_line
+    base_rss = proc_status_kib(daemon_pid, "VmRSS") / 1024 if daemon_pid else None
     before = Sample.take(daemon_pid, store.server_pgid)
     res = run_pipeline(plan.cmds, env=plan.env, capture_last=capture, timeout=run_timeout(ctx.size))
     after = Sample.take(daemon_pid, store.server_pgid)
@@ -102,6 +103,7 @@ def measure(
         "daemon_cpu_s": after.daemon_cpu - before.daemon_cpu if daemon_pid else 0.0,
         "daemon_sys_s": after.daemon_sys - before.daemon_sys,
         "daemon_hwm_mib": proc_status_kib(daemon_pid, "VmHWM") / 1024 if daemon_pid else None,
+        "daemon_base_mib": base_rss,
         "server_cpu_s": after.server_cpu - before.server_cpu,
         "machine_busy_s": after.busy - before.busy,
         "error": None,
@@ -252,7 +254,7 @@ def slow_reader(ctx: Ctx, store: Store, rate: int) -> dict[str, Any]:
         cmd = ["curl", "-sS", "--fail", "--limit-rate", str(rate), "--unix-socket", str(d.socket)]
         cpu0 = proc_cpu(d.pid)
         res = run_pipeline(
-            [[*cmd, ctx.object_url, "-o", "-"], ["cmp", "-", str(ctx.ref)]],
+            [[*cmd, ctx.object_url, "-o", "-"], [str(peers.consumer_bin()), str(ctx.ref)]],
             timeout=120 + ctx.size / rate * 2,
         )
         stop.set()
@@ -267,7 +269,75 @@ def slow_reader(ctx: Ctx, store: Store, rate: int) -> dict[str, Any]:
             "peak_rss_sampled_mib": peak["rss"] / 1024,
             "daemon_hwm_mib": proc_status_kib(d.pid, "VmHWM") / 1024,
             "peak_buffered_mib": peak["buffered"] / MiB,
-            "window_mib": TransferConfig().stream_window / MiB,
+            "window_mib": _transfer(ctx).stream_window / MiB,
+            "budget_mib": _transfer(ctx).stream_memory / MiB,
+        }
+
+
+def _transfer(ctx: Ctx) -> TransferConfig:
+    """The [transfer] settings the daemons of this run have."""
+    return TransferConfig(
+        **{k: parse_size(v) if isinstance(v, str) else v for k, v in ctx.transfer.items()}
+    )
+
+
+def stream_crowd(ctx: Ctx, store: Store, n: int, rate: int | None) -> dict[str, Any]:
+    """`n` streams of the object at once on one fresh daemon, each into the
+    consumer: `s3feed cat` (rate None: readers that keep up) or curl on the
+    socket at `rate` bytes/s (slow readers). Daemon peak RSS against its
+    baseline plus [transfer] stream_memory (docs/design.md, Stream memory)."""
+    os.sync()
+    with daemon_with_job(store, ctx) as d:
+        base_rss = proc_status_kib(d.pid, "VmRSS")
+        peak = {"rss": 0, "buffered": 0.0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.1):
+                with contextlib.suppress(OSError):
+                    peak["rss"] = max(peak["rss"], proc_status_kib(d.pid, "VmRSS"))
+                    peak["buffered"] = max(
+                        peak["buffered"], d.metric("s3feed_stream_buffered_bytes") or 0
+                    )
+
+        if rate is None:
+            plan = peers.CONTENDERS_BY_NAME["s3feed-cat"].plan(ctx, True)
+            cmds, env = plan.cmds, plan.env
+        else:
+            curl = ["curl", "-sS", "--fail", "--limit-rate", str(rate), "--unix-socket"]
+            cmds = [[*curl, str(d.socket), ctx.object_url, "-o", "-"], peers._cmp(ctx)]
+            env = None
+        timeout = run_timeout(ctx.size * n) + (ctx.size / rate * 2 if rate else 0)
+        results: list[Any] = [None] * n
+
+        def go(i: int) -> None:
+            results[i] = run_pipeline(cmds, env=env, timeout=timeout)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        cpu0 = proc_cpu(d.pid)
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - t0
+        stop.set()
+        sampler.join()
+        return {
+            "streams": n,
+            "size": ctx.size,
+            "rate_limit": rate,
+            "wall_s": wall,
+            "ok": all(r is not None and r.ok for r in results),
+            "daemon_cpu_s": proc_cpu(d.pid) - cpu0,
+            "base_rss_mib": base_rss / 1024,
+            "peak_rss_sampled_mib": peak["rss"] / 1024,
+            "daemon_hwm_mib": proc_status_kib(d.pid, "VmHWM") / 1024,
+            "peak_buffered_mib": peak["buffered"] / MiB,
+            "window_mib": _transfer(ctx).stream_window / MiB,
+            "budget_mib": _transfer(ctx).stream_memory / MiB,
         }
 
 
@@ -424,7 +494,7 @@ def transfer_setting(text: str) -> tuple[str, int | str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=parse_size, default=2 * GiB, help="test object (default 2GiB)")
-    p.add_argument("--runs", type=int, default=3, help="measured rounds (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="measured rounds (default 5)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
     p.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
     p.add_argument("--upload-part-size", type=parse_size, default=16 * MiB)
@@ -435,9 +505,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conc-tenants", type=int, default=4)
     p.add_argument("--conc-size", type=parse_size, default=512 * MiB)
     p.add_argument("--conc-rounds", type=int, default=3)
+    p.add_argument("--crowd-streams", type=int, default=8, help="streams at once (default 8)")
+    p.add_argument(
+        "--crowd-rate", type=int, default=10_000_000,
+        help="bytes/s of each slow reader in the slow crowd (default 10 MB/s)",
+    )  # fmt: skip
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument(
-        "--skip", nargs="+", default=[], choices=["main", "ttfb", "slow", "concurrency", "idle"]
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=["main", "ttfb", "slow", "crowd", "concurrency", "idle"],
     )
     p.add_argument(
         "--transfer", nargs="+", default=[], metavar="KEY=VALUE", type=transfer_setting,
@@ -485,6 +563,15 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
                 slow_ctx = prepare(store, args, size=args.slow_size)
             log(f"slow reader: {slow_ctx.size} bytes at {args.slow_rate} B/s")
             facts["slow"] = slow_reader(slow_ctx, store, args.slow_rate)
+        if "crowd" not in args.skip:
+            crowd_ctx = ctx
+            if args.slow_size and args.slow_size != ctx.size:
+                crowd_ctx = prepare(store, args, size=args.slow_size)
+            log(f"{args.crowd_streams} streams at once, readers that keep up")
+            fast = stream_crowd(crowd_ctx, store, args.crowd_streams, None)
+            log(f"{args.crowd_streams} streams at once, readers at {args.crowd_rate} B/s")
+            slow = stream_crowd(crowd_ctx, store, args.crowd_streams, args.crowd_rate)
+            facts["crowd"] = [fast, slow]
         if "concurrency" not in args.skip:
             log(f"concurrency: {args.conc_jobs} jobs of {args.conc_tenants} tenants")
             refs = []
