@@ -258,6 +258,11 @@ def _python_peer(tool: str) -> Callable[[Ctx, bool], Plan]:
     return plan
 
 
+def _curl_file(ctx: Ctx, exact: bool) -> Plan:
+    out = ctx.out / "curl.bin"
+    return Plan([["curl", "-sS", "--fail", "-o", str(out), ctx.presigned]], out_file=out)
+
+
 def _curl_ceiling(ctx: Ctx, exact: bool) -> Plan:
     return _curl_stream([ctx.presigned], ctx, exact)
 
@@ -270,6 +275,7 @@ CONTENDERS = [
         "awscrt", "file", "S3Client GET_OBJECT to a file, 16 MiB parts", _python_peer("awscrt")
     ),
     Contender("boto3", "file", "download_file, 16 threads x 16 MiB", _python_peer("boto3")),
+    Contender("curl-file", "file", "1 GET, presigned, to a file (the floor)", _curl_file),
     Contender(
         "s3feed-cat",
         "stream",
