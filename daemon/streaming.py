@@ -32,7 +32,7 @@ from aiohttp import web
 from s3feed.transfer.errors import InvalidRange
 from s3feed.transfer.serve import Delivery, ObjectServer
 
-from .errors import ApiError, describe, error_body, s3_ids
+from .errors import STATUS_BY_CODE, ApiError, describe, error_body, s3_ids
 from .jobs import Job, TransferRecord, TransferState
 
 log = logging.getLogger("s3feed.stream")
@@ -300,12 +300,17 @@ async def deliver_object(
     delivered, or the error document with `Delivered` (bytes written)."""
     if request.query.get("deliver") != "fd":
         raise ApiError("InvalidRequest", "POST to an object needs ?deliver=fd (GET streams it)")
-    fd = await receive_fd(request, fd_timeout)
+    try:
+        fd = await receive_fd(request, fd_timeout)
+    except ApiError as exc:
+        return _answer(error_body(exc.code, exc.message), STATUS_BY_CODE[exc.code])
     writer: FdWriter | None = None
     try:
         check_output_fd(fd)
         writer = FdWriter(fd)
         return await _deliver(request, job, key, server, writer)
+    except ApiError as exc:
+        return _answer(error_body(exc.code, exc.message, Delivered=0), STATUS_BY_CODE[exc.code])
     finally:
         if writer is not None:
             writer.close()  # the pipe's reader sees EOF (or a short file) now
@@ -316,12 +321,18 @@ async def deliver_object(
 async def _deliver(
     request: web.Request, job: Job, key: str, server: ObjectServer, writer: FdWriter
 ) -> web.Response:
-    delivery = await server.open(
-        job.store,
-        job.location.key_for(key),
-        tenant=job.tenant,
-        choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
-    )
+    try:
+        delivery = await server.open(
+            job.store,
+            job.location.key_for(key),
+            tenant=job.tenant,
+            choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
+        )
+    except Exception as exc:  # known before a byte moves: the output is untouched
+        status, code, message, headers = describe(exc)
+        if status >= 500 and code == "InternalError":
+            raise  # a bug of ours: the middleware logs it
+        return _answer(error_body(code, message, s3_ids(exc), Delivered=0), status, headers)
     meta = delivery.meta
     doc: dict[str, object] = {
         "Key": key, "ETag": meta.etag, "Size": meta.size, "Length": delivery.length,
