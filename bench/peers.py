@@ -126,6 +126,7 @@ class Ctx:
     job_key: str = ""  # key relative to the job's folder
     socket: Path | None = None  # the daemon of this run
     transfer: dict[str, Any] = field(default_factory=dict)  # [transfer] of every daemon
+    ca_bundle: Path | None = None  # HTTPS: the throwaway CA every contender is told to trust
 
     def aws_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
@@ -138,6 +139,8 @@ class Ctx:
             AWS_CONFIG_FILE="/dev/null",
             AWS_SHARED_CREDENTIALS_FILE="/dev/null",
         )
+        if self.ca_bundle is not None:
+            env["AWS_CA_BUNDLE"] = str(self.ca_bundle)  # boto3, s5cmd, awscrt (clients.py)
         return env
 
     def rclone_env(self) -> dict[str, str]:
@@ -152,7 +155,12 @@ class Ctx:
             "SESSION_TOKEN": self.creds["SessionToken"],
         }.items():
             env[f"RCLONE_CONFIG_BENCH_{k}"] = v
+        if self.ca_bundle is not None:
+            env["RCLONE_CA_CERT"] = str(self.ca_bundle)
         return env
+
+    def curl_tls(self) -> list[str]:
+        return ["--cacert", str(self.ca_bundle)] if self.ca_bundle is not None else []
 
     @property
     def out(self) -> Path:
@@ -193,6 +201,8 @@ def _cmp(ctx: Ctx) -> list[str]:
 
 def _curl_stream(url: list[str], ctx: Ctx, exact: bool) -> Plan:
     base = ["curl", "-sS", "--fail", *url]
+    if "--unix-socket" not in url:
+        base[1:1] = ctx.curl_tls()
     return Plan([[*base, "-o", "-"], _cmp(ctx)], readers=1)
 
 
@@ -260,7 +270,8 @@ def _python_peer(tool: str) -> Callable[[Ctx, bool], Plan]:
 
 def _curl_file(ctx: Ctx, exact: bool) -> Plan:
     out = ctx.out / "curl.bin"
-    return Plan([["curl", "-sS", "--fail", "-o", str(out), ctx.presigned]], out_file=out)
+    cmd = ["curl", "-sS", "--fail", *ctx.curl_tls(), "-o", str(out), ctx.presigned]
+    return Plan([cmd], out_file=out)
 
 
 def _curl_ceiling(ctx: Ctx, exact: bool) -> Plan:

@@ -31,14 +31,15 @@ def _other(r: dict[str, Any]) -> float:
     return float(r["machine_busy_s"] - measured)
 
 
-def summarize(facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def summarize(facts: dict[str, Any], key: str = "main") -> dict[str, dict[str, Any]]:
+    """Per contender, over facts[key] ("main": plain HTTP; "main_https")."""
     size = facts["object"]["size"]
-    rows = [r for r in facts.get("main", []) if r["round"] > 0]
+    rows = [r for r in facts.get(key, []) if r["round"] > 0]
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by[r["name"]].append(r)
     checks: dict[str, tuple[int, int, int]] = {}
-    for r in facts.get("main", []):
+    for r in facts.get(key, []):
         ok, total, exact = checks.get(r["name"], (0, 0, 0))
         good = r["error"] is None
         checks[r["name"]] = (ok + good, total + 1, exact + (good and r["exact"]))
@@ -117,9 +118,13 @@ def render(facts: dict[str, Any]) -> str:
         "Versions: " + "; ".join(f"{k} `{v}`" for k, v in facts["versions"].items()) + ".",
         "",
     ]
-    if facts.get("main"):
-        summary = summarize(facts)
+    for key, proto in (("main", "plain HTTP"), ("main_https", "HTTPS")):
+        if not facts.get(key):
+            continue
+        summary = summarize(facts, key)
         how = {c.name: c.how for c in CONTENDERS}
+        if key == "main_https":
+            lines += [f"# HTTPS: {facts.get('https_note', '')}", ""]
         for mode, title in (("file", "To a file (cache mode)"), ("stream", "Streams, in order")):
             names = [
                 c.name for c in CONTENDERS if c.name in summary and summary[c.name]["mode"] == mode
@@ -128,7 +133,7 @@ def render(facts: dict[str, Any]) -> str:
                 continue
             base = BASELINE[mode]
             lines += [
-                f"## {title}",
+                f"## {title}, {proto}",
                 "",
                 f"Ratios are the contender's over {base}'s in the same round (> 1: s3feed better).",
                 "",
@@ -152,7 +157,7 @@ def render(facts: dict[str, Any]) -> str:
                     f" | {ok}/{total} ok, {exact} byte-exact |"
                 )
             lines.append("")
-        lines += _failures(facts)
+        lines += _failures(facts, key)
     if facts.get("ttfb"):
         lines += ["## Time to first byte", "",
                   "From spawning the reader process to its first byte (the first 64 KiB"
@@ -226,8 +231,8 @@ def _sys(s: dict[str, Any]) -> str:
     return f" ({_f(s['daemon_sys_s'])} sys)" if s["daemon_hwm_mib"] else ""
 
 
-def _failures(facts: dict[str, Any]) -> list[str]:
-    failed = [r for r in facts["main"] if r["error"]]
+def _failures(facts: dict[str, Any], key: str = "main") -> list[str]:
+    failed = [r for r in facts[key] if r["error"]]
     if not failed:
         return []
     out = ["Failed runs:", ""]

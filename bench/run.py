@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -151,7 +152,10 @@ def run_one(contender: Contender, ctx: Ctx, store: Store, exact: bool) -> dict[s
 def daemon_with_job(
     store: Store, ctx: Ctx, transfer: dict[str, Any] | None = None
 ) -> Iterator[s3feedd.Daemon]:
-    with s3feedd.running(store, ctx.work / "daemon", {**ctx.transfer, **(transfer or {})}) as d:
+    with s3feedd.running(
+        store, ctx.work / "daemon", {**ctx.transfer, **(transfer or {})},
+        endpoint_url=ctx.endpoint_url if ctx.ca_bundle else None, ca_bundle=ctx.ca_bundle,
+    ) as d:  # fmt: skip
         client = Client(str(d.socket))
         uri = s3feedd.job_uri(store, "bench/")
         # A daemon on an encoder host is long-lived: its botocore models are
@@ -521,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--transfer", nargs="+", default=[], metavar="KEY=VALUE", type=transfer_setting,
         help="a [transfer] setting for every s3feed daemon (tuning runs), e.g. part_size=32MiB",
     )  # fmt: skip
+    p.add_argument(
+        "--https", action="store_true",
+        help="run every main row twice: plain HTTP, then HTTPS (SeaweedFS -s3.port.https with a"
+        " throwaway CA every contender is told to trust; s3feed's rows only if its"
+        " configuration takes [s3] ca_bundle)",
+    )  # fmt: skip
     p.add_argument("--work", type=Path, default=WORK, help="scratch (default bench/.work)")
     p.add_argument(
         "--results", type=Path, default=RESULTS, help="markdown report (default bench/RESULTS.md)"
@@ -542,7 +552,9 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         if store is None:
             log("starting SeaweedFS")
-            store = stack.enter_context(own_seaweed(args.work))
+            store = stack.enter_context(own_seaweed(args.work, https=args.https))
+        if args.https and (store.https_endpoint_url is None or store.ca_bundle is None):
+            raise SystemExit("--https needs a SeaweedFS with its HTTPS port (own_seaweed)")
         facts["server"] = {"endpoint": store.endpoint_url}
         ctx = prepare(store, args)
         meta = head(store, ctx.key)
@@ -554,6 +566,8 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
         contenders = peers.by_name(args.only)
         if "main" not in args.skip:
             facts["main"] = main_suite(contenders, ctx, store, args.runs, args.warmup)
+            if args.https:
+                facts["main_https"], facts["https_note"] = https_suite(contenders, ctx, store, args)
         if "ttfb" not in args.skip:
             log("time to first byte")
             facts["ttfb"] = ttfb_suite(contenders, ctx, store, args.ttfb_runs)
@@ -594,6 +608,30 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     print(text)
     log(f"wrote {args.results} and {raw}")
     return facts
+
+
+def https_suite(
+    contenders: list[Contender], ctx: Ctx, store: Store, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], str]:
+    """The main rows again over HTTPS: the same server's TLS port, every
+    contender trusting the throwaway CA (peers.Ctx: AWS_CA_BUNDLE, rclone
+    --ca-cert, curl --cacert; the daemon `[s3]`/`[sts] ca_bundle`)."""
+    assert store.https_endpoint_url is not None and store.ca_bundle is not None
+    tls_ctx = dataclasses.replace(
+        ctx,
+        endpoint_url=store.https_endpoint_url,
+        ca_bundle=store.ca_bundle,
+        presigned=store.presign(ctx.key, endpoint_url=store.https_endpoint_url),
+    )
+    note = "every contender over HTTPS"
+    if not s3feedd.supports_ca_bundle(args.work / "probe", store.ca_bundle):
+        note = (
+            "s3feed's rows are left out: this s3feed does not take `[s3] ca_bundle` /"
+            " `[sts] ca_bundle` (issue 14, item 3), so it cannot trust the throwaway CA"
+        )
+        contenders = [c for c in contenders if not c.daemon]
+    log(f"HTTPS: {note}")
+    return main_suite(contenders, tls_ctx, store, args.runs, args.warmup), note
 
 
 def prepare(store: Store, args: argparse.Namespace, size: int | None = None) -> Ctx:

@@ -71,18 +71,30 @@ def job_uri(store: Store, folder: str) -> str:
 
 
 @contextlib.contextmanager
-def running(store: Store, work: Path, transfer: dict[str, Any] | None = None) -> Iterator[Daemon]:
+def running(
+    store: Store,
+    work: Path,
+    transfer: dict[str, Any] | None = None,
+    *,
+    endpoint_url: str | None = None,
+    ca_bundle: Path | None = None,
+) -> Iterator[Daemon]:
+    """A fresh daemon; with `endpoint_url` and `ca_bundle`, S3 and STS over HTTPS
+    trusting that CA (`[s3] ca_bundle`, `[sts] ca_bundle`: see `supports_ca_bundle`)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     port = free_port()
     sections: dict[str, dict[str, Any]] = {
         "api": {"socket": work / "s3feed.sock"},
         "metrics": {"listen": f"127.0.0.1:{port}"},
-        "sts": {"region": store.region, "endpoint_url": store.endpoint_url},
-        "s3": {"endpoint_url": store.endpoint_url},
+        "sts": {"region": store.region, "endpoint_url": endpoint_url or store.endpoint_url},
+        "s3": {"endpoint_url": endpoint_url or store.endpoint_url},
         "transfer": dict(transfer or {}),
         "cache": {"dir": work / "cache", "max_size": "64GiB", "min_free": "1GiB"},
     }
+    if ca_bundle is not None:
+        sections["s3"]["ca_bundle"] = ca_bundle
+        sections["sts"]["ca_bundle"] = ca_bundle
     lines = []
     for name, keys in sections.items():
         lines.append(f"[{name}]")
@@ -120,6 +132,18 @@ def running(store: Store, work: Path, transfer: dict[str, Any] | None = None) ->
                 process.kill()
                 process.wait(timeout=10)
         shutil.rmtree(work / "cache", ignore_errors=True)
+
+
+def supports_ca_bundle(work: Path, ca: Path) -> bool:
+    """Whether this s3feed takes `[s3] ca_bundle` and `[sts] ca_bundle` (issue 14's
+    HTTPS work): `s3feed config check` of a configuration that sets them."""
+    work.mkdir(parents=True, exist_ok=True)
+    probe = work / "ca-probe.toml"
+    probe.write_text(f'[s3]\nca_bundle = "{ca}"\n\n[sts]\nca_bundle = "{ca}"\n')
+    out = subprocess.run(
+        [str(S3FEED), "config", "check", str(probe)], capture_output=True, timeout=60
+    )
+    return out.returncode == 0
 
 
 def _wait_for_socket(daemon: Daemon, timeout: float = 60) -> None:

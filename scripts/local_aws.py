@@ -39,7 +39,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -1041,8 +1041,11 @@ def provision_seaweed(paths: Paths, endpoint: str, keys: dict[str, str]) -> list
     return checked
 
 
-def start_seaweed(paths: Paths, owner: str = "cli") -> dict[str, Any]:
-    """Start (or find running) SeaweedFS (`weed mini`); returns its state entry."""
+def start_seaweed(
+    paths: Paths, owner: str = "cli", extra_args: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Start (or find running) SeaweedFS (`weed mini`); returns its state entry.
+    `extra_args` go to `weed mini` (the benchmark's HTTPS port and certificate)."""
     with locked(paths):
         state = read_state(paths)
         current = state.get("seaweed")
@@ -1085,6 +1088,7 @@ def start_seaweed(paths: Paths, owner: str = "cli") -> dict[str, Any]:
                 f"-admin.port={ports['admin']}",
                 f"-s3.localSocket={paths.seaweed_data / 's3.sock'}",
                 f"-filer.localSocket={paths.seaweed_data / 'filer.sock'}",
+                *extra_args,
             ]
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             pid = spawn(cmd, env, paths.seaweed_log, paths.root)
