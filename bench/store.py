@@ -106,7 +106,7 @@ class Store:
 def throwaway_ca(work: Path) -> tuple[Path, Path, Path]:
     """A CA made for this run and a certificate it signed for 127.0.0.1 and
     localhost (openssl): (ca.pem, cert.pem, key.pem) in WORK/tls."""
-    d = work / "tls"
+    d = work.resolve() / "tls"
     d.mkdir(parents=True, exist_ok=True)
     ca, ca_key = d / "ca.pem", d / "ca-key.pem"
     cert, key, csr, ext = d / "cert.pem", d / "key.pem", d / "cert.csr", d / "ext.cnf"
