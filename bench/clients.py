@@ -8,8 +8,9 @@ AWS_SESSION_TOKEN. The whole process is measured, as for the binary peers
 
 - boto3: `download_file` with the classic transfer manager (the CRT one
   ignores endpoint_url), 16 threads, 16 MiB chunks.
-- awscrt: `awscrt.s3.S3Client` GET_OBJECT into a file, TLS off, 16 MiB parts;
-  the endpoint is the Host header (host:port).
+- awscrt: `awscrt.s3.S3Client` GET_OBJECT into a file, 16 MiB parts; TLS
+  when the endpoint is https (trusting AWS_CA_BUNDLE); the endpoint is the
+  Host header (host:port).
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ def boto3_download(endpoint: str, bucket: str, key: str, out: str, part_size: in
 def awscrt_download(endpoint: str, bucket: str, key: str, out: str, part_size: int) -> None:
     from awscrt.auth import AwsCredentialsProvider
     from awscrt.http import HttpHeaders, HttpRequest
-    from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+    from awscrt.io import (
+        ClientBootstrap,
+        ClientTlsContext,
+        DefaultHostResolver,
+        EventLoopGroup,
+        TlsContextOptions,
+    )
     from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
 
     elg = EventLoopGroup()
@@ -51,13 +58,22 @@ def awscrt_download(endpoint: str, bucket: str, key: str, out: str, part_size: i
         os.environ["AWS_SECRET_ACCESS_KEY"],
         os.environ.get("AWS_SESSION_TOKEN"),
     )
+    tls: dict[str, object] = {"tls_mode": S3RequestTlsMode.DISABLED}
+    if urlsplit(endpoint).scheme == "https":
+        options = TlsContextOptions()
+        if os.environ.get("AWS_CA_BUNDLE"):
+            options.override_default_trust_store_from_path(None, os.environ["AWS_CA_BUNDLE"])
+        tls = {
+            "tls_mode": S3RequestTlsMode.ENABLED,
+            "tls_connection_options": ClientTlsContext(options).new_connection_options(),
+        }
     client = S3Client(
         bootstrap=bootstrap,
         region="us-east-1",
         credential_provider=creds,
-        tls_mode=S3RequestTlsMode.DISABLED,
         part_size=part_size,
         throughput_target_gbps=10.0,
+        **tls,  # type: ignore[arg-type]
     )
     host = urlsplit(endpoint).netloc
     request = HttpRequest("GET", f"/{bucket}/{key}", HttpHeaders([("Host", host)]))

@@ -1,10 +1,8 @@
 """Per-job RSS of idle jobs: a real daemon on the local AWS (ministack), 200 jobs.
 
-    .venv/bin/python bench/job_rss.py [--jobs 200] [--code DIR]
+    .venv/bin/python bench/job_rss.py [--jobs 200]
 
-Starts `s3feed serve` (from this checkout, or from the package tree DIR,
-i.e. DIR/s3feed/{auth,transfer,daemon}, to measure another revision),
-registers 10 warm-up jobs and lists each once (every code path imported,
+Starts `s3feed serve` (localaws/daemon.py), registers 10 warm-up jobs and lists each once (every code path imported,
 pools at their steady size), reads VmRSS, registers `--jobs` more jobs
 (each registration warms the job's store: docs/design.md, Transfers), lists
 each once, waits a second, reads VmRSS again and prints
@@ -15,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,10 +20,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
+sys.path.insert(0, str(HERE.parent))  # localaws is not installed
 
-from conftest import _from_env, local_aws_script  # noqa: E402
-from daemonproc import Daemon, free_port, stop, wait_for_socket, write_config  # noqa: E402
+from conftest import _from_env  # noqa: E402
 
+import localaws  # noqa: E402
+from localaws.daemon import Identity, running  # noqa: E402
 from s3feed.daemon.client import Client  # noqa: E402
 
 
@@ -41,40 +39,20 @@ def rss_kib(pid: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
-    parser.add_argument("--code", type=Path, help="a tree holding s3feed/{auth,transfer,daemon}")
     args = parser.parse_args()
-    paths = local_aws_script.Paths()
-    local_aws_script.acquire(paths)
+    paths = localaws.Paths()
+    localaws.acquire(paths)
     try:
-        aws = _from_env(local_aws_script.env_vars(paths), paths.root)
+        aws = _from_env(localaws.env_vars(paths), paths.root)
         with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
-            port = free_port()
-            sections = {
-                "api": {"socket": work / "s3feed.sock"},
-                "metrics": {"listen": f"127.0.0.1:{port}"},
-                "sts": {"region": aws.region, "endpoint_url": aws.endpoint_url},
-                "s3": {"endpoint_url": aws.endpoint_url},
-                "cache": {"dir": work / "cache", "max_size": "1GiB", "min_free": "0"},
+            identity = Identity(
+                aws.endpoint_url, aws.region, aws.daemon_access_key_id, aws.daemon_secret_access_key
+            )
+            overrides = {
+                "cache": {"max_size": "1GiB", "min_free": "0"},
                 "limits": {"jobs_per_uid": 10000, "job_creates_per_minute_per_uid": 100000},
             }
-            config = work / "s3feed.toml"
-            write_config(config, sections)
-            env = {
-                **os.environ,
-                "AWS_ACCESS_KEY_ID": aws.daemon_access_key_id,
-                "AWS_SECRET_ACCESS_KEY": aws.daemon_secret_access_key,
-                "AWS_DEFAULT_REGION": aws.region,
-            }
-            if args.code:
-                env["PYTHONPATH"] = str(args.code)
-            log = work / "s3feed.log"
-            cmd = [sys.executable, "-m", "s3feed.daemon", "serve", "--config", str(config)]
-            with log.open("wb") as out:
-                process = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
-            daemon = Daemon(process, work / "s3feed.sock", port, log, work / "cache", config)
-            try:
-                wait_for_socket(daemon)
+            with running(identity, Path(tmp), overrides) as daemon:
                 client = Client(str(daemon.socket), timeout=60)
                 uri = f"https://{aws.acme_bucket}.s3.{aws.region}.amazonaws.com/"
 
@@ -84,18 +62,15 @@ def main() -> None:
 
                 for n in range(10):
                     register(f"warm-{n}")
-                time.sleep(1)
-                before = rss_kib(process.pid)
+                time.sleep(1)  # a measurement, not a test: let the allocator settle
+                before = rss_kib(daemon.pid)
                 for n in range(args.jobs):
                     register(f"idle-{n}")
                 time.sleep(1)
-                after = rss_kib(process.pid)
-            finally:
-                stop(process)
+                after = rss_kib(daemon.pid)
         print(
             json.dumps(
                 {
-                    "code": str(args.code or "this checkout"),
                     "jobs": args.jobs,
                     "rss_before_kib": before,
                     "rss_after_kib": after,
@@ -104,7 +79,7 @@ def main() -> None:
             )
         )
     finally:
-        local_aws_script.release(paths)
+        localaws.release(paths)
 
 
 if __name__ == "__main__":

@@ -153,7 +153,8 @@ def run_pipeline(
                 stdout = subprocess.PIPE if capture_last else subprocess.DEVNULL
             else:
                 stdout = subprocess.PIPE
-            err_path = err_dir / f"s3feed-bench-{os.getpid()}-{i}.err"
+            # Unique per pipeline: several run at once from threads (streams at once).
+            err_path = err_dir / f"s3feed-bench-{os.getpid()}-{threading.get_ident()}-{i}.err"
             errs.append(err_path)
             with open(err_path, "wb") as err_fh:
                 p = subprocess.Popen(

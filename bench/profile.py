@@ -7,7 +7,8 @@ for each path runs one transfer while py-spy (bench/.venv) samples:
 
 - cache: the daemon during `POST fetches?wait=true`;
 - stream: the daemon during `curl --unix-socket ... -o /dev/null`;
-- cat: the `s3feed cat` client process (its own CPU, piped to cat >/dev/null).
+- cat: the daemon during `s3feed cat | consume` (a delivery: the daemon
+  writes the consumer's pipe itself; the CLI only waits).
 
 py-spy records only threads that are running (not those waiting in epoll),
 so sample counts are proportional to CPU time; with --native, C frames of
@@ -121,22 +122,20 @@ def profile(store: Store, args: argparse.Namespace) -> list[str]:
                 spy = record(d.pid, raw)
                 time.sleep(1.0)
                 subprocess.run([*curl, ctx.object_url, "-o", "/dev/null"], check=True, timeout=600)
-            else:
+            else:  # the daemon writes the consumer's pipe itself (a delivery)
                 env = {**os.environ, "S3FEED_SOCKET": str(d.socket)}
+                spy = record(d.pid, raw)
+                time.sleep(1.0)
                 cat = [str(peers.S3FEED), "cat", ctx.job_id, ctx.job_key]
-                cmd = ["sh", "-c", 'exec "$@" | cat >/dev/null', "sh", *cat]
-                spy = subprocess.Popen(
-                    [str(PY_SPY), "record", "--format", "raw", "--rate", "200", "--native",
-                     "--subprocesses", "-o", str(raw), "--", *cmd],
-                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                )  # fmt: skip
-                spy.wait(timeout=600)
+                consume = [str(peers.consumer_bin()), str(ctx.ref)]
+                cmd = ["sh", "-c", 'exec "$@" | ' + " ".join(consume), "sh", *cat]
+                subprocess.run(cmd, env=env, check=True, timeout=600)
             wall, dcpu = time.monotonic() - t0, proc_cpu(d.pid) - cpu0
             stop(spy)
         ctx.socket = None
         title = {"cache": "Daemon, cache mode (fetch with wait)",
                  "stream": "Daemon, stream mode (curl --unix-socket to /dev/null)",
-                 "cat": "`s3feed cat` client (to cat >/dev/null)"}[path]  # fmt: skip
+                 "cat": "Daemon, `s3feed cat | consume` (the daemon writes the pipe)"}[path]  # fmt: skip
         lines += [f"## {title}", "", f"wall {wall:.2f} s (py-spy attached); daemon CPU"
                   f" {dcpu:.2f} s.", ""]  # fmt: skip
         lines += summarize(raw) if raw.exists() else ["(py-spy wrote nothing)"]
@@ -149,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=parse_size, default=1 * GiB)
     p.add_argument("--upload-part-size", type=parse_size, default=16 * MiB)
     p.add_argument("--work", type=Path, default=WORK / "profile")
+    p.set_defaults(transfer=[])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "PROFILE.md")
     args = p.parse_args(argv)
     peers.install()

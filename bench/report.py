@@ -3,9 +3,10 @@
 Medians over the measured rounds (the warm-up is only a check). Ratios are
 paired: a contender's figure divided by s3feed's in the same round, then
 the median of those, so a noisy round moves both sides of a ratio. GB are
-10^9 bytes; MiB are 2^20. CPU-s per GB counts the daemon and the client
-process (the `cmp` reader of stream runs is reported apart, and SeaweedFS's
-own CPU is shown for context, not counted).
+10^9 bytes; MiB are 2^20. CPU-s per GB, the first figure (on an encoder
+host every CPU-second is taken from the encode), counts the daemon and the
+client process (the consumer every stream is piped into is the same for all
+and reported apart; SeaweedFS's own CPU is shown for context, not counted).
 """
 
 from __future__ import annotations
@@ -30,19 +31,15 @@ def _other(r: dict[str, Any]) -> float:
     return float(r["machine_busy_s"] - measured)
 
 
-def _other(r: dict[str, Any]) -> float:
-    measured = r["client_cpu_s"] + r["daemon_cpu_s"] + r["server_cpu_s"] + r["reader_cpu_s"]
-    return float(r["machine_busy_s"] - measured)
-
-
-def summarize(facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def summarize(facts: dict[str, Any], key: str = "main") -> dict[str, dict[str, Any]]:
+    """Per contender, over facts[key] ("main": plain HTTP; "main_https")."""
     size = facts["object"]["size"]
-    rows = [r for r in facts.get("main", []) if r["round"] > 0]
+    rows = [r for r in facts.get(key, []) if r["round"] > 0]
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by[r["name"]].append(r)
     checks: dict[str, tuple[int, int, int]] = {}
-    for r in facts.get("main", []):
+    for r in facts.get(key, []):
         ok, total, exact = checks.get(r["name"], (0, 0, 0))
         good = r["error"] is None
         checks[r["name"]] = (ok + good, total + 1, exact + (good and r["exact"]))
@@ -70,6 +67,14 @@ def summarize(facts: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "client_rss_mib": max((r["client_rss_mib"] for r in good), default=float("nan")),
             "daemon_hwm_mib": max(
                 (r["daemon_hwm_mib"] for r in good if r["daemon_hwm_mib"]), default=None
+            ),
+            "daemon_growth_mib": max(
+                (
+                    r["daemon_hwm_mib"] - r["daemon_base_mib"]
+                    for r in good
+                    if r["daemon_hwm_mib"] and r.get("daemon_base_mib")
+                ),
+                default=None,
             ),
             "checks": checks.get(name, (0, 0, 0)),
         }
@@ -113,9 +118,13 @@ def render(facts: dict[str, Any]) -> str:
         "Versions: " + "; ".join(f"{k} `{v}`" for k, v in facts["versions"].items()) + ".",
         "",
     ]
-    if facts.get("main"):
-        summary = summarize(facts)
+    for key, proto in (("main", "plain HTTP"), ("main_https", "HTTPS")):
+        if not facts.get(key):
+            continue
+        summary = summarize(facts, key)
         how = {c.name: c.how for c in CONTENDERS}
+        if key == "main_https":
+            lines += [f"# HTTPS: {facts.get('https_note', '')}", ""]
         for mode, title in (("file", "To a file (cache mode)"), ("stream", "Streams, in order")):
             names = [
                 c.name for c in CONTENDERS if c.name in summary and summary[c.name]["mode"] == mode
@@ -124,29 +133,31 @@ def render(facts: dict[str, Any]) -> str:
                 continue
             base = BASELINE[mode]
             lines += [
-                f"## {title}",
+                f"## {title}, {proto}",
                 "",
                 f"Ratios are the contender's over {base}'s in the same round (> 1: s3feed better).",
                 "",
-                "| contender | how | wall s (min-max) | GB/s | CPU-s/GB | client + daemon CPU-s"
-                " | peak RSS MiB client / daemon | server CPU-s | other CPU-s | wall ratio | CPU ratio"
-                " | checked |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "| contender | how | CPU-s/GB | CPU ratio | wall s (min-max) | wall ratio | GB/s"
+                " | client + daemon CPU-s | consumer CPU-s | peak RSS MiB client / daemon (+ over"
+                " its baseline) | server CPU-s | other CPU-s | checked |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for n in names:
                 s = summary[n]
                 ok, total, exact = s["checks"]
+                growth = f" (+{_f(s['daemon_growth_mib'], 0)})" if s["daemon_growth_mib"] else ""
                 lines.append(
-                    f"| {n} | {how[n]} | {_f(s['wall_s'])} ({_f(s['wall_min'])}-{_f(s['wall_max'])})"
-                    f" | {_f(s['gbps'])} | {_f(s['cpu_per_gb'])}"
+                    f"| {n} | {how[n]} | **{_f(s['cpu_per_gb'])}** | {_f(s['cpu_ratio'])}"
+                    f" | {_f(s['wall_s'])} ({_f(s['wall_min'])}-{_f(s['wall_max'])})"
+                    f" | {_f(s['wall_ratio'])} | {_f(s['gbps'])}"
                     f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
-                    f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}"
+                    f" | {_f(s['reader_cpu_s']) if mode == 'stream' else '—'}"
+                    f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}{growth}"
                     f" | {_f(s['server_cpu_s'])} | {_f(s['other_cpu_s'])}"
-                    f" | {_f(s['wall_ratio'])} | {_f(s['cpu_ratio'])}"
                     f" | {ok}/{total} ok, {exact} byte-exact |"
                 )
             lines.append("")
-        lines += _failures(facts)
+        lines += _failures(facts, key)
     if facts.get("ttfb"):
         lines += ["## Time to first byte", "",
                   "From spawning the reader process to its first byte (the first 64 KiB"
@@ -162,15 +173,19 @@ def render(facts: dict[str, Any]) -> str:
         lines += [
             "## Slow reader",
             "",
-            f"{s['size']} bytes streamed to `curl --limit-rate {s['rate_limit']}` (| cmp):"
+            f"{s['size']} bytes streamed to `curl --limit-rate {s['rate_limit']}` (| consume):"
             f" {_f(s['wall_s'], 1)} s ({_f(s['size'] / s['wall_s'] / 1e6, 1)} MB/s),"
             f" {'byte-exact' if s['ok'] else 'FAILED'}. Daemon RSS {_f(s['base_rss_mib'], 0)} MiB"
             f" before, peak {_f(s['daemon_hwm_mib'], 0)} MiB (VmHWM; sampled max"
-            f" {_f(s['peak_rss_sampled_mib'], 0)}); stream window {s['window_mib']:g} MiB,"
-            f" `s3feed_stream_buffered_bytes` peak {_f(s['peak_buffered_mib'], 0)} MiB;"
-            f" daemon CPU {_f(s['daemon_cpu_s'])} s.",
+            f" {_f(s['peak_rss_sampled_mib'], 0)}), against the budget: baseline +"
+            f" `stream_memory` {s.get('budget_mib', float('nan')):g} MiB ="
+            f" {_f(s['base_rss_mib'] + s.get('budget_mib', float('nan')), 0)} MiB; stream window"
+            f" {s['window_mib']:g} MiB, `s3feed_stream_buffered_bytes` peak"
+            f" {_f(s['peak_buffered_mib'], 0)} MiB; daemon CPU {_f(s['daemon_cpu_s'])} s.",
             "",
         ]
+    if facts.get("crowd"):
+        lines += _crowd(facts["crowd"])
     if facts.get("concurrency"):
         lines += _concurrency(facts["concurrency"])
     if facts.get("idle"):
@@ -194,10 +209,17 @@ def render(facts: dict[str, Any]) -> str:
         " job creates its own S3 client inside the measured request, as every new job does);"
         " its peak RSS is VmHWM since start.",
         _transfer_line(facts),
-        "- All read with the same kind of credentials (a session of the reader role). Stream"
-        " contenders write into `cmp - REF`, which checks every byte and plays `cat >/dev/null`;"
-        " curl to /dev/null is checked by size and status each run and byte-exact in the warm-up.",
-        "- `os.sync()` before each run, so no run pays for another's dirty pages.",
+        "- All read with the same kind of credentials: role-session keys from AssumeRole of the"
+        " reader role (the daemon assumes it for its job; the peers get the keys of one"
+        " AssumeRole). Every stream contender writes into the same consumer, bench/consume.c"
+        " (read(2) into 1 MiB, memcmp against the mmap'd reference, length checked: every byte"
+        " of every run checked, for about the CPU of `cat >/dev/null`); every file contender"
+        " writes into the same file system (the work directory), compared with `cmp` after the"
+        " timed part. `s3feed cat` passes its stdout (the consumer's pipe) to the daemon, which"
+        " writes into it itself.",
+        "- `os.sync()` before each run, so no run pays for another's dirty pages. At least 5"
+        " measured rounds, in alternating order (A B C, C B A); medians, and paired ratios"
+        " (per round, then the median).",
         "- `other CPU-s` = machine busy time during the run minus everything measured: other"
         " people's load plus kernel threads (writeback, softirq).",
         "",
@@ -209,12 +231,41 @@ def _sys(s: dict[str, Any]) -> str:
     return f" ({_f(s['daemon_sys_s'])} sys)" if s["daemon_hwm_mib"] else ""
 
 
-def _failures(facts: dict[str, Any]) -> list[str]:
-    failed = [r for r in facts["main"] if r["error"]]
+def _failures(facts: dict[str, Any], key: str = "main") -> list[str]:
+    failed = [r for r in facts[key] if r["error"]]
     if not failed:
         return []
     out = ["Failed runs:", ""]
     out += [f"- {r['name']} round {r['round']}: {r['error'][:300]}" for r in failed]
+    return [*out, ""]
+
+
+def _crowd(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "## Streams at once (stream memory)",
+        "",
+        "Several streams of the object at once on one fresh daemon, each into the consumer;"
+        " the daemon's peak RSS against its baseline plus `[transfer] stream_memory` (all"
+        " stream windows together) and the buffered-bytes gauge's peak (sampled every 100 ms).",
+        "",
+        "| streams | readers | wall s | aggregate MB/s | daemon CPU-s | RSS before MiB"
+        " | peak RSS MiB (VmHWM) | budget: before + stream_memory MiB | buffered peak MiB"
+        " | within | checked |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        readers = (
+            "`s3feed cat` (keep up)" if r["rate_limit"] is None
+            else f"curl --limit-rate {r['rate_limit'] / 1e6:g} MB/s"
+        )  # fmt: skip
+        limit = r["base_rss_mib"] + r["budget_mib"]
+        out.append(
+            f"| {r['streams']} | {readers} | {_f(r['wall_s'], 1)}"
+            f" | {_f(r['streams'] * r['size'] / r['wall_s'] / 1e6, 0)} | {_f(r['daemon_cpu_s'])}"
+            f" | {_f(r['base_rss_mib'], 0)} | {_f(r['daemon_hwm_mib'], 0)} | {_f(limit, 0)}"
+            f" | {_f(r['peak_buffered_mib'], 0)} | {'yes' if r['daemon_hwm_mib'] <= limit else '**no**'}"
+            f" | {'byte-exact' if r['ok'] else 'FAILED'} |"
+        )
     return [*out, ""]
 
 
@@ -239,7 +290,9 @@ def _concurrency(rounds: list[dict[str, Any]]) -> list[str]:
         f"- {n} at once: aggregate {_f(agg)} GB/s = {_f(agg / seq)} x one after another"
         f" ({_f(agg / first)} x the first alone); slowest/fastest {_f(fair)};"
         f" daemon {_f(med([r['daemon_cpu_s'] for r in rounds]))} CPU-s,"
-        f" peak RSS {_f(max(r['daemon_hwm_mib'] for r in rounds), 0)} MiB",
+        f" peak RSS {_f(max(r['daemon_hwm_mib'] for r in rounds), 0)} MiB (fetches hold no"
+        " stream window: `stream_memory` does not apply; receive buffers are"
+        " `global_concurrency` x 1 MiB)",
     ]
     for r in rounds:
         ds = ", ".join(f"{d:.1f}" for d in r["durations_s"])
@@ -252,7 +305,14 @@ def _concurrency(rounds: list[dict[str, Any]]) -> list[str]:
 
 
 def _targets(facts: dict[str, Any]) -> list[str]:
-    out = ["## Targets (issue 8)", "", "| target | measured | met |", "|---|---|---|"]
+    out = [
+        "## Targets (issues 8, 13, 14)",
+        "",
+        "Issue 14's bar is for 2 GiB on HTTP and HTTPS; a row says which run this is.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
     s = summarize(facts) if facts.get("main") else {}
 
     def row(what: str, measured: str, ok: bool | None) -> None:
@@ -261,6 +321,31 @@ def _targets(facts: dict[str, Any]) -> list[str]:
         )
 
     c, rc = s.get("s3feed-cache"), s.get("rclone-copyto")
+    st, rcat = s.get("s3feed-cat"), s.get("rclone-cat")
+    if c and rc:  # rclone's paired ratio is rclone over s3feed: s3feed <= k x rclone is >= 1/k
+        row("14: cache CPU-s/GB <= 0.8 x rclone copyto's (paired)",
+            f"{_f(c['cpu_per_gb'])} vs {_f(rc['cpu_per_gb'])}: {_f(1 / rc['cpu_ratio'])} x",
+            1 / rc["cpu_ratio"] <= 0.8)  # fmt: skip
+        row("14: cache wall <= 1.0 x rclone copyto's (paired)",
+            f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s: {_f(1 / rc['wall_ratio'])} x",
+            1 / rc["wall_ratio"] <= 1.0)  # fmt: skip
+    if st and rcat:
+        row("14: `s3feed cat` CPU-s/GB (daemon + cat) <= 1.0 x rclone cat's (paired)",
+            f"{_f(st['cpu_per_gb'])} vs {_f(rcat['cpu_per_gb'])}: {_f(1 / rcat['cpu_ratio'])} x",
+            1 / rcat["cpu_ratio"] <= 1.0)  # fmt: skip
+        row("14: `s3feed cat` wall <= 0.9 x rclone cat's (paired)",
+            f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s: {_f(1 / rcat['wall_ratio'])} x",
+            1 / rcat["wall_ratio"] <= 0.9)  # fmt: skip
+    if st and st["daemon_growth_mib"] is not None:
+        row("14: one stream's peak daemon RSS <= baseline + 64 MiB (reader keeps up)",
+            f"+{_f(st['daemon_growth_mib'], 0)} MiB (peak {_f(st['daemon_hwm_mib'], 0)})",
+            st["daemon_growth_mib"] <= 64)  # fmt: skip
+    for r in facts.get("crowd", []):
+        limit = r["base_rss_mib"] + r["budget_mib"]
+        kind = "keep up" if r["rate_limit"] is None else "slow"
+        row(f"13: {r['streams']} streams at once ({kind}): peak RSS <= baseline + stream_memory",
+            f"{_f(r['daemon_hwm_mib'], 0)} MiB vs {_f(limit, 0)} MiB",
+            r["daemon_hwm_mib"] <= limit)  # fmt: skip
     if c and rc:
         row("cache wall <= rclone copyto", f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s"
             f" (paired ratio {_f(rc['wall_ratio'])})", rc["wall_ratio"] >= 1)  # fmt: skip
@@ -269,7 +354,6 @@ def _targets(facts: dict[str, Any]) -> list[str]:
     if c:
         row("cache-mode peak RSS <= 150 MiB", f"{_f(c['daemon_hwm_mib'], 0)} MiB",
             c["daemon_hwm_mib"] is not None and c["daemon_hwm_mib"] <= 150)  # fmt: skip
-    st, rcat = s.get("s3feed-cat"), s.get("rclone-cat")
     if st and rcat:
         row("stream wall <= rclone cat", f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s"
             f" (paired ratio {_f(rcat['wall_ratio'])})", rcat["wall_ratio"] >= 1)  # fmt: skip
@@ -279,6 +363,10 @@ def _targets(facts: dict[str, Any]) -> list[str]:
         row("TTFB <= 1.5 x curl's (both curl)", f"{_f(a, 3)} s vs {_f(b, 3)} s", a <= 1.5 * b)
     if facts.get("slow"):
         sl = facts["slow"]
+        if "budget_mib" in sl:
+            row("13: slow reader: peak RSS <= baseline + stream_memory",
+                f"{_f(sl['daemon_hwm_mib'], 0)} MiB vs {_f(sl['base_rss_mib'] + sl['budget_mib'], 0)} MiB",
+                sl["daemon_hwm_mib"] <= sl["base_rss_mib"] + sl["budget_mib"])  # fmt: skip
         row("slow reader: peak RSS <= window + 100 MiB",
             f"{_f(sl['daemon_hwm_mib'], 0)} MiB vs {sl['window_mib'] + 100:g} MiB",
             sl["daemon_hwm_mib"] <= sl["window_mib"] + 100)  # fmt: skip

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -87,6 +88,7 @@ def measure(
     ctx.out.mkdir(parents=True)
     os.sync()  # earlier runs' dirty pages are not this run's cost
     capture = plan.path_from_stdout is not None or plan.size_line
+    base_rss = proc_status_kib(daemon_pid, "VmRSS") / 1024 if daemon_pid else None
     before = Sample.take(daemon_pid, store.server_pgid)
     res = run_pipeline(plan.cmds, env=plan.env, capture_last=capture, timeout=run_timeout(ctx.size))
     after = Sample.take(daemon_pid, store.server_pgid)
@@ -102,6 +104,7 @@ def measure(
         "daemon_cpu_s": after.daemon_cpu - before.daemon_cpu if daemon_pid else 0.0,
         "daemon_sys_s": after.daemon_sys - before.daemon_sys,
         "daemon_hwm_mib": proc_status_kib(daemon_pid, "VmHWM") / 1024 if daemon_pid else None,
+        "daemon_base_mib": base_rss,
         "server_cpu_s": after.server_cpu - before.server_cpu,
         "machine_busy_s": after.busy - before.busy,
         "error": None,
@@ -149,7 +152,10 @@ def run_one(contender: Contender, ctx: Ctx, store: Store, exact: bool) -> dict[s
 def daemon_with_job(
     store: Store, ctx: Ctx, transfer: dict[str, Any] | None = None
 ) -> Iterator[s3feedd.Daemon]:
-    with s3feedd.running(store, ctx.work / "daemon", {**ctx.transfer, **(transfer or {})}) as d:
+    with s3feedd.running(
+        store, ctx.work / "daemon", {**ctx.transfer, **(transfer or {})},
+        endpoint_url=ctx.endpoint_url if ctx.ca_bundle else None, ca_bundle=ctx.ca_bundle,
+    ) as d:  # fmt: skip
         client = Client(str(d.socket))
         uri = s3feedd.job_uri(store, "bench/")
         # A daemon on an encoder host is long-lived: its botocore models are
@@ -252,7 +258,7 @@ def slow_reader(ctx: Ctx, store: Store, rate: int) -> dict[str, Any]:
         cmd = ["curl", "-sS", "--fail", "--limit-rate", str(rate), "--unix-socket", str(d.socket)]
         cpu0 = proc_cpu(d.pid)
         res = run_pipeline(
-            [[*cmd, ctx.object_url, "-o", "-"], ["cmp", "-", str(ctx.ref)]],
+            [[*cmd, ctx.object_url, "-o", "-"], [str(peers.consumer_bin()), str(ctx.ref)]],
             timeout=120 + ctx.size / rate * 2,
         )
         stop.set()
@@ -267,7 +273,75 @@ def slow_reader(ctx: Ctx, store: Store, rate: int) -> dict[str, Any]:
             "peak_rss_sampled_mib": peak["rss"] / 1024,
             "daemon_hwm_mib": proc_status_kib(d.pid, "VmHWM") / 1024,
             "peak_buffered_mib": peak["buffered"] / MiB,
-            "window_mib": TransferConfig().stream_window / MiB,
+            "window_mib": _transfer(ctx).stream_window / MiB,
+            "budget_mib": _transfer(ctx).stream_memory / MiB,
+        }
+
+
+def _transfer(ctx: Ctx) -> TransferConfig:
+    """The [transfer] settings the daemons of this run have."""
+    return TransferConfig(
+        **{k: parse_size(v) if isinstance(v, str) else v for k, v in ctx.transfer.items()}
+    )
+
+
+def stream_crowd(ctx: Ctx, store: Store, n: int, rate: int | None) -> dict[str, Any]:
+    """`n` streams of the object at once on one fresh daemon, each into the
+    consumer: `s3feed cat` (rate None: readers that keep up) or curl on the
+    socket at `rate` bytes/s (slow readers). Daemon peak RSS against its
+    baseline plus [transfer] stream_memory (docs/design.md, Stream memory)."""
+    os.sync()
+    with daemon_with_job(store, ctx) as d:
+        base_rss = proc_status_kib(d.pid, "VmRSS")
+        peak = {"rss": 0, "buffered": 0.0}
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.1):
+                with contextlib.suppress(OSError):
+                    peak["rss"] = max(peak["rss"], proc_status_kib(d.pid, "VmRSS"))
+                    peak["buffered"] = max(
+                        peak["buffered"], d.metric("s3feed_stream_buffered_bytes") or 0
+                    )
+
+        if rate is None:
+            plan = peers.CONTENDERS_BY_NAME["s3feed-cat"].plan(ctx, True)
+            cmds, env = plan.cmds, plan.env
+        else:
+            curl = ["curl", "-sS", "--fail", "--limit-rate", str(rate), "--unix-socket"]
+            cmds = [[*curl, str(d.socket), ctx.object_url, "-o", "-"], peers._cmp(ctx)]
+            env = None
+        timeout = run_timeout(ctx.size * n) + (ctx.size / rate * 2 if rate else 0)
+        results: list[Any] = [None] * n
+
+        def go(i: int) -> None:
+            results[i] = run_pipeline(cmds, env=env, timeout=timeout)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        cpu0 = proc_cpu(d.pid)
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.monotonic() - t0
+        stop.set()
+        sampler.join()
+        return {
+            "streams": n,
+            "size": ctx.size,
+            "rate_limit": rate,
+            "wall_s": wall,
+            "ok": all(r is not None and r.ok for r in results),
+            "daemon_cpu_s": proc_cpu(d.pid) - cpu0,
+            "base_rss_mib": base_rss / 1024,
+            "peak_rss_sampled_mib": peak["rss"] / 1024,
+            "daemon_hwm_mib": proc_status_kib(d.pid, "VmHWM") / 1024,
+            "peak_buffered_mib": peak["buffered"] / MiB,
+            "window_mib": _transfer(ctx).stream_window / MiB,
+            "budget_mib": _transfer(ctx).stream_memory / MiB,
         }
 
 
@@ -424,7 +498,7 @@ def transfer_setting(text: str) -> tuple[str, int | str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=parse_size, default=2 * GiB, help="test object (default 2GiB)")
-    p.add_argument("--runs", type=int, default=3, help="measured rounds (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="measured rounds (default 5)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
     p.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
     p.add_argument("--upload-part-size", type=parse_size, default=16 * MiB)
@@ -435,13 +509,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conc-tenants", type=int, default=4)
     p.add_argument("--conc-size", type=parse_size, default=512 * MiB)
     p.add_argument("--conc-rounds", type=int, default=3)
+    p.add_argument("--crowd-streams", type=int, default=8, help="streams at once (default 8)")
+    p.add_argument(
+        "--crowd-rate", type=int, default=10_000_000,
+        help="bytes/s of each slow reader in the slow crowd (default 10 MB/s)",
+    )  # fmt: skip
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument(
-        "--skip", nargs="+", default=[], choices=["main", "ttfb", "slow", "concurrency", "idle"]
+        "--skip",
+        nargs="+",
+        default=[],
+        choices=["main", "ttfb", "slow", "crowd", "concurrency", "idle"],
     )
     p.add_argument(
         "--transfer", nargs="+", default=[], metavar="KEY=VALUE", type=transfer_setting,
         help="a [transfer] setting for every s3feed daemon (tuning runs), e.g. part_size=32MiB",
+    )  # fmt: skip
+    p.add_argument(
+        "--https", action="store_true",
+        help="run every main row twice: plain HTTP, then HTTPS (SeaweedFS -s3.port.https with a"
+        " throwaway CA every contender is told to trust; s3feed's rows only if its"
+        " configuration takes [s3] ca_bundle)",
     )  # fmt: skip
     p.add_argument("--work", type=Path, default=WORK, help="scratch (default bench/.work)")
     p.add_argument(
@@ -464,7 +552,9 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         if store is None:
             log("starting SeaweedFS")
-            store = stack.enter_context(own_seaweed(args.work))
+            store = stack.enter_context(own_seaweed(args.work, https=args.https))
+        if args.https and (store.https_endpoint_url is None or store.ca_bundle is None):
+            raise SystemExit("--https needs a SeaweedFS with its HTTPS port (own_seaweed)")
         facts["server"] = {"endpoint": store.endpoint_url}
         ctx = prepare(store, args)
         meta = head(store, ctx.key)
@@ -476,6 +566,8 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
         contenders = peers.by_name(args.only)
         if "main" not in args.skip:
             facts["main"] = main_suite(contenders, ctx, store, args.runs, args.warmup)
+            if args.https:
+                facts["main_https"], facts["https_note"] = https_suite(contenders, ctx, store, args)
         if "ttfb" not in args.skip:
             log("time to first byte")
             facts["ttfb"] = ttfb_suite(contenders, ctx, store, args.ttfb_runs)
@@ -485,6 +577,15 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
                 slow_ctx = prepare(store, args, size=args.slow_size)
             log(f"slow reader: {slow_ctx.size} bytes at {args.slow_rate} B/s")
             facts["slow"] = slow_reader(slow_ctx, store, args.slow_rate)
+        if "crowd" not in args.skip:
+            crowd_ctx = ctx
+            if args.slow_size and args.slow_size != ctx.size:
+                crowd_ctx = prepare(store, args, size=args.slow_size)
+            log(f"{args.crowd_streams} streams at once, readers that keep up")
+            fast = stream_crowd(crowd_ctx, store, args.crowd_streams, None)
+            log(f"{args.crowd_streams} streams at once, readers at {args.crowd_rate} B/s")
+            slow = stream_crowd(crowd_ctx, store, args.crowd_streams, args.crowd_rate)
+            facts["crowd"] = [fast, slow]
         if "concurrency" not in args.skip:
             log(f"concurrency: {args.conc_jobs} jobs of {args.conc_tenants} tenants")
             refs = []
@@ -507,6 +608,30 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     print(text)
     log(f"wrote {args.results} and {raw}")
     return facts
+
+
+def https_suite(
+    contenders: list[Contender], ctx: Ctx, store: Store, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], str]:
+    """The main rows again over HTTPS: the same server's TLS port, every
+    contender trusting the throwaway CA (peers.Ctx: AWS_CA_BUNDLE, rclone
+    --ca-cert, curl --cacert; the daemon `[s3]`/`[sts] ca_bundle`)."""
+    assert store.https_endpoint_url is not None and store.ca_bundle is not None
+    tls_ctx = dataclasses.replace(
+        ctx,
+        endpoint_url=store.https_endpoint_url,
+        ca_bundle=store.ca_bundle,
+        presigned=store.presign(ctx.key, endpoint_url=store.https_endpoint_url),
+    )
+    note = "every contender over HTTPS"
+    if not s3feedd.supports_ca_bundle(args.work / "probe", store.ca_bundle):
+        note = (
+            "s3feed's rows are left out: this s3feed does not take `[s3] ca_bundle` /"
+            " `[sts] ca_bundle` (issue 14, item 3), so it cannot trust the throwaway CA"
+        )
+        contenders = [c for c in contenders if not c.daemon]
+    log(f"HTTPS: {note}")
+    return main_suite(contenders, tls_ctx, store, args.runs, args.warmup), note
 
 
 def prepare(store: Store, args: argparse.Namespace, size: int | None = None) -> Ctx:

@@ -22,6 +22,8 @@ import concurrent.futures
 import contextlib
 import os
 import random
+import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +45,8 @@ class Store:
     role_arn: str
     bucket: str
     server_pgid: int | None  # SeaweedFS's process group, for its CPU
+    https_endpoint_url: str | None = None  # the same server's HTTPS port (--https)
+    ca_bundle: Path | None = None  # the throwaway CA that signed its certificate
 
     @property
     def port(self) -> int:
@@ -72,8 +76,9 @@ class Store:
             )
         return dict(out["Credentials"])
 
-    def presign(self, key: str, expires: int = 3600) -> str:
-        s3 = self.client("s3")
+    def presign(self, key: str, expires: int = 3600, endpoint_url: str | None = None) -> str:
+        url = endpoint_url or self.endpoint_url  # signing needs no connection
+        s3 = localaws.client("s3", url, self.admin_key_id, self.admin_secret, None, self.region)
         with contextlib.closing(s3):
             return str(
                 s3.generate_presigned_url(
@@ -82,9 +87,31 @@ class Store:
             )
 
 
+def throwaway_ca(work: Path) -> tuple[Path, Path, Path]:
+    """A CA made for this run and a certificate it signed for 127.0.0.1 and
+    localhost (openssl): (ca.pem, cert.pem, key.pem) in WORK/tls."""
+    d = work.resolve() / "tls"
+    d.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = d / "ca.pem", d / "ca-key.pem"
+    cert, key, csr, ext = d / "cert.pem", d / "key.pem", d / "cert.csr", d / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+         "/CN=s3feed bench throwaway CA", "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(csr))  # fmt: skip
+    ossl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    return ca, cert, key
+
+
 @contextlib.contextmanager
-def own_seaweed(work: Path) -> Iterator[Store]:
-    """Start SeaweedFS in WORK/local-aws; stop it on the way out."""
+def own_seaweed(work: Path, https: bool = False) -> Iterator[Store]:
+    """Start SeaweedFS in WORK/local-aws; stop it on the way out. With `https`,
+    it also listens with TLS (-s3.port.https) under a throwaway CA."""
     root = work / "local-aws"
     root.mkdir(parents=True, exist_ok=True)
     main = localaws.Paths()
@@ -93,7 +120,17 @@ def own_seaweed(work: Path) -> Iterator[Store]:
         if (main.root / name).exists() and not link.exists():
             link.symlink_to(main.root / name)
     paths = localaws.Paths(root)
-    entry = localaws.start_seaweed(paths, owner="bench")
+    extra: list[str] = []
+    https_url, ca = None, None
+    if https:
+        localaws.stop(paths, ("seaweed",))  # a running one would have no TLS port
+        ca, cert, key = throwaway_ca(work)
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            port = int(sk.getsockname()[1])
+        extra = [f"-s3.port.https={port}", f"-s3.cert.file={cert}", f"-s3.key.file={key}"]
+        https_url = f"https://127.0.0.1:{port}"
+    entry = localaws.start_seaweed(paths, owner="bench", extra_args=extra)
     try:
         yield Store(
             endpoint_url=entry["endpoint_url"],
@@ -105,6 +142,8 @@ def own_seaweed(work: Path) -> Iterator[Store]:
             role_arn=entry["role_arn"],
             bucket=entry["bucket"],
             server_pgid=entry["pid"],
+            https_endpoint_url=https_url,
+            ca_bundle=ca,
         )
     finally:
         localaws.stop(paths, ("seaweed",))

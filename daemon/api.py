@@ -36,7 +36,7 @@ from .outputs import UploadJournal, expect_handler, put_output
 from .peer import Controllers, Peer, peer_of
 from .records import TransferState
 from .registry import JobRegistry
-from .streaming import stream_object
+from .streaming import deliver_object, stream_object
 
 log = logging.getLogger("s3feed.api")
 
@@ -124,6 +124,7 @@ class Api:
         r.add_delete("/v1/jobs/{JobId}", self.delete_job)
         r.add_get("/v1/jobs/{JobId}/objects", self.list_objects)
         r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object)
+        r.add_post("/v1/jobs/{JobId}/objects/{Key:.+}", self.deliver_object)
         r.add_post("/v1/jobs/{JobId}/fetches", self.create_fetch)
         r.add_get("/v1/jobs/{JobId}/fetches/{FetchId}", self.get_fetch)
         r.add_delete("/v1/jobs/{JobId}/fetches/{FetchId}", self.cancel_fetch)
@@ -214,6 +215,14 @@ class Api:
         job = self.registry.get(uid, request.match_info["JobId"])
         with self.limits.stream(uid):
             return await stream_object(request, job, request.match_info["Key"], self.server)
+
+    async def deliver_object(self, request: web.Request) -> web.Response:
+        uid = peer_uid(request)
+        job = self.registry.get(uid, request.match_info["JobId"])
+        with self.limits.stream(uid):
+            return await deliver_object(
+                request, job, request.match_info["Key"], self.server, self.body_timeout
+            )
 
     async def create_fetch(self, request: web.Request) -> web.Response:
         job = self.registry.get(peer_uid(request), request.match_info["JobId"])

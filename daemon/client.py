@@ -13,6 +13,8 @@ S3feedError with the server's code and message.
 
 from __future__ import annotations
 
+import array
+import asyncio
 import contextlib
 import fcntl
 import http.client
@@ -137,6 +139,49 @@ class _Calls:
     @staticmethod
     def object_path(job_id: str, key: str) -> str:
         return f"/v1/jobs/{quote(job_id, safe='')}/objects/{quote(key, safe='/')}"
+
+
+def _deliver_request(job_id: str, key: str, byte_range: str | None) -> bytes:
+    """The head of `POST .../objects/{Key}?deliver=fd` (docs/design.md, Socket API: deliveries)."""
+    lines = [
+        f"POST {_Calls.object_path(job_id, key)}?deliver=fd HTTP/1.1",
+        "Host: localhost",
+        "Content-Length: 0",
+        "Connection: close",
+    ]
+    if byte_range:
+        lines.append(f"Range: bytes={byte_range}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _fd_message(fd: int) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    """sendmsg's arguments: one byte carrying `fd` (SCM_RIGHTS)."""
+    return [b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+
+
+def _split_head(buf: bytes) -> tuple[int, dict[str, str], bytes] | None:
+    """(status, headers in lower case, what follows) of a complete response head in `buf`."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise S3feedError(502, "HttpError", f"not an HTTP answer: {lines[0][:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers, buf[end + 4 :]
+
+
+def _delivered(status: int, headers: dict[str, str], body: bytes) -> Any:
+    length = int(headers.get("content-length", len(body)))
+    if len(body) < length:
+        raise S3feedError(502, "ShortRead", "the daemon's answer ended early")
+    if status >= 400:
+        raise _error(status, body[:length])
+    return orjson.loads(body[:length])
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -398,6 +443,40 @@ class Client:
             self._check_length(got, expected)
             return got
 
+    def deliver(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> Any:
+        """The daemon writes the object into `fd` itself (a pipe, file or socket
+        open for writing, passed with SCM_RIGHTS); the bytes never pass through
+        this process. Returns `{"Key", "ETag", "Size", "Length", "Source",
+        "Bytes", "ContentRange"?}` once the last byte is written; a failure
+        raises S3feedError (`Delivered`: the bytes written before it), and
+        `OutputClosed` when the reader closed `fd` early. Do not write to `fd`
+        (or anything sharing its open file description) until it returns: the
+        daemon sets O_NONBLOCK on it meanwhile."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket)
+            sock.sendall(_deliver_request(job_id, key, byte_range))
+            buf, sent = b"", False
+            while True:
+                head = _split_head(buf)
+                if head is None:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise S3feedError(502, "ShortRead", "the daemon closed the connection")
+                    buf += data
+                    continue
+                status, headers, buf = head
+                if status == 100 and not sent:
+                    sock.sendmsg(*_fd_message(fd))
+                    sent = True
+                    continue
+                while len(buf) < int(headers.get("content-length", 0)):
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    buf += data
+                return _delivered(status, headers, buf)
+
     @staticmethod
     def _check_length(got: int, expected: int) -> None:
         if expected >= 0 and got != expected:
@@ -534,3 +613,45 @@ class AsyncClient:
                     yield chunk
             except ClientPayloadError as exc:
                 raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
+
+    async def deliver(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> Any:
+        """As `Client.deliver`: the daemon writes the object into `fd` itself.
+        Uses its own connection (aiohttp cannot pass descriptors)."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, self.socket)
+            await loop.sock_sendall(sock, _deliver_request(job_id, key, byte_range))
+            buf, sent = b"", False
+            while True:
+                head = _split_head(buf)
+                if head is None:
+                    data = await loop.sock_recv(sock, 65536)
+                    if not data:
+                        raise S3feedError(502, "ShortRead", "the daemon closed the connection")
+                    buf += data
+                    continue
+                status, headers, buf = head
+                if status == 100 and not sent:
+                    while True:
+                        try:
+                            sock.sendmsg(*_fd_message(fd))
+                            break
+                        except BlockingIOError:  # one byte on a fresh socket: hardly ever
+                            writable: asyncio.Future[None] = loop.create_future()
+                            loop.add_writer(sock.fileno(), writable.set_result, None)
+                            try:
+                                await writable
+                            finally:
+                                loop.remove_writer(sock.fileno())
+                    sent = True
+                    continue
+                while len(buf) < int(headers.get("content-length", 0)):
+                    data = await loop.sock_recv(sock, 65536)
+                    if not data:
+                        break
+                    buf += data
+                return _delivered(status, headers, buf)
+        finally:
+            sock.close()

@@ -46,6 +46,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "InsufficientStorage": 507,
     "LimitExceeded": 429,
     "Cancelled": 409,
+    "OutputClosed": 409,
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 from .checks import verify_ministack, verify_seaweed
@@ -167,8 +168,11 @@ def find_s3_port(pid: int, wanted: int, keys: dict[str, str]) -> int | None:
     return None
 
 
-def start_seaweed(paths: Paths, owner: str = "cli") -> dict[str, Any]:
-    """Start (or find running) SeaweedFS (`weed mini`); returns its state entry."""
+def start_seaweed(
+    paths: Paths, owner: str = "cli", extra_args: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Start (or find running) SeaweedFS (`weed mini`); returns its state entry.
+    `extra_args` go to `weed mini` (the benchmark's HTTPS port and certificate)."""
     with locked(paths):
         state = read_state(paths)
         current = _running_entry(paths, state, "seaweed")
@@ -206,6 +210,7 @@ def start_seaweed(paths: Paths, owner: str = "cli") -> dict[str, Any]:
                 f"-admin.port={ports['admin']}",
                 f"-s3.localSocket={paths.seaweed_data / 's3.sock'}",
                 f"-filer.localSocket={paths.seaweed_data / 'filer.sock'}",
+                *extra_args,
             ]
             env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             pid = spawn(cmd, env, paths.seaweed_log, paths.root)

@@ -2,8 +2,8 @@
 
 It runs the real path, peers included: every contender (s3feed cache and
 stream modes, rclone, s5cmd, awscrt, boto3, curl) once after the checked
-warm-up, time to first byte, the slow reader, the concurrency benchmark
-(8 jobs of 4 tenants) and the idle daemon, each result byte-checked, on the
+warm-up, time to first byte, the slow reader, streams at once (readers that
+keep up and slow ones), the concurrency benchmark (8 jobs of 4 tenants) and the idle daemon, each result byte-checked, on the
 session's SeaweedFS. A smoke test that skipped the peers would not notice
 what actually breaks a benchmark (a peer's flags or binary path changing);
 installing them into bench/.venv takes ~10-30 s once and is then reused
@@ -44,6 +44,7 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
             "--size", "12MiB", "--upload-part-size", "5MiB",  # multipart, 3 parts
             "--runs", "1", "--ttfb-runs", "1",
             "--slow-rate", "20000000",
+            "--crowd-streams", "2", "--crowd-rate", "20000000",
             "--conc-size", "1MiB", "--conc-rounds", "1",
             "--idle-seconds", "1",
             "--work", str(tmp_path / "work"),
@@ -64,11 +65,13 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
     assert facts["object"]["etag"].strip('"').endswith("-3")
     assert set(facts["ttfb"]) == {c.name for c in bench_run.peers.CONTENDERS if c.mode == "stream"}
     assert facts["slow"]["ok"]
+    assert [c["ok"] for c in facts["crowd"]] == [True, True]
     assert len(facts["concurrency"][0]["durations_s"]) == 8
     assert facts["idle"]["rss_mib"] > 0
 
     text = results.read_text()
     for name in names:
         assert f"| {name} |" in text
-    assert "## Targets (issue 8)" in text
+    assert "## Targets (issues 8, 13, 14)" in text
+    assert "## Streams at once (stream memory)" in text
     assert json.loads(results.with_suffix(".json").read_text())["object"]["size"] == 12 << 20
