@@ -7,181 +7,44 @@
 
 Both speak HTTP/1.1 over the Unix socket ($S3FEED_SOCKET, default
 /run/s3feed/s3feed.sock). The requests themselves are described once
-(`_Calls`); each client only sends them. An error answer raises
+(`_Calls` in daemon/clientcalls.py); each client only sends them (AsyncClient
+is in daemon/aclient.py). An error answer raises
 S3feedError with the server's code and message.
 """
 
 from __future__ import annotations
 
-import array
-import asyncio
 import contextlib
 import fcntl
 import http.client
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
-from types import TracebackType
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import orjson
 
 if TYPE_CHECKING:
-    import aiohttp  # imported when an AsyncClient opens: the CLI starts faster without it
+    pass  # imported when an AsyncClient opens: the CLI starts faster without it
 
-DEFAULT_SOCKET = "/run/s3feed/s3feed.sock"
-READ_CHUNK = 1024 * 1024
-PIPE_SIZE = 1024 * 1024
+from .aclient import AsyncClient
+from .clientcalls import (
+    PIPE_SIZE,
+    READ_CHUNK,
+    Call,
+    S3feedError,
+    _Calls,
+    _deliver_request,
+    _delivered,
+    _error,
+    _fd_message,
+    _split_head,
+    socket_path,
+)
 
-
-def socket_path(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("S3FEED_SOCKET") or DEFAULT_SOCKET
-
-
-class S3feedError(Exception):
-    """An error answer: the server's code and message; `document` is the whole
-    error document (`{"Error": {...}, "Fetch"?: {...}}`). An error S3 sent
-    carries S3's ids in `request_id` and `host_id`, for an AWS support case."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        fetch: Any = None,
-        document: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.fetch = fetch
-        self.document = document or {"Error": {"Code": code, "Message": message}}
-
-    @property
-    def request_id(self) -> str | None:
-        return self._detail("RequestId")
-
-    @property
-    def host_id(self) -> str | None:
-        return self._detail("HostId")
-
-    def _detail(self, name: str) -> str | None:
-        value = self.document.get("Error", {}).get(name)
-        return value if isinstance(value, str) else None
-
-
-def _error(status: int, body: bytes) -> S3feedError:
-    try:
-        doc = orjson.loads(body)
-        err = doc["Error"]
-        return S3feedError(status, err["Code"], err["Message"], doc.get("Fetch"), doc)
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return S3feedError(status, "HttpError", body[:200].decode(errors="replace"))
-
-
-Call = tuple[str, str, Any]  # method, path with query, JSON body or None
-
-
-class _Calls:
-    """Each API call as (method, path, body)."""
-
-    @staticmethod
-    def create_job(
-        job_id: str,
-        tenant: str,
-        uri_path: str,
-        role_arn: str,
-        duration: int | None = None,
-        **fields: Any,
-    ) -> Call:
-        source: dict[str, Any] = {
-            "Provider": "AmazonS3",
-            "UriPath": uri_path,
-            "RoleArnToAssume": role_arn,
-        }
-        if duration is not None:
-            source["RoleSessionDurationInSeconds"] = duration
-        body = {"JobId": job_id, "TenantName": tenant, "Source": source, **fields}
-        return "POST", "/v1/jobs", body
-
-    @staticmethod
-    def job(job_id: str, method: str = "GET") -> Call:
-        return method, f"/v1/jobs/{quote(job_id, safe='')}", None
-
-    @staticmethod
-    def list_objects(
-        job_id: str, prefix: str = "", max_keys: int | None = None, token: str | None = None
-    ) -> Call:
-        params: dict[str, str | int] = {"Prefix": prefix} if prefix else {}
-        if max_keys is not None:
-            params["MaxKeys"] = max_keys
-        if token is not None:
-            params["ContinuationToken"] = token
-        query = f"?{urlencode(params)}" if params else ""
-        return "GET", f"/v1/jobs/{quote(job_id, safe='')}/objects{query}", None
-
-    @staticmethod
-    def fetch(job_id: str, key: str, wait: bool) -> Call:
-        query = "?wait=true" if wait else ""
-        return "POST", f"/v1/jobs/{quote(job_id, safe='')}/fetches{query}", {"Key": key}
-
-    @staticmethod
-    def get_fetch(job_id: str, fetch_id: str, method: str = "GET") -> Call:
-        return method, f"/v1/jobs/{quote(job_id, safe='')}/fetches/{quote(fetch_id, safe='')}", None
-
-    @staticmethod
-    def output_path(job_id: str, key: str) -> str:
-        return f"/v1/jobs/{quote(job_id, safe='')}/outputs/{quote(key, safe='/')}"
-
-    @staticmethod
-    def object_path(job_id: str, key: str) -> str:
-        return f"/v1/jobs/{quote(job_id, safe='')}/objects/{quote(key, safe='/')}"
-
-
-def _deliver_request(job_id: str, key: str, byte_range: str | None) -> bytes:
-    """The head of `POST .../objects/{Key}?deliver=fd` (docs/design.md, Socket API: deliveries)."""
-    lines = [
-        f"POST {_Calls.object_path(job_id, key)}?deliver=fd HTTP/1.1",
-        "Host: localhost",
-        "Content-Length: 0",
-        "Connection: close",
-    ]
-    if byte_range:
-        lines.append(f"Range: bytes={byte_range}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def _fd_message(fd: int) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
-    """sendmsg's arguments: one byte carrying `fd` (SCM_RIGHTS)."""
-    return [b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
-
-
-def _split_head(buf: bytes) -> tuple[int, dict[str, str], bytes] | None:
-    """(status, headers in lower case, what follows) of a complete response head in `buf`."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    lines = buf[:end].decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise S3feedError(502, "HttpError", f"not an HTTP answer: {lines[0][:80]!r}")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers, buf[end + 4 :]
-
-
-def _delivered(status: int, headers: dict[str, str], body: bytes) -> Any:
-    length = int(headers.get("content-length", len(body)))
-    if len(body) < length:
-        raise S3feedError(502, "ShortRead", "the daemon's answer ended early")
-    if status >= 400:
-        raise _error(status, body[:length])
-    return orjson.loads(body[:length])
+__all__ = ["AsyncClient", "Client", "S3feedError", "socket_path"]
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -481,177 +344,3 @@ class Client:
     def _check_length(got: int, expected: int) -> None:
         if expected >= 0 and got != expected:
             raise S3feedError(502, "ShortRead", f"stream ended after {got} of {expected} bytes")
-
-
-class AsyncClient:
-    def __init__(self, socket: str | None = None) -> None:
-        self.socket = socket_path(socket)
-        self._session: aiohttp.ClientSession | None = None
-
-    async def __aenter__(self) -> AsyncClient:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=self.socket),
-            base_url="http://localhost",
-            timeout=aiohttp.ClientTimeout(total=None),
-        )
-        return self
-
-    async def __aexit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("use `async with AsyncClient() as client`")
-        return self._session
-
-    async def _json(self, call: Call) -> Any:
-        method, path, body = call
-        data = orjson.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        async with self.session.request(method, path, data=data, headers=headers) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                raise _error(resp.status, raw)
-            return orjson.loads(raw) if raw else None
-
-    async def create_job(
-        self,
-        job_id: str,
-        tenant: str,
-        uri_path: str,
-        role_arn: str,
-        duration: int | None = None,
-        **fields: Any,
-    ) -> Any:
-        call = _Calls.create_job(job_id, tenant, uri_path, role_arn, duration, **fields)
-        return await self._json(call)
-
-    async def list_jobs(self) -> Any:
-        return (await self._json(("GET", "/v1/jobs", None)))["Jobs"]
-
-    async def get_job(self, job_id: str) -> Any:
-        return await self._json(_Calls.job(job_id))
-
-    async def delete_job(self, job_id: str) -> None:
-        await self._json(_Calls.job(job_id, "DELETE"))
-
-    async def list_objects_page(
-        self, job_id: str, prefix: str = "", max_keys: int | None = None, token: str | None = None
-    ) -> Any:
-        return await self._json(_Calls.list_objects(job_id, prefix, max_keys, token))
-
-    async def iter_objects(
-        self, job_id: str, prefix: str = "", max_keys: int | None = None
-    ) -> AsyncIterator[Any]:
-        token = None
-        while True:
-            page = await self.list_objects_page(job_id, prefix, max_keys, token)
-            for obj in page["Objects"]:
-                yield obj
-            token = page.get("NextContinuationToken")
-            if token is None:
-                return
-
-    async def list_objects(self, job_id: str, prefix: str = "") -> list[Any]:
-        return [obj async for obj in self.iter_objects(job_id, prefix)]
-
-    async def fetch(self, job_id: str, key: str, wait: bool = True) -> Any:
-        return await self._json(_Calls.fetch(job_id, key, wait))
-
-    async def get_fetch(self, job_id: str, fetch_id: str) -> Any:
-        return await self._json(_Calls.get_fetch(job_id, fetch_id))
-
-    async def cancel_fetch(self, job_id: str, fetch_id: str) -> None:
-        await self._json(_Calls.get_fetch(job_id, fetch_id, "DELETE"))
-
-    async def trust_policy(self, tenant: str) -> Any:
-        query = urlencode({"TenantName": tenant})
-        return await self._json(("GET", f"/v1/trust-policy?{query}", None))
-
-    async def health(self) -> Any:
-        return await self._json(("GET", "/healthz", None))
-
-    async def put(
-        self,
-        job_id: str,
-        key: str,
-        data: bytes | BinaryIO | AsyncIterator[bytes],
-        *,
-        content_type: str | None = None,
-    ) -> Any:
-        """Upload `data` as the job's output `key` (see Client.put)."""
-        headers = {"Content-Type": content_type} if content_type else None
-        async with self.session.put(
-            _Calls.output_path(job_id, key), data=data, headers=headers
-        ) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                raise _error(resp.status, raw)
-            return orjson.loads(raw)
-
-    async def read_object(
-        self, job_id: str, key: str, byte_range: str | None = None
-    ) -> AsyncIterator[bytes]:
-        headers = {"Range": f"bytes={byte_range}"} if byte_range else None
-        async with self.session.get(_Calls.object_path(job_id, key), headers=headers) as resp:
-            if resp.status >= 400:
-                raise _error(resp.status, await resp.read())
-            from aiohttp import ClientPayloadError
-
-            try:
-                async for chunk in resp.content.iter_any():
-                    yield chunk
-            except ClientPayloadError as exc:
-                raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
-
-    async def deliver(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> Any:
-        """As `Client.deliver`: the daemon writes the object into `fd` itself.
-        Uses its own connection (aiohttp cannot pass descriptors)."""
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, self.socket)
-            await loop.sock_sendall(sock, _deliver_request(job_id, key, byte_range))
-            buf, sent = b"", False
-            while True:
-                head = _split_head(buf)
-                if head is None:
-                    data = await loop.sock_recv(sock, 65536)
-                    if not data:
-                        raise S3feedError(502, "ShortRead", "the daemon closed the connection")
-                    buf += data
-                    continue
-                status, headers, buf = head
-                if status == 100 and not sent:
-                    while True:
-                        try:
-                            sock.sendmsg(*_fd_message(fd))
-                            break
-                        except BlockingIOError:  # one byte on a fresh socket: hardly ever
-                            writable: asyncio.Future[None] = loop.create_future()
-                            loop.add_writer(sock.fileno(), writable.set_result, None)
-                            try:
-                                await writable
-                            finally:
-                                loop.remove_writer(sock.fileno())
-                    sent = True
-                    continue
-                while len(buf) < int(headers.get("content-length", 0)):
-                    data = await loop.sock_recv(sock, 65536)
-                    if not data:
-                        break
-                    buf += data
-                return _delivered(status, headers, buf)
-        finally:
-            sock.close()

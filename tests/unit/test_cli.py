@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.daemon.cli import (
+from s3feed.daemon.cli import build_parser, main
+from s3feed.daemon.cliexit import (
     EXIT_DENIED,
     EXIT_ERROR,
     EXIT_RETRY,
     CliError,
-    _local_error,
-    build_parser,
     exit_code,
-    main,
+    local_error,
 )
 
 
@@ -74,7 +73,7 @@ def test_exit_code_by_class(status: int, code: str, expected: int) -> None:
 def test_socket_errors_are_one_line_with_the_fix(
     exc: BaseException, code: str, exit: int, says: str
 ) -> None:
-    error = _local_error(exc, "/s.sock")
+    error = local_error(exc, "/s.sock")
     assert (error.code, error.exit_code) == (code, exit)
     assert says in error.message and "\n" not in error.message
 
@@ -82,11 +81,11 @@ def test_socket_errors_are_one_line_with_the_fix(
 def test_permission_denied_names_the_sockets_group(tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"
     sock.touch()
-    error = _local_error(PermissionError(errno.EACCES, "x"), str(sock))
+    error = local_error(PermissionError(errno.EACCES, "x"), str(sock))
     assert error.exit_code == EXIT_DENIED
     assert error.message.startswith(f"permission denied on {sock}: ")
     assert "log in again" in error.message
-    hidden = _local_error(PermissionError(errno.EACCES, "x"), str(tmp_path / "gone" / "s.sock"))
+    hidden = local_error(PermissionError(errno.EACCES, "x"), str(tmp_path / "gone" / "s.sock"))
     assert "its directory is closed to this user" in hidden.message
 
 
