@@ -27,7 +27,7 @@ from botocore.awsrequest import AWSRequest
 from ..auth.botocore_creds import frozen
 from ..auth.credentials import Credentials, CredentialSource
 from .errors import AccessDenied, NoSuchKey, ObjectStoreError, TransferError, TransientError
-from .httpclient import HttpClient, Response
+from .httpclient import HttpClient, Response, serialize
 from .observer import TransferObserver
 from .upload import CHECKSUM, PartDone
 from .uri import S3Location
@@ -179,7 +179,8 @@ class S3Uploader:
         h = {"Host": parts.netloc, **headers, "Content-Length": str(len(body) if body else 0)}
         request = AWSRequest(method=method, url=url, headers=h)
         _Unsigned(frozen(creds), "s3", self.location.region).add_auth(request)
-        head = _serialize(method, parts, dict(request.headers.items()))
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        head = serialize(method, target, dict(request.headers.items()))
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -256,17 +257,6 @@ class S3Uploader:
             error.message += f" (S3 request id {request_id})"
             error.args = (error.message,)
         return error
-
-
-def _serialize(method: str, parts: SplitResult, headers: Mapping[str, str]) -> bytes:
-    path, query = parts.path or "/", parts.query
-    lines = [f"{method} {path}{'?' + query if query else ''} HTTP/1.1"]
-    for name, value in headers.items():
-        if any(c in s for s in (name, value) for c in "\r\n"):
-            raise ValueError(f"header {name!r} contains a line break")
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
 
 
 def _echoed(headers: Mapping[str, str]) -> dict[str, str]:
