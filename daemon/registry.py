@@ -76,7 +76,7 @@ class JobRegistry:
 
     def _real_uploader(self, location: S3Location, session: RoleSession) -> UploadClient:
         return S3Uploader(
-            location, session, http=self._s3_clients.http, observer=self._transfer_observer
+            location, session, client=self._s3_clients, observer=self._transfer_observer
         )
 
     def __len__(self) -> int:

@@ -117,7 +117,7 @@ class HttpClient:
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: bytes = b"",
+        body: bytes | memoryview = b"",
         *,
         stall_timeout: float,
     ) -> AsyncIterator[Response]:
@@ -142,7 +142,7 @@ class HttpClient:
             k.lower() == "content-length" for k in headers
         ):
             headers = {**headers, "Content-Length": str(len(body))}
-        request = serialize(method, target, headers) + body
+        request = serialize(method, target, headers) + body  # one copy of an upload's part
         conn = await self._exchange(key, request, stall_timeout, method == "HEAD")
         try:
             yield Response(conn, stall_timeout)

@@ -75,8 +75,19 @@ def query_string(query: Mapping[str, str]) -> str:
     return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in query.items())
 
 
+class _UnsignedPayload(S3SigV4Auth):  # type: ignore[misc]
+    """SigV4 over the head only: an upload's body carries a checksum S3 checks
+    (x-amz-checksum-crc32c) instead of being hashed twice."""
+
+    def payload(self, request: AWSRequest) -> str:
+        return "UNSIGNED-PAYLOAD"
+
+
+Body = bytes | memoryview
+
+
 class S3Client:
-    """What every job's store shares; close it once, after the last store."""
+    """What every job's store and uploader share; close it once, after the last."""
 
     def __init__(
         self,
@@ -100,15 +111,19 @@ class S3Client:
         key: str,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: Body = b"",
+        *,
+        unsigned_payload: bool = False,
     ) -> tuple[str, dict[str, str]]:
         """The URL and the signed headers of one request (SigV4, `creds`)."""
         url = location.url_for(key)
         if query:
             url += "?" + query_string(query)
         all_headers = {"Host": urlsplit(url).netloc, **(headers or {})}
-        request = AWSRequest(method=method, url=url, headers=all_headers, data=body)
-        S3SigV4Auth(frozen(creds), "s3", location.region).add_auth(request)
+        signer = _UnsignedPayload if unsigned_payload else S3SigV4Auth
+        data = b"" if unsigned_payload else bytes(body)
+        request = AWSRequest(method=method, url=url, headers=all_headers, data=data)
+        signer(frozen(creds), "s3", location.region).add_auth(request)
         return url, dict(request.headers.items())
 
     @contextlib.asynccontextmanager
@@ -120,13 +135,16 @@ class S3Client:
         key: str,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: Body = b"",
         *,
         stall_timeout: float = CONTROL_TIMEOUT,
+        unsigned_payload: bool = False,
     ) -> AsyncIterator[Response]:
         """Sign and send one request; yield its response head (read the body,
         or not, inside the block)."""
-        url, signed = self.sign(location, creds, method, key, query, headers, body)
+        url, signed = self.sign(
+            location, creds, method, key, query, headers, body, unsigned_payload=unsigned_payload
+        )
         async with self.http.request(
             method, url, signed, body, stall_timeout=stall_timeout
         ) as resp:

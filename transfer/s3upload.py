@@ -1,13 +1,10 @@
 """`S3Uploader`: the UploadClient of one job's destination bucket.
 
-Each request is signed here with botocore's S3SigV4Auth (payload
-UNSIGNED-PAYLOAD: every body carries its CRC32C, which S3 checks) with
-`await credentials.current()`, and sent through the shared keep-alive pool
-of transfer/httpclient.py: a connection is taken, the whole request (head
-and body) written, the answer read, and the connection given back only
-after a clean keep-alive exchange. Until the one S3 client of transfer/
-takes uploads, this module is where the write requests live; the engine
-(transfer/upload.py) sees only the `UploadClient` methods.
+Each request goes through the daemon's one S3 client (transfer/s3client.py:
+its pool, proxies and CA bundle), signed with `await credentials.current()`
+and payload UNSIGNED-PAYLOAD: every body carries its CRC32C, which S3 checks,
+so the part is not hashed a second time. The engine (transfer/upload.py) sees
+only the `UploadClient` methods.
 
 ExpiredToken forces a refresh and one retry, as for reads. S3's errors are
 translated in `_error`: a 403 names the permission the operation needs.
@@ -19,16 +16,11 @@ import asyncio
 import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from urllib.parse import SplitResult, quote, urlsplit
 
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-
-from ..auth.botocore_creds import frozen
 from ..auth.credentials import Credentials, CredentialSource
 from .errors import AccessDenied, NoSuchKey, ObjectStoreError, TransferError, TransientError
-from .httpclient import HttpClient, Response, serialize
 from .observer import TransferObserver
+from .s3client import S3Client
 from .upload import CHECKSUM, PartDone
 from .uri import S3Location
 
@@ -45,11 +37,6 @@ PERMISSION = {
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-class _Unsigned(S3SigV4Auth):  # type: ignore[misc]
-    def payload(self, request: AWSRequest) -> str:
-        return "UNSIGNED-PAYLOAD"
-
-
 class _Expired(Exception):
     pass
 
@@ -60,14 +47,14 @@ class S3Uploader:
         location: S3Location,
         credentials: CredentialSource,
         *,
-        http: HttpClient,
+        client: S3Client,
         observer: TransferObserver,
         stall_timeout: float = 30.0,
     ) -> None:
         self.location = location
         self.bucket = location.bucket
         self._credentials = credentials
-        self._http = http
+        self._client = client
         self._observer = observer
         self._stall = stall_timeout
 
@@ -77,12 +64,12 @@ class S3Uploader:
         self, key: str, body: memoryview, checksum: str, headers: Mapping[str, str]
     ) -> tuple[str, dict[str, str]]:
         h = {**headers, "x-amz-checksum-crc32c": checksum}
-        _, head, _ = await self._send("PutObject", "PUT", key, "", h, body)
+        _, head, _ = await self._send("PutObject", "PUT", key, {}, h, body)
         return head.get("etag", ""), _echoed(head)
 
     async def create_multipart(self, key: str, headers: Mapping[str, str]) -> str:
         h = {**headers, "x-amz-checksum-algorithm": CHECKSUM}
-        _, _, doc = await self._send("CreateMultipartUpload", "POST", key, "uploads=", h)
+        _, _, doc = await self._send("CreateMultipartUpload", "POST", key, {"uploads": ""}, h)
         upload_id = _find(doc, "UploadId")
         if not upload_id:
             raise TransientError(
@@ -93,7 +80,7 @@ class S3Uploader:
     async def upload_part(
         self, key: str, upload_id: str, number: int, body: memoryview, checksum: str
     ) -> str:
-        query = f"partNumber={number}&uploadId={quote(upload_id, safe='')}"
+        query = {"partNumber": str(number), "uploadId": upload_id}
         h = {"x-amz-checksum-crc32c": checksum}
         _, head, _ = await self._send("UploadPart", "PUT", key, query, h, body)
         return head.get("etag", "")
@@ -107,7 +94,7 @@ class S3Uploader:
             for p in parts
         )
         body = f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode()
-        query = f"uploadId={quote(upload_id, safe='')}"
+        query = {"uploadId": upload_id}
         _, _, doc = await self._send(
             "CompleteMultipartUpload", "POST", key, query, {}, memoryview(body)
         )
@@ -115,7 +102,7 @@ class S3Uploader:
         return _find(doc, "ETag"), {CHECKSUM: checksum} if checksum else {}
 
     async def abort(self, key: str, upload_id: str) -> None:
-        query = f"uploadId={quote(upload_id, safe='')}"
+        query = {"uploadId": upload_id}
         with contextlib.suppress(NoSuchKey):  # NoSuchUpload: already gone
             await self._send("AbortMultipartUpload", "DELETE", key, query, {})
 
@@ -123,9 +110,9 @@ class S3Uploader:
         found: list[tuple[str, str]] = []
         marker = ""
         while True:
-            query = f"prefix={quote(prefix, safe='')}&uploads="
+            query = {"prefix": prefix, "uploads": ""}
             if marker:
-                query = f"key-marker={quote(marker, safe='')}&{query}"
+                query = {"key-marker": marker, **query}
             _, _, doc = await self._send("ListMultipartUploads", "GET", "", query, {})
             root = ET.fromstring(doc) if doc else None
             if root is None:
@@ -145,7 +132,7 @@ class S3Uploader:
         op: str,
         method: str,
         key: str,
-        query: str,
+        query: Mapping[str, str],
         headers: Mapping[str, str],
         body: memoryview | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
@@ -168,23 +155,24 @@ class S3Uploader:
         op: str,
         method: str,
         key: str,
-        query: str,
+        query: Mapping[str, str],
         headers: Mapping[str, str],
         body: memoryview | None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        url = self.location.url_for(key) if key else self._bucket_url()
-        if query:
-            url += "?" + query
-        parts = urlsplit(url)
-        h = {"Host": parts.netloc, **headers, "Content-Length": str(len(body) if body else 0)}
-        request = AWSRequest(method=method, url=url, headers=h)
-        _Unsigned(frozen(creds), "s3", self.location.region).add_auth(request)
-        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
-        head = serialize(method, target, dict(request.headers.items()))
+        size = len(body) if body is not None else 0
+        h = {**headers, "Content-Length": str(size)}
+        # The stall clock starts when the request is written: give the body time
+        # to leave at 1 MiB/s before waiting for the answer counts as a stall.
+        stall = self._stall + size / (1024 * 1024)
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            status, resp_headers, doc = await self._exchange(parts, head, body)
+            async with self._client.open(
+                self.location, creds, method, key, query, h, body if body is not None else b"",
+                stall_timeout=stall, unsigned_payload=True,
+            ) as resp:  # fmt: skip
+                doc = await resp.read(1024 * 1024)
+                status, resp_headers = resp.status, dict(resp.headers)
         except TransientError as e:
             self._observer.s3_request_error(op, e.reason)
             raise
@@ -196,30 +184,6 @@ class S3Uploader:
             return status, resp_headers, doc
         self._observer.s3_request_error(op, code or str(status))
         raise self._error(op, status, code, message, key, creds, resp_headers)
-
-    async def _exchange(
-        self, parts: SplitResult, head: bytes, body: memoryview | None
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        # The pool's own acquire/release: one exchange on one keep-alive connection.
-        scheme, host = parts.scheme, parts.hostname or ""
-        port = parts.port or (443 if scheme == "https" else 80)
-        conn = await self._http._acquire((scheme, host, port))
-        try:
-            # The stall clock starts when the request is written: give the body time to
-            # leave at 1 MiB/s before waiting for the answer counts as a stall.
-            stall = self._stall + (len(body) / (1024 * 1024) if body else 0)
-            await conn.send(head + body if body else head, stall)
-            resp = Response(conn, stall)
-            data = await resp.read(1024 * 1024)
-            return resp.status, dict(resp.headers), data
-        except BaseException:
-            conn.abort()
-            raise
-        finally:
-            self._http._release(conn)
-
-    def _bucket_url(self) -> str:
-        return self.location.url_for("")
 
     def _error(
         self,

@@ -345,7 +345,15 @@ def test_a_restarted_daemon_aborts_what_a_crashed_one_left(
     ):
         job = _job(daemon, local_aws, bucket.name, writer_role)
         proc = _start_put(daemon, job, "crashed.ts", blob(2 * PART, 11))
-        _wait_for("a multipart upload", lambda: bool(_uploads(bucket)))
+        # The journal is written when S3's answer to CreateMultipartUpload is in,
+        # a moment after S3 lists the upload: kill the daemon after both.
+        journal = tmp_path / "uploads.json"
+        _wait_for(
+            "a multipart upload in S3 and in the journal",
+            lambda: bool(_uploads(bucket))
+            and journal.exists()
+            and bool(json.loads(journal.read_text())["Uploads"]),
+        )
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(timeout=30)
         proc.communicate(timeout=60)
