@@ -2,7 +2,7 @@
 
 `translate` maps an error status (and, where S3 sent one, its error
 document's Code and Message) to the error the caller acts on, carrying S3's
-request ids (docs/design.md, Errors). `Expired` is not an error of its own:
+request ids (docs/design.md, Socket API). `Expired` is not an error of its own:
 it tells the store to refresh the job's credentials and send the request once
 more (ExpiredToken: 400 on AWS and ministack; SeaweedFS answers 403
 InvalidAccessKeyId once temporary keys lapse; a HEAD has no body to say so).
