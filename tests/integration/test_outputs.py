@@ -350,9 +350,11 @@ def test_a_restarted_daemon_aborts_what_a_crashed_one_left(
         journal = tmp_path / "uploads.json"
         _wait_for(
             "a multipart upload in S3 and in the journal",
-            lambda: bool(_uploads(bucket))
-            and journal.exists()
-            and bool(json.loads(journal.read_text())["Uploads"]),
+            lambda: (
+                bool(_uploads(bucket))
+                and journal.exists()
+                and bool(json.loads(journal.read_text())["Uploads"])
+            ),
         )
         daemon.process.send_signal(signal.SIGKILL)
         daemon.process.wait(timeout=30)
