@@ -20,7 +20,9 @@ Concurrency: `request` runs in the caller's task; it takes an idle connection
 gives it back when the `async with` block ends, only if the exchange ended
 cleanly on a keep-alive response; otherwise the connection is aborted. The
 number of open connections is bounded by the callers' own concurrency (the
-engine's global cap); idle ones by `max_idle_per_host`. A request that fails
+engine's global cap); idle ones by `max_idle_per_host`, and an idle one is
+closed once `idle_timeout` passes (one pool serves every job: a burst must
+not keep its fds). A request that fails
 before any response byte on a reused connection (the server closed it while
 idle) is retried once on a fresh one; every other failure is the caller's.
 `close` aborts every connection, idle or busy, and waits until they are gone.
@@ -94,6 +96,7 @@ class HttpClient:
         self._proxies = proxies or Proxies()
         self._buffer_size = buffer_size
         self._idle: dict[Key, list[HttpConnection]] = {}
+        self._sweep: asyncio.TimerHandle | None = None  # closes idle ones past idle_timeout
         self._open: set[HttpConnection] = set()
         self._closed = False
 
@@ -268,11 +271,39 @@ class HttpClient:
         idle = self._idle.setdefault(conn.key, [])
         if conn.reusable and not self._closed and len(idle) < self._max_idle:
             idle.append(conn)
+            if self._sweep is None:
+                loop = asyncio.get_running_loop()
+                self._sweep = loop.call_later(self._idle_timeout, self._close_expired)
         else:
             conn.abort()
 
+    def _close_expired(self) -> None:
+        """Close idle connections past `idle_timeout`: one pool serves every job,
+        so a burst must not keep its connections' fds once it is over."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        oldest: float | None = None
+        for key, idle in list(self._idle.items()):
+            keep = []
+            for conn in idle:
+                if now - conn.idle_since >= self._idle_timeout:
+                    conn.abort()
+                else:
+                    keep.append(conn)
+                    oldest = conn.idle_since if oldest is None else min(oldest, conn.idle_since)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        if oldest is not None and not self._closed:
+            self._sweep = loop.call_later(oldest + self._idle_timeout - now, self._close_expired)
+
     async def close(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         self._idle.clear()
         waiting = [c.closed for c in self._open]
         for conn in list(self._open):

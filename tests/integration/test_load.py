@@ -91,10 +91,12 @@ def usage(pid: int) -> tuple[int, int, int]:
 
 
 def settled(pid: int, baseline: tuple[int, int, int], slack_fds: int = 8) -> tuple[int, int, int]:
-    """Wait (bounded) until fds and threads are back near the baseline."""
+    """Wait (bounded) until fds and threads are back near the baseline. The
+    S3 connection pool (one for every job) closes idle connections 15 s after
+    their last use: a burst's connections are gone within that, plus margin."""
     return wait_until(
         lambda: (u := usage(pid))[0] <= baseline[0] + slack_fds and u[1] <= baseline[1] + 2 and u,
-        20,
+        40,
         f"fds/threads back to {baseline[:2]} (now {usage(pid)[:2]})",
         interval=0.1,
     )

@@ -126,6 +126,24 @@ async def test_body_in_small_buffers_and_keep_alive(server: Server, client: Http
     assert server.requests[0].startswith(b"GET /k HTTP/1.1\r\nHost: 127.0.0.1:")
 
 
+async def test_an_idle_connection_is_closed_once_idle_timeout_passes(server: Server) -> None:
+    """One pool serves every job: the connections of a burst must not keep
+    their fds after it; a fresh request then opens a new one."""
+    client = HttpClient(idle_timeout=0.05)
+    try:
+        server.respond = ok_body(b"x")
+        await asyncio.gather(*(fetch(client, server.url) for _ in range(3)))
+        idle = [c for conns in client._idle.values() for c in conns]
+        assert len(idle) == 3 and client.open_connections == 3
+        async with asyncio.timeout(5):
+            await asyncio.gather(*(c.closed for c in idle))  # closed by the pool, not by us
+        assert client.idle_connections == 0 and client.open_connections == 0
+        assert await fetch(client, server.url) == (200, b"x")
+        assert server.connections == 4
+    finally:
+        await client.close()
+
+
 async def test_head_and_body_split_at_every_byte(server: Server, client: HttpClient) -> None:
     body = b"0123456789" * 3
 
