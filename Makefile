@@ -5,7 +5,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv
+# openssl: the HTTPS tests' throwaway CA; gcc, libc6-dev: the benchmark's consumer
+# (bench/consume.c), which the bench smoke test builds; util-linux and passwd (setpriv,
+# unshare, useradd) are in every Debian.
+DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv openssl gcc libc6-dev
 
 .PHONY: demo dashboards test lint unit functional integration local-aws-start local-aws-stop bench clean
 
