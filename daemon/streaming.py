@@ -111,18 +111,11 @@ async def stream_object(
             # Every byte was handed over; what failed after it is not the reader's.
             log.warning("stream teardown failed", exc_info=True, extra={"job_id": job.job_id})
             return resp
-        _, code, message, _ = describe(exc)
         if record.state is TransferState.RUNNING:
-            record.error_ids = s3_ids(exc)
-        _settle(record, TransferState.FAILED, (code, message))
+            record.fail(exc)
         if not resp.prepared:
             raise
-        log.warning(
-            "stream aborted after headers",
-            extra={"job_id": job.job_id, "tenant": job.tenant, "key": key, "code": code,
-                   "request_id": record.error_ids.get("RequestId"),
-                   "host_id": record.error_ids.get("HostId")},
-        )  # fmt: skip
+        _log_failure("stream aborted after headers", job, key, describe(exc)[1], record)
         if request.transport is not None:
             request.transport.abort()
         return resp
@@ -150,6 +143,15 @@ async def _send(
 def _done(delivery: Delivery, record: TransferRecord) -> None:
     delivery.settle("success")
     _settle(record, TransferState.DONE)
+
+
+def _log_failure(what: str, job: Job, key: str, code: str, record: TransferRecord) -> None:
+    log.warning(
+        what,
+        extra={"job_id": job.job_id, "tenant": job.tenant, "key": key, "code": code,
+               "request_id": record.error_ids.get("RequestId"),
+               "host_id": record.error_ids.get("HostId")},
+    )  # fmt: skip
 
 
 def _settle(
@@ -367,14 +369,8 @@ async def _deliver(
         else:
             status, code, message, headers = describe(exc)
             if record.state is TransferState.RUNNING:
-                record.error_ids = s3_ids(exc)
-            _settle(record, TransferState.FAILED, (code, message))
-            log.warning(
-                "delivery failed",
-                extra={"job_id": job.job_id, "tenant": job.tenant, "key": key, "code": code,
-                       "request_id": record.error_ids.get("RequestId"),
-                       "host_id": record.error_ids.get("HostId")},
-            )  # fmt: skip
+                record.fail(exc)
+            _log_failure("delivery failed", job, key, code, record)
             body = error_body(code, message, record.error_ids, Delivered=writer.written)
             return _answer(body, status, headers)
     finally:

@@ -212,10 +212,9 @@ class Cache:
         readers: frozenset[int] = frozenset(),
     ) -> CacheEntry:
         """The complete, verified entry for `key`, downloading it if needed;
-        pinned for `owner` until `unpin_all(owner)`, and its file opens for
-        the uids in `readers` (besides root and the daemon) until then.
-        `meta`: what a HEAD with this job's store just returned (it is the
-        access check), else one is made."""
+        pinned for `owner` until `unpin_all(owner)`, its file open to `readers`
+        until then. `meta`: what transfer/serve.py's HEAD with this job's
+        store returned (the access check); without it, one is made."""
         if bad := [u for u in readers if not 0 <= u <= acl.MAX_UID]:
             raise ValueError(f"readers: uids out of range 0..{acl.MAX_UID}: {bad}")
         budget = RetryBudget(self.engine.config.retries)

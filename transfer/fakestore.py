@@ -34,7 +34,15 @@ from .errors import (
     SourceChanged,
     TransientError,
 )
-from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, ObjectStore, RangeMeta
+from .store import (
+    MAX_KEYS,
+    BodySink,
+    ObjectMeta,
+    ObjectPage,
+    ObjectStore,
+    RangeMeta,
+    every_object,
+)
 
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -307,15 +315,8 @@ class FailingObjectStore:
         await self._strike(self.heads.get(n), key, if_match)
         return await self.inner.part_size(key, if_match=if_match)
 
-    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
-        token = None
-        while True:
-            page = await self.list_page(prefix, token=token)
-            for meta in page.objects:
-                yield meta
-            if page.next_token is None:
-                return
-            token = page.next_token
+    def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
+        return every_object(self, prefix)
 
     async def list_page(
         self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from ..auth.credentials import Credentials
+from ..auth.credentials import Credentials, CredentialSource
 from .errors import (
     AccessDenied,
     InvalidRange,
@@ -42,6 +43,27 @@ class Expired(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
+
+
+T = TypeVar("T")
+
+
+async def with_refresh(
+    credentials: CredentialSource, what: str, attempt: Callable[[Credentials], Awaitable[T]]
+) -> T:
+    """`attempt` with the job's current credentials; on `Expired`, once more
+    with refreshed ones; expired again is a TransientError naming `what`."""
+    try:
+        return await attempt(await credentials.current())
+    except Expired:
+        pass
+    try:
+        return await attempt(await credentials.refresh_now("expired_token"))
+    except Expired as e:
+        raise TransientError(
+            f"S3 still answered {e.code} for {what} after the job's credentials were refreshed",
+            "expired_token",
+        ) from None
 
 
 def translate(

@@ -29,7 +29,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
 from urllib.parse import unquote_plus
 
 from ..auth.credentials import Credentials, CredentialSource
@@ -44,11 +43,16 @@ from .errors import (
 )
 from .observer import TransferObserver
 from .s3client import S3Client, S3Response
-from .s3errors import CHECKSUM_ALGORITHMS, Expired, content_range, error_document, translate
-from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta
+from .s3errors import (
+    CHECKSUM_ALGORITHMS,
+    content_range,
+    error_document,
+    translate,
+    with_refresh,
+)
+from .store import MAX_KEYS, BodySink, ObjectMeta, ObjectPage, RangeMeta, every_object
 from .uri import S3Location
 
-T = TypeVar("T")
 log = logging.getLogger("s3feed.s3")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a HEAD without Last-Modified
@@ -87,7 +91,7 @@ class S3ObjectStore:
     async def close(self) -> None:
         pass  # nothing of its own: the S3Client is the daemon's
 
-    # -- any request (uploads use this) -------------------------------------------------
+    # -- any request of the store ------------------------------------------------------
 
     async def request(
         self,
@@ -102,7 +106,7 @@ class S3ObjectStore:
     ) -> S3Response:
         """Send one S3 request for `key` (a full key; "" for the bucket), signed
         with the job's current credentials (refreshed and re-signed once on
-        ExpiredToken), counted under `op` (e.g. "PutObject"). A 2xx answer is
+        ExpiredToken), counted under `op` (e.g. "HeadObject"). A 2xx answer is
         returned whole; any other is raised as transfer/errors.py."""
 
         async def attempt(creds: Credentials) -> S3Response:
@@ -126,7 +130,7 @@ class S3ObjectStore:
                 self.location.region,
             )  # fmt: skip
 
-        return await self._with_refresh(key, attempt)
+        return await with_refresh(self._credentials, repr(key), attempt)
 
     async def _control(
         self,
@@ -186,15 +190,8 @@ class S3ObjectStore:
             return None  # a multipart object, and no word on its parts
         return int(length)
 
-    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
-        token = None
-        while True:
-            page = await self.list_page(prefix, token=token)
-            for meta in page.objects:
-                yield meta
-            if page.next_token is None:
-                return
-            token = page.next_token
+    def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
+        return every_object(self, prefix)
 
     async def list_page(
         self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
@@ -225,8 +222,10 @@ class S3ObjectStore:
     ) -> RangeMeta:
         if start < 0 or (end is not None and end < start):
             raise ValueError(f"bad range {start}-{end}")
-        return await self._with_refresh(
-            key, lambda creds: self._get(creds, key, start, end, sink, if_match, stall_timeout)
+        return await with_refresh(
+            self._credentials,
+            repr(key),
+            lambda creds: self._get(creds, key, start, end, sink, if_match, stall_timeout),
         )
 
     async def _get(
@@ -278,22 +277,6 @@ class S3ObjectStore:
             status, code, message, f"s3://{self.bucket}/{key}", creds, resp.headers,
             self.location.region,
         )  # fmt: skip
-
-    # -- ExpiredToken -------------------------------------------------------------------
-
-    async def _with_refresh(self, key: str, attempt: Callable[[Credentials], Awaitable[T]]) -> T:
-        try:
-            return await attempt(await self._credentials.current())
-        except Expired:
-            pass
-        try:
-            return await attempt(await self._credentials.refresh_now("expired_token"))
-        except Expired as e:
-            raise TransientError(
-                f"S3 still answered {e.code} for {key!r} after the job's credentials were "
-                "refreshed",
-                "expired_token",
-            ) from None
 
 
 def _object_meta(key: str, headers: Mapping[str, str], size: int) -> ObjectMeta:

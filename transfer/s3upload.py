@@ -16,16 +16,16 @@ import asyncio
 import contextlib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
+from xml.sax.saxutils import escape
 
 from ..auth.credentials import Credentials, CredentialSource
 from .errors import AccessDenied, NoSuchKey, ObjectStoreError, TransferError, TransientError
 from .observer import TransferObserver
 from .s3client import S3Client
+from .s3errors import EXPIRED_CODES, THROTTLE_CODES, Expired, error_document, with_refresh
 from .upload import CHECKSUM, PartDone
 from .uri import S3Location
 
-EXPIRED_CODES = frozenset({"ExpiredToken", "TokenRefreshRequired"})
-THROTTLE_CODES = frozenset({"SlowDown", "Throttling", "RequestLimitExceeded", "TooManyRequests"})
 PERMISSION = {
     "PutObject": "s3:PutObject",
     "CreateMultipartUpload": "s3:PutObject",
@@ -35,10 +35,7 @@ PERMISSION = {
     "ListMultipartUploads": "s3:ListBucketMultipartUploads",
 }
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
-
-
-class _Expired(Exception):
-    pass
+_QUOTE = {'"': "&quot;"}  # ETags carry quotes; escape() does &, < and >
 
 
 class S3Uploader:
@@ -89,7 +86,7 @@ class S3Uploader:
         self, key: str, upload_id: str, parts: list[PartDone]
     ) -> tuple[str, dict[str, str]]:
         xml = "".join(
-            f"<Part><PartNumber>{p.number}</PartNumber><ETag>{_xml(p.etag)}</ETag>"
+            f"<Part><PartNumber>{p.number}</PartNumber><ETag>{escape(p.etag, _QUOTE)}</ETag>"
             f"<Checksum{CHECKSUM}>{p.checksum}</Checksum{CHECKSUM}></Part>"
             for p in parts
         )
@@ -136,18 +133,11 @@ class S3Uploader:
         headers: Mapping[str, str],
         body: memoryview | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        try:
-            return await self._attempt(
-                await self._credentials.current(), op, method, key, query, headers, body
-            )
-        except _Expired:
-            creds = await self._credentials.refresh_now("expired_token")
-        try:
-            return await self._attempt(creds, op, method, key, query, headers, body)
-        except _Expired:
-            raise TransientError(
-                f"S3 still answered ExpiredToken for {op} after a refresh", "expired_token"
-            ) from None
+        return await with_refresh(
+            self._credentials,
+            op,
+            lambda creds: self._attempt(creds, op, method, key, query, headers, body),
+        )
 
     async def _attempt(
         self,
@@ -178,7 +168,7 @@ class S3Uploader:
             raise
         self._observer.s3_request(op, loop.time() - started)
         code, message = (
-            _error_document(doc) if (status >= 300 or op == "CompleteMultipartUpload") else ("", "")
+            error_document(doc) if (status >= 300 or op == "CompleteMultipartUpload") else ("", "")
         )
         if status < 300 and not code:
             return status, resp_headers, doc
@@ -196,7 +186,7 @@ class S3Uploader:
         headers: Mapping[str, str],
     ) -> Exception:
         if code in EXPIRED_CODES or (code == "InvalidAccessKeyId" and creds.session_token):
-            return _Expired(code)
+            return Expired(code)
         where = f"s3://{self.bucket}/{key}"
         said = f"{status} {code}: {message}" if message else f"{status} {code}".strip()
         error: TransferError
@@ -234,19 +224,3 @@ def _find(doc: bytes, name: str) -> str:
     except ET.ParseError:
         return ""
     return root.findtext(f"{_NS}{name}") or root.findtext(name) or ""
-
-
-def _error_document(body: bytes) -> tuple[str, str]:
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        return "", ""
-    if root.tag.rsplit("}", 1)[-1] != "Error":
-        return "", ""
-    return root.findtext("Code") or "", root.findtext("Message") or ""
-
-
-def _xml(text: str) -> str:
-    return (
-        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-    )

@@ -124,3 +124,21 @@ class ObjectStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Paged(Protocol):
+    async def list_page(
+        self, prefix: str, *, max_keys: int = MAX_KEYS, token: str | None = None
+    ) -> ObjectPage: ...
+
+
+async def every_object(store: Paged, prefix: str) -> AsyncIterator[ObjectMeta]:
+    """Every object under `prefix`: `store.list_page` followed page by page."""
+    token = None
+    while True:
+        page = await store.list_page(prefix, token=token)
+        for meta in page.objects:
+            yield meta
+        if page.next_token is None:
+            return
+        token = page.next_token

@@ -150,7 +150,7 @@ async def test_listing_parsed_and_kept_under_the_prefix(server: Server) -> None:
 
 
 async def test_request_entry_point_for_other_calls(server: Server) -> None:
-    """What uploads will use: any method, query and body, signed once, 2xx returned."""
+    """The store's one entry point for any call: method, query and body, signed once, 2xx returned."""
     seen: list[bytes] = []
 
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
