@@ -257,10 +257,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvloop
 
+    from . import allocator
     from .config import ConfigError, load_config
     from .logs import setup_logging
     from .server import serve
 
+    allocator.tune()  # process-wide: docs/design.md, Performance notes (Allocator)
     # The watchdog kills a stuck daemon with SIGABRT: print where the loop was.
     faulthandler.enable()
     setup_logging(args.log_level)

@@ -26,10 +26,6 @@ from urllib.parse import urlencode
 
 import orjson
 
-if TYPE_CHECKING:
-    pass  # imported when an AsyncClient opens: the CLI starts faster without it
-
-from .aclient import AsyncClient
 from .clientcalls import (
     PIPE_SIZE,
     READ_CHUNK,
@@ -44,7 +40,20 @@ from .clientcalls import (
     socket_path,
 )
 
+if TYPE_CHECKING:
+    from .aclient import AsyncClient
+
 __all__ = ["AsyncClient", "Client", "S3feedError", "socket_path"]
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient needs asyncio (10-40 ms to import): the CLI, which never uses
+    # it, starts without it; `from s3feed.daemon.client import AsyncClient` works.
+    if name == "AsyncClient":
+        from .aclient import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

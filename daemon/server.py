@@ -40,7 +40,7 @@ from s3feed.transfer.s3client import S3Client
 from s3feed.transfer.serve import ObjectServer
 from s3feed.transfer.upload import MIN_PART, UploadConfig
 
-from . import systemd
+from . import allocator, systemd
 from .api import Api, OutputsConfig
 from .config import Config, ConfigError, load_config
 from .connections import KEEPALIVE_TIMEOUT, GuardedSockSite
@@ -170,6 +170,7 @@ class Daemon:
         self._runners: list[web.AppRunner] = []
         self._created_socket: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._trimmer: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.socket_path: Path | None = None
 
@@ -222,6 +223,7 @@ class Daemon:
             header_timeout=self.config.api.header_timeout,
         ).start()  # fmt: skip
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
+        self._trimmer = asyncio.create_task(_give_back_memory(), name="trimmer")
         if self.upload_journal.entries:
             self._recovery = asyncio.create_task(self._abort_leftovers(), name="upload recovery")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
@@ -283,10 +285,11 @@ class Daemon:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+        for task in (self._reaper, self._trimmer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.registry.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -309,6 +312,14 @@ class Daemon:
             if not t.finished.is_set()
         )
         return f"{s['Jobs']} jobs, {s['Transfers']} transfers, {rate / 1e6:.1f} MB/s"
+
+
+async def _give_back_memory() -> None:
+    """docs/design.md, Performance notes (Allocator): free heap pages go back
+    to the kernel every few seconds, not on every free."""
+    while True:
+        await asyncio.sleep(allocator.TRIM_INTERVAL)
+        allocator.trim()
 
 
 async def _keep_systemd_informed(daemon: Daemon) -> None:
