@@ -51,7 +51,7 @@ class TransferConfig:
     part_size: int = 16 * MiB
     concurrency: int = 8  # ranges in flight per transfer
     global_concurrency: int = 32  # ranges in flight across the daemon
-    stream_window: int = 64 * MiB
+    stream_window: int = 48 * MiB
     stream_memory: int = 1 * GiB  # all stream windows together
     retries: int = 10  # retry budget per transfer
     stall_timeout: float = 30.0  # seconds without a byte before a range is retried
