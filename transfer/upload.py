@@ -75,10 +75,6 @@ class UploadConfig:
         if self.memory < 1:
             raise ValueError("transfer.upload_memory must be > 0")
 
-    @property
-    def buffers(self) -> int:
-        return max(1, self.memory // self.part_size)
-
 
 @dataclass(frozen=True)
 class Encryption:
@@ -229,11 +225,9 @@ async def upload(
     try:
         if ready is not None:
             await ready()
-        buffers = PartBuffers(
-            memory or UploadMemory(max(config.memory, part_size)),
-            part_size,
-            max(1, config.memory // part_size),
-        )
+        if memory is None:
+            memory = UploadMemory(max(config.memory, part_size))
+        buffers = PartBuffers(memory, part_size, most=max(1, config.memory // part_size))
         try:
             await buffers.acquire()  # the floor: free at once
             # A list the parts' sender empties: no frame here keeps the first part alive.
