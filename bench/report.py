@@ -17,7 +17,11 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from s3feed.transfer.config import TransferConfig
+
 from .peers import BASELINE, CONTENDERS, UPLOADS
+
+_DEFAULTS = TransferConfig()  # what "default [transfer] settings" were in this run
 
 
 def med(xs: list[float]) -> float:
@@ -430,7 +434,8 @@ def _transfer_line(facts: dict[str, Any]) -> str:
         "s3feed runs with [transfer] " + ", ".join(f"{k} = {v}" for k, v in settings)
         + " (a tuning run; the rest default)"
         if settings
-        else "s3feed runs with default [transfer] settings (16 MiB parts, 8 per transfer,"
-        " 256 MiB stream window)"
+        else f"s3feed runs with default [transfer] settings ({_DEFAULTS.part_size >> 20} MiB"
+        f" parts, {_DEFAULTS.concurrency} per transfer, {_DEFAULTS.stream_window >> 20} MiB"
+        " stream window)"
     )  # fmt: skip
     return f"- {s3feed}; peers with their defaults except where the `how` column says."
