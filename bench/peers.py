@@ -13,6 +13,13 @@ and how its result is checked byte-exact against the local reference file:
   (`consume REF`: read(2) into 1 MiB, memcmp against the mmap'd reference,
   length checked): every byte checked on every run, for about the CPU of
   `cat >/dev/null` (GNU `cmp - REF` cost ~1 CPU-s/GiB by itself).
+
+Uploads (`UPLOADS`, modes upload-file and upload-pipe) write the reference
+to `Ctx.dest_key` with a session of the writer role: from the file itself,
+or from a pipe that the same producer (`cat REF`, its CPU reported apart
+like the consumer's) feeds for every contender. After the timed part the
+harness reads the object back into the consumer and deletes it
+(bench/run.py, `check_upload`).
 """
 
 from __future__ import annotations
@@ -127,6 +134,12 @@ class Ctx:
     socket: Path | None = None  # the daemon of this run
     transfer: dict[str, Any] = field(default_factory=dict)  # [transfer] of every daemon
     ca_bundle: Path | None = None  # HTTPS: the throwaway CA every contender is told to trust
+    # Uploads: the job's role (None: the store's reader role), its Destination
+    # folder's UriPath, and where the object goes (full key; relative to that folder).
+    role_arn: str | None = None
+    destination: str | None = None
+    dest_key: str = ""
+    dest_job_key: str = ""
 
     def aws_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}
@@ -182,6 +195,8 @@ class Plan:
     path_from_stdout: Callable[[bytes], Path] | None = None  # ... a file the output names
     size_line: bool = False  # stdout is curl's "<size> <status>": check it
     readers: int = 0  # trailing processes that are the reader (the consumer), not the contender
+    feeders: int = 0  # leading processes that are the producer (`cat REF`), not the contender
+    uploaded_key: str | None = None  # read back and compare, then delete (uploads)
 
 
 @dataclass(frozen=True)
@@ -305,15 +320,89 @@ CONTENDERS = [
     Contender("s5cmd-cat", "stream", "`s5cmd cat | consume`", _s5cmd_cat),
     Contender("curl", "stream", "1 GET, presigned, `| consume` (ceiling)", _curl_ceiling),
 ]
-CONTENDERS_BY_NAME = {c.name: c for c in CONTENDERS}
-BASELINE = {"file": "s3feed-cache", "stream": "s3feed-cat"}
 
 
-def by_name(names: list[str] | None) -> list[Contender]:
+def _producer(ctx: Ctx) -> list[str]:
+    """What feeds every pipe upload: the same process for all (the module's note)."""
+    return ["cat", str(ctx.ref)]
+
+
+def _dest_url(ctx: Ctx) -> str:
+    return f"s3://{ctx.bucket}/{ctx.dest_key}"
+
+
+def _s3feed_put(ctx: Ctx, exact: bool) -> Plan:
+    env = {**os.environ, "S3FEED_SOCKET": str(ctx.socket)}
+    cmd = [str(S3FEED), "put", ctx.job_id, ctx.dest_job_key, str(ctx.ref)]
+    return Plan([cmd], env=env, uploaded_key=ctx.dest_key)
+
+
+def _s3feed_put_pipe(ctx: Ctx, exact: bool) -> Plan:
+    env = {**os.environ, "S3FEED_SOCKET": str(ctx.socket)}
+    cmd = [str(S3FEED), "put", ctx.job_id, ctx.dest_job_key, "-"]
+    return Plan([_producer(ctx), cmd], env=env, feeders=1, uploaded_key=ctx.dest_key)
+
+
+# rclone creates the bucket before its first upload unless told not to; a role
+# that may only write objects (ours, a customer's) cannot.
+RCLONE_PUT = ["--s3-no-check-bucket"]
+
+
+def _rclone_copyto_up(ctx: Ctx, exact: bool) -> Plan:
+    dest = f"bench:{ctx.bucket}/{ctx.dest_key}"
+    cmd = [str(rclone_bin()), "copyto", str(ctx.ref), dest, *RCLONE_PUT, "--config", "/dev/null"]
+    return Plan([cmd], env=ctx.rclone_env(), uploaded_key=ctx.dest_key)
+
+
+def _rclone_rcat(ctx: Ctx, exact: bool) -> Plan:
+    dest = f"bench:{ctx.bucket}/{ctx.dest_key}"
+    cmd = [str(rclone_bin()), "rcat", dest, *RCLONE_PUT, "--config", "/dev/null"]
+    return Plan([_producer(ctx), cmd], env=ctx.rclone_env(), feeders=1, uploaded_key=ctx.dest_key)
+
+
+def _s5cmd_cp_up(ctx: Ctx, exact: bool) -> Plan:
+    cmd = _s5cmd(ctx, "cp", str(ctx.ref), _dest_url(ctx))
+    return Plan([cmd], env=ctx.aws_env(), uploaded_key=ctx.dest_key)
+
+
+def _s5cmd_pipe(ctx: Ctx, exact: bool) -> Plan:
+    cmd = _s5cmd(ctx, "pipe", _dest_url(ctx))
+    return Plan([_producer(ctx), cmd], env=ctx.aws_env(), feeders=1, uploaded_key=ctx.dest_key)
+
+
+UPLOADS = [
+    Contender("s3feed-put", "upload-file", "`s3feed put JOB KEY FILE`", _s3feed_put, True),
+    Contender(
+        "rclone-copyto-up", "upload-file", "copyto FILE, --s3-no-check-bucket", _rclone_copyto_up
+    ),
+    Contender("s5cmd-cp-up", "upload-file", "cp FILE, defaults", _s5cmd_cp_up),
+    Contender(
+        "s3feed-put-pipe",
+        "upload-pipe",
+        "`cat REF | s3feed put JOB KEY -`",
+        _s3feed_put_pipe,
+        True,
+    ),
+    Contender(
+        "rclone-rcat", "upload-pipe", "`cat REF | rclone rcat`, --s3-no-check-bucket", _rclone_rcat
+    ),
+    Contender("s5cmd-pipe", "upload-pipe", "`cat REF | s5cmd pipe`, defaults", _s5cmd_pipe),
+]
+CONTENDERS_BY_NAME = {c.name: c for c in CONTENDERS + UPLOADS}
+BASELINE = {
+    "file": "s3feed-cache",
+    "stream": "s3feed-cat",
+    "upload-file": "s3feed-put",
+    "upload-pipe": "s3feed-put-pipe",
+}
+
+
+def by_name(names: list[str] | None, pool: list[Contender] = CONTENDERS) -> list[Contender]:
+    """The contenders of `pool` among `names` (all of it without names); a name
+    that is no contender at all (downloads and uploads) is an error."""
     if not names:
-        return list(CONTENDERS)
-    known = {c.name: c for c in CONTENDERS}
-    unknown = [n for n in names if n not in known]
+        return list(pool)
+    unknown = [n for n in names if n not in CONTENDERS_BY_NAME]
     if unknown:
-        raise SystemExit(f"unknown contenders {unknown}; known: {sorted(known)}")
-    return [known[n] for n in names]
+        raise SystemExit(f"unknown contenders {unknown}; known: {sorted(CONTENDERS_BY_NAME)}")
+    return [c for c in pool if c.name in names]

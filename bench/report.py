@@ -7,6 +7,8 @@ the median of those, so a noisy round moves both sides of a ratio. GB are
 host every CPU-second is taken from the encode), counts the daemon and the
 client process (the consumer every stream is piped into is the same for all
 and reported apart; SeaweedFS's own CPU is shown for context, not counted).
+Upload rows read the same way: the producer every pipe upload is fed by
+(`cat REF`) is the same for all and reported apart, like the consumer.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-from .peers import BASELINE, CONTENDERS
+from s3feed.transfer.config import TransferConfig
+
+from .peers import BASELINE, CONTENDERS, UPLOADS
+
+_DEFAULTS = TransferConfig()  # what "default [transfer] settings" were in this run
 
 
 def med(xs: list[float]) -> float:
@@ -32,7 +38,8 @@ def _other(r: dict[str, Any]) -> float:
 
 
 def summarize(facts: dict[str, Any], key: str = "main") -> dict[str, dict[str, Any]]:
-    """Per contender, over facts[key] ("main": plain HTTP; "main_https")."""
+    """Per contender, over facts[key] ("main": plain HTTP; "main_https"; "uploads",
+    "uploads_https")."""
     size = facts["object"]["size"]
     rows = [r for r in facts.get(key, []) if r["round"] > 0]
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -121,43 +128,15 @@ def render(facts: dict[str, Any]) -> str:
     for key, proto in (("main", "plain HTTP"), ("main_https", "HTTPS")):
         if not facts.get(key):
             continue
-        summary = summarize(facts, key)
-        how = {c.name: c.how for c in CONTENDERS}
         if key == "main_https":
             lines += [f"# HTTPS: {facts.get('https_note', '')}", ""]
-        for mode, title in (("file", "To a file (cache mode)"), ("stream", "Streams, in order")):
-            names = [
-                c.name for c in CONTENDERS if c.name in summary and summary[c.name]["mode"] == mode
-            ]
-            if not names:
-                continue
-            base = BASELINE[mode]
-            lines += [
-                f"## {title}, {proto}",
-                "",
-                f"Ratios are the contender's over {base}'s in the same round (> 1: s3feed better).",
-                "",
-                "| contender | how | CPU-s/GB | CPU ratio | wall s (min-max) | wall ratio | GB/s"
-                " | client + daemon CPU-s | consumer CPU-s | peak RSS MiB client / daemon (+ over"
-                " its baseline) | server CPU-s | other CPU-s | checked |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-            ]
-            for n in names:
-                s = summary[n]
-                ok, total, exact = s["checks"]
-                growth = f" (+{_f(s['daemon_growth_mib'], 0)})" if s["daemon_growth_mib"] else ""
-                lines.append(
-                    f"| {n} | {how[n]} | **{_f(s['cpu_per_gb'])}** | {_f(s['cpu_ratio'])}"
-                    f" | {_f(s['wall_s'])} ({_f(s['wall_min'])}-{_f(s['wall_max'])})"
-                    f" | {_f(s['wall_ratio'])} | {_f(s['gbps'])}"
-                    f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
-                    f" | {_f(s['reader_cpu_s']) if mode == 'stream' else '—'}"
-                    f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}{growth}"
-                    f" | {_f(s['server_cpu_s'])} | {_f(s['other_cpu_s'])}"
-                    f" | {ok}/{total} ok, {exact} byte-exact |"
-                )
-            lines.append("")
-        lines += _failures(facts, key)
+        lines += _tables(facts, key, proto, DOWNLOAD_MODES)
+    for key, proto in (("uploads", "plain HTTP"), ("uploads_https", "HTTPS")):
+        if not facts.get(key):
+            continue
+        if key == "uploads_https":
+            lines += [f"# Uploads over HTTPS: {facts.get('uploads_https_note', '')}", ""]
+        lines += _tables(facts, key, proto, UPLOAD_MODES)
     if facts.get("ttfb"):
         lines += ["## Time to first byte", "",
                   "From spawning the reader process to its first byte (the first 64 KiB"
@@ -217,6 +196,13 @@ def render(facts: dict[str, Any]) -> str:
         " writes into the same file system (the work directory), compared with `cmp` after the"
         " timed part. `s3feed cat` passes its stdout (the consumer's pipe) to the daemon, which"
         " writes into it itself.",
+        "- Uploads (when run): the reference written to S3 with a session of the writer role"
+        " (the daemon's job, whose Destination is `bench-out/`, and the peers alike), from the"
+        " file or from `cat REF |` (the same producer for every pipe row, its CPU reported"
+        " apart); `s3feed put` talks to a fresh daemon per run like the rows above. After the"
+        " timed part each object is read back (presigned GET, plain HTTP) into the consumer,"
+        " every byte compared, then deleted (with any multipart upload left) before the next"
+        " run.",
         "- `os.sync()` before each run, so no run pays for another's dirty pages. At least 5"
         " measured rounds, in alternating order (A B C, C B A); medians, and paired ratios"
         " (per round, then the median).",
@@ -225,6 +211,58 @@ def render(facts: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+DOWNLOAD_MODES = (
+    ("file", "To a file (cache mode)", "consumer CPU-s"),
+    ("stream", "Streams, in order", "consumer CPU-s"),
+)
+UPLOAD_MODES = (
+    ("upload-file", "Uploads from a file", "producer CPU-s"),
+    ("upload-pipe", "Uploads from a pipe (`cat REF |`)", "producer CPU-s"),
+)
+
+
+def _tables(
+    facts: dict[str, Any], key: str, proto: str, modes: tuple[tuple[str, str, str], ...]
+) -> list[str]:
+    """One table per mode of facts[key], then its failed runs."""
+    lines: list[str] = []
+    summary = summarize(facts, key)
+    every = CONTENDERS + UPLOADS
+    how = {c.name: c.how for c in every}
+    for mode, title, apart in modes:
+        names = [c.name for c in every if c.name in summary and summary[c.name]["mode"] == mode]
+        if not names:
+            continue
+        base = BASELINE[mode]
+        lines += [
+            f"## {title}, {proto}",
+            "",
+            f"Ratios are the contender's over {base}'s in the same round (> 1: s3feed better).",
+            "",
+            "| contender | how | CPU-s/GB | CPU ratio | wall s (min-max) | wall ratio | GB/s"
+            f" | client + daemon CPU-s | {apart} | peak RSS MiB client / daemon (+ over"
+            " its baseline) | server CPU-s | other CPU-s | checked |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n in names:
+            s = summary[n]
+            ok, total, exact = s["checks"]
+            growth = f" (+{_f(s['daemon_growth_mib'], 0)})" if s["daemon_growth_mib"] else ""
+            apart_cpu = s["reader_cpu_s"] if mode in ("stream", "upload-pipe") else None
+            lines.append(
+                f"| {n} | {how[n]} | **{_f(s['cpu_per_gb'])}** | {_f(s['cpu_ratio'])}"
+                f" | {_f(s['wall_s'])} ({_f(s['wall_min'])}-{_f(s['wall_max'])})"
+                f" | {_f(s['wall_ratio'])} | {_f(s['gbps'])}"
+                f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
+                f" | {_f(apart_cpu)}"
+                f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}{growth}"
+                f" | {_f(s['server_cpu_s'])} | {_f(s['other_cpu_s'])}"
+                f" | {ok}/{total} ok, {exact} byte-exact |"
+            )
+        lines.append("")
+    return lines + _failures(facts, key)
 
 
 def _sys(s: dict[str, Any]) -> str:
@@ -396,7 +434,8 @@ def _transfer_line(facts: dict[str, Any]) -> str:
         "s3feed runs with [transfer] " + ", ".join(f"{k} = {v}" for k, v in settings)
         + " (a tuning run; the rest default)"
         if settings
-        else "s3feed runs with default [transfer] settings (16 MiB parts, 8 per transfer,"
-        " 256 MiB stream window)"
+        else f"s3feed runs with default [transfer] settings ({_DEFAULTS.part_size >> 20} MiB"
+        f" parts, {_DEFAULTS.concurrency} per transfer, {_DEFAULTS.stream_window >> 20} MiB"
+        " stream window)"
     )  # fmt: skip
     return f"- {s3feed}; peers with their defaults except where the `how` column says."

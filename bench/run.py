@@ -16,7 +16,16 @@ then:
    daemon's RSS and window against [transfer] stream_window;
 4. concurrency: 8 jobs of 4 tenants fetching 8 different 512 MiB objects at
    once on one daemon, against one such fetch alone;
-5. the idle daemon's RSS and CPU.
+5. the idle daemon's RSS and CPU;
+6. uploads: the reference written back to S3 from the file and from a pipe
+   (`s3feed put`, rclone copyto / rcat, s5cmd cp / pipe), by the rules of
+   the main rows (warm-up, alternating rounds, a fresh daemon per s3feed
+   run, the same kind of credentials: a writer-role session); each upload is
+   read back into the consumer after the timed part and deleted before the
+   next run. With --https, again over HTTPS.
+
+Only the upload rows, quickly:
+    bench/run --size 256MiB --runs 1 --skip main ttfb slow crowd concurrency idle
 
 Writes bench/RESULTS.md (report.py) and the raw figures beside it
 (RESULTS.json); scratch files live in bench/.work/ (`--work`). Every process it starts is bounded by a timeout and
@@ -92,7 +101,8 @@ def measure(
     before = Sample.take(daemon_pid, store.server_pgid)
     res = run_pipeline(plan.cmds, env=plan.env, capture_last=capture, timeout=run_timeout(ctx.size))
     after = Sample.take(daemon_pid, store.server_pgid)
-    producers = res.procs[: len(res.procs) - plan.readers]
+    producers = res.procs[plan.feeders : len(res.procs) - plan.readers]
+    others = res.procs[: plan.feeders] + res.procs[len(res.procs) - plan.readers :]
     row: dict[str, Any] = {
         "name": contender.name,
         "mode": contender.mode,
@@ -100,7 +110,8 @@ def measure(
         "wall_s": res.wall_s,
         "client_cpu_s": sum(p.cpu_s for p in producers),
         "client_rss_mib": max(p.maxrss_kib for p in producers) / 1024,
-        "reader_cpu_s": sum(p.cpu_s for p in res.procs[len(producers) :]),
+        # The consumer a stream is piped into, or the producer feeding a pipe upload.
+        "reader_cpu_s": sum(p.cpu_s for p in others),
         "daemon_cpu_s": after.daemon_cpu - before.daemon_cpu if daemon_pid else 0.0,
         "daemon_sys_s": after.daemon_sys - before.daemon_sys,
         "daemon_hwm_mib": proc_status_kib(daemon_pid, "VmHWM") / 1024 if daemon_pid else None,
@@ -120,6 +131,8 @@ def measure(
             got = res.stdout.decode().split()
             if got != [str(ctx.size), "200"]:
                 raise RuntimeError(f"curl got {got}, expected {ctx.size} bytes with 200")
+        if plan.uploaded_key is not None:
+            check_upload(store, ctx, plan.uploaded_key)
         out = plan.path_from_stdout(res.stdout) if plan.path_from_stdout else plan.out_file
         if out is not None:
             cmp = subprocess.run(["cmp", str(out), str(ctx.ref)], capture_output=True, timeout=600)
@@ -130,8 +143,23 @@ def measure(
     except RuntimeError as exc:
         row["error"] = str(exc)[:1500]
         log(f"{contender.name}: FAILED: {row['error']}")
+    finally:
+        if plan.uploaded_key is not None:
+            store.delete(plan.uploaded_key)  # the next run starts without it
     shutil.rmtree(ctx.out, ignore_errors=True)
     return row
+
+
+def check_upload(store: Store, ctx: Ctx, key: str) -> None:
+    """Untimed: the uploaded object read back (admin keys, plain HTTP) into the
+    consumer, which compares every byte and the length with the reference."""
+    res = run_pipeline(
+        [["curl", "-sS", "--fail", store.presign(key), "-o", "-"], peers._cmp(ctx)],
+        timeout=run_timeout(ctx.size),
+    )
+    if not res.ok:
+        errs = b" | ".join(e.strip()[-500:] for e in res.stderr).decode(errors="replace")
+        raise RuntimeError(f"{key} read back is not the reference: {errs}")
 
 
 def run_one(contender: Contender, ctx: Ctx, store: Store, exact: bool) -> dict[str, Any]:
@@ -158,13 +186,17 @@ def daemon_with_job(
     ) as d:  # fmt: skip
         client = Client(str(d.socket))
         uri = s3feedd.job_uri(store, "bench/")
+        role = ctx.role_arn or store.role_arn
         # A daemon on an encoder host is long-lived: its botocore models are
         # loaded once. Another job's listing warms them; the measured job still
         # pays for its own S3 client, as every new job does.
-        client.create_job("warm", TENANT, uri, store.role_arn)
+        client.create_job("warm", TENANT, uri, role)
         client.list_objects("warm", "no-such-prefix/")
         client.delete_job("warm")
-        client.create_job(ctx.job_id, TENANT, uri, store.role_arn)
+        dest: dict[str, Any] = {}
+        if ctx.destination is not None:  # uploads: the job's Destination
+            dest["Destination"] = {"Provider": "AmazonS3", "UriPath": ctx.destination}
+        client.create_job(ctx.job_id, TENANT, uri, role, **dest)
         ctx.socket = d.socket
         try:
             yield d
@@ -519,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip",
         nargs="+",
         default=[],
-        choices=["main", "ttfb", "slow", "crowd", "concurrency", "idle"],
+        choices=["main", "ttfb", "slow", "crowd", "concurrency", "idle", "uploads"],
     )
     p.add_argument(
         "--transfer", nargs="+", default=[], metavar="KEY=VALUE", type=transfer_setting,
@@ -599,6 +631,15 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
             )
         if "idle" not in args.skip:
             facts["idle"] = idle_daemon(store, ctx, args.idle_seconds)
+        if "uploads" not in args.skip:
+            uploads = peers.by_name(args.only, peers.UPLOADS)
+            up_ctx = upload_ctx(ctx, store)
+            log(f"uploads of {ctx.size} bytes: {', '.join(c.name for c in uploads)}")
+            facts["uploads"] = main_suite(uploads, up_ctx, store, args.runs, args.warmup)
+            if args.https:
+                facts["uploads_https"], facts["uploads_https_note"] = https_suite(
+                    uploads, up_ctx, store, args
+                )
     facts["loadavg_end"] = loadavg()
     facts["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     raw = args.results.with_suffix(".json")
@@ -632,6 +673,21 @@ def https_suite(
         contenders = [c for c in contenders if not c.daemon]
     log(f"HTTPS: {note}")
     return main_suite(contenders, tls_ctx, store, args.runs, args.warmup), note
+
+
+def upload_ctx(ctx: Ctx, store: Store) -> Ctx:
+    """The upload rows' context: the writer role (the job's and the peers'
+    session), a Destination folder of its own, one key deleted after each run."""
+    key = f"bench-out/upload-{ctx.size}.bin"
+    store.delete(key)  # what an interrupted run left
+    return dataclasses.replace(
+        ctx,
+        creds=store.reader_session(store.writer_role_arn),
+        role_arn=store.writer_role_arn,
+        destination=s3feedd.job_uri(store, "bench-out/"),
+        dest_key=key,
+        dest_job_key=key.removeprefix("bench-out/"),
+    )
 
 
 def prepare(store: Store, args: argparse.Namespace, size: int | None = None) -> Ctx:

@@ -13,7 +13,8 @@ Test objects are pseudo-random bytes from a fixed seed, written once to a
 local reference file (bench/.work/ref/) that every result is compared with,
 and uploaded with multipart parts of `part_size` (streamed from the file,
 4 parts at a time). Peers and s3feed read with the same kind of credentials:
-a session of the reader role, assumed with the daemon's identity.
+a session of the reader role, assumed with the daemon's identity; uploads
+use a session of the writer role (which may also write) the same way.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Store:
     server_pgid: int | None  # SeaweedFS's process group, for its CPU
     https_endpoint_url: str | None = None  # the same server's HTTPS port (--https)
     ca_bundle: Path | None = None  # the throwaway CA that signed its certificate
+    # Reads and writes the bucket (localaws provisions it on every SeaweedFS).
+    writer_role_arn: str = localaws.role_arn(localaws.SEAWEED_WRITER_ROLE)
 
     @property
     def port(self) -> int:
@@ -66,15 +69,27 @@ class Store:
             self.region,
         )
 
-    def reader_session(self) -> dict[str, str]:
-        """Credentials of the reader role, assumed with the daemon's keys (1 h)."""
+    def reader_session(self, role_arn: str | None = None) -> dict[str, str]:
+        """Credentials of the reader role (or `role_arn`), assumed with the daemon's keys (1 h)."""
         daemon = {"AccessKeyId": self.daemon_key_id, "SecretAccessKey": self.daemon_secret}
         sts = self.client("sts", daemon)
         with contextlib.closing(sts):
             out = sts.assume_role(
-                RoleArn=self.role_arn, RoleSessionName="s3feed-bench", DurationSeconds=3600
-            )
+                RoleArn=role_arn or self.role_arn, RoleSessionName="s3feed-bench",
+                DurationSeconds=3600,
+            )  # fmt: skip
         return dict(out["Credentials"])
+
+    def delete(self, key: str) -> None:
+        """Remove `key` and any multipart upload left under it (admin keys)."""
+        s3 = self.client("s3")
+        with contextlib.closing(s3):
+            s3.delete_object(Bucket=self.bucket, Key=key)
+            pending = s3.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            for up in pending.get("Uploads", []):
+                s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                )
 
     def presign(self, key: str, expires: int = 3600, endpoint_url: str | None = None) -> str:
         url = endpoint_url or self.endpoint_url  # signing needs no connection

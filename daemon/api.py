@@ -28,6 +28,7 @@ from s3feed.transfer.observer import NullUploadObserver, UploadObserver
 from s3feed.transfer.serve import ObjectServer
 from s3feed.transfer.store import MAX_KEYS
 from s3feed.transfer.upload import UploadConfig
+from s3feed.transfer.uploadmemory import UploadMemory
 
 from .errors import ApiError, describe, error_body, s3_ids
 from .identity import DaemonIdentity
@@ -268,12 +269,15 @@ class Api:
         return web.Response(status=204)
 
     async def put_output(self, request: web.Request) -> web.Response:
-        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        uid = peer_uid(request)
+        job = self.registry.get(uid, request.match_info["JobId"])
         o = self.outputs
-        doc = await put_output(
-            request, job, request.match_info["Key"],
-            config=o.upload, observer=o.observer, journal=o.journal,
-        )  # fmt: skip
+        # Counted before the body is read (docs/design.md, Limits): no 100 Continue yet.
+        with self.limits.upload(uid):
+            doc = await put_output(
+                request, job, request.match_info["Key"],
+                config=o.upload, observer=o.observer, journal=o.journal, memory=o.memory,
+            )  # fmt: skip
         return json_response(doc, 201)
 
     async def get_trust_policy(self, request: web.Request) -> web.Response:
@@ -322,6 +326,8 @@ class OutputsConfig:
     upload: UploadConfig = field(default_factory=UploadConfig)
     observer: UploadObserver = field(default_factory=NullUploadObserver)
     journal: UploadJournal = field(default_factory=lambda: UploadJournal(None))
+    # All uploads' part buffers (docs/design.md, Outputs); None: each upload its own.
+    memory: UploadMemory | None = None
 
 
 class _FetchFailed(TransferError):

@@ -55,12 +55,14 @@ class LimitsConfig:
     """What one peer uid (root included) may hold at once; daemon/limits.py
     enforces them. Bounds per uid: connections_per_uid x one request head
     buffer, streams_per_uid x stream_window (all streams: [transfer]
-    stream_memory), jobs_per_uid role sessions."""
+    stream_memory), uploads_per_uid x upload_memory (all uploads: [transfer]
+    upload_memory_total), jobs_per_uid role sessions."""
 
     jobs_per_uid: int = 256
     streams_per_uid: int = 64
     connections_per_uid: int = 128
     job_creates_per_minute_per_uid: int = 120
+    uploads_per_uid: int = 8
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -171,13 +173,14 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
         "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
         "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,
         "stream_memory": parse_size, "upload_memory": parse_size,
+        "upload_memory_total": parse_size,
     }),
     "cache": (CacheConfig, {
         "dir": _path, "max_size": parse_size, "min_free": parse_size, "group": _str,
     }),
     "limits": (LimitsConfig, {
         "jobs_per_uid": _int, "streams_per_uid": _int, "connections_per_uid": _int,
-        "job_creates_per_minute_per_uid": _int,
+        "job_creates_per_minute_per_uid": _int, "uploads_per_uid": _int,
     }),
 }  # fmt: skip
 

@@ -2,13 +2,15 @@
 
 Design note (docs/design.md, Limits). Everything here runs on the event loop
 and never awaits between a check and its take, so two requests of one uid
-cannot both pass the last free slot. Four limits per peer uid (SO_PEERCRED),
+cannot both pass the last free slot. Five limits per peer uid (SO_PEERCRED),
 root included, each from `[limits]`:
 
 - connections: taken at accept by daemon/connections.py, given back when the
   connection is lost; one over the limit is answered 429 and closed;
 - streams: taken around a GET of an object (`stream`), given back when the
   handler returns, whatever way it ends;
+- uploads: taken around a PUT of an output (`upload`), before its body is
+  read, given back when the handler returns, whatever way it ends;
 - jobs: the uid's live jobs (the registry counts them) plus its registrations
   still waiting for STS (counted here, so N concurrent POSTs cannot all pass);
 - job creations: a token bucket holding `job_creates_per_minute_per_uid`
@@ -38,9 +40,10 @@ class _Usage:
     connections: int = 0
     streams: int = 0
     creating: int = 0  # job registrations in flight
+    uploads: int = 0
 
     def empty(self) -> bool:
-        return not (self.connections or self.streams or self.creating)
+        return not (self.connections or self.streams or self.creating or self.uploads)
 
 
 @dataclass
@@ -118,6 +121,30 @@ class UidLimits:
             usage = self._get(uid)
             usage.streams -= 1
             self._put(uid, usage)
+
+    # -- uploads -------------------------------------------------------------------------
+
+    @contextmanager
+    def upload(self, uid: int) -> Iterator[None]:
+        usage = self._get(uid)
+        if usage.uploads >= self.config.uploads_per_uid:
+            self._put(uid, usage)
+            self._refused("uploads_per_uid")
+            raise limit_exceeded(
+                "uploads_per_uid", self.config.uploads_per_uid, uid,
+                "wait for one of this uid's uploads to finish first",
+            )  # fmt: skip
+        usage.uploads += 1
+        try:
+            yield
+        finally:
+            usage = self._get(uid)
+            usage.uploads -= 1
+            self._put(uid, usage)
+
+    def uploads(self, uid: int) -> int:
+        """Uploads of `uid` running now."""
+        return self._usage.get(uid, _Usage()).uploads
 
     # -- jobs ----------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 
 
 LIMIT_KEYS = (
     "jobs_per_uid", "streams_per_uid", "connections_per_uid", "job_creates_per_minute_per_uid",
+    "uploads_per_uid",
 )  # fmt: skip
 
 
@@ -108,6 +109,15 @@ class Metrics:
         self.stream_memory_used = Gauge(
             "s3feed_stream_memory_used_bytes",
             "Bytes granted to stream windows (their capacities), against the budget.", registry=r,
+        )  # fmt: skip
+        self.upload_memory_budget = Gauge(
+            "s3feed_upload_memory_budget_bytes",
+            "[transfer] upload_memory_total: the budget of all uploads' part buffers.", registry=r,
+        )  # fmt: skip
+        self.upload_memory_used = Gauge(
+            "s3feed_upload_memory_used_bytes",
+            "Bytes of part buffers held by uploads, against the budget (floors may overdraw it).",
+            registry=r,
         )  # fmt: skip
         self.assume_role_calls = Counter(
             "s3feed_assume_role", "STS AssumeRole calls, refreshes included.", registry=r
@@ -234,6 +244,10 @@ class Metrics:
 
     def limit_refused(self, key: str) -> None:
         self.limit_refusals.labels(key).inc()
+
+    def upload_memory(self, used: int, budget: int) -> None:
+        self.upload_memory_used.set(used)
+        self.upload_memory_budget.set(budget)
 
     def stream_memory(self, used: int, budget: int) -> None:
         self.stream_memory_used.set(used)

@@ -41,6 +41,7 @@ from s3feed.auth.sts import StsClient
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.observer import UploadObserver
 from s3feed.transfer.upload import Upload, UploadClient, UploadConfig, upload
+from s3feed.transfer.uploadmemory import UploadMemory
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
 from .errors import ApiError
@@ -188,6 +189,7 @@ async def put_output(
     config: UploadConfig,
     observer: UploadObserver,
     journal: UploadJournal,
+    memory: UploadMemory | None = None,
 ) -> dict[str, Any]:
     """Upload the request body to the job's destination; -> the 201 document."""
     dest = job.destination
@@ -226,6 +228,7 @@ async def put_output(
             journal=journal.for_job(job_id=job.job_id, tenant=job.tenant,
                                     role_arn=dest.request.role_arn, uri=dest.request.location.uri),
             ready=lambda: _send_continue(request),
+            memory=memory,
         )  # fmt: skip
     except asyncio.CancelledError:
         outcome = "cancelled"

@@ -39,6 +39,7 @@ from s3feed.transfer.engine import Engine
 from s3feed.transfer.s3client import S3Client
 from s3feed.transfer.serve import ObjectServer
 from s3feed.transfer.upload import MIN_PART, UploadConfig
+from s3feed.transfer.uploadmemory import UploadMemory
 
 from . import allocator, systemd
 from .api import Api, OutputsConfig
@@ -165,6 +166,7 @@ class Daemon:
                 ),
                 self.metrics,
                 self.upload_journal,
+                UploadMemory(config.transfer.upload_memory_total, self.metrics.upload_memory),
             ),
         )
         self._runners: list[web.AppRunner] = []

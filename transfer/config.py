@@ -45,6 +45,9 @@ class TransferConfig:
     slice is pwritten at its offset); a stream holds at most `stream_window`
     bytes ahead of its reader, and all streams together `stream_memory` (plus
     512 KiB for each stream started while it was spent: transfer/streammemory.py).
+    Uploads: one holds at most `upload_memory` of part buffers, and all together
+    `upload_memory_total` (plus one part for each upload started while it was
+    spent: transfer/uploadmemory.py).
     Receive buffers: one per connection, so at most `global_concurrency` x 1 MiB.
     """
 
@@ -57,6 +60,7 @@ class TransferConfig:
     stall_timeout: float = 30.0  # seconds without a byte before a range is retried
     # Outputs (transfer/upload.py): part buffers per upload, at least one part.
     upload_memory: int = 64 * MiB
+    upload_memory_total: int = 512 * MiB  # all uploads' part buffers together
 
     def __post_init__(self) -> None:
         if not 1 * MiB <= self.part_size <= 5 * GiB:
@@ -69,6 +73,11 @@ class TransferConfig:
             raise ValueError("transfer.stream_memory must be at least transfer.part_size")
         if self.upload_memory < 1:
             raise ValueError("transfer.upload_memory must be > 0")
+        if self.upload_memory_total < max(self.part_size, 5 * MiB):
+            raise ValueError(
+                "transfer.upload_memory_total must be at least one upload part "
+                "(max(transfer.part_size, 5MiB))"
+            )
         if self.retries < 0:
             raise ValueError("transfer.retries must be >= 0")
         if self.stall_timeout <= 0:

@@ -145,8 +145,10 @@ class HttpClient:
             k.lower() == "content-length" for k in headers
         ):
             headers = {**headers, "Content-Length": str(len(body))}
-        request = serialize(method, target, headers) + body  # one copy of an upload's part
-        conn = await self._exchange(key, request, stall_timeout, method == "HEAD")
+        # The body is written as it is, a slice at a time (transfer/httpconn.py): no copy.
+        request = serialize(method, target, headers)
+        view = memoryview(body) if body else None
+        conn = await self._exchange(key, request, stall_timeout, method == "HEAD", view)
         try:
             yield Response(conn, stall_timeout)
         finally:
@@ -169,11 +171,16 @@ class HttpClient:
         self._release(conn)
 
     async def _exchange(
-        self, key: Key, request: bytes, stall_timeout: float, head: bool
+        self,
+        key: Key,
+        request: bytes,
+        stall_timeout: float,
+        head: bool,
+        body: memoryview | None = None,
     ) -> HttpConnection:
         conn = await self._acquire(key)
         try:
-            await conn.send(request, stall_timeout, head=head)
+            await conn.send(request, stall_timeout, head=head, body=body)
         except TransientError as e:
             if not (conn.exchanges > 0 and conn.received == 0 and e.reason == "reset"):
                 raise
@@ -181,7 +188,7 @@ class HttpClient:
             for stale in self._idle.pop(key, []):
                 stale.abort()
             conn = await self._connect(key)
-            await conn.send(request, stall_timeout, head=head)
+            await conn.send(request, stall_timeout, head=head, body=body)
         return conn
 
     async def _acquire(self, key: Key) -> HttpConnection:

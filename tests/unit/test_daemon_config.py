@@ -77,6 +77,15 @@ def test_limits_and_header_timeout(tmp_path: Path) -> None:
     assert config.limits.jobs_per_uid == 256  # the others keep their defaults
     assert config.limits.connections_per_uid == 128
     assert config.limits.job_creates_per_minute_per_uid == 120
+    assert config.limits.uploads_per_uid == 8
+    assert config.transfer.upload_memory_total == 512 * 1024 * 1024
+
+
+def test_upload_limits(tmp_path: Path) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text("[transfer]\nupload_memory_total = '1GiB'\n[limits]\nuploads_per_uid = 2\n")
+    config = load_config(path)
+    assert (config.transfer.upload_memory_total, config.limits.uploads_per_uid) == (2**30, 2)
 
 
 @pytest.mark.parametrize(
@@ -86,6 +95,15 @@ def test_limits_and_header_timeout(tmp_path: Path) -> None:
         ("[limits]\nstreams_per_uid = '8'\n", "[limits] streams_per_uid: '8' must be an integer"),
         ("[limits]\nsockets = 3\n", "[limits] sockets: unknown key"),
         ("[api]\nheader_timeout = 0\n", "header_timeout must be > 0"),
+        ("[limits]\nuploads_per_uid = 0\n", "uploads_per_uid must be at least 1"),
+        (
+            "[transfer]\nupload_memory_total = '4MiB'\n",
+            "transfer.upload_memory_total must be at least one upload part",
+        ),
+        (
+            "[transfer]\npart_size = '64MiB'\nupload_memory_total = '32MiB'\n",
+            "transfer.upload_memory_total must be at least one upload part",
+        ),
     ],
 )
 def test_bad_limits(tmp_path: Path, text: str, message: str) -> None:

@@ -638,3 +638,96 @@ def test_https_through_a_connect_tunnel(tls_files: tuple[str, str], loop: str) -
     factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(scenario())
+
+
+class BodyServer:
+    """Reads each request's head and Content-Length body, then answers 200 with
+    the body's length; or, with `refuse`, answers 403 at once without reading the body."""
+
+    def __init__(self, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.connections = 0
+        self.received: list[int] = []
+        self._server: asyncio.Server | None = None
+        self._handlers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.append(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if self.refuse:
+                    writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n\r\ndenied")
+                    await writer.drain()
+                    await reader.read()  # until the client drops the connection
+                    return
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                got = 0
+                while got < length:
+                    got += len(await reader.read(min(256 * 1024, length - got)))
+                self.received.append(got)
+                answer = str(got).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        """After the client closed: every handler ends on its connection's close."""
+        assert self._server is not None
+        self._server.close()
+        await asyncio.gather(*self._handlers)
+        await self._server.wait_closed()
+
+
+async def test_a_request_body_is_written_in_slices_not_copied_whole() -> None:
+    import tracemalloc
+
+    server = BodyServer()
+    url = await server.start()
+    client = HttpClient()
+    body = bytearray(os.urandom(24 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        for _ in range(2):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            async with client.request(
+                "PUT", url + "/k", {}, memoryview(body), stall_timeout=10
+            ) as r:
+                assert (r.status, await r.read()) == (200, str(len(body)).encode())
+            peak = tracemalloc.get_traced_memory()[1] - before
+            # The transport holds at most a slice (1 MiB) of it; the old request
+            # (head + body joined) was a copy of all 24 MiB.
+            assert peak < 6 * 1024 * 1024, f"{peak} bytes allocated sending the body"
+        assert server.received == [len(body)] * 2 and server.connections == 1  # kept alive
+    finally:
+        tracemalloc.stop()
+        await client.close()
+        await server.stop()
+
+
+async def test_an_answer_before_the_body_is_sent_stops_it_and_drops_the_connection() -> None:
+    server = BodyServer(refuse=True)
+    url = await server.start()
+    client = HttpClient()
+    body = memoryview(bytes(64 * 1024 * 1024))  # far beyond the sockets' buffers
+    try:
+        for n in (1, 2):
+            async with client.request("PUT", url + "/k", {}, body, stall_timeout=10) as r:
+                assert (r.status, await r.read()) == (403, b"denied")
+            assert server.connections == n  # never reused: the server still expects a body
+    finally:
+        await client.close()
+        await server.stop()

@@ -121,3 +121,25 @@ def test_idle_uids_are_forgotten() -> None:
     with lim.job_creation(100, live_jobs=0):
         pass
     assert len(lim._buckets) == 1
+
+
+def test_uploads_at_the_edge_and_released_on_error() -> None:
+    lim, _ = limits(uploads_per_uid=2, streams_per_uid=1)
+    refusals: list[str] = []
+    lim._refused = refusals.append
+    with lim.upload(7), lim.upload(7):
+        with pytest.raises(ApiError) as exc, lim.upload(7):
+            pass
+        refused(exc, "uploads_per_uid", 2)
+        assert "Retry-After" not in exc.value.headers
+        assert refusals == ["uploads_per_uid"]
+        with lim.stream(7):  # streams are counted apart
+            assert (lim.usage(7), lim.uploads(7)) == ((0, 1, 0), 2)
+        with lim.upload(8):  # another uid has its own count
+            assert lim.uploads(8) == 1
+    assert lim.uploads(7) == 0
+    with pytest.raises(OSError), lim.upload(7):
+        raise OSError("the client went away")
+    assert lim.uploads(7) == 0 and not lim._usage
+    with lim.upload(7), lim.upload(7):
+        assert lim.uploads(7) == 2
