@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from s3feed.transfer.config import TransferConfig
@@ -358,26 +359,11 @@ def _targets(facts: dict[str, Any]) -> list[str]:
             f"| {what} | {measured} | {'—' if ok is None else ('yes' if ok else '**no**')} |"
         )
 
+    for key, proto in (("main", "HTTP"), ("main_https", "HTTPS")):
+        p = summarize(facts, key) if facts.get(key) else {}
+        _targets_14(row, proto, p)
     c, rc = s.get("s3feed-cache"), s.get("rclone-copyto")
     st, rcat = s.get("s3feed-cat"), s.get("rclone-cat")
-    if c and rc:  # rclone's paired ratio is rclone over s3feed: s3feed <= k x rclone is >= 1/k
-        row("14: cache CPU-s/GB <= 0.8 x rclone copyto's (paired)",
-            f"{_f(c['cpu_per_gb'])} vs {_f(rc['cpu_per_gb'])}: {_f(1 / rc['cpu_ratio'])} x",
-            1 / rc["cpu_ratio"] <= 0.8)  # fmt: skip
-        row("14: cache wall <= 1.0 x rclone copyto's (paired)",
-            f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s: {_f(1 / rc['wall_ratio'])} x",
-            1 / rc["wall_ratio"] <= 1.0)  # fmt: skip
-    if st and rcat:
-        row("14: `s3feed cat` CPU-s/GB (daemon + cat) <= 1.0 x rclone cat's (paired)",
-            f"{_f(st['cpu_per_gb'])} vs {_f(rcat['cpu_per_gb'])}: {_f(1 / rcat['cpu_ratio'])} x",
-            1 / rcat["cpu_ratio"] <= 1.0)  # fmt: skip
-        row("14: `s3feed cat` wall <= 0.9 x rclone cat's (paired)",
-            f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s: {_f(1 / rcat['wall_ratio'])} x",
-            1 / rcat["wall_ratio"] <= 0.9)  # fmt: skip
-    if st and st["daemon_growth_mib"] is not None:
-        row("14: one stream's peak daemon RSS <= baseline + 64 MiB (reader keeps up)",
-            f"+{_f(st['daemon_growth_mib'], 0)} MiB (peak {_f(st['daemon_hwm_mib'], 0)})",
-            st["daemon_growth_mib"] <= 64)  # fmt: skip
     for r in facts.get("crowd", []):
         limit = r["base_rss_mib"] + r["budget_mib"]
         kind = "keep up" if r["rate_limit"] is None else "slow"
@@ -426,6 +412,32 @@ def _targets(facts: dict[str, Any]) -> list[str]:
         )
         row("8 jobs: slowest/fastest <= 1.5", _f(fair), fair <= 1.5)
     return [*out, ""]
+
+
+def _targets_14(
+    row: Callable[[str, str, bool | None], None], proto: str, s: dict[str, Any]
+) -> None:
+    """Issue 14's bar, for one protocol's rows."""
+    c, rc = s.get("s3feed-cache"), s.get("rclone-copyto")
+    st, rcat = s.get("s3feed-cat"), s.get("rclone-cat")
+    if c and rc:  # rclone's paired ratio is rclone over s3feed: s3feed <= k x rclone is >= 1/k
+        row(f"14 ({proto}): cache CPU-s/GB <= 0.8 x rclone copyto's (paired)",
+            f"{_f(c['cpu_per_gb'])} vs {_f(rc['cpu_per_gb'])}: {_f(1 / rc['cpu_ratio'])} x",
+            1 / rc["cpu_ratio"] <= 0.8)  # fmt: skip
+        row(f"14 ({proto}): cache wall <= 1.0 x rclone copyto's (paired)",
+            f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s: {_f(1 / rc['wall_ratio'])} x",
+            1 / rc["wall_ratio"] <= 1.0)  # fmt: skip
+    if st and rcat:
+        row(f"14 ({proto}): `s3feed cat` CPU-s/GB (daemon + cat) <= 1.0 x rclone cat's (paired)",
+            f"{_f(st['cpu_per_gb'])} vs {_f(rcat['cpu_per_gb'])}: {_f(1 / rcat['cpu_ratio'])} x",
+            1 / rcat["cpu_ratio"] <= 1.0)  # fmt: skip
+        row(f"14 ({proto}): `s3feed cat` wall <= 0.9 x rclone cat's (paired)",
+            f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s: {_f(1 / rcat['wall_ratio'])} x",
+            1 / rcat["wall_ratio"] <= 0.9)  # fmt: skip
+    if st and st["daemon_growth_mib"] is not None:
+        row(f"14 ({proto}): one stream's peak daemon RSS <= baseline + 64 MiB (reader keeps up)",
+            f"+{_f(st['daemon_growth_mib'], 0)} MiB (peak {_f(st['daemon_hwm_mib'], 0)})",
+            st["daemon_growth_mib"] <= 64)  # fmt: skip
 
 
 def _transfer_line(facts: dict[str, Any]) -> str:

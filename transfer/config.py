@@ -37,6 +37,9 @@ class S3Config:
             raise ValueError("s3.addressing must be one of auto, path, virtual")
 
 
+STREAM_WINDOW_PARTS = 3  # a stream's default window: ranges in flight for a reader that keeps up
+
+
 @dataclass(frozen=True)
 class TransferConfig:
     """Ranged-GET engine.
@@ -54,7 +57,7 @@ class TransferConfig:
     part_size: int = 16 * MiB
     concurrency: int = 8  # ranges in flight per transfer
     global_concurrency: int = 32  # ranges in flight across the daemon
-    stream_window: int = 48 * MiB
+    stream_window: int = 0  # 0: STREAM_WINDOW_PARTS x part_size (48 MiB with 16 MiB parts)
     stream_memory: int = 1 * GiB  # all stream windows together
     retries: int = 10  # retry budget per transfer
     stall_timeout: float = 30.0  # seconds without a byte before a range is retried
@@ -67,6 +70,8 @@ class TransferConfig:
             raise ValueError("transfer.part_size must be between 1MiB and 5GiB")
         if self.concurrency < 1 or self.global_concurrency < 1:
             raise ValueError("transfer.concurrency and global_concurrency must be >= 1")
+        if self.stream_window == 0:  # docs/design.md, Performance notes (Stream window)
+            object.__setattr__(self, "stream_window", STREAM_WINDOW_PARTS * self.part_size)
         if self.stream_window < self.part_size:
             raise ValueError("transfer.stream_window must be at least transfer.part_size")
         if self.stream_memory < self.part_size:

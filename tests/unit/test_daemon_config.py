@@ -112,3 +112,13 @@ def test_bad_limits(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert message in str(err.value)
+
+
+def test_the_stream_window_follows_the_part_size_unless_set(tmp_path: Path) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text("[transfer]\npart_size = '64MiB'\n")
+    assert load_config(path).transfer.stream_window == 3 * 64 * MiB  # not refused as < part
+    path.write_text("")
+    assert load_config(path).transfer.stream_window == 48 * MiB
+    path.write_text("[transfer]\npart_size = '8MiB'\nstream_window = '100MiB'\n")
+    assert load_config(path).transfer.stream_window == 100 * MiB
