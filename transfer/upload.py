@@ -99,6 +99,9 @@ class PartDone:
     checksum: str  # base64 CRC32C of the part
 
 
+READ_SLICE = 1024 * 1024  # bytes asked of the body per read (_read_part)
+
+
 @dataclass(frozen=True)
 class UploadResult:
     key: str  # full S3 key
@@ -269,10 +272,17 @@ async def _abort(client: UploadClient, key: str, upload_id: str) -> None:
 
 
 async def _read_part(body: BodySource, size: int, state: Upload) -> bytearray:
-    buf = bytearray()
-    while len(buf) < size:
+    # Filled in place: appending grew it by reallocation, so a part briefly
+    # took up to twice its size (docs/design.md, Outputs: memory per upload).
+    # At most READ_SLICE per read: aiohttp raises its request buffer's high
+    # water mark to twice the largest read asked for, so reading a 16 MiB part
+    # at once let it buffer 32 MiB more of the body.
+    buf = bytearray(size)
+    view = memoryview(buf)
+    filled = 0
+    while filled < size:
         try:
-            chunk = await body.read(size - len(buf))
+            chunk = await body.read(min(size - filled, READ_SLICE))
         except (ConnectionError, OSError, EOFError) as e:
             raise IncompleteBody(f"the client went away after {state.received} bytes: {e}") from e
         except Exception as e:  # aiohttp's payload errors
@@ -281,12 +291,16 @@ async def _read_part(body: BodySource, size: int, state: Upload) -> bytearray:
             raise
         if not chunk:
             break
-        buf += chunk
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
         state.received += len(chunk)
-    if len(buf) < size and state.size_hint is not None and state.received != state.size_hint:
-        raise IncompleteBody(
-            f"the body ended after {state.received} of {state.size_hint} bytes (Content-Length)"
-        )
+    view.release()
+    if filled < size:
+        if state.size_hint is not None and state.received != state.size_hint:
+            raise IncompleteBody(
+                f"the body ended after {state.received} of {state.size_hint} bytes (Content-Length)"
+            )
+        del buf[filled:]
     return buf
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from s3feed.transfer.errors import AccessDenied, TransientError
 from s3feed.transfer.fakeupload import FakeUploadStore
@@ -202,3 +204,43 @@ def test_known_size_above_10000_parts_grows_the_part() -> None:
 
     asyncio.run(main())
     assert "AbortMultipartUpload" in store.calls
+
+
+async def test_a_request_body_is_buffered_by_aiohttp_only_a_few_slices_ahead(
+    tmp_path: Path,
+) -> None:
+    """aiohttp raises a request's buffer limits to twice the largest read asked
+    for: reading whole parts let it hold 2 parts of the body beyond the part
+    buffers (measured +48 MiB over `upload_memory` in a daemon). A real aiohttp
+    server reads the body through `upload` while the store is slow."""
+    limits: list[tuple[int, int]] = []
+    store = FakeUploadStore()
+
+    async def handler(request: web.Request) -> web.Response:
+        config = UploadConfig(part_size=PART, memory=2 * PART, retries=0)
+        state = Upload("out/x", size_hint=request.content_length)
+        await upload(request.content, store, "out/x", config=config, state=state)
+        limits.append(request.content.get_read_buffer_limits())
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=0)
+    app.router.add_put("/x", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = str(tmp_path / "s.sock")
+    await web.UnixSite(runner, path).start()
+    data = os.urandom(4 * PART + 3)
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(f"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode())
+        writer.write(data)
+        await writer.drain()
+        status = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await runner.cleanup()
+    assert status.startswith(b"HTTP/1.1 200"), status
+    assert store.objects["out/x"].data == data
+    low, high = limits[0]
+    assert high <= 2 * MiB, (low, high)  # a part is 5 MiB: it was 10 MiB
