@@ -707,6 +707,22 @@ ROWS = [
                 ),
             ],
         ),
+        timeseries(
+            title="Upload memory used and budget by host",
+            description=(
+                "Part buffers held by uploads (solid) against [transfer] upload_memory_total "
+                "(dashed), per daemon. At the budget, uploads keep one buffer each and the "
+                "encoders' writes wait rather than the daemon growing (docs/design.md, Outputs)."
+            ),
+            w=8,
+            h=8,
+            unit="bytes",
+            overrides=[dashed("budget .*")],
+            targets=[
+                Target("used {{instance}}", "s3feed_upload_memory_used_bytes{$SEL}"),
+                Target("budget {{instance}}", "s3feed_upload_memory_budget_bytes{$SEL}"),
+            ],
+        ),
     ),
     row(
         "Credentials",
