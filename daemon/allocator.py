@@ -6,8 +6,8 @@ slice a stream window reorders becomes a `bytes` of up to 1 MiB. With glibc's
 defaults those come from mmap or from heap top that is trimmed as soon as it
 is freed (the dynamic trim threshold is twice the largest freed mmap), so each
 slice costs fresh pages: page faults and zeroing, a third of the daemon's CPU
-for a stream on these machines (1 GiB through `s3feed cat`: 0.38 -> 0.26
-daemon CPU-s per 512 MiB with the thresholds below). So `tune()` fixes the
+for a stream on these machines (`s3feed cat` of 512 MiB: daemon 0.38 -> 0.26
+CPU-s with the thresholds below). So `tune()` fixes the
 mmap threshold at glibc's maximum (32 MiB, above any chunk the daemon makes)
 and the trim threshold high, and `trim()` (a timer in daemon/server.py) hands
 free pages back with `malloc_trim(0)`: at most `TRIM_INTERVAL` of a burst's
