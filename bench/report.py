@@ -126,18 +126,17 @@ def render(facts: dict[str, Any]) -> str:
         "Versions: " + "; ".join(f"{k} `{v}`" for k, v in facts["versions"].items()) + ".",
         "",
     ]
-    for key, proto in (("main", "plain HTTP"), ("main_https", "HTTPS")):
+    for key, proto, modes, note in (
+        ("main", "plain HTTP", DOWNLOAD_MODES, None),
+        ("main_https", "HTTPS", DOWNLOAD_MODES, ("HTTPS", "https_note")),
+        ("uploads", "plain HTTP", UPLOAD_MODES, None),
+        ("uploads_https", "HTTPS", UPLOAD_MODES, ("Uploads over HTTPS", "uploads_https_note")),
+    ):
         if not facts.get(key):
             continue
-        if key == "main_https":
-            lines += [f"# HTTPS: {facts.get('https_note', '')}", ""]
-        lines += _tables(facts, key, proto, DOWNLOAD_MODES)
-    for key, proto in (("uploads", "plain HTTP"), ("uploads_https", "HTTPS")):
-        if not facts.get(key):
-            continue
-        if key == "uploads_https":
-            lines += [f"# Uploads over HTTPS: {facts.get('uploads_https_note', '')}", ""]
-        lines += _tables(facts, key, proto, UPLOAD_MODES)
+        if note is not None:
+            lines += [f"# {note[0]}: {facts.get(note[1], '')}", ""]
+        lines += _tables(facts, key, proto, modes)
     if facts.get("ttfb"):
         lines += ["## Time to first byte", "",
                   "From spawning the reader process to its first byte (the first 64 KiB"

@@ -15,18 +15,17 @@ S3feedError with the server's code and message.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import http.client
 import os
 import socket
-import stat
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import orjson
 
+from .clientbody import Body, Progress, is_pipe, regular_size, send_body
 from .clientcalls import (
     PIPE_SIZE,
     READ_CHUNK,
@@ -83,97 +82,6 @@ class _UnbufferedResponse(http.client.HTTPResponse):
         self.fp = sock.makefile("rb", buffering=0)  # type: ignore[assignment]
 
 
-def _is_pipe(fd: int) -> bool:
-    return stat.S_ISFIFO(os.fstat(fd).st_mode)
-
-
-Body = bytes | bytearray | memoryview | int | BinaryIO  # int: an open file descriptor
-Progress = Callable[[int], None]  # bytes sent so far
-
-
-def _regular_size(fd: int) -> int | None:
-    """Bytes left in a regular file from its offset; None for pipes, sockets, ttys."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        return None
-    return max(0, st.st_size - os.lseek(fd, 0, os.SEEK_CUR))
-
-
-def _send_body(sock: socket.socket, data: Body, size: int | None, progress: Progress) -> None:
-    """Content-Length bodies go as they are (a regular file by sendfile);
-    anything else chunked, a read at a time."""
-    if isinstance(data, bytes | bytearray | memoryview):
-        view = memoryview(data)
-        for start in range(0, len(view), READ_CHUNK):
-            sock.sendall(view[start : start + READ_CHUNK])
-            progress(min(len(view), start + READ_CHUNK))
-        return
-    fd = data if isinstance(data, int) else data.fileno()
-    sent = 0
-    if size is not None:
-        offset = os.lseek(fd, 0, os.SEEK_CUR)
-        while sent < size:
-            n = os.sendfile(sock.fileno(), fd, offset + sent, min(size - sent, 8 * READ_CHUNK))
-            if n == 0:
-                raise OSError(f"the file ended after {sent} of {size} bytes")
-            sent += n
-            progress(sent)
-        return
-    if stat.S_ISFIFO(os.fstat(fd).st_mode) and sock.gettimeout() is None:
-        sent = _splice_chunks(fd, sock, progress)
-    while chunk := os.read(fd, READ_CHUNK):
-        sock.sendmsg([b"%x\r\n" % len(chunk), chunk, b"\r\n"])
-        sent += len(chunk)
-        progress(sent)
-    sock.sendall(b"0\r\n\r\n")
-
-
-def _splice_chunks(fd: int, sock: socket.socket, progress: Progress) -> int:
-    """A pipe's bytes into the socket as HTTP chunks without passing through
-    this process: splice(2) moves up to a pipe's worth into a pipe of ours
-    (which says how many: the chunk's size line), then on into the socket.
-    `ffmpeg | s3feed put JOB KEY -` cost the CLI 1.2 CPU-s per GB read and
-    written by Python. Returns the bytes sent; what it could not splice (an
-    error before the first byte) is left to the caller's read loop."""
-    sent = 0
-    to_socket = True
-    r, w = os.pipe()
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        while True:
-            try:
-                n = os.splice(fd, w, PIPE_SIZE)
-            except OSError:
-                if sent:
-                    raise
-                return 0  # splice refused this pair: read and send instead
-            if n == 0:
-                return sent
-            sock.sendall(b"%x\r\n" % n)
-            left = n
-            while left:
-                moved = 0
-                if to_socket:
-                    try:
-                        moved = os.splice(r, sock.fileno(), left)
-                    except OSError as e:
-                        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
-                            raise
-                        to_socket = False  # a kernel that cannot splice into this socket
-                if not moved:
-                    data = os.read(r, left)
-                    sock.sendall(data)
-                    moved = len(data)
-                left -= moved
-            sock.sendall(b"\r\n")
-            sent += n
-            progress(sent)
-    finally:
-        os.close(r)
-        os.close(w)
-
-
 class Client:
     """Blocking client (one connection per call; the CLI's needs are small)."""
 
@@ -220,7 +128,7 @@ class Client:
             if isinstance(data, bytes | bytearray | memoryview):
                 size: int | None = len(data)
             else:
-                size = _regular_size(data if isinstance(data, int) else data.fileno())
+                size = regular_size(data if isinstance(data, int) else data.fileno())
             if size is None:
                 conn.putheader("Transfer-Encoding", "chunked")
             else:
@@ -231,7 +139,7 @@ class Client:
             assert conn.sock is not None
             # A refusal can come before the body is all sent: its answer says why.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                _send_body(conn.sock, data, size, progress)
+                send_body(conn.sock, data, size, progress)
             resp = conn.getresponse()
             body = resp.read()
             if resp.status >= 400:
@@ -344,7 +252,7 @@ class Client:
         socket, never copied into Python, and the pipe is grown to 1 MiB so the
         reader wakes less often; to anything else it goes through one reused
         buffer."""
-        splice = _is_pipe(fd) and self.timeout is None
+        splice = is_pipe(fd) and self.timeout is None
         with self._object(job_id, key, byte_range, unbuffered=splice) as (resp, expected):
             if splice and expected >= 0:
                 with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from .config import LimitsConfig
@@ -104,42 +104,34 @@ class UidLimits:
 
     # -- streams -------------------------------------------------------------------------
 
-    @contextmanager
-    def stream(self, uid: int) -> Iterator[None]:
-        usage = self._get(uid)
-        if usage.streams >= self.config.streams_per_uid:
-            self._put(uid, usage)
-            self._refused("streams_per_uid")
-            raise limit_exceeded(
-                "streams_per_uid", self.config.streams_per_uid, uid,
-                "finish or close one of this uid's streams first",
-            )  # fmt: skip
-        usage.streams += 1
-        try:
-            yield
-        finally:
-            usage = self._get(uid)
-            usage.streams -= 1
-            self._put(uid, usage)
+    def stream(self, uid: int) -> AbstractContextManager[None]:
+        return self._held(
+            uid, "streams", "streams_per_uid", "finish or close one of this uid's streams first"
+        )
 
     # -- uploads -------------------------------------------------------------------------
 
+    def upload(self, uid: int) -> AbstractContextManager[None]:
+        return self._held(
+            uid, "uploads", "uploads_per_uid", "wait for one of this uid's uploads to finish first"
+        )
+
     @contextmanager
-    def upload(self, uid: int) -> Iterator[None]:
+    def _held(self, uid: int, count: str, key: str, fix: str) -> Iterator[None]:
+        """One of `uid`'s `count` (a _Usage field) while the block runs, at most
+        `[limits] key` at once."""
         usage = self._get(uid)
-        if usage.uploads >= self.config.uploads_per_uid:
+        limit = getattr(self.config, key)
+        if getattr(usage, count) >= limit:
             self._put(uid, usage)
-            self._refused("uploads_per_uid")
-            raise limit_exceeded(
-                "uploads_per_uid", self.config.uploads_per_uid, uid,
-                "wait for one of this uid's uploads to finish first",
-            )  # fmt: skip
-        usage.uploads += 1
+            self._refused(key)
+            raise limit_exceeded(key, limit, uid, fix)
+        setattr(usage, count, getattr(usage, count) + 1)
         try:
             yield
         finally:
             usage = self._get(uid)
-            usage.uploads -= 1
+            setattr(usage, count, getattr(usage, count) - 1)
             self._put(uid, usage)
 
     def uploads(self, uid: int) -> int:

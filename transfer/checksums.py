@@ -108,6 +108,17 @@ _MD5_ETAG = re.compile(r'^"?([0-9a-fA-F]{32})"?$')
 _MULTIPART_ETAG = re.compile(r'^"?[0-9a-fA-F]{32}-(\d+)"?$')
 
 
+def crc32c(data: bytes | bytearray | memoryview) -> str:
+    """Base64 CRC32C, as S3's x-amz-checksum-crc32c carries it (uploads)."""
+    return base64.b64encode(crt.crc32c(data).to_bytes(4, "big")).decode()
+
+
+def composite(part_checksums: list[str]) -> str:
+    """S3's COMPOSITE checksum of a multipart object: CRC of the part CRCs, '-N'."""
+    raw = b"".join(base64.b64decode(c) for c in part_checksums)
+    return f"{crc32c(raw)}-{len(part_checksums)}"
+
+
 def etag_parts(etag: str) -> int | None:
     """N for a multipart ETag ("...-N"), else None."""
     m = _MULTIPART_ETAG.match(etag)

@@ -14,8 +14,9 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .checksums import composite, crc32c
 from .errors import ObjectStoreError
-from .upload import CHECKSUM, PartDone, composite, crc32c
+from .upload import CHECKSUM, PartDone
 
 
 @dataclass

@@ -35,17 +35,16 @@ transfer/fakeupload.py.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from awscrt import checksums as crt
-
+from .checksums import composite, crc32c
 from .config import MiB
 from .errors import TransferError, TransientError
+from .retry import first_error
 from .uploadmemory import PartBuffers, UploadMemory
 
 MIN_PART = 5 * MiB  # S3's smallest part but the last
@@ -162,16 +161,6 @@ class NullJournal:
 
     def ended(self, bucket: str, key: str, upload_id: str) -> None:
         pass
-
-
-def crc32c(data: bytes | bytearray | memoryview) -> str:
-    return base64.b64encode(crt.crc32c(data).to_bytes(4, "big")).decode()
-
-
-def composite(part_checksums: list[str]) -> str:
-    """S3's COMPOSITE checksum of a multipart object: CRC of the part CRCs, '-N'."""
-    raw = b"".join(base64.b64decode(c) for c in part_checksums)
-    return f"{crc32c(raw)}-{len(part_checksums)}"
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -378,17 +367,8 @@ async def _send_parts(
                     )
     except BaseExceptionGroup as group:
         # The first real failure is the upload's (the others are its echoes).
-        raise _first_error(group) from None
+        raise first_error(group) from None
     return sorted(done, key=lambda p: p.number)
-
-
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_error(exc)
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc
-    return group.exceptions[0]
 
 
 async def _timed(state: Upload, request: Awaitable[T]) -> T:

@@ -10,7 +10,7 @@ import threading
 import httptools
 import pytest
 
-from s3feed.daemon.client import _send_body
+from s3feed.daemon.clientbody import send_body
 
 MiB = 1024 * 1024
 
@@ -56,7 +56,7 @@ def _send_and_parse(make_source: str, data: bytes) -> tuple[bytes, list[int]]:
     for t in threads:
         t.start()
     try:
-        _send_body(out, src_read, None, progress.append)
+        send_body(out, src_read, None, progress.append)
         out.shutdown(socket.SHUT_WR)
     finally:
         for t in threads:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from s3feed.transfer.checksums import composite, crc32c
 from s3feed.transfer.errors import AccessDenied, TransientError
 from s3feed.transfer.fakeupload import FakeUploadStore
 from s3feed.transfer.upload import (
@@ -18,8 +19,6 @@ from s3feed.transfer.upload import (
     Upload,
     UploadConfig,
     UploadResult,
-    composite,
-    crc32c,
     upload,
 )
 
