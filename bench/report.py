@@ -446,7 +446,8 @@ def _transfer_line(facts: dict[str, Any]) -> str:
         + " (a tuning run; the rest default)"
         if settings
         else f"s3feed runs with default [transfer] settings ({_DEFAULTS.part_size >> 20} MiB"
-        f" parts, {_DEFAULTS.concurrency} per transfer, {_DEFAULTS.stream_window >> 20} MiB"
+        f" parts, cache fetches of large objects in ranges of up to {_DEFAULTS.max_range >> 20}"
+        f" MiB, {_DEFAULTS.concurrency} per transfer, {_DEFAULTS.stream_window >> 20} MiB"
         " stream window)"
     )  # fmt: skip
     return f"- {s3feed}; peers with their defaults except where the `how` column says."

@@ -171,7 +171,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
                       "ca_bundle": _str}),
     "transfer": (TransferConfig, {
         "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
-        "stream_window": parse_size, "retries": _int, "stall_timeout": _seconds,
+        "stream_window": parse_size, "max_range": parse_size, "retries": _int,
+        "stall_timeout": _seconds,
         "stream_memory": parse_size, "upload_memory": parse_size,
         "upload_memory_total": parse_size,
     }),

@@ -38,6 +38,7 @@ class S3Config:
 
 
 STREAM_WINDOW_PARTS = 3  # a stream's default window: ranges in flight for a reader that keeps up
+MAX_RANGE_PARTS = 4  # a cache fetch's default largest GET, in parts
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class TransferConfig:
     concurrency: int = 8  # ranges in flight per transfer
     global_concurrency: int = 32  # ranges in flight across the daemon
     stream_window: int = 0  # 0: STREAM_WINDOW_PARTS x part_size (48 MiB with 16 MiB parts)
+    # A cache fetch of a large object GETs up to this much at once (whole parts):
+    # 0 is MAX_RANGE_PARTS x part_size (64 MiB); part_size turns it off.
+    max_range: int = 0
     stream_memory: int = 1 * GiB  # all stream windows together
     retries: int = 10  # retry budget per transfer
     stall_timeout: float = 30.0  # seconds without a byte before a range is retried
@@ -72,6 +76,10 @@ class TransferConfig:
             raise ValueError("transfer.concurrency and global_concurrency must be >= 1")
         if self.stream_window == 0:  # docs/design.md, Performance notes (Stream window)
             object.__setattr__(self, "stream_window", STREAM_WINDOW_PARTS * self.part_size)
+        if self.max_range == 0:  # docs/design.md, Transfers: Ranges
+            object.__setattr__(self, "max_range", MAX_RANGE_PARTS * self.part_size)
+        if self.max_range < self.part_size:
+            raise ValueError("transfer.max_range must be at least transfer.part_size")
         if self.stream_window < self.part_size:
             raise ValueError("transfer.stream_window must be at least transfer.part_size")
         if self.stream_memory < self.part_size:

@@ -47,6 +47,7 @@ from .streammemory import StreamMemory
 T = TypeVar("T")
 BACKOFF_BASE = 0.1  # seconds; the n-th consecutive failure waits U(0, base * 2^n)
 BACKOFF_CAP = 20.0
+RANGES_PER_CONNECTION = 4  # a cache fetch's ranges grow only while each connection gets this many
 
 
 class FairLimiter:
@@ -106,17 +107,36 @@ def object_parts(meta: ObjectMeta, part_size: int | None) -> list[tuple[int, int
 
 
 def plan_ranges(
-    start: int, end: int, part_size: int, parts: list[tuple[int, int]] | None
+    start: int,
+    end: int,
+    part_size: int,
+    parts: list[tuple[int, int]] | None,
+    *,
+    join_parts: bool = False,
 ) -> list[tuple[int, int]]:
-    """Ranges of at most part_size covering [start, end], cut at part boundaries."""
+    """Ranges of at most part_size covering [start, end], cut at part boundaries;
+    with `join_parts`, consecutive parts share a range while it stays within
+    part_size (a range then starts on a part boundary, ends on one or at a
+    cut inside an oversized part)."""
     spans = parts if parts is not None else [(start, end)]
     out: list[tuple[int, int]] = []
     for ps, pe in spans:
         s, e = max(ps, start), min(pe, end)
+        if join_parts and out and s <= e and out[-1][1] + 1 == s and e - out[-1][0] < part_size:
+            out[-1] = (out[-1][0], e)
+            continue
         while s <= e:
             out.append((s, min(s + part_size - 1, e)))
             s += part_size
     return out
+
+
+def range_size(config: TransferConfig, size: int) -> int:
+    """A cache fetch's GET size for an object of `size` bytes: part_size, grown
+    in whole parts up to max_range while each of the transfer's connections
+    still gets RANGES_PER_CONNECTION ranges (docs/design.md, Transfers: Ranges)."""
+    parts = size // (config.concurrency * RANGES_PER_CONNECTION * config.part_size)
+    return config.part_size * max(1, min(parts, config.max_range // config.part_size))
 
 
 class _FileSink:
@@ -269,7 +289,11 @@ class Engine:
         if meta is None:
             meta = await self.retrying(budget, lambda: store.head(key))
         parts, exact = await self.layout(store, meta, budget)
-        ranges = plan_ranges(0, meta.size - 1, self.config.part_size, parts)
+        checks = Verifier(meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact)
+        ranges = plan_ranges(
+            0, meta.size - 1, range_size(self.config, meta.size), parts,
+            join_parts=not checks.composite,  # a composite checksum needs each part's own CRC
+        )  # fmt: skip
         done = RangeSet(skip or ())
         first_md5: str | None = None
         owner = object()  # this transfer, for the limiter's round-robin

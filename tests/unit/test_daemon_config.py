@@ -46,6 +46,7 @@ def test_bad_sizes(bad: object) -> None:
         ("[transfer]\npart_size = 'lots'\n", "[transfer] part_size"),
         ("[transfer]\nconcurrency = 'eight'\n", "[transfer] concurrency"),
         ("[transfer]\nconcurrency = 0\n", "[transfer]"),
+        ("[transfer]\nmax_range = '8MiB'\n", "max_range must be at least transfer.part_size"),
         ("[api]\nsocket_mode = '0999'\n", "[api] socket_mode"),
         ("[metrics]\nlisten = 'localhost'\n", "[metrics]"),
         ("[s3]\nendpoint_url = 'ftp://x'\n", "[s3]"),
@@ -122,3 +123,13 @@ def test_the_stream_window_follows_the_part_size_unless_set(tmp_path: Path) -> N
     assert load_config(path).transfer.stream_window == 48 * MiB
     path.write_text("[transfer]\npart_size = '8MiB'\nstream_window = '100MiB'\n")
     assert load_config(path).transfer.stream_window == 100 * MiB
+
+
+def test_the_largest_cache_range_follows_the_part_size_unless_set(tmp_path: Path) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text("")
+    assert load_config(path).transfer.max_range == 64 * MiB
+    path.write_text("[transfer]\npart_size = '64MiB'\n")
+    assert load_config(path).transfer.max_range == 4 * 64 * MiB  # not refused as < part
+    path.write_text("[transfer]\nmax_range = '16MiB'\n")
+    assert load_config(path).transfer.max_range == 16 * MiB

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from s3feed.transfer.config import MiB, TransferConfig
-from s3feed.transfer.engine import Engine, FairLimiter, object_parts, plan_ranges
+from s3feed.transfer.engine import Engine, FairLimiter, object_parts, plan_ranges, range_size
 from s3feed.transfer.errors import (
     AccessDenied,
     ChecksumMismatch,
@@ -118,6 +118,63 @@ def test_plan_and_part_guess() -> None:
     parts = object_parts(meta, None)
     assert parts is not None and parts[0] == (0, 8 * MiB - 1) and len(parts) == 10
     assert object_parts(meta, 3 * MiB) is None  # part 1 of 3 MiB cannot make 10 parts
+
+
+def test_a_large_objects_ranges_grow_in_whole_parts_up_to_max_range() -> None:
+    defaults = TransferConfig()  # 16 MiB parts, 8 connections, max_range 64 MiB
+    assert defaults.max_range == 64 * MiB
+    assert range_size(defaults, 2 * 1024 * MiB) == 64 * MiB  # 32 ranges: 4 per connection
+    assert range_size(defaults, 1024 * MiB) == 32 * MiB
+    assert range_size(defaults, 1024 * MiB - 1) == 16 * MiB  # whole parts only
+    assert range_size(defaults, 512 * MiB) == 16 * MiB
+    assert range_size(defaults, 100 * 1024 * MiB) == 64 * MiB  # never past max_range
+    off = TransferConfig(max_range=16 * MiB)
+    assert range_size(off, 100 * 1024 * MiB) == 16 * MiB
+    with pytest.raises(ValueError, match="max_range"):
+        TransferConfig(max_range=8 * MiB)
+    assert TransferConfig(part_size=8 * MiB).max_range == 32 * MiB  # follows part_size
+
+
+def test_joined_ranges_start_on_a_part_and_stay_within_the_range_size() -> None:
+    parts = [(0, 9), (10, 19), (20, 29), (30, 59), (60, 64)]
+    assert plan_ranges(0, 64, 20, parts, join_parts=True) == [
+        (0, 19),  # two parts
+        (20, 29),  # with the next part it would be 40
+        (30, 49),  # a part larger than a range is cut
+        (50, 64),  # the cut's rest and the last part: 15
+    ]
+    assert plan_ranges(0, 64, 20, parts) == [
+        (0, 9), (10, 19), (20, 29), (30, 49), (50, 59), (60, 64)
+    ]  # fmt: skip
+
+
+async def test_cache_ranges_join_parts_unless_a_composite_checksum_needs_each(
+    tmp_path: Path,
+) -> None:
+    inner = FakeObjectStore(chunk_size=1 << 18)
+    plain, composite = blob(16 * MiB + 5, 1), blob(16 * MiB + 5, 2)
+    inner.put("plain", plain, part_size=MiB)  # 17 parts, no checksum
+    inner.put("composite", composite, part_size=MiB, checksum="CRC32")
+    store = FailingObjectStore(inner)
+    engine, _, _ = make(concurrency=2, max_range=4 * MiB)  # 16 MiB / (2 x 4): 2 MiB ranges
+    got = {}
+    for key, data in (("plain", plain), ("composite", composite)):
+        before = len(store.gets)
+        progress = Progress()
+        f = os.open(tmp_path / key, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await engine.download(store, key, f, tenant="t", progress=progress)
+            assert sha(read_all(f)) == sha(data)
+        finally:
+            os.close(f)
+        got[key] = (sorted((c.start, c.end) for c in store.gets[before:]), progress.verified)
+    size = 16 * MiB + 5
+    assert got["plain"] == (
+        [(k * 2 * MiB, (k + 1) * 2 * MiB - 1) for k in range(8)] + [(16 * MiB, size - 1)],
+        [],
+    )  # two parts per GET; the 5-byte last part would make 2 MiB + 5
+    parts = [(k * MiB, min((k + 1) * MiB, size) - 1) for k in range(17)]
+    assert got["composite"] == (parts, ["CRC32-COMPOSITE"])  # one GET per part
 
 
 @pytest.mark.parametrize(
