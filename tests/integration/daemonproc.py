@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 TEST_DEFAULTS: dict[str, dict[str, Any]] = {
-    "transfer": {"part_size": "1MiB"},
+    # One part per GET: fault tests pace and count GETs. A test of larger
+    # cache-fetch ranges (docs/design.md, Transfers: Ranges) sets max_range.
+    "transfer": {"part_size": "1MiB", "max_range": "1MiB"},
     "cache": {"max_size": "2GiB", "min_free": "0"},
 }
 

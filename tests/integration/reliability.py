@@ -130,7 +130,13 @@ class Rig:
             "metrics": {"listen": f"127.0.0.1:{port}"},
             "sts": {"region": self.local_aws.region, "endpoint_url": self.sts.url},
             "s3": {"endpoint_url": self.s3.url},
-            "transfer": {"part_size": "1MiB", "stall_timeout": 1.0, "retries": 10},
+            # One part per GET (faults are paced per GET), as in daemonproc's defaults.
+            "transfer": {
+                "part_size": "1MiB",
+                "max_range": "1MiB",
+                "stall_timeout": 1.0,
+                "retries": 10,
+            },
             "cache": {"dir": self.work / "cache", "max_size": "2GiB", "min_free": "0"},
         }
         for name, keys in self.overrides.items():

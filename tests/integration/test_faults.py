@@ -438,6 +438,27 @@ def test_sigkill_mid_download_then_restart(
         still_serving(rig, local_aws, module_bucket)
 
 
+def test_a_large_fetch_uses_fewer_larger_ranges_and_resumes_within_one(
+    local_aws: LocalAws, tmp_path: Path, module_bucket: Bucket
+) -> None:
+    """With max_range 4 parts, a 16-part object on one connection is 4 GETs of
+    4 MiB (each connection keeps 4 ranges); a reset in the middle of one is
+    retried from its first missing byte, and the file is exact."""
+    data = blob(16 * MiB, seed=41)
+    module_bucket.put("wide/a.bin", data)
+    transfer = {"concurrency": 1, "max_range": "4MiB"}
+    with proxied_daemon(local_aws, tmp_path, transfer=transfer) as rig:
+        counted = Fault("latency", key_get("wide/a.bin"), times=None)
+        rig.s3.add(Fault("reset", key_get("wide/a.bin"), after=1, fraction=0.5))
+        rig.s3.add(counted)
+        client = Client(rig.socket, timeout=60)
+        job = new_job(client, local_aws, module_bucket.name)
+        done = client.fetch(job, "wide/a.bin")
+        check_file(data, done["Path"])
+        assert rig.s3.injected["reset"] == 1
+        assert counted.seen == 5, "4 ranges and the rest of the reset one"
+
+
 def test_sigterm_drains_running_fetches(
     local_aws: LocalAws, tmp_path: Path, module_bucket: Bucket
 ) -> None:
