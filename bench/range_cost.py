@@ -101,6 +101,8 @@ def main() -> None:
                 print(
                     f"round {rnd}: {name:32s} {gets:5d} GETs  server {cpu:5.2f}  wall {wall:5.2f}"
                 )
+        store.delete("range-cost.bin")
+        store.reclaim()  # SeaweedFS keeps a deleted object's bytes until vacuumed
 
 
 if __name__ == "__main__":
