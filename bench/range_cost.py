@@ -16,7 +16,6 @@ measurement, for the server side only; the client's CPU is not counted.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import http.client
 import time
 import urllib.parse
@@ -57,19 +56,18 @@ def read(store: Store, creds: Credentials, url: str, ranges: list[tuple[int, int
 
 
 def pattern(
-    store: Store, creds: Credentials, url: str, size: int, range_size: int, connections: int
+    store: Store, creds: Credentials, url: str, size: int, range_size: int
 ) -> tuple[float, float]:
-    """Server CPU-s and wall s to read the object in `range_size` GETs."""
+    """Server CPU-s and wall s to read the object in `range_size` GETs, one after
+    another on one connection."""
     ranges: list[tuple[int, int | None]] = (
         [(0, None)]
         if range_size >= size
         else [(s, min(s + range_size, size) - 1) for s in range(0, size, range_size)]
     )
-    shares = [ranges[i::connections] for i in range(connections)]
     assert store.server_pgid is not None
     cpu, wall = group_cpu(store.server_pgid), time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
-        got = sum(pool.map(lambda share: read(store, creds, url, share), shares))
+    got = read(store, creds, url, ranges)
     wall, cpu = time.monotonic() - wall, group_cpu(store.server_pgid) - cpu
     if got != size:
         raise RuntimeError(f"read {got} bytes of {size}")
@@ -90,13 +88,13 @@ def main() -> None:
             session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"]
         )
         url = f"{store.endpoint_url}/{store.bucket}/range-cost.bin"
-        rows = [("one GET of the whole object", args.size, 1)] + [
-            (f"GETs of {n} MiB, one connection", n * MiB, 1) for n in (4, 16, 64)
+        rows = [("one GET of the whole object", args.size)] + [
+            (f"GETs of {n} MiB", n * MiB) for n in (4, 16, 64)
         ]
-        print(f"{args.size} bytes, 16 MiB parts; server CPU-s and wall s per pattern")
+        print(f"{args.size} bytes, 16 MiB parts, one connection; server CPU-s and wall s")
         for rnd in range(1, args.rounds + 1):
-            for name, range_size, connections in rows:
-                cpu, wall = pattern(store, creds, url, args.size, range_size, connections)
+            for name, range_size in rows:
+                cpu, wall = pattern(store, creds, url, args.size, range_size)
                 gets = -(-args.size // range_size)
                 print(
                     f"round {rnd}: {name:32s} {gets:5d} GETs  server {cpu:5.2f}  wall {wall:5.2f}"

@@ -109,25 +109,25 @@ def object_parts(meta: ObjectMeta, part_size: int | None) -> list[tuple[int, int
 def plan_ranges(
     start: int,
     end: int,
-    part_size: int,
+    unit: int,
     parts: list[tuple[int, int]] | None,
     *,
     join_parts: bool = False,
 ) -> list[tuple[int, int]]:
-    """Ranges of at most part_size covering [start, end], cut at part boundaries;
-    with `join_parts`, consecutive parts share a range while it stays within
-    part_size (a range then starts on a part boundary, ends on one or at a
-    cut inside an oversized part)."""
+    """Ranges of at most `unit` bytes covering [start, end], cut at part
+    boundaries; with `join_parts`, consecutive parts share a range while it
+    stays within `unit` (a range then starts on a part boundary, ends on one
+    or at a cut inside an oversized part)."""
     spans = parts if parts is not None else [(start, end)]
     out: list[tuple[int, int]] = []
     for ps, pe in spans:
         s, e = max(ps, start), min(pe, end)
-        if join_parts and out and s <= e and out[-1][1] + 1 == s and e - out[-1][0] < part_size:
+        if join_parts and out and s <= e and out[-1][1] + 1 == s and e - out[-1][0] < unit:
             out[-1] = (out[-1][0], e)
             continue
         while s <= e:
-            out.append((s, min(s + part_size - 1, e)))
-            s += part_size
+            out.append((s, min(s + unit - 1, e)))
+            s += unit
     return out
 
 
@@ -289,18 +289,19 @@ class Engine:
         if meta is None:
             meta = await self.retrying(budget, lambda: store.head(key))
         parts, exact = await self.layout(store, meta, budget)
-        checks = Verifier(meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact)
+        verifier = Verifier(meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact)
         ranges = plan_ranges(
             0, meta.size - 1, range_size(self.config, meta.size), parts,
-            join_parts=not checks.composite,  # a composite checksum needs each part's own CRC
+            join_parts=not verifier.composite,  # a composite checksum needs each part's own CRC
         )  # fmt: skip
         done = RangeSet(skip or ())
         first_md5: str | None = None
         owner = object()  # this transfer, for the limiter's round-robin
         for attempt in range(2):
-            verifier = Verifier(
-                meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
-            )
+            if attempt:  # a re-download starts its digests afresh
+                verifier = Verifier(
+                    meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
+                )
             todo = [m for r in ranges for m in done.missing(*r)]
             progress.start(self.monotonic(), meta.size, meta.size - sum(e - s + 1 for s, e in todo))
 
