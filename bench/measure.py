@@ -68,11 +68,17 @@ def group_pids(pgid: int) -> list[int]:
 
 
 def group_cpu(pgid: int) -> float:
-    total = 0.0
+    return sum(group_user_sys(pgid))
+
+
+def group_user_sys(pgid: int) -> tuple[float, float]:
+    """User and system CPU-s of a process group's live members."""
+    user = system = 0.0
     for pid in group_pids(pgid):
         with contextlib.suppress(OSError, IndexError):  # it exited since the listing
-            total += proc_cpu(pid)
-    return total
+            u, s = proc_user_sys(pid)
+            user, system = user + u, system + s
+    return user, system
 
 
 def machine_busy() -> float:
@@ -228,15 +234,20 @@ class Sample:
     t: float
     daemon_user: float
     daemon_sys: float
-    server_cpu: float
+    server_user: float
+    server_sys: float
     busy: float
 
     @property
     def daemon_cpu(self) -> float:
         return self.daemon_user + self.daemon_sys
 
+    @property
+    def server_cpu(self) -> float:
+        return self.server_user + self.server_sys
+
     @classmethod
     def take(cls, daemon_pid: int | None, server_pgid: int | None) -> Sample:
         user, sys = proc_user_sys(daemon_pid) if daemon_pid else (0.0, 0.0)
-        server = group_cpu(server_pgid) if server_pgid else 0.0
-        return cls(time.monotonic(), user, sys, server, machine_busy())
+        s_user, s_sys = group_user_sys(server_pgid) if server_pgid else (0.0, 0.0)
+        return cls(time.monotonic(), user, sys, s_user, s_sys, machine_busy())

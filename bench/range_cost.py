@@ -9,13 +9,17 @@ uploads a pseudo-random object in 16 MiB parts, then reads it with a plain
 blocking reader (http.client, one reused 1 MiB buffer, SigV4 with the
 reader role's session keys) in each pattern and prints the server's CPU-s
 (its process group, /proc) and the wall time per pattern and round. The
-per-GET cost is the slope between two range sizes. Not a test: a
-measurement, for the server side only; the client's CPU is not counted.
+per-GET cost is the slope between two range sizes. With `--connections 3`
+the ranges are also read on 3 connections at once, one thread each, in
+turn (a stream's pattern: 3 ranges of 16 MiB in its 48 MiB window). Not a
+test: a measurement, for the server side only, on an otherwise idle host;
+the client's CPU is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import http.client
 import time
 import urllib.parse
@@ -56,10 +60,10 @@ def read(store: Store, creds: Credentials, url: str, ranges: list[tuple[int, int
 
 
 def pattern(
-    store: Store, creds: Credentials, url: str, size: int, range_size: int
+    store: Store, creds: Credentials, url: str, size: int, range_size: int, connections: int
 ) -> tuple[float, float]:
-    """Server CPU-s and wall s to read the object in `range_size` GETs, one after
-    another on one connection."""
+    """Server CPU-s and wall s to read the object in `range_size` GETs on
+    `connections` connections at once, dealt to them in turn."""
     ranges: list[tuple[int, int | None]] = (
         [(0, None)]
         if range_size >= size
@@ -67,7 +71,10 @@ def pattern(
     )
     assert store.server_pgid is not None
     cpu, wall = group_cpu(store.server_pgid), time.monotonic()
-    got = read(store, creds, url, ranges)
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        got = sum(
+            pool.map(lambda i: read(store, creds, url, ranges[i::connections]), range(connections))
+        )
     wall, cpu = time.monotonic() - wall, group_cpu(store.server_pgid) - cpu
     if got != size:
         raise RuntimeError(f"read {got} bytes of {size}")
@@ -78,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=lambda v: int(v.removesuffix("GiB")) << 30, default=1 << 30)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--connections", type=int, nargs="+", default=[1])
     args = parser.parse_args()
     work = HERE / ".work" / "range-cost"
     with own_seaweed(work) as store:
@@ -88,16 +96,18 @@ def main() -> None:
             session["AccessKeyId"], session["SecretAccessKey"], session["SessionToken"]
         )
         url = f"{store.endpoint_url}/{store.bucket}/range-cost.bin"
-        rows = [("one GET of the whole object", args.size)] + [
-            (f"GETs of {n} MiB", n * MiB) for n in (4, 16, 64)
+        rows = [("one GET of the whole object", args.size, 1)] + [
+            (f"GETs of {n} MiB on {c} connection{'s' if c > 1 else ''}", n * MiB, c)
+            for c in args.connections
+            for n in (4, 16, 64)
         ]
-        print(f"{args.size} bytes, 16 MiB parts, one connection; server CPU-s and wall s")
+        print(f"{args.size} bytes, 16 MiB parts; server CPU-s and wall s")
         for rnd in range(1, args.rounds + 1):
-            for name, range_size in rows:
-                cpu, wall = pattern(store, creds, url, args.size, range_size)
+            for name, range_size, conns in rows:
+                cpu, wall = pattern(store, creds, url, args.size, range_size, conns)
                 gets = -(-args.size // range_size)
                 print(
-                    f"round {rnd}: {name:32s} {gets:5d} GETs  server {cpu:5.2f}  wall {wall:5.2f}"
+                    f"round {rnd}: {name:40s} {gets:5d} GETs  server {cpu:5.2f}  wall {wall:5.2f}"
                 )
         store.delete("range-cost.bin")
         store.reclaim()  # SeaweedFS keeps a deleted object's bytes until vacuumed

@@ -71,6 +71,7 @@ def summarize(facts: dict[str, Any], key: str = "main") -> dict[str, dict[str, A
             "daemon_sys_s": med([r.get("daemon_sys_s", 0.0) for r in good]),
             "reader_cpu_s": med([r["reader_cpu_s"] for r in good]),
             "server_cpu_s": med([r["server_cpu_s"] for r in good]),
+            "server_user_s": med([r.get("server_user_s", float("nan")) for r in good]),
             "other_cpu_s": med([_other(r) for r in good]),
             "client_rss_mib": max((r["client_rss_mib"] for r in good), default=float("nan")),
             "daemon_hwm_mib": max(
@@ -208,6 +209,10 @@ def render(facts: dict[str, Any]) -> str:
         " (per round, then the median).",
         "- `other CPU-s` = machine busy time during the run minus everything measured: other"
         " people's load plus kernel threads (writeback, softirq).",
+        "- `server CPU-s` is SeaweedFS's process group during the run; `user` is its own code"
+        " (Go: request handling, scheduler, GC), the rest the kernel's copies and TCP. The"
+        " server shares the 2 cores with the contender: its user time grows when they are"
+        " saturated (bench/FINDINGS.md, sixth pass).",
         "",
     ]
     return "\n".join(lines)
@@ -258,11 +263,16 @@ def _tables(
                 f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
                 f" | {_f(apart_cpu)}"
                 f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}{growth}"
-                f" | {_f(s['server_cpu_s'])} | {_f(s['other_cpu_s'])}"
+                f" | {_f(s['server_cpu_s'])}{_user(s)} | {_f(s['other_cpu_s'])}"
                 f" | {ok}/{total} ok, {exact} byte-exact |"
             )
         lines.append("")
     return lines + _failures(facts, key)
+
+
+def _user(s: dict[str, Any]) -> str:
+    """The server's user-space share: what its own code spent, apart from the kernel's copies."""
+    return "" if s["server_user_s"] != s["server_user_s"] else f" ({_f(s['server_user_s'])} user)"
 
 
 def _sys(s: dict[str, Any]) -> str:

@@ -117,6 +117,7 @@ def measure(
         "daemon_hwm_mib": proc_status_kib(daemon_pid, "VmHWM") / 1024 if daemon_pid else None,
         "daemon_base_mib": base_rss,
         "server_cpu_s": after.server_cpu - before.server_cpu,
+        "server_user_s": after.server_user - before.server_user,
         "machine_busy_s": after.busy - before.busy,
         "error": None,
     }
