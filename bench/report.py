@@ -13,6 +13,7 @@ Upload rows read the same way: the producer every pipe upload is fed by
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
@@ -272,7 +273,8 @@ def _tables(
 
 def _user(s: dict[str, Any]) -> str:
     """The server's user-space share: what its own code spent, apart from the kernel's copies."""
-    return "" if s["server_user_s"] != s["server_user_s"] else f" ({_f(s['server_user_s'])} user)"
+    user = s["server_user_s"]
+    return "" if math.isnan(user) else f" ({_f(user)} user)"  # NaN: a run from before the split
 
 
 def _sys(s: dict[str, Any]) -> str:
