@@ -224,6 +224,23 @@ def dashed(series_regexp: str) -> dict[str, Any]:
     }
 
 
+def used_and_budget(what: str, gauges: tuple[str, str], description: str) -> Panel:
+    """A memory budget's used gauge (solid) against its budget gauge (dashed), per daemon."""
+    used, budget = gauges
+    return timeseries(
+        title=f"{what} used and budget by host",
+        description=description,
+        w=8,
+        h=8,
+        unit="bytes",
+        overrides=[dashed("budget .*")],
+        targets=[
+            Target("used {{instance}}", used + "{$SEL}"),
+            Target("budget {{instance}}", budget + "{$SEL}"),
+        ],
+    )
+
+
 ROWS = [
     row(
         "Overview",
@@ -545,21 +562,12 @@ ROWS = [
                 Target("{{instance}}", "sum by (instance) (s3feed_stream_buffered_bytes{$SEL})")
             ],
         ),
-        timeseries(
-            title="Stream memory used and budget by host",
-            description=(
-                "Bytes granted to stream windows (solid) against [transfer] stream_memory "
-                "(dashed), per daemon. At the budget, new streams get smaller windows and "
-                "stream slower rather than the daemon growing (docs/design.md, Stream memory)."
-            ),
-            w=8,
-            h=8,
-            unit="bytes",
-            overrides=[dashed("budget .*")],
-            targets=[
-                Target("used {{instance}}", "s3feed_stream_memory_used_bytes{$SEL}"),
-                Target("budget {{instance}}", "s3feed_stream_memory_budget_bytes{$SEL}"),
-            ],
+        used_and_budget(
+            "Stream memory",
+            ("s3feed_stream_memory_used_bytes", "s3feed_stream_memory_budget_bytes"),
+            "Bytes granted to stream windows (solid) against [transfer] stream_memory "
+            "(dashed), per daemon. At the budget, new streams get smaller windows and "
+            "stream slower rather than the daemon growing (docs/design.md, Stream memory).",
         ),
         timeseries(
             title="Streams: active and served",
@@ -707,21 +715,12 @@ ROWS = [
                 ),
             ],
         ),
-        timeseries(
-            title="Upload memory used and budget by host",
-            description=(
-                "Part buffers held by uploads (solid) against [transfer] upload_memory_total "
-                "(dashed), per daemon. At the budget, uploads keep one buffer each and the "
-                "encoders' writes wait rather than the daemon growing (docs/design.md, Outputs)."
-            ),
-            w=8,
-            h=8,
-            unit="bytes",
-            overrides=[dashed("budget .*")],
-            targets=[
-                Target("used {{instance}}", "s3feed_upload_memory_used_bytes{$SEL}"),
-                Target("budget {{instance}}", "s3feed_upload_memory_budget_bytes{$SEL}"),
-            ],
+        used_and_budget(
+            "Upload memory",
+            ("s3feed_upload_memory_used_bytes", "s3feed_upload_memory_budget_bytes"),
+            "Part buffers held by uploads (solid) against [transfer] upload_memory_total "
+            "(dashed), per daemon. At the budget, uploads keep one buffer each and the "
+            "encoders' writes wait rather than the daemon growing (docs/design.md, Outputs).",
         ),
     ),
     row(

@@ -27,6 +27,7 @@ cancels its siblings the same way. Limiter slots are released in `finally`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import random
@@ -289,7 +290,11 @@ class Engine:
         if meta is None:
             meta = await self.retrying(budget, lambda: store.head(key))
         parts, exact = await self.layout(store, meta, budget)
-        verifier = Verifier(meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact)
+        # Each attempt starts its digests afresh.
+        new_verifier = functools.partial(
+            Verifier, meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
+        )
+        verifier = new_verifier()
         ranges = plan_ranges(
             0, meta.size - 1, range_size(self.config, meta.size), parts,
             join_parts=not verifier.composite,  # a composite checksum needs each part's own CRC
@@ -298,10 +303,8 @@ class Engine:
         first_md5: str | None = None
         owner = object()  # this transfer, for the limiter's round-robin
         for attempt in range(2):
-            if attempt:  # a re-download starts its digests afresh
-                verifier = Verifier(
-                    meta.size, meta.etag, meta.checksums, meta.checksum_type, parts, exact
-                )
+            if attempt:
+                verifier = new_verifier()
             todo = [m for r in ranges for m in done.missing(*r)]
             progress.start(self.monotonic(), meta.size, meta.size - sum(e - s + 1 for s, e in todo))
 
