@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 # unshare, useradd) are in every Debian.
 DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv openssl gcc libc6-dev
 
-.PHONY: demo dashboards test lint unit functional integration local-aws-start local-aws-stop bench clean
+.PHONY: demo dashboards test check lint unit functional integration local-aws-start local-aws-stop bench clean
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap-venv $(PYTHON) $(VENV)
@@ -31,13 +31,18 @@ dashboards: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.transfer -p s3feed.daemon
-	$(VENV)/bin/mypy localaws grafana/generate.py
+	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.client -p s3feed.transfer -p s3feed.daemon
+	$(VENV)/bin/mypy localaws grafana/generate.py tests/fakes
 	$(PY) scripts/check_wheel.py
 
 test: $(VENV)/.installed debian-packages lint
 	$(PY) scripts/local_aws.py install
 	$(PY) -m pytest -q
+
+# The inner loop: lint, unit and functional tests side by side (no local AWS,
+# no Debian packages; a minute or so). `make test` is what CI runs.
+check: $(VENV)/.installed
+	$(MAKE) --no-print-directory --output-sync=target -j3 lint unit functional
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest -q tests/unit

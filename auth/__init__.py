@@ -1,1 +1,37 @@
-"""STS AssumeRole sessions per job and their background refresh."""
+"""STS AssumeRole sessions per job and their background refresh.
+
+The names below are this package's public face: nothing outside it imports
+its modules directly (tests/unit/test_layout.py walks the imports).
+"""
+
+from s3feed.auth.botocore_creds import frozen
+from s3feed.auth.config import StsConfig
+from s3feed.auth.credentials import Credentials, CredentialSource
+from s3feed.auth.errors import AuthError, StsUnavailable
+from s3feed.auth.observer import CredentialObserver
+from s3feed.auth.policy import VERSION, iam_literal, session_policy
+from s3feed.auth.redact import install_secret_redaction
+from s3feed.auth.session import RoleSession
+from s3feed.auth.sts import AioStsClient, CallerIdentity, StsClient
+from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
+
+__all__ = [
+    "VERSION",
+    "AioStsClient",
+    "AuthError",
+    "CallerIdentity",
+    "CredentialObserver",
+    "CredentialSource",
+    "Credentials",
+    "RoleSession",
+    "StsClient",
+    "StsConfig",
+    "StsUnavailable",
+    "frozen",
+    "iam_literal",
+    "install_secret_redaction",
+    "parse_role_arn",
+    "session_policy",
+    "validate_duration",
+    "validate_tenant_name",
+]

@@ -25,7 +25,7 @@ from aiobotocore.credentials import AioCredentialResolver, AioCredentials
 from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider, ReadOnlyCredentials
 
-from .credentials import Credentials, CredentialSource
+from s3feed.auth.credentials import Credentials, CredentialSource
 
 METHOD = "s3feed-role-session"
 

@@ -37,21 +37,21 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from .clock import Clock, SystemClock
-from .credentials import Credentials
-from .errors import (
+from s3feed.auth.clock import Clock, SystemClock
+from s3feed.auth.credentials import Credentials
+from s3feed.auth.errors import (
     AssumeRoleDenied,
     CredentialsExpired,
     InvalidInput,
     MaxSessionDurationExceeded,
 )
-from .observer import CredentialObserver
-from .policy import MAX_POLICY_CHARS, packed
-from .schedule import backoff_delay, refresh_at
-from .sessionstate import ALLOWED, SessionState, SessionStatus
-from .sts import AssumedRole, StsClient
-from .stserrors import policy_refused
-from .validate import (
+from s3feed.auth.observer import CredentialObserver
+from s3feed.auth.policy import MAX_POLICY_CHARS, packed
+from s3feed.auth.schedule import backoff_delay, refresh_at
+from s3feed.auth.sessionstate import ALLOWED, SessionState, SessionStatus
+from s3feed.auth.sts import AssumedRole, StsClient
+from s3feed.auth.stserrors import policy_refused
+from s3feed.auth.validate import (
     DEFAULT_DURATION,
     parse_role_arn,
     session_name_for,

@@ -1,7 +1,7 @@
 """The one seam between auth/ and STS, and its aiobotocore implementation.
 
 `StsClient` is what role sessions call; `AioStsClient` is the real one and
-`FakeSts` (auth/fakests.py) the unit-test one. botocore errors become our
+`FakeSts` (tests/fakes/sts.py) the unit-test one. botocore errors become our
 errors in one place, `translate` (auth/stserrors.py), so the rest of auth/
 sees only AssumeRoleDenied, MaxSessionDurationExceeded, SessionPolicyTooLarge
 and StsUnavailable.
@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .config import StsConfig
-from .credentials import Credentials
-from .errors import AssumeRoleDenied, AuthError, StsUnavailable
-from .stserrors import OwnCredentialsExpired, denied, translate
+from s3feed.auth.config import StsConfig
+from s3feed.auth.credentials import Credentials
+from s3feed.auth.errors import AssumeRoleDenied, AuthError, StsUnavailable
+from s3feed.auth.stserrors import OwnCredentialsExpired, denied, translate
 
 log = logging.getLogger("s3feed.auth.sts")
 

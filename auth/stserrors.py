@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from .errors import (
+from s3feed.auth.errors import (
     AssumeRoleDenied,
     MaxSessionDurationExceeded,
     SessionPolicyTooLarge,
     StsUnavailable,
 )
-from .policy import MAX_POLICY_CHARS
+from s3feed.auth.policy import MAX_POLICY_CHARS
 
 _THROTTLING = {
     "Throttling",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import InvalidDuration, InvalidRoleArn, InvalidTenantName
+from s3feed.auth.errors import InvalidDuration, InvalidRoleArn, InvalidTenantName
 
 PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
 DEFAULT_DURATION = 3600

@@ -26,7 +26,7 @@ from conftest import _from_env  # noqa: E402
 
 import localaws  # noqa: E402
 from localaws.daemon import Identity, running  # noqa: E402
-from s3feed.daemon.client import Client  # noqa: E402
+from s3feed.client import Client  # noqa: E402
 
 
 def rss_kib(pid: int) -> int:

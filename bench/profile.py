@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from s3feed.daemon.client import Client
+from s3feed.client import Client
 
 from . import peers, s3feedd
 from .measure import proc_cpu
@@ -114,10 +114,21 @@ def profile(store: Store, args: argparse.Namespace) -> list[str]:
                 spy = record(d.pid, raw)
                 time.sleep(1.0)  # py-spy attaches
                 subprocess.run(
-                    [*curl, "-X", "POST", "-H", "Content-Type: application/json",
-                     "-d", f'{{"Key": "{ctx.job_key}"}}', url, "-o", "/dev/null"],
-                    check=True, timeout=600,
-                )  # fmt: skip
+                    [
+                        *curl,
+                        "-X",
+                        "POST",
+                        "-H",
+                        "Content-Type: application/json",
+                        "-d",
+                        f'{{"Key": "{ctx.job_key}"}}',
+                        url,
+                        "-o",
+                        "/dev/null",
+                    ],
+                    check=True,
+                    timeout=600,
+                )
             elif path == "stream":
                 spy = record(d.pid, raw)
                 time.sleep(1.0)
@@ -133,11 +144,17 @@ def profile(store: Store, args: argparse.Namespace) -> list[str]:
             wall, dcpu = time.monotonic() - t0, proc_cpu(d.pid) - cpu0
             stop(spy)
         ctx.socket = None
-        title = {"cache": "Daemon, cache mode (fetch with wait)",
-                 "stream": "Daemon, stream mode (curl --unix-socket to /dev/null)",
-                 "cat": "Daemon, `s3feed cat | consume` (the daemon writes the pipe)"}[path]  # fmt: skip
-        lines += [f"## {title}", "", f"wall {wall:.2f} s (py-spy attached); daemon CPU"
-                  f" {dcpu:.2f} s.", ""]  # fmt: skip
+        title = {
+            "cache": "Daemon, cache mode (fetch with wait)",
+            "stream": "Daemon, stream mode (curl --unix-socket to /dev/null)",
+            "cat": "Daemon, `s3feed cat | consume` (the daemon writes the pipe)",
+        }[path]
+        lines += [
+            f"## {title}",
+            "",
+            f"wall {wall:.2f} s (py-spy attached); daemon CPU {dcpu:.2f} s.",
+            "",
+        ]
         lines += summarize(raw) if raw.exists() else ["(py-spy wrote nothing)"]
         lines.append("")
     return lines

@@ -140,12 +140,17 @@ def render(facts: dict[str, Any]) -> str:
             lines += [f"# {note[0]}: {facts.get(note[1], '')}", ""]
         lines += _tables(facts, key, proto, modes)
     if facts.get("ttfb"):
-        lines += ["## Time to first byte", "",
-                  "From spawning the reader process to its first byte (the first 64 KiB"
-                  " compared with the reference), on one running daemon, each sample"
-                  " once the machine is quiet again (under a quarter of a core busy"
-                  " over 100 ms, at most 5 s); medians.", "",
-                  "| contender | median s | min s | max s |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "## Time to first byte",
+            "",
+            "From spawning the reader process to its first byte (the first 64 KiB"
+            " compared with the reference), on one running daemon, each sample"
+            " once the machine is quiet again (under a quarter of a core busy"
+            " over 100 ms, at most 5 s); medians.",
+            "",
+            "| contender | median s | min s | max s |",
+            "|---|---|---|---|",
+        ]
         for n, xs in facts["ttfb"].items():
             lines.append(f"| {n} | {_f(med(xs), 3)} | {_f(min(xs), 3)} | {_f(max(xs), 3)} |")
         lines.append("")
@@ -305,9 +310,10 @@ def _crowd(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for r in rows:
         readers = (
-            "`s3feed cat` (keep up)" if r["rate_limit"] is None
+            "`s3feed cat` (keep up)"
+            if r["rate_limit"] is None
             else f"curl --limit-rate {r['rate_limit'] / 1e6:g} MB/s"
-        )  # fmt: skip
+        )
         limit = r["base_rss_mib"] + r["budget_mib"]
         out.append(
             f"| {r['streams']} | {readers} | {_f(r['wall_s'], 1)}"
@@ -381,20 +387,35 @@ def _targets(facts: dict[str, Any]) -> list[str]:
     for r in facts.get("crowd", []):
         limit = r["base_rss_mib"] + r["budget_mib"]
         kind = "keep up" if r["rate_limit"] is None else "slow"
-        row(f"13: {r['streams']} streams at once ({kind}): peak RSS <= baseline + stream_memory",
+        row(
+            f"13: {r['streams']} streams at once ({kind}): peak RSS <= baseline + stream_memory",
             f"{_f(r['daemon_hwm_mib'], 0)} MiB vs {_f(limit, 0)} MiB",
-            r["daemon_hwm_mib"] <= limit)  # fmt: skip
+            r["daemon_hwm_mib"] <= limit,
+        )
     if c and rc:
-        row("cache wall <= rclone copyto", f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s"
-            f" (paired ratio {_f(rc['wall_ratio'])})", rc["wall_ratio"] >= 1)  # fmt: skip
-        row("cache CPU-s/GB <= rclone's", f"{_f(c['cpu_per_gb'])} vs {_f(rc['cpu_per_gb'])}",
-            c["cpu_per_gb"] <= rc["cpu_per_gb"])  # fmt: skip
+        row(
+            "cache wall <= rclone copyto",
+            f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s (paired ratio {_f(rc['wall_ratio'])})",
+            rc["wall_ratio"] >= 1,
+        )
+        row(
+            "cache CPU-s/GB <= rclone's",
+            f"{_f(c['cpu_per_gb'])} vs {_f(rc['cpu_per_gb'])}",
+            c["cpu_per_gb"] <= rc["cpu_per_gb"],
+        )
     if c:
-        row("cache-mode peak RSS <= 150 MiB", f"{_f(c['daemon_hwm_mib'], 0)} MiB",
-            c["daemon_hwm_mib"] is not None and c["daemon_hwm_mib"] <= 150)  # fmt: skip
+        row(
+            "cache-mode peak RSS <= 150 MiB",
+            f"{_f(c['daemon_hwm_mib'], 0)} MiB",
+            c["daemon_hwm_mib"] is not None and c["daemon_hwm_mib"] <= 150,
+        )
     if st and rcat:
-        row("stream wall <= rclone cat", f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s"
-            f" (paired ratio {_f(rcat['wall_ratio'])})", rcat["wall_ratio"] >= 1)  # fmt: skip
+        row(
+            "stream wall <= rclone cat",
+            f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s"
+            f" (paired ratio {_f(rcat['wall_ratio'])})",
+            rcat["wall_ratio"] >= 1,
+        )
     t = facts.get("ttfb", {})
     if t.get("s3feed-curl") and t.get("curl"):
         a, b = med(t["s3feed-curl"]), med(t["curl"])
@@ -402,17 +423,23 @@ def _targets(facts: dict[str, Any]) -> list[str]:
     if facts.get("slow"):
         sl = facts["slow"]
         if "budget_mib" in sl:
-            row("13: slow reader: peak RSS <= baseline + stream_memory",
+            row(
+                "13: slow reader: peak RSS <= baseline + stream_memory",
                 f"{_f(sl['daemon_hwm_mib'], 0)} MiB vs {_f(sl['base_rss_mib'] + sl['budget_mib'], 0)} MiB",
-                sl["daemon_hwm_mib"] <= sl["base_rss_mib"] + sl["budget_mib"])  # fmt: skip
-        row("slow reader: peak RSS <= window + 100 MiB",
+                sl["daemon_hwm_mib"] <= sl["base_rss_mib"] + sl["budget_mib"],
+            )
+        row(
+            "slow reader: peak RSS <= window + 100 MiB",
             f"{_f(sl['daemon_hwm_mib'], 0)} MiB vs {sl['window_mib'] + 100:g} MiB",
-            sl["daemon_hwm_mib"] <= sl["window_mib"] + 100)  # fmt: skip
+            sl["daemon_hwm_mib"] <= sl["window_mib"] + 100,
+        )
     if facts.get("idle"):
         i = facts["idle"]
-        row("idle daemon <= 80 MiB, ~0 CPU", f"{_f(i['rss_mib'], 0)} MiB,"
-            f" {_f(i['cpu_s'] / i['seconds'] * 100, 2)} % of a core",
-            i["rss_mib"] <= 80 and i["cpu_s"] / i["seconds"] < 0.01)  # fmt: skip
+        row(
+            "idle daemon <= 80 MiB, ~0 CPU",
+            f"{_f(i['rss_mib'], 0)} MiB, {_f(i['cpu_s'] / i['seconds'] * 100, 2)} % of a core",
+            i["rss_mib"] <= 80 and i["cpu_s"] / i["seconds"] < 0.01,
+        )
     if facts.get("concurrency"):
         rounds = facts["concurrency"]
         n, size = rounds[0]["jobs"], rounds[0]["size"]
@@ -435,34 +462,45 @@ def _targets_14(
     c, rc = s.get("s3feed-cache"), s.get("rclone-copyto")
     st, rcat = s.get("s3feed-cat"), s.get("rclone-cat")
     if c and rc:  # rclone's paired ratio is rclone over s3feed: s3feed <= k x rclone is >= 1/k
-        row(f"14 ({proto}): cache CPU-s/GB <= 0.8 x rclone copyto's (paired)",
+        row(
+            f"14 ({proto}): cache CPU-s/GB <= 0.8 x rclone copyto's (paired)",
             f"{_f(c['cpu_per_gb'])} vs {_f(rc['cpu_per_gb'])}: {_f(1 / rc['cpu_ratio'])} x",
-            1 / rc["cpu_ratio"] <= 0.8)  # fmt: skip
-        row(f"14 ({proto}): cache wall <= 1.0 x rclone copyto's (paired)",
+            1 / rc["cpu_ratio"] <= 0.8,
+        )
+        row(
+            f"14 ({proto}): cache wall <= 1.0 x rclone copyto's (paired)",
             f"{_f(c['wall_s'])} s vs {_f(rc['wall_s'])} s: {_f(1 / rc['wall_ratio'])} x",
-            1 / rc["wall_ratio"] <= 1.0)  # fmt: skip
+            1 / rc["wall_ratio"] <= 1.0,
+        )
     if st and rcat:
-        row(f"14 ({proto}): `s3feed cat` CPU-s/GB (daemon + cat) <= 1.0 x rclone cat's (paired)",
+        row(
+            f"14 ({proto}): `s3feed cat` CPU-s/GB (daemon + cat) <= 1.0 x rclone cat's (paired)",
             f"{_f(st['cpu_per_gb'])} vs {_f(rcat['cpu_per_gb'])}: {_f(1 / rcat['cpu_ratio'])} x",
-            1 / rcat["cpu_ratio"] <= 1.0)  # fmt: skip
-        row(f"14 ({proto}): `s3feed cat` wall <= 0.9 x rclone cat's (paired)",
+            1 / rcat["cpu_ratio"] <= 1.0,
+        )
+        row(
+            f"14 ({proto}): `s3feed cat` wall <= 0.9 x rclone cat's (paired)",
             f"{_f(st['wall_s'])} s vs {_f(rcat['wall_s'])} s: {_f(1 / rcat['wall_ratio'])} x",
-            1 / rcat["wall_ratio"] <= 0.9)  # fmt: skip
+            1 / rcat["wall_ratio"] <= 0.9,
+        )
     if st and st["daemon_growth_mib"] is not None:
-        row(f"14 ({proto}): one stream's peak daemon RSS <= baseline + 64 MiB (reader keeps up)",
+        row(
+            f"14 ({proto}): one stream's peak daemon RSS <= baseline + 64 MiB (reader keeps up)",
             f"+{_f(st['daemon_growth_mib'], 0)} MiB (peak {_f(st['daemon_hwm_mib'], 0)})",
-            st["daemon_growth_mib"] <= 64)  # fmt: skip
+            st["daemon_growth_mib"] <= 64,
+        )
 
 
 def _transfer_line(facts: dict[str, Any]) -> str:
     settings = facts.get("args", {}).get("transfer") or []
     s3feed = (
-        "s3feed runs with [transfer] " + ", ".join(f"{k} = {v}" for k, v in settings)
+        "s3feed runs with [transfer] "
+        + ", ".join(f"{k} = {v}" for k, v in settings)
         + " (a tuning run; the rest default)"
         if settings
         else f"s3feed runs with default [transfer] settings ({_DEFAULTS.part_size >> 20} MiB"
         f" parts, cache fetches of large objects in ranges of up to {_DEFAULTS.max_range >> 20}"
         f" MiB, {_DEFAULTS.concurrency} per transfer, {_DEFAULTS.stream_window >> 20} MiB"
         " stream window)"
-    )  # fmt: skip
+    )
     return f"- {s3feed}; peers with their defaults except where the `how` column says."

@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from s3feed.daemon.client import Client
+from s3feed.client import Client
 from s3feed.transfer.config import TransferConfig
 
 from . import peers, report, s3feedd
@@ -182,9 +182,12 @@ def daemon_with_job(
     store: Store, ctx: Ctx, transfer: dict[str, Any] | None = None
 ) -> Iterator[s3feedd.Daemon]:
     with s3feedd.running(
-        store, ctx.work / "daemon", {**ctx.transfer, **(transfer or {})},
-        endpoint_url=ctx.endpoint_url if ctx.ca_bundle else None, ca_bundle=ctx.ca_bundle,
-    ) as d:  # fmt: skip
+        store,
+        ctx.work / "daemon",
+        {**ctx.transfer, **(transfer or {})},
+        endpoint_url=ctx.endpoint_url if ctx.ca_bundle else None,
+        ca_bundle=ctx.ca_bundle,
+    ) as d:
         client = Client(str(d.socket))
         uri = s3feedd.job_uri(store, "bench/")
         role = ctx.role_arn or store.role_arn
@@ -220,9 +223,11 @@ def main_suite(
             row = run_one(c, ctx, store, exact=False)
             row["round"] = r
             rows.append(row)
-            log(f"round {r}/{runs} {c.name}: {row['wall_s']:.2f} s"
+            log(
+                f"round {r}/{runs} {c.name}: {row['wall_s']:.2f} s"
                 f" client {row['client_cpu_s']:.2f} + daemon {row['daemon_cpu_s']:.2f} CPU-s"
-                f"{' FAILED' if row['error'] else ''}")  # fmt: skip
+                f"{' FAILED' if row['error'] else ''}"
+            )
     return rows
 
 
@@ -461,9 +466,11 @@ def concurrency_suite(
             for res, (_, ref) in zip(results, refs, strict=True):
                 check_file(Path(res["path"]), ref)
         out.append(row)
-        log(f"concurrency round {r + 1}: one after another {row['seq_s']:.2f} s,"
+        log(
+            f"concurrency round {r + 1}: one after another {row['seq_s']:.2f} s,"
             f" {len(refs)} at once {row['wall_s']:.2f} s, slowest/fastest"
-            f" {max(durations) / min(durations):.2f}")  # fmt: skip
+            f" {max(durations) / min(durations):.2f}"
+        )
     return out
 
 
@@ -492,9 +499,13 @@ def idle_daemon(store: Store, ctx: Ctx, seconds: float) -> dict[str, Any]:
 
 def machine(work: Path) -> dict[str, Any]:
     cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")), platform.processor(),
-    )  # fmt: skip
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     mem = next(
         ln.split()[1]
         for ln in Path("/proc/meminfo").read_text().splitlines()
@@ -544,9 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conc-rounds", type=int, default=3)
     p.add_argument("--crowd-streams", type=int, default=8, help="streams at once (default 8)")
     p.add_argument(
-        "--crowd-rate", type=int, default=10_000_000,
+        "--crowd-rate",
+        type=int,
+        default=10_000_000,
         help="bytes/s of each slow reader in the slow crowd (default 10 MB/s)",
-    )  # fmt: skip
+    )
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument(
         "--skip",
@@ -555,15 +568,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["main", "ttfb", "slow", "crowd", "concurrency", "idle", "uploads"],
     )
     p.add_argument(
-        "--transfer", nargs="+", default=[], metavar="KEY=VALUE", type=transfer_setting,
+        "--transfer",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        type=transfer_setting,
         help="a [transfer] setting for every s3feed daemon (tuning runs), e.g. part_size=32MiB",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--https", action="store_true",
+        "--https",
+        action="store_true",
         help="run every main row twice: plain HTTP, then HTTPS (SeaweedFS -s3.port.https with a"
         " throwaway CA every contender is told to trust; s3feed's rows only if its"
         " configuration takes [s3] ca_bundle)",
-    )  # fmt: skip
+    )
     p.add_argument("--work", type=Path, default=WORK, help="scratch (default bench/.work)")
     p.add_argument(
         "--results", type=Path, default=RESULTS, help="markdown report (default bench/RESULTS.md)"
@@ -592,10 +610,12 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
         ctx = prepare(store, args)
         meta = head(store, ctx.key)
         facts["object"] = {
-            "key": ctx.key, "size": ctx.size, "etag": meta.get("ETag"),
+            "key": ctx.key,
+            "size": ctx.size,
+            "etag": meta.get("ETag"),
             "checksums": {k: v for k, v in meta.items() if k.startswith("Checksum")},
             "upload_part_size": args.upload_part_size,
-        }  # fmt: skip
+        }
         contenders = peers.by_name(args.only)
         if "main" not in args.skip:
             facts["main"] = main_suite(contenders, ctx, store, args.runs, args.warmup)

@@ -76,9 +76,10 @@ class Store:
         sts = self.client("sts", daemon)
         with contextlib.closing(sts):
             out = sts.assume_role(
-                RoleArn=role_arn or self.role_arn, RoleSessionName="s3feed-bench",
+                RoleArn=role_arn or self.role_arn,
+                RoleSessionName="s3feed-bench",
                 DurationSeconds=3600,
-            )  # fmt: skip
+            )
         return dict(out["Credentials"])
 
     def delete(self, key: str) -> None:
@@ -131,12 +132,50 @@ def throwaway_ca(work: Path) -> tuple[Path, Path, Path]:
     def ossl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
-    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-         "/CN=s3feed bench throwaway CA", "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
-    ossl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-         "-keyout", str(key), "-out", str(csr))  # fmt: skip
-    ossl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-         "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))  # fmt: skip
+    ossl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=s3feed bench throwaway CA",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+    )
+    ossl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+    )
+    ossl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+    )
     return ca, cert, key
 
 

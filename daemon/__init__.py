@@ -5,7 +5,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     # pyproject.toml holds the version; the installed metadata reports it, so
-    # `s3feed --version` and s3feed_build_info (daemon/server.py) read the same
+    # `s3feed --version` and s3feed_build_info (daemon/service.py) read the same
     # place. Looked up on demand: importlib.metadata costs the CLI ~10 ms.
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version

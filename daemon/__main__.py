@@ -1,3 +1,3 @@
-from .cli import main
+from s3feed.daemon.cli import main
 
 raise SystemExit(main())

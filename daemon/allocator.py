@@ -9,7 +9,7 @@ slice costs fresh pages: page faults and zeroing, a third of the daemon's CPU
 for a stream on these machines (`s3feed cat` of 512 MiB: daemon 0.38 -> 0.26
 CPU-s with the thresholds below). So `tune()` fixes the
 mmap threshold at glibc's maximum (32 MiB, above any chunk the daemon makes)
-and the trim threshold high, and `trim()` (a timer in daemon/server.py) hands
+and the trim threshold high, and `trim()` (a timer in daemon/service.py) hands
 free pages back with `malloc_trim(0)`: at most `TRIM_INTERVAL` of a burst's
 pages stay resident, and the idle daemon's heap is what it uses.
 

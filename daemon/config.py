@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from s3feed.auth.config import StsConfig
-from s3feed.transfer.config import CacheConfig, S3Config, TransferConfig
+from s3feed.auth import StsConfig
+from s3feed.transfer import CacheConfig, S3Config, TransferConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/s3feed/s3feed.toml")
 DEFAULT_SOCKET = Path("/run/s3feed/s3feed.sock")
@@ -52,7 +52,7 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    """What one peer uid (root included) may hold at once; daemon/limits.py
+    """What one peer uid (root included) may hold at once; daemon/api/limits.py
     enforces them. Bounds per uid: connections_per_uid x one request head
     buffer, streams_per_uid x stream_window (all streams: [transfer]
     stream_memory), uploads_per_uid x upload_memory (all uploads: [transfer]
@@ -101,10 +101,17 @@ class Config:
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
 _UNITS = {
-    None: 1, "B": 1,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
-}  # fmt: skip
+    None: 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
 
 
 def parse_size(value: object) -> int:
@@ -158,32 +165,57 @@ def _path(value: object) -> Path:
 
 Converter = Callable[[object], Any]
 _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
-    "api": (ApiConfig, {
-        "socket": _path, "socket_mode": _mode, "max_body": parse_size,
-        "job_idle_ttl": _seconds, "drain_grace": _seconds,
-        "controller_groups": _str_list,
-        "header_timeout": _seconds, "state_dir": _path,
-    }),
+    "api": (
+        ApiConfig,
+        {
+            "socket": _path,
+            "socket_mode": _mode,
+            "max_body": parse_size,
+            "job_idle_ttl": _seconds,
+            "drain_grace": _seconds,
+            "controller_groups": _str_list,
+            "header_timeout": _seconds,
+            "state_dir": _path,
+        },
+    ),
     "metrics": (MetricsConfig, {"listen": _str}),
-    "sts": (StsConfig, {"region": _str, "endpoint_url": _str,
-                        "ca_bundle": _str}),
-    "s3": (S3Config, {"endpoint_url": _str, "addressing": _str,
-                      "ca_bundle": _str}),
-    "transfer": (TransferConfig, {
-        "part_size": parse_size, "concurrency": _int, "global_concurrency": _int,
-        "stream_window": parse_size, "max_range": parse_size, "retries": _int,
-        "stall_timeout": _seconds,
-        "stream_memory": parse_size, "upload_memory": parse_size,
-        "upload_memory_total": parse_size,
-    }),
-    "cache": (CacheConfig, {
-        "dir": _path, "max_size": parse_size, "min_free": parse_size, "group": _str,
-    }),
-    "limits": (LimitsConfig, {
-        "jobs_per_uid": _int, "streams_per_uid": _int, "connections_per_uid": _int,
-        "job_creates_per_minute_per_uid": _int, "uploads_per_uid": _int,
-    }),
-}  # fmt: skip
+    "sts": (StsConfig, {"region": _str, "endpoint_url": _str, "ca_bundle": _str}),
+    "s3": (S3Config, {"endpoint_url": _str, "addressing": _str, "ca_bundle": _str}),
+    "transfer": (
+        TransferConfig,
+        {
+            "part_size": parse_size,
+            "concurrency": _int,
+            "global_concurrency": _int,
+            "stream_window": parse_size,
+            "max_range": parse_size,
+            "retries": _int,
+            "stall_timeout": _seconds,
+            "stream_memory": parse_size,
+            "upload_memory": parse_size,
+            "upload_memory_total": parse_size,
+        },
+    ),
+    "cache": (
+        CacheConfig,
+        {
+            "dir": _path,
+            "max_size": parse_size,
+            "min_free": parse_size,
+            "group": _str,
+        },
+    ),
+    "limits": (
+        LimitsConfig,
+        {
+            "jobs_per_uid": _int,
+            "streams_per_uid": _int,
+            "connections_per_uid": _int,
+            "job_creates_per_minute_per_uid": _int,
+            "uploads_per_uid": _int,
+        },
+    ),
+}
 
 
 def _section(name: str, raw: object) -> Any:

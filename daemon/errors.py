@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from s3feed.auth.errors import AuthError
-from s3feed.transfer.errors import InvalidRange, TransferError
+from s3feed.auth import AuthError
+from s3feed.transfer import InvalidRange, TransferError
 
 STATUS_BY_CODE: dict[str, int] = {
     "InvalidRequest": 400,

@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 
-from s3feed.auth.errors import AuthError, StsUnavailable
-from s3feed.auth.sts import CallerIdentity, StsClient
+from s3feed.auth import AuthError, CallerIdentity, StsClient, StsUnavailable
 
 log = logging.getLogger("s3feed.identity")
 

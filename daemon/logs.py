@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from s3feed.auth.redact import install_secret_redaction
+from s3feed.auth import install_secret_redaction
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"

@@ -26,15 +26,20 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from s3feed.transfer.errors import RETRY_REASONS
+from s3feed.transfer import RETRY_REASONS
 
 MODES = ("cache", "stream")
 OUTCOMES = ("success", "failed", "cancelled")
 S3_OPS = (
-    "GetObject", "HeadObject", "ListObjectsV2",
-    "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload",
+    "GetObject",
+    "HeadObject",
+    "ListObjectsV2",
+    "PutObject",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
     "AbortMultipartUpload",
-)  # fmt: skip
+)
 
 # Time to first byte and request latency on loopback are milliseconds; on
 # AWS tens of milliseconds to seconds.
@@ -43,9 +48,12 @@ DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 
 
 
 LIMIT_KEYS = (
-    "jobs_per_uid", "streams_per_uid", "connections_per_uid", "job_creates_per_minute_per_uid",
+    "jobs_per_uid",
+    "streams_per_uid",
+    "connections_per_uid",
+    "job_creates_per_minute_per_uid",
     "uploads_per_uid",
-)  # fmt: skip
+)
 
 
 class Metrics:
@@ -72,73 +80,93 @@ class Metrics:
             "s3feed_received_bytes", "Bytes received from S3, by tenant.", ["tenant"], registry=r
         )
         self.served = Counter(
-            "s3feed_served_bytes", "Bytes handed to encoders (streamed or cached).", ["mode"],
+            "s3feed_served_bytes",
+            "Bytes handed to encoders (streamed or cached).",
+            ["mode"],
             registry=r,
-        )  # fmt: skip
+        )
         self.transfer_duration = Histogram(
-            "s3feed_transfer_duration_seconds", "Wall time of finished transfers.", ["mode"],
-            buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
+            "s3feed_transfer_duration_seconds",
+            "Wall time of finished transfers.",
+            ["mode"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.s3_requests = Counter(
             "s3feed_s3_requests", "S3 requests answered.", ["op"], registry=r
         )
         self.s3_errors = Counter(
-            "s3feed_s3_request_errors", "S3 requests that failed, by S3 error code.", ["op", "code"],
+            "s3feed_s3_request_errors",
+            "S3 requests that failed, by S3 error code.",
+            ["op", "code"],
             registry=r,
-        )  # fmt: skip
+        )
         self.s3_duration = Histogram(
             "s3feed_s3_request_duration_seconds",
-            "S3 request latency; time to first byte for GetObject.", ["op"],
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "S3 request latency; time to first byte for GetObject.",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.retries = Counter(
             "s3feed_range_retries", "Ranges retried, by reason.", ["reason"], registry=r
         )
         self.stream_buffered_bytes = Gauge(
-            "s3feed_stream_buffered_bytes", "Bytes held in stream windows ahead of readers.",
+            "s3feed_stream_buffered_bytes",
+            "Bytes held in stream windows ahead of readers.",
             registry=r,
-        )  # fmt: skip
+        )
         self.limit_refusals = Counter(
-            "s3feed_limit_refusals", "Requests and connections refused with 429 LimitExceeded, by [limits] key.",
-            ["limit"], registry=r,
-        )  # fmt: skip
+            "s3feed_limit_refusals",
+            "Requests and connections refused with 429 LimitExceeded, by [limits] key.",
+            ["limit"],
+            registry=r,
+        )
         self.stream_memory_budget = Gauge(
             "s3feed_stream_memory_budget_bytes",
-            "[transfer] stream_memory: the budget of all stream windows together.", registry=r,
-        )  # fmt: skip
+            "[transfer] stream_memory: the budget of all stream windows together.",
+            registry=r,
+        )
         self.stream_memory_used = Gauge(
             "s3feed_stream_memory_used_bytes",
-            "Bytes granted to stream windows (their capacities), against the budget.", registry=r,
-        )  # fmt: skip
+            "Bytes granted to stream windows (their capacities), against the budget.",
+            registry=r,
+        )
         self.upload_memory_budget = Gauge(
             "s3feed_upload_memory_budget_bytes",
-            "[transfer] upload_memory_total: the budget of all uploads' part buffers.", registry=r,
-        )  # fmt: skip
+            "[transfer] upload_memory_total: the budget of all uploads' part buffers.",
+            registry=r,
+        )
         self.upload_memory_used = Gauge(
             "s3feed_upload_memory_used_bytes",
             "Bytes of part buffers held by uploads, against the budget (floors may overdraw it).",
             registry=r,
-        )  # fmt: skip
+        )
         self.assume_role_calls = Counter(
             "s3feed_assume_role", "STS AssumeRole calls, refreshes included.", registry=r
         )
         self.assume_role_failures = Counter(
-            "s3feed_assume_role_failures", "STS AssumeRole calls that failed, by code.", ["code"],
+            "s3feed_assume_role_failures",
+            "STS AssumeRole calls that failed, by code.",
+            ["code"],
             registry=r,
-        )  # fmt: skip
+        )
         self.refreshes = Counter(
             "s3feed_credential_refreshes", "Role sessions refreshed successfully.", registry=r
         )
         self.refresh_failures = Counter(
-            "s3feed_credential_refresh_failures", "Refresh attempts that failed, by code.",
-            ["code"], registry=r,
-        )  # fmt: skip
+            "s3feed_credential_refresh_failures",
+            "Refresh attempts that failed, by code.",
+            ["code"],
+            registry=r,
+        )
         self._expiries: dict[str, float] = {}
         r.register(_EarliestExpiry(self._expiries))
         self.last_refresh = Gauge(
             "s3feed_credentials_last_refresh_timestamp_seconds",
-            "Unix time of the last successful credential refresh.", registry=r,
-        )  # fmt: skip
+            "Unix time of the last successful credential refresh.",
+            registry=r,
+        )
         self.cache_size_bytes = Gauge(
             "s3feed_cache_size_bytes", "Bytes the cache holds.", registry=r
         )
@@ -155,9 +183,11 @@ class Metrics:
             "s3feed_cache_evictions", "Cache entries evicted.", registry=r
         )
         self.sent = Counter(
-            "s3feed_sent_bytes", "Bytes of outputs uploaded to S3 (acknowledged), by tenant.",
-            ["tenant"], registry=r,
-        )  # fmt: skip
+            "s3feed_sent_bytes",
+            "Bytes of outputs uploaded to S3 (acknowledged), by tenant.",
+            ["tenant"],
+            registry=r,
+        )
         self.uploads = Counter(
             "s3feed_uploads", "Outputs uploads finished, by outcome.", ["outcome"], registry=r
         )
@@ -165,14 +195,17 @@ class Metrics:
             "s3feed_uploads_active", "Outputs uploads running now.", registry=r
         )
         self.upload_duration = Histogram(
-            "s3feed_upload_duration_seconds", "Wall time of finished uploads.",
-            buckets=DURATION_BUCKETS, registry=r,
-        )  # fmt: skip
+            "s3feed_upload_duration_seconds",
+            "Wall time of finished uploads.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.upload_part_duration = Histogram(
             "s3feed_upload_part_duration_seconds",
             "Latency of an acknowledged part upload (or single PutObject), its last attempt.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._export_zeroes()
 
     def _export_zeroes(self) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3feed.daemon.client import Client
+from s3feed.client import Client
 
 from .processes import free_port
 

@@ -104,16 +104,21 @@ def run_job(sock: Path, env: dict[str, str]) -> bool:
     uri = f"https://{bucket}.s3.us-east-1.amazonaws.com/media/"
 
     say(f"registering a job for tenant {tenant!r}, as an encoder does")
-    status, job = curl(sock, "POST", "/v1/jobs", {
-        "JobId": "demo-job-1",
-        "TenantName": tenant,
-        "Source": {
-            "Provider": "AmazonS3",
-            "UriPath": uri,
-            "RoleArnToAssume": role,
-            "RoleSessionDurationInSeconds": 3600,
+    status, job = curl(
+        sock,
+        "POST",
+        "/v1/jobs",
+        {
+            "JobId": "demo-job-1",
+            "TenantName": tenant,
+            "Source": {
+                "Provider": "AmazonS3",
+                "UriPath": uri,
+                "RoleArnToAssume": role,
+                "RoleSessionDurationInSeconds": 3600,
+            },
         },
-    })  # fmt: skip
+    )
     if status != 201:
         print(f"    registration failed: {status} {job}")
         return False
@@ -128,9 +133,12 @@ def run_job(sock: Path, env: dict[str, str]) -> bool:
     say("fetching sample.mp4 (index at the end: needs a file) into the cache")
     show("s3feed fetch demo-job-1 sample.mp4")
     path = subprocess.run(
-        [S3FEED, "fetch", "demo-job-1", "sample.mp4"], env=cli_env, check=True,
-        capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
+        [S3FEED, "fetch", "demo-job-1", "sample.mp4"],
+        env=cli_env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     print(f"    cached at {path} ({os.path.getsize(path)} bytes)")
     show(f"ffprobe {path}")
     probe = ffprobe([path])
@@ -148,10 +156,16 @@ def run_job(sock: Path, env: dict[str, str]) -> bool:
     print(f"    ffprobe: {probe_ts}")
 
     say("a job whose TenantName does not match the role's ExternalId")
-    status, denied = curl(sock, "POST", "/v1/jobs", {
-        "JobId": "demo-job-2", "TenantName": "globex",
-        "Source": {"Provider": "AmazonS3", "UriPath": uri, "RoleArnToAssume": role},
-    })  # fmt: skip
+    status, denied = curl(
+        sock,
+        "POST",
+        "/v1/jobs",
+        {
+            "JobId": "demo-job-2",
+            "TenantName": "globex",
+            "Source": {"Provider": "AmazonS3", "UriPath": uri, "RoleArnToAssume": role},
+        },
+    )
     print(f"    {status} {denied['Error']['Code']}: {denied['Error']['Message']}")
 
     say("the trust policy a customer must put on their role")
@@ -169,10 +183,22 @@ def run_job(sock: Path, env: dict[str, str]) -> bool:
 
 def ffprobe(args: list[str], stdin: Any = None) -> str:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_packets", "-show_entries",
-         "format=format_name,duration:stream=codec_name,nb_read_packets", "-of", "json", *args],
-        stdin=stdin, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_packets",
+            "-show_entries",
+            "format=format_name,duration:stream=codec_name,nb_read_packets",
+            "-of",
+            "json",
+            *args,
+        ],
+        stdin=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         print(f"    ffprobe failed: {out.stderr.strip()}")
         return ""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from awscrt import checksums as crt
 
-from .errors import ChecksumMismatch
+from s3feed.transfer.errors import ChecksumMismatch
 
 UpdateFn = Callable[[bytes | memoryview, int], int]
 

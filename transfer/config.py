@@ -51,7 +51,7 @@ class TransferConfig:
     512 KiB for each stream started while it was spent: transfer/streammemory.py).
     Uploads: one holds at most `upload_memory` of part buffers, and all together
     `upload_memory_total` (plus one part for each upload started while it was
-    spent: transfer/uploadmemory.py).
+    spent: transfer/upload/memory.py).
     Receive buffers: one per connection, so at most `global_concurrency` x 1 MiB.
     """
 
@@ -65,7 +65,7 @@ class TransferConfig:
     stream_memory: int = 1 * GiB  # all stream windows together
     retries: int = 10  # retry budget per transfer
     stall_timeout: float = 30.0  # seconds without a byte before a range is retried
-    # Outputs (transfer/upload.py): part buffers per upload, at least one part.
+    # Outputs (transfer/upload/multipart.py): part buffers per upload, at least one part.
     upload_memory: int = 64 * MiB
     upload_memory_total: int = 512 * MiB  # all uploads' part buffers together
 

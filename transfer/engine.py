@@ -36,14 +36,14 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .checksums import RangeDigest, Verifier, etag_parts
-from .config import TransferConfig
-from .errors import ChecksumMismatch, TransientError
-from .observer import NullTransferObserver, TransferObserver
-from .progress import Progress, RangeSet
-from .retry import RetryBudget, run_workers
-from .store import BodySink, ObjectMeta, ObjectStore
-from .streammemory import StreamMemory
+from s3feed.transfer.checksums import RangeDigest, Verifier, etag_parts
+from s3feed.transfer.config import TransferConfig
+from s3feed.transfer.errors import ChecksumMismatch, TransientError
+from s3feed.transfer.observer import NullTransferObserver, TransferObserver
+from s3feed.transfer.progress import Progress, RangeSet
+from s3feed.transfer.retry import RetryBudget, run_workers
+from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore
+from s3feed.transfer.streammemory import StreamMemory
 
 T = TypeVar("T")
 BACKOFF_BASE = 0.1  # seconds; the n-th consecutive failure waits U(0, base * 2^n)
@@ -282,10 +282,16 @@ class Engine:
             self.observer.transfer_finished("cache", outcome, self.monotonic() - started)
 
     async def _download(
-        self, store: ObjectStore, key: str, fd: int, tenant: str, progress: Progress,
-        meta: ObjectMeta | None, skip: RangeSet | None,
+        self,
+        store: ObjectStore,
+        key: str,
+        fd: int,
+        tenant: str,
+        progress: Progress,
+        meta: ObjectMeta | None,
+        skip: RangeSet | None,
         on_range_done: Callable[[int, int], None] | None,
-    ) -> ObjectMeta:  # fmt: skip
+    ) -> ObjectMeta:
         budget = RetryBudget(self.config.retries)
         if meta is None:
             meta = await self.retrying(budget, lambda: store.head(key))
@@ -296,9 +302,12 @@ class Engine:
         )
         verifier = new_verifier()
         ranges = plan_ranges(
-            0, meta.size - 1, range_size(self.config, meta.size), parts,
+            0,
+            meta.size - 1,
+            range_size(self.config, meta.size),
+            parts,
             join_parts=not verifier.composite,  # a composite checksum needs each part's own CRC
-        )  # fmt: skip
+        )
         done = RangeSet(skip or ())
         first_md5: str | None = None
         owner = object()  # this transfer, for the limiter's round-robin

@@ -16,7 +16,7 @@
     └── Cancelled                the job or the reader went away
 
 botocore's ClientError and the raw data-plane client's statuses are
-translated into these in one place each (transfer/s3store.py).
+translated into these in one place each (transfer/s3/objects.py).
 Messages say what to fix and never contain a secret.
 """
 

@@ -75,7 +75,7 @@ class NullTransferObserver:
 
 
 class UploadObserver(Protocol):
-    """Outputs (transfer/upload.py, daemon/outputs.py): `outcome` as for transfers."""
+    """Outputs (transfer/upload/multipart.py, daemon/api/outputs.py): `outcome` as for transfers."""
 
     def upload_started(self) -> None: ...
     def upload_finished(self, outcome: str, seconds: float) -> None: ...

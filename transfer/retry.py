@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from .errors import S3Unavailable, TransientError
+from s3feed.transfer.errors import S3Unavailable, TransientError
 
 
 @dataclass

@@ -2,10 +2,10 @@
 
 `ObjectStore` declares every capability the code above it uses; nothing
 above this seam asks a store for anything else (no `getattr` probes).
-`S3ObjectStore` (transfer/s3store.py) is the real implementation, every
-request through the daemon's one S3 client (transfer/s3client.py), bodies
+`S3ObjectStore` (transfer/s3/objects.py) is the real implementation, every
+request through the daemon's one S3 client (transfer/s3/client.py), bodies
 received into a reused buffer and handed to the caller's sink without
-copying. `FakeObjectStore` and `FailingObjectStore` (transfer/fakestore.py)
+copying. `FakeObjectStore` and `FailingObjectStore` (tests/fakes/store.py)
 implement the same contract for unit tests, and one parametrised suite
 (tests/integration/test_store_contract.py) holds the fakes and the real
 store on SeaweedFS and ministack to it (docs/design.md, Transfers).

@@ -26,12 +26,12 @@ import asyncio
 import bisect
 from types import TracebackType
 
-from .checksums import RangeDigest, Verifier
-from .engine import Engine
-from .errors import InvalidRange
-from .retry import RetryBudget, first_error
-from .store import BodySink, ObjectMeta, ObjectStore
-from .window import StreamWindow
+from s3feed.transfer.checksums import RangeDigest, Verifier
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.errors import InvalidRange
+from s3feed.transfer.retry import RetryBudget, first_error
+from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore
+from s3feed.transfer.window import StreamWindow
 
 FIRST_RANGE = 1024 * 1024  # bytes of a stream's first GET
 
@@ -115,10 +115,13 @@ class ObjectStream:
         config = engine.config
         length = end - self.start + 1
         self.window = StreamWindow(
-            self.start, end, max(1, min(config.part_size, config.stream_window, length)),
-            engine.observer, memory=engine.stream_memory,
+            self.start,
+            end,
+            max(1, min(config.part_size, config.stream_window, length)),
+            engine.observer,
+            memory=engine.stream_memory,
             max_capacity=max(1, min(config.stream_window, length)),
-        )  # fmt: skip
+        )
         if self.start == 0 and end == size - 1:  # only a whole object can be verified
             self._verifier = Verifier(
                 size, meta.etag, meta.checksums, meta.checksum_type, parts_later=True
@@ -157,9 +160,15 @@ class ObjectStream:
                 if s == self.start:
                     sink = _FirstBytes(sink, flowing)
                 await engine.fetch_range(
-                    self.store, self.key, s, e, sink,
-                    etag=self.meta.etag, budget=self._budget, owner=owner,
-                )  # fmt: skip
+                    self.store,
+                    self.key,
+                    s,
+                    e,
+                    sink,
+                    etag=self.meta.etag,
+                    budget=self._budget,
+                    owner=owner,
+                )
                 flowing.set()  # a first range that failed starts nothing more
 
         async def rest() -> None:
@@ -222,5 +231,5 @@ class ObjectStream:
                 self._layout.exception()  # and the layout's, through _produce
         if self.window is not None:
             # Transfer counts and durations of streams are the API's to report
-            # (daemon/streaming.py): it also serves streams from the cache.
+            # (daemon/api/objects.py): it also serves streams from the cache.
             self.window.close()

@@ -21,7 +21,7 @@ MIN_WINDOW`, and once those drain, `used <= budget`.
 
 from __future__ import annotations
 
-from .observer import TransferObserver
+from s3feed.transfer.observer import TransferObserver
 
 MIN_WINDOW = 512 * 1024  # the floor of a stream's window: one range of this size
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
-from .config import S3Config
-from .errors import InvalidKey, InvalidUriPath
+from s3feed.transfer.config import S3Config
+from s3feed.transfer.errors import InvalidKey, InvalidUriPath
 
 MAX_KEY_BYTES = 1024
 MAX_URI_CHARS = 2048

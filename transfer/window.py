@@ -30,8 +30,8 @@ import asyncio
 import enum
 import heapq
 
-from .observer import TransferObserver
-from .streammemory import MIN_WINDOW, StreamMemory
+from s3feed.transfer.observer import TransferObserver
+from s3feed.transfer.streammemory import MIN_WINDOW, StreamMemory
 
 
 class WindowState(enum.Enum):

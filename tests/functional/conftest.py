@@ -1,7 +1,7 @@
 """The whole daemon in-process, over a real Unix socket, with fake S3 and STS.
 
 `harness` starts a `Daemon` on a socket in a fresh directory, with the fake
-STS of auth/ and one `FakeObjectStore` per bucket (transfer/fakestore.py),
+STS of auth/ and one `FakeObjectStore` per bucket (tests/fakes/store.py),
 and checks every answer it gives against daemon/openapi.yaml (harness.py).
 """
 
@@ -19,11 +19,11 @@ import uvloop
 from harness import Harness
 
 from s3feed.auth.clock import SystemClock
-from s3feed.auth.fakests import FakeSts
 from s3feed.daemon.config import ApiConfig, Config, MetricsConfig
-from s3feed.daemon.server import Daemon
+from s3feed.daemon.service import Daemon
 from s3feed.transfer.config import CacheConfig, MiB, S3Config, TransferConfig
-from s3feed.transfer.fakestore import FakeObjectStore
+from tests.fakes.store import FakeObjectStore
+from tests.fakes.sts import FakeSts
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:

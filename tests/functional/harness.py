@@ -17,9 +17,9 @@ import jsonschema
 import orjson
 import yaml
 
-from s3feed.auth.fakests import FakeSts
-from s3feed.daemon.server import Daemon
-from s3feed.transfer.fakestore import FakeObjectStore
+from s3feed.daemon.service import Daemon
+from tests.fakes.store import FakeObjectStore
+from tests.fakes.sts import FakeSts
 
 OPENAPI = yaml.safe_load((Path(__file__).parents[2] / "daemon" / "openapi.yaml").read_text())
 ACME_ROLE = "arn:aws:iam::123456789012:role/acme-reader"
@@ -87,9 +87,14 @@ class Harness:
         return self.stores.setdefault(bucket, FakeObjectStore(bucket=bucket, endpoint="fake://s3"))
 
     async def request(
-        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
         headers: dict[str, str] | None = None,
-    ) -> Answer:  # fmt: skip
+    ) -> Answer:
         data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
         payload = io.BytesIO(data) if data is not None else None
         async with self.session.request(method, path, data=payload, headers=headers) as resp:
@@ -164,10 +169,17 @@ async def request_as(
     groups_arg = f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"
     # The daemon runs on this test's event loop: the client must not block it.
     proc = await asyncio.create_subprocess_exec(
-        "setpriv", f"--reuid={uid}", f"--regid={gid}", groups_arg,
-        SYSTEM_PYTHON, "-I", "-c", script,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        groups_arg,
+        SYSTEM_PYTHON,
+        "-I",
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(30):
         out, err = await proc.communicate()
     assert proc.returncode == 0, err

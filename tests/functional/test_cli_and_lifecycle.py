@@ -14,16 +14,22 @@ from pathlib import Path
 import pytest
 from harness import Harness
 
-from s3feed.daemon.client import Client
-from s3feed.daemon.server import SocketInUse, bind_unix_socket
+from s3feed.client import Client
+from s3feed.daemon.service import SocketInUse, bind_unix_socket
 
 
 async def cli(harness: Harness, *args: str) -> tuple[int, str, str]:
     # The daemon runs on this test's loop: the CLI must run in another process.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "s3feed.daemon", "--socket", harness.socket, *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "s3feed.daemon",
+        "--socket",
+        harness.socket,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(60):
         out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -33,10 +39,17 @@ async def cli(harness: Harness, *args: str) -> tuple[int, str, str]:
 async def test_cli_job_ls_fetch_cat_status(harness: Harness) -> None:
     harness.store().put("sources/show/a.ts", b"0123456789" * 1000)
     code, out, _ = await cli(
-        harness, "job", "create", "cli-1", "--tenant", "acme-films",
-        "--uri", "https://acme-media.s3.eu-west-1.amazonaws.com/sources/",
-        "--role", "arn:aws:iam::123456789012:role/acme-reader",
-    )  # fmt: skip
+        harness,
+        "job",
+        "create",
+        "cli-1",
+        "--tenant",
+        "acme-films",
+        "--uri",
+        "https://acme-media.s3.eu-west-1.amazonaws.com/sources/",
+        "--role",
+        "arn:aws:iam::123456789012:role/acme-reader",
+    )
     assert code == 0 and out.startswith("cli-1\tacme-films\ts3://acme-media/sources/")
     code, out, _ = await cli(harness, "--json", "job", "list")
     assert [j["JobId"] for j in json.loads(out)["Jobs"]] == ["cli-1"]
@@ -62,9 +75,17 @@ async def test_cli_errors_print_the_code_and_exit_non_zero(harness: Harness) -> 
     assert code == 3 and out == ""  # exit codes by class: tests/functional/test_cli_errors.py
     assert err.startswith("s3feed: NoSuchJob: no job 'nope'")
     code, _, err = await cli(
-        harness, "job", "create", "x", "--tenant", "acme-films", "--uri", "s3://b/",
-        "--role", "arn:aws:iam::123456789012:role/r",
-    )  # fmt: skip
+        harness,
+        "job",
+        "create",
+        "x",
+        "--tenant",
+        "acme-films",
+        "--uri",
+        "s3://b/",
+        "--role",
+        "arn:aws:iam::123456789012:role/r",
+    )
     assert code == 7 and "InvalidUriPath" in err
     code, _, err = await cli(harness, "--socket", "/nonexistent/s.sock", "status")
     assert code == 7 and "no daemon at /nonexistent/s.sock" in err
@@ -91,7 +112,10 @@ def test_the_client_leaks_no_socket_when_no_daemon_answers(tmp_path: Path) -> No
     fds = len(os.listdir("/proc/self/fd"))
     stale = tmp_path / "stale.sock"
     bind_unix_socket(stale, 0o600).close()  # a socket file nobody listens on
-    for path, refused in [(tmp_path / "none.sock", FileNotFoundError), (stale, ConnectionRefusedError)]:  # fmt: skip
+    for path, refused in [
+        (tmp_path / "none.sock", FileNotFoundError),
+        (stale, ConnectionRefusedError),
+    ]:
         for _ in range(20):
             with pytest.raises(refused):
                 Client(str(path), timeout=1).health()

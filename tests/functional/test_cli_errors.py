@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from harness import ACME_ROLE, ACME_URI, Harness
 
-from s3feed.auth.fakests import FakeSts
-from s3feed.daemon.records import TransferRecord, TransferState
+from s3feed.daemon.jobs.records import TransferRecord, TransferState
+from tests.fakes.sts import FakeSts
 
 MiB = 1024 * 1024
 SITE_PACKAGES = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
@@ -39,11 +39,19 @@ async def cli(
         # The venv's interpreter may live where another uid cannot read it: the
         # system one, given the venv's packages (its .pth files included).
         boot = f"import site, sys; site.addsitedir({str(SITE_PACKAGES)!r}); "
-        boot += "from s3feed.daemon.cli import main; sys.exit(main())"
+        boot += "from s3feed.daemon.cli.entry import main; sys.exit(main())"
         cmd = [
-            "setpriv", f"--reuid={as_user}", f"--regid={'nogroup' if as_user == 'nobody' else as_user}", "--clear-groups",
-            "/usr/bin/python3", "-c", boot, "--socket", sock, *args,
-        ]  # fmt: skip
+            "setpriv",
+            f"--reuid={as_user}",
+            f"--regid={'nogroup' if as_user == 'nobody' else as_user}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            boot,
+            "--socket",
+            sock,
+            *args,
+        ]
     # The daemon runs on this test's loop: the CLI must run in another process.
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
@@ -82,23 +90,47 @@ async def test_exit_codes_by_class(harness: Harness) -> None:
     assert code == 4 and one_line(err).startswith("s3feed: AccessDenied: ")
     harness.sts.fail_next(harness.sts.access_denied(ACME_ROLE, "acme-films"))
     code, _, err = await cli(
-        harness, "job", "create", "job-2", "--tenant", "acme-films", "--uri", ACME_URI,
-        "--role", ACME_ROLE,
-    )  # fmt: skip
+        harness,
+        "job",
+        "create",
+        "job-2",
+        "--tenant",
+        "acme-films",
+        "--uri",
+        ACME_URI,
+        "--role",
+        ACME_ROLE,
+    )
     assert code == 4 and one_line(err).startswith("s3feed: AssumeRoleDenied: ")
 
     harness.sts.fail_always(FakeSts.server_error())
     code, _, err = await cli(
-        harness, "job", "create", "job-3", "--tenant", "acme-films", "--uri", ACME_URI,
-        "--role", ACME_ROLE,
-    )  # fmt: skip
+        harness,
+        "job",
+        "create",
+        "job-3",
+        "--tenant",
+        "acme-films",
+        "--uri",
+        ACME_URI,
+        "--role",
+        ACME_ROLE,
+    )
     harness.sts.fail_always(None)
     assert code == 5 and one_line(err).startswith("s3feed: StsUnavailable: ")
 
     code, _, err = await cli(
-        harness, "job", "create", "x", "--tenant", "acme-films", "--uri", "s3://b/",
-        "--role", ACME_ROLE,
-    )  # fmt: skip
+        harness,
+        "job",
+        "create",
+        "x",
+        "--tenant",
+        "acme-films",
+        "--uri",
+        "s3://b/",
+        "--role",
+        ACME_ROLE,
+    )
     assert code == 7 and one_line(err).startswith("s3feed: InvalidUriPath: ")
 
 
@@ -214,9 +246,16 @@ async def test_a_reader_that_had_enough_is_not_an_error(harness: Harness) -> Non
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line: `| head -0`
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "s3feed.daemon", "--socket", harness.socket, "ls", "job-1",
-        stdout=write, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "s3feed.daemon",
+        "--socket",
+        harness.socket,
+        "ls",
+        "job-1",
+        stdout=write,
+        stderr=asyncio.subprocess.PIPE,
+    )
     os.close(write)
     async with asyncio.timeout(60):
         _, err = await proc.communicate()
@@ -281,9 +320,17 @@ class Gate:
 @contextlib.asynccontextmanager
 async def cli_fetch(harness: Harness, key: str) -> AsyncIterator[asyncio.subprocess.Process]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "s3feed.daemon", "--socket", harness.socket, "fetch", "job-1", key,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "s3feed.daemon",
+        "--socket",
+        harness.socket,
+        "fetch",
+        "job-1",
+        key,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         yield proc
     finally:

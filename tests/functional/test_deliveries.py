@@ -16,7 +16,7 @@ import orjson
 import pytest
 from harness import Harness
 
-from s3feed.daemon.client import AsyncClient, S3feedError
+from s3feed.client import AsyncClient, S3feedError
 
 MiB = 1024 * 1024
 DATA = random.Random(7).randbytes(3 * MiB + 11)
@@ -73,7 +73,10 @@ async def test_delivery_into_a_pipe_and_a_socket_with_range(harness: Harness) ->
 async def test_errors_before_a_byte_leave_the_output_untouched(harness: Harness) -> None:
     await _job(harness)
     async with AsyncClient(harness.socket) as c:
-        for key, rng, code in (("missing.ts", None, "NoSuchKey"), ("clip.ts", "99999999-", "InvalidRange")):  # fmt: skip
+        for key, rng, code in (
+            ("missing.ts", None, "NoSuchKey"),
+            ("clip.ts", "99999999-", "InvalidRange"),
+        ):
             r, w = os.pipe()
             with pytest.raises(S3feedError) as err:
                 await c.deliver("job-1", key, w, rng)
@@ -110,9 +113,10 @@ async def _answer(sock: socket.socket, first: bytes = b"", closes: bool = True) 
         head, sep, body = buf.partition(b"\r\n\r\n")
         if sep:
             length = next(
-                int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
                 if line.lower().startswith(b"content-length:")
-            )  # fmt: skip
+            )
             if len(body) >= length and not closes:
                 break
         chunk = await loop.sock_recv(sock, 65536)

@@ -21,23 +21,38 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=16),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=16),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=10,
-)  # fmt: skip
+)
 BODIES = st.one_of(
     JSON,
-    st.fixed_dictionaries({}, optional={
-        "JobId": st.one_of(st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), JSON),
-        "TenantName": st.one_of(st.sampled_from(["acme-films", "a", "x" * 1300]), JSON),
-        "Source": st.one_of(JSON, st.fixed_dictionaries({}, optional={
-            "Provider": st.one_of(st.just("AmazonS3"), JSON),
-            "UriPath": st.one_of(st.just(ACME_URI), st.text(max_size=40), JSON),
-            "RoleArnToAssume": st.one_of(st.just(ACME_ROLE), JSON),
-            "RoleSessionDurationInSeconds": st.one_of(st.integers(0, 50000), JSON),
-        })),
-    }),
-)  # fmt: skip
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "JobId": st.one_of(st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), JSON),
+            "TenantName": st.one_of(st.sampled_from(["acme-films", "a", "x" * 1300]), JSON),
+            "Source": st.one_of(
+                JSON,
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "Provider": st.one_of(st.just("AmazonS3"), JSON),
+                        "UriPath": st.one_of(st.just(ACME_URI), st.text(max_size=40), JSON),
+                        "RoleArnToAssume": st.one_of(st.just(ACME_ROLE), JSON),
+                        "RoleSessionDurationInSeconds": st.one_of(st.integers(0, 50000), JSON),
+                    },
+                ),
+            ),
+        },
+    ),
+)
 
 
 @SETTINGS
@@ -107,9 +122,12 @@ async def test_clients_trickling_requests_do_not_block_others(harness: Harness) 
     """Twenty clients send one byte of a request every 50 ms; meanwhile other
     clients create jobs and list them with no wait."""
     request = orjson.dumps(
-        {"JobId": "slow", "TenantName": "acme-films",
-         "Source": {"Provider": "AmazonS3", "UriPath": ACME_URI, "RoleArnToAssume": ACME_ROLE}}
-    )  # fmt: skip
+        {
+            "JobId": "slow",
+            "TenantName": "acme-films",
+            "Source": {"Provider": "AmazonS3", "UriPath": ACME_URI, "RoleArnToAssume": ACME_ROLE},
+        }
+    )
     head = b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     raw = head + b"Content-Length: %d\r\n\r\n" % len(request) + request
 

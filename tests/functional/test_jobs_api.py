@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from harness import ACME_ROLE, Harness
 
-from s3feed.daemon.records import TransferState
+from s3feed.daemon.jobs.records import TransferState
 
 
 def _blob(n: int, seed: int = 1) -> bytes:

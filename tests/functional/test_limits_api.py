@@ -17,11 +17,11 @@ import pytest
 from harness import Harness
 
 from s3feed.auth.clock import SystemClock
-from s3feed.auth.fakests import FakeSts
 from s3feed.daemon.config import ApiConfig, Config, LimitsConfig, MetricsConfig
-from s3feed.daemon.server import Daemon
+from s3feed.daemon.service import Daemon
 from s3feed.transfer.config import CacheConfig, MiB, S3Config, TransferConfig
-from s3feed.transfer.fakestore import FakeObjectStore
+from tests.fakes.store import FakeObjectStore
+from tests.fakes.sts import FakeSts
 
 pytestmark = pytest.mark.timeout(120)
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
@@ -184,11 +184,20 @@ async def test_connections_per_uid(
     h = await start(tmp_path, socket_dir, LimitsConfig(connections_per_uid=3))
     limited.append(h)
     proc = await asyncio.create_subprocess_exec(
-        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-        SYSTEM_PYTHON, "-I", "-c", CONNECT_AS_NOBODY, h.socket, "3",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        SYSTEM_PYTHON,
+        "-I",
+        "-c",
+        CONNECT_AS_NOBODY,
+        h.socket,
+        "3",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert proc.stdin is not None and proc.stdout is not None
     async with asyncio.timeout(60):
         assert await proc.stdout.readline() == b"released\n"
@@ -285,11 +294,20 @@ async def test_a_thousand_half_open_connections_do_not_stop_another_uid(
     h = await start(tmp_path, socket_dir, LimitsConfig(), header_timeout=8.0)
     limited.append(h)
     proc = await asyncio.create_subprocess_exec(
-        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-        SYSTEM_PYTHON, "-I", "-c", HALF_OPEN_AS_NOBODY, h.socket, "1000",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        SYSTEM_PYTHON,
+        "-I",
+        "-c",
+        HALF_OPEN_AS_NOBODY,
+        h.socket,
+        "1000",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         async with asyncio.timeout(60):

@@ -11,8 +11,8 @@ import sys
 import pytest
 from harness import Harness
 
-from s3feed.daemon.client import AsyncClient, Client
-from s3feed.daemon.records import TransferState
+from s3feed.client import AsyncClient, Client
+from s3feed.daemon.jobs.records import TransferState
 
 KEYS = [f"sources/show/{n:02d}.ts" for n in range(7)]
 
@@ -81,9 +81,17 @@ async def test_both_clients_and_the_cli_follow_the_tokens(harness: Harness) -> N
         page = await aclient.list_objects_page("job-1", max_keys=5)
         assert len(page["Objects"]) == 5 and page["NextContinuationToken"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "s3feed.daemon", "--socket", harness.socket,
-        "ls", "job-1", "--max-keys", "2", stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "s3feed.daemon",
+        "--socket",
+        harness.socket,
+        "ls",
+        "job-1",
+        "--max-keys",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(60):
         out, _ = await proc.communicate()
     assert proc.returncode == 0

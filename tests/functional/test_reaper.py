@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from harness import Harness
 
-from s3feed.daemon.job import Job
+from s3feed.daemon.jobs.job import Job
 
 
 def idle_clock(harness: Harness) -> list[float]:

@@ -161,9 +161,15 @@ async def test_sixty_four_encoder_uids_are_allowed(harness: Harness) -> None:
 async def _open_as(uid: int, gid: int, path: str) -> tuple[int, bytes, bytes]:
     """`cat PATH` as uid:gid (that group only): (exit status, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "cat", path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "cat",
+        path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with asyncio.timeout(30):
         out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -180,9 +186,13 @@ async def test_a_fetched_path_opens_for_the_jobs_uids_only_while_the_job_lives(
     body = _job_body(EncoderUids=[ENCODER_UID])
     assert (await harness.request("POST", "/v1/jobs", body)).status == 201
     status, fetch = await request_as(
-        harness.socket, "POST", "/v1/jobs/job-1/fetches?wait=true", {"Key": "a.mp4"},
-        uid=ENCODER_UID, gid=enc_gid,
-    )  # fmt: skip
+        harness.socket,
+        "POST",
+        "/v1/jobs/job-1/fetches?wait=true",
+        {"Key": "a.mp4"},
+        uid=ENCODER_UID,
+        gid=enc_gid,
+    )
     assert status == 200, fetch
     path = fetch["Path"]
     assert await _open_as(ENCODER_UID, enc_gid, path) == (0, media, b"")

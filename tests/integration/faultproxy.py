@@ -50,8 +50,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-}  # fmt: skip
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
 CHUNK = 64 * 1024
 
 # Every secret any proxy of this process saw STS issue: the secrets suite greps for them.
@@ -60,9 +66,12 @@ ISSUED: set[str] = set()
 S3_ERRORS = {
     "status500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
-    "redirect": (301, "PermanentRedirect", "The bucket you are attempting to access must be "
-                 "addressed using the specified endpoint."),
-}  # fmt: skip
+    "redirect": (
+        301,
+        "PermanentRedirect",
+        "The bucket you are attempting to access must be addressed using the specified endpoint.",
+    ),
+}
 REDIRECT_REGION = "us-west-2"
 STS_503 = (
     b'<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error>'
@@ -236,7 +245,9 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        req = Seen(request.method, request.path, request.query_string, CIMultiDict(request.headers), body)  # fmt: skip
+        req = Seen(
+            request.method, request.path, request.query_string, CIMultiDict(request.headers), body
+        )
         faults = {f.kind: f for f in self._pick(req)}
         if "latency" in faults:
             await asyncio.sleep(faults["latency"].seconds)
@@ -275,9 +286,13 @@ class FaultProxy:
         if self.expires_in is not None and "<Expiration>" in text:
             when = datetime.now(UTC) + timedelta(seconds=self.expires_in)
             stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-            text = re.sub(r"<Expiration>[^<]*</Expiration>", f"<Expiration>{stamp}</Expiration>", text)  # fmt: skip
+            text = re.sub(
+                r"<Expiration>[^<]*</Expiration>", f"<Expiration>{stamp}</Expiration>", text
+            )
             raw = text.encode()
-        headers = {k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP | {"content-length"}}  # fmt: skip
+        headers = {
+            k: v for k, v in up.headers.items() if k.lower() not in HOP_BY_HOP | {"content-length"}
+        }
         return web.Response(status=up.status, body=raw, headers=headers)
 
     async def _relay(

@@ -289,16 +289,22 @@ def no_partial_served(cache_dir: Path) -> None:
 def _render() -> str:
     t = TALLY
     rows = [
-        ("faults injected", f"{sum(t.faults.values())} ({', '.join(f'{k} {v}' for k, v in sorted(t.faults.items()))})"),
+        (
+            "faults injected",
+            f"{sum(t.faults.values())} ({', '.join(f'{k} {v}' for k, v in sorted(t.faults.items()))})",
+        ),
         ("transfers completed and sha256-verified", str(t.transfers_completed)),
         ("transfers that failed with a clear error (as designed)", str(t.transfers_failed_cleanly)),
         ("bytes verified", f"{t.bytes_verified} ({t.bytes_verified / MiB:.1f} MiB)"),
         ("corrupt bytes served", str(t.corrupt_bytes)),
         ("daemon runs / crashes", f"{t.daemon_runs} / {t.daemon_crashes}"),
         ("secrets issued by STS and grepped for", str(len(t.secrets_issued))),
-        ("places grepped (logs, answers, metrics, cmdline, environ, cache files)", str(t.places_grepped)),
+        (
+            "places grepped (logs, answers, metrics, cmdline, environ, cache files)",
+            str(t.places_grepped),
+        ),
         ("secrets found", str(t.secrets_found)),
-    ]  # fmt: skip
+    ]
     lines = ["| | |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
     return "\n".join(lines) + "\n" + "".join(f"\n- {n}" for n in t.notes) + "\n"
 
@@ -326,7 +332,11 @@ def results_table() -> Iterator[Tally]:
     _write_table(Path(target), _render())
     Path(target).with_suffix(".json").write_text(
         json.dumps(
-            {**{k: v for k, v in TALLY.__dict__.items() if k != "secrets_issued"},
-             "secrets_issued": len(TALLY.secrets_issued)}, default=list, indent=1,
+            {
+                **{k: v for k, v in TALLY.__dict__.items() if k != "secrets_issued"},
+                "secrets_issued": len(TALLY.secrets_issued),
+            },
+            default=list,
+            indent=1,
         )
-    )  # fmt: skip
+    )

@@ -42,16 +42,32 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
     results = tmp_path / "RESULTS.md"
     args = bench_run.build_parser().parse_args(
         [
-            "--size", "12MiB", "--upload-part-size", "5MiB",  # multipart, 3 parts
-            "--runs", "1", "--ttfb-runs", "1",
-            "--slow-rate", "20000000",
-            "--crowd-streams", "2", "--crowd-rate", "20000000",
-            "--conc-size", "1MiB", "--conc-rounds", "1",
-            "--idle-seconds", "1",
-            "--work", str(tmp_path / "work"),
-            "--results", str(results),
+            "--size",
+            "12MiB",
+            "--upload-part-size",
+            "5MiB",  # multipart, 3 parts
+            "--runs",
+            "1",
+            "--ttfb-runs",
+            "1",
+            "--slow-rate",
+            "20000000",
+            "--crowd-streams",
+            "2",
+            "--crowd-rate",
+            "20000000",
+            "--conc-size",
+            "1MiB",
+            "--conc-rounds",
+            "1",
+            "--idle-seconds",
+            "1",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(results),
         ]
-    )  # fmt: skip
+    )
     facts = bench_run.run(args, store=store)
 
     failed = [(r["name"], r["round"], r["error"]) for r in facts["main"] if r["error"]]

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from s3feed.auth.credentials import Credentials
-from s3feed.transfer import acl
-from s3feed.transfer.cache import Cache
+from s3feed.transfer.cache import acl
+from s3feed.transfer.cache.cache import Cache
 from s3feed.transfer.config import CacheConfig, GiB, S3Config, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:
@@ -79,8 +79,17 @@ def _tool(*argv: str) -> None:
 def encoders() -> tuple[Encoder, Encoder]:
     _tool("groupadd", "--system", GROUP)
     for name in USERS:
-        _tool("useradd", "--system", "--no-create-home", "--user-group",
-              "--shell", "/usr/sbin/nologin", "--groups", GROUP, name)  # fmt: skip
+        _tool(
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/usr/sbin/nologin",
+            "--groups",
+            GROUP,
+            name,
+        )
         _tool("usermod", "--append", "--groups", GROUP, name)
     a, b = (Encoder(n, pwd.getpwnam(n).pw_uid) for n in USERS)
     return a, b
@@ -225,8 +234,19 @@ async def test_ffprobe_and_ffmpeg_as_the_granted_uid_read_a_seekable_mp4(
         r = a.run(*probe, str(path))
         assert r.returncode == 0, r.stderr
         assert abs(float(r.stdout) - 4.0) < 0.2
-        r = a.run("ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v",
-                  "-f", "framemd5", "-")  # fmt: skip
+        r = a.run(
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-map",
+            "0:v",
+            "-f",
+            "framemd5",
+            "-",
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.count(b"\n0,") == 100, "every frame of 4 s at 25 fps decoded"
         denied = b.run(*probe, str(path))
@@ -246,8 +266,8 @@ def test_group_sharing_on_a_file_system_without_acls_refuses_to_start(
             f"""
             import asyncio, sys
             from pathlib import Path
-            from s3feed.transfer import acl
-            from s3feed.transfer.cache import Cache
+            from s3feed.transfer.cache import acl
+            from s3feed.transfer.cache.cache import Cache
             from s3feed.transfer.config import CacheConfig, TransferConfig
             from s3feed.transfer.engine import Engine
             from s3feed.transfer.observer import NullTransferObserver
@@ -273,10 +293,23 @@ def test_group_sharing_on_a_file_system_without_acls_refuses_to_start(
             """
         )
         r = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-             'mount -t ramfs none "$1" && exec "$2" -c "$3"', "sh", mnt, sys.executable, script],
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount -t ramfs none "$1" && exec "$2" -c "$3"',
+                "sh",
+                mnt,
+                sys.executable,
+                script,
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         if r.returncode != 0 and b"mount" in r.stderr:
             pytest.skip(f"cannot mount a ramfs here: {r.stderr.decode().strip()}")
         out = r.stdout.decode()

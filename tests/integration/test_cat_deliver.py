@@ -16,7 +16,7 @@ import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
 from reliability import blob
 
-from s3feed.daemon.client import AsyncClient, Client, S3feedError
+from s3feed.client import AsyncClient, Client, S3feedError
 
 if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
@@ -36,7 +36,9 @@ def job(local_aws: LocalAws, bucket: TestBucket, tmp_path: Path) -> Iterator[tup
         local_aws, tmp_path / "d", transfer={"stream_window": "4MiB", "concurrency": 2}
     ) as daemon:
         client = Client(str(daemon.socket))
-        client.create_job("cat", local_aws.acme_tenant, uri(bucket.name, "c/"), local_aws.acme_role_arn)  # fmt: skip
+        client.create_job(
+            "cat", local_aws.acme_tenant, uri(bucket.name, "c/"), local_aws.acme_role_arn
+        )
         yield daemon, client
 
 
@@ -53,7 +55,7 @@ def streams(client: Client) -> list[dict[str, Any]]:
 # The CLI in-process, then what it wrote in all (/proc/self/io wchar) on stderr's last line.
 COUNTED_CAT = """
 import sys
-from s3feed.daemon.cli import main
+from s3feed.daemon.cli.entry import main
 code = main(sys.argv[1:])
 wchar = [l for l in open("/proc/self/io") if l.startswith("wchar:")][0].split()[1]
 sys.stderr.write("wchar=" + wchar)
@@ -81,8 +83,10 @@ def test_the_bytes_never_pass_through_the_cli(
     with target.open("wb") as f:
         proc = subprocess.Popen(
             [sys.executable, "-c", COUNTED_CAT, *args],
-            env=daemon.env, stdout=f, stderr=subprocess.PIPE,
-        )  # fmt: skip
+            env=daemon.env,
+            stdout=f,
+            stderr=subprocess.PIPE,
+        )
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert target.read_bytes() == DATA

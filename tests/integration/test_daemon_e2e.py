@@ -15,7 +15,7 @@ import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
 from reliability import blob, sha
 
-from s3feed.daemon.client import Client, S3feedError
+from s3feed.client import Client, S3feedError
 
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed, TestBucket
@@ -37,8 +37,11 @@ def uri(bucket: str, folder: str = "") -> str:
 def curl(daemon: Daemon, *args: str) -> tuple[int, object]:
     out = subprocess.run(
         ["curl", "-sS", "--unix-socket", str(daemon.socket), "-w", "\n%{http_code}", *args],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     body, _, status = out.stdout.rpartition("\n")
     return int(status), json.loads(body) if body.strip() else None
 
@@ -56,22 +59,35 @@ def test_encoder_flow_with_curl_cli_and_ffprobe(daemon: Daemon, local_aws: Local
         },
     }
     status, doc = curl(
-        daemon, "-X", "POST", "-H", "Content-Type: application/json", "-d", json.dumps(job),
+        daemon,
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        json.dumps(job),
         "http://localhost/v1/jobs",
-    )  # fmt: skip
+    )
     assert status == 201, doc
     assert isinstance(doc, dict) and doc["SessionDurationSeconds"] == 900
 
     # A cached MP4 whose index is at the end: ffprobe needs to seek, so a file.
     path = subprocess.run(
-        [S3FEED, "fetch", "enc-1", "sample.mp4"], env=daemon.env, capture_output=True,
-        text=True, check=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
+        [S3FEED, "fetch", "enc-1", "sample.mp4"],
+        env=daemon.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
     assert Path(path).read_bytes() == local_aws.media_mp4_path.read_bytes()
     probe = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "json", path],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert {s["codec_name"] for s in json.loads(probe.stdout)["streams"]} == {"h264", "aac"}
 
     # A streamed MPEG-TS through a pipe.
@@ -79,10 +95,23 @@ def test_encoder_flow_with_curl_cli_and_ffprobe(daemon: Daemon, local_aws: Local
         [S3FEED, "cat", "enc-1", "sample.ts"], env=daemon.env, stdout=subprocess.PIPE
     )
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_packets", "-show_entries",
-         "stream=codec_name,nb_read_packets", "-of", "json", "-i", "pipe:0"],
-        stdin=cat.stdout, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_packets",
+            "-show_entries",
+            "stream=codec_name,nb_read_packets",
+            "-of",
+            "json",
+            "-i",
+            "pipe:0",
+        ],
+        stdin=cat.stdout,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cat.stdout is not None
     cat.stdout.close()
     assert cat.wait(timeout=60) == 0
@@ -137,7 +166,7 @@ def test_multipart_object_of_hundreds_of_mib(
 def test_python_async_client(daemon: Daemon, local_aws: LocalAws, bucket: TestBucket) -> None:
     import asyncio
 
-    from s3feed.daemon.client import AsyncClient
+    from s3feed.client import AsyncClient
 
     data = blob(3 * MiB, seed=3)
     bucket.put("a/clip.ts", data)

@@ -38,7 +38,7 @@ from reliability import (
 )
 
 import localaws
-from s3feed.daemon.client import Client, S3feedError
+from s3feed.client import Client, S3feedError
 
 if TYPE_CHECKING:
     from conftest import LocalAws
@@ -236,7 +236,9 @@ def test_a_bucket_in_another_region_says_which(
         else:
             got, exc = read_stream(client, job, key)
             assert exc is not None and got == b"", (exc, len(got))
-            error = [t for t in client.get_job(job)["Transfers"] if t["Mode"] == "stream"][-1]["Error"]  # fmt: skip
+            error = [t for t in client.get_job(job)["Transfers"] if t["Mode"] == "stream"][-1][
+                "Error"
+            ]
         assert error["Code"] == "InvalidUriPath", error
         assert "S3 says the bucket is in us-west-2" in error["Message"], error
         assert redirect.fired == 1, "the same request would get the same answer: not retried"
@@ -317,8 +319,10 @@ def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
     where.mkdir(parents=True)
     mounted = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs for the full-disk case: {mounted.stderr.strip()}")
     try:
@@ -409,8 +413,9 @@ def test_sigkill_mid_download_then_restart(
         started = client.fetch(job, key, wait=False)
         wait_until(
             lambda: client.get_fetch(job, started["FetchId"])["BytesDone"] >= 8 * MiB,
-            30, "8 MiB fetched",
-        )  # fmt: skip
+            30,
+            "8 MiB fetched",
+        )
         rig.kill()
         cache = rig.work / "cache"
         assert list(cache.glob("*.part")), "a partial download is on disk"
@@ -474,8 +479,9 @@ def test_sigterm_drains_running_fetches(
         fetches = [client.fetch(job, key, wait=False) for key in objects]
         wait_until(
             lambda: all(client.get_fetch(job, f["FetchId"])["BytesDone"] > 0 for f in fetches),
-            20, "all fetches running",
-        )  # fmt: skip
+            20,
+            "all fetches running",
+        )
         assert rig.daemon is not None
         t0 = time.monotonic()
         rig.stop()  # SIGTERM; asserts exit 0

@@ -30,8 +30,8 @@ from s3feed.auth.errors import StsUnavailable
 from s3feed.auth.sts import AioStsClient
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import S3Unavailable
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:
@@ -60,22 +60,59 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
     for name in ("ca", "stranger"):
         _openssl(
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
-            "-out", f"{name}.pem", "-days", "1", "-subj", f"/CN=s3feed test {name}",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d,
-        )  # fmt: skip
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN=s3feed test {name}",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            cwd=d,
+        )
     (d / "server.ext").write_text(
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
     )
     _openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=127.0.0.1", cwd=d,
-    )  # fmt: skip
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=d,
+    )
     _openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "1", "-extfile", "server.ext", cwd=d,
-    )  # fmt: skip
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "server.ext",
+        cwd=d,
+    )
     return Pki(d / "ca.pem", d / "stranger.pem", d / "server.pem", d / "server.key")
 
 
@@ -98,25 +135,45 @@ def tls_seaweed(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     ids_path, iam_path = iam.write_seaweed_configs(paths, keys)
     data = tmp_path_factory.mktemp("weed")
     taken: set[int] = set()
-    ports = {n: processes.free_port_pair(taken) for n in ("s3", "https", "master", "volume", "filer", "admin")}  # fmt: skip
+    ports = {
+        n: processes.free_port_pair(taken)
+        for n in ("s3", "https", "master", "volume", "filer", "admin")
+    }
     cmd = [
-        str(paths.weed_bin), "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
-        f"-s3.config={ids_path}", f"-s3.iam.config={iam_path}", "-master.telemetry=false",
-        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-s3.port={ports['s3']}", f"-s3.port.https={ports['https']}",
-        f"-s3.cert.file={pki.cert}", f"-s3.key.file={pki.key}",
-        f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
-        f"-filer.port={ports['filer']}", f"-admin.port={ports['admin']}",
-        f"-s3.localSocket={data / 's3.sock'}", f"-filer.localSocket={data / 'filer.sock'}",
-    ]  # fmt: skip
+        str(paths.weed_bin),
+        "mini",
+        f"-dir={data}",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",
+        f"-s3.config={ids_path}",
+        f"-s3.iam.config={iam_path}",
+        "-master.telemetry=false",
+        "-admin.ui=false",
+        "-webdav=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.https={ports['https']}",
+        f"-s3.cert.file={pki.cert}",
+        f"-s3.key.file={pki.key}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        f"-admin.port={ports['admin']}",
+        f"-s3.localSocket={data / 's3.sock'}",
+        f"-filer.localSocket={data / 'filer.sock'}",
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     log = data / "weed.log"
     pid = processes.spawn(cmd, env, log, data)
     try:
         processes.wait_until(
-            "tls seaweed", lambda: localaws.find_s3_port(pid, ports["s3"], keys) is not None,
-            pid, log, iam.START_TIMEOUT_S,
-        )  # fmt: skip
+            "tls seaweed",
+            lambda: localaws.find_s3_port(pid, ports["s3"], keys) is not None,
+            pid,
+            log,
+            iam.START_TIMEOUT_S,
+        )
         processes.wait_until(
             "tls seaweed https", lambda: processes.port_open(ports["https"]), pid, log, 30
         )
@@ -221,7 +278,9 @@ async def test_the_ca_bundle_is_honoured_on_every_s3_call(
     tls_seaweed: TlsSeaweed, pki: Pki, how: str
 ) -> None:
     if how == "setting":
-        client = S3Client(S3Config(endpoint_url=tls_seaweed.https_url, ca_bundle=str(pki.ca)), environ={})  # fmt: skip
+        client = S3Client(
+            S3Config(endpoint_url=tls_seaweed.https_url, ca_bundle=str(pki.ca)), environ={}
+        )
     else:
         config = S3Config(endpoint_url=tls_seaweed.https_url)
         client = S3Client(config, environ={"AWS_CA_BUNDLE": str(pki.ca)})
@@ -365,7 +424,7 @@ def test_the_daemon_over_https_end_to_end(
     on the S3 plane with the setting named."""
     from daemonproc import running_daemon
 
-    from s3feed.daemon.client import Client, S3feedError
+    from s3feed.client import Client, S3feedError
 
     sw = tls_seaweed
     target = _DaemonTarget(

@@ -40,7 +40,7 @@ from reliability import (
     uri,
 )
 
-from s3feed.daemon.client import Client, S3feedError
+from s3feed.client import Client, S3feedError
 
 if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
@@ -77,10 +77,20 @@ def as_nobody(socket: str, method: str, path: str, body: Any = None) -> tuple[in
         """
     )
     out = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         SYSTEM_PYTHON, "-I", "-c", script],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            SYSTEM_PYTHON,
+            "-I",
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if out.returncode != 0:
         raise PermissionError(out.stderr.strip().splitlines()[-1])
     status, doc = json.loads(out.stdout)
@@ -91,9 +101,12 @@ def job_body(job_id: str, local_aws: LocalAws, bucket: str) -> dict[str, Any]:
     return {
         "JobId": job_id,
         "TenantName": local_aws.acme_tenant,
-        "Source": {"Provider": "AmazonS3", "UriPath": uri(bucket, "in/"),
-                   "RoleArnToAssume": local_aws.acme_role_arn},
-    }  # fmt: skip
+        "Source": {
+            "Provider": "AmazonS3",
+            "UriPath": uri(bucket, "in/"),
+            "RoleArnToAssume": local_aws.acme_role_arn,
+        },
+    }
 
 
 def test_other_uid_cannot_see_or_use_a_job_and_socket_mode_is_as_configured(
@@ -106,7 +119,9 @@ def test_other_uid_cannot_see_or_use_a_job_and_socket_mode_is_as_configured(
     ) as rig:
         assert (short_dir / "s.sock").stat().st_mode & 0o777 == 0o666
         client = Client(rig.socket, timeout=30)
-        client.create_job("root-job", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn)  # fmt: skip
+        client.create_job(
+            "root-job", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn
+        )
         for method, path, body in [
             ("GET", "/v1/jobs/root-job", None),
             ("GET", "/v1/jobs/root-job/objects", None),
@@ -118,7 +133,9 @@ def test_other_uid_cannot_see_or_use_a_job_and_socket_mode_is_as_configured(
             assert (status, doc["Error"]["Code"]) == (404, "NoSuchJob"), (method, path, doc)
         assert as_nobody(rig.socket, "GET", "/v1/jobs") == (200, {"Jobs": []})
         # nobody's own job: nobody sees only it, root sees both, the object is readable.
-        status, doc = as_nobody(rig.socket, "POST", "/v1/jobs", job_body("nobody-job", local_aws, bucket.name))  # fmt: skip
+        status, doc = as_nobody(
+            rig.socket, "POST", "/v1/jobs", job_body("nobody-job", local_aws, bucket.name)
+        )
         assert status == 201, doc
         status, doc = as_nobody(rig.socket, "GET", "/v1/jobs")
         assert [j["JobId"] for j in doc["Jobs"]] == ["nobody-job"]
@@ -144,12 +161,19 @@ def test_tenant_b_never_gets_tenant_a_cached_object(
     globex_bucket.put("in/master.mov", globex_data)
     with proxied_daemon(local_aws, tmp_path) as rig:
         client = Client(rig.socket, timeout=30)
-        client.create_job("acme", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn)  # fmt: skip
+        client.create_job(
+            "acme", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn
+        )
         acme_path = client.fetch("acme", "master.mov")["Path"]
         check_file(data, acme_path)
         hits = metric_value(rig.metrics(), "s3feed_cache_hits_total")
         # globex's role cannot read acme's bucket: S3 decides, not the cache.
-        client.create_job("globex-on-acme", local_aws.globex_tenant, uri(bucket.name, "in/"), local_aws.globex_role_arn)  # fmt: skip
+        client.create_job(
+            "globex-on-acme",
+            local_aws.globex_tenant,
+            uri(bucket.name, "in/"),
+            local_aws.globex_role_arn,
+        )
         for attempt in (
             lambda: client.fetch("globex-on-acme", "master.mov"),
             lambda: b"".join(client.read_object("globex-on-acme", "master.mov")),
@@ -159,7 +183,12 @@ def test_tenant_b_never_gets_tenant_a_cached_object(
             assert (err.value.status, err.value.code) == (403, "AccessDenied")
         assert metric_value(rig.metrics(), "s3feed_cache_hits_total") == hits
         # Same key, same folder shape, globex's own bucket: its own entry and bytes.
-        client.create_job("globex", local_aws.globex_tenant, uri(globex_bucket.name, "in/"), local_aws.globex_role_arn)  # fmt: skip
+        client.create_job(
+            "globex",
+            local_aws.globex_tenant,
+            uri(globex_bucket.name, "in/"),
+            local_aws.globex_role_arn,
+        )
         globex_path = client.fetch("globex", "master.mov")["Path"]
         assert globex_path != acme_path
         check_file(globex_data, globex_path)
@@ -187,17 +216,24 @@ def test_no_secret_in_logs_answers_metrics_process_or_cache(
             answers.append((name, json.dumps(value, default=str)))
             return value
 
-        keep("create", client.create_job("s", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn))  # fmt: skip
+        keep(
+            "create",
+            client.create_job(
+                "s", local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn
+            ),
+        )
         keep("fetch", client.fetch("s", "a.bin"))
         assert check_bytes(data, b"".join(client.read_object("s", "a.bin")))
         keep("list", client.list_objects("s"))
         keep("health", client.health())
         keep("trust", client.trust_policy(local_aws.acme_tenant))
         for bad in (
-            lambda: client.create_job("x", local_aws.globex_tenant, uri(bucket.name), local_aws.acme_role_arn),
+            lambda: client.create_job(
+                "x", local_aws.globex_tenant, uri(bucket.name), local_aws.acme_role_arn
+            ),
             lambda: client.fetch("s", "missing.bin"),
             lambda: client.get_job("nope"),
-        ):  # fmt: skip
+        ):
             with pytest.raises(S3feedError) as err:
                 bad()
             keep("error", [err.value.code, err.value.message])
@@ -207,7 +243,13 @@ def test_no_secret_in_logs_answers_metrics_process_or_cache(
         )
         keep("job", doc)
         keep("jobs", client.list_jobs())
-        for args in (("job", "list"), ("job", "show", "s"), ("ls", "s"), ("status",), ("fetch", "s", "a.bin")):  # fmt: skip
+        for args in (
+            ("job", "list"),
+            ("job", "show", "s"),
+            ("ls", "s"),
+            ("status",),
+            ("fetch", "s", "a.bin"),
+        ):
             answers.append(("cli " + " ".join(args), _cli(rig, *args)))
         answers.append(("metrics tcp", rig.metrics()))
         conn, resp = client._send(("GET", "/metrics", None))

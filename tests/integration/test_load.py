@@ -41,7 +41,7 @@ from reliability import (
 )
 
 import localaws
-from s3feed.daemon.client import AsyncClient, Client
+from s3feed.client import AsyncClient, Client
 
 if TYPE_CHECKING:
     from conftest import LocalAws
@@ -108,9 +108,13 @@ async def _stream_round(
     async with AsyncClient(sock) as c:
         ids = [f"load-{secrets.token_hex(3)}-{j}" for j in range(JOBS)]
         await asyncio.gather(
-            *(c.create_job(i, local_aws.acme_tenant, uri(bucket, f"j{j}/"), local_aws.acme_role_arn)
-              for j, i in enumerate(ids))
-        )  # fmt: skip
+            *(
+                c.create_job(
+                    i, local_aws.acme_tenant, uri(bucket, f"j{j}/"), local_aws.acme_role_arn
+                )
+                for j, i in enumerate(ids)
+            )
+        )
 
         async def one(job: str, j: int, s: int) -> None:
             got = b"".join([chunk async for chunk in c.read_object(job, f"s{s}.bin")])

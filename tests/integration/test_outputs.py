@@ -29,7 +29,7 @@ from faultproxy import Fault, FaultProxy, Seen
 from reliability import blob
 
 import localaws
-from s3feed.daemon.client import AsyncClient, Client, S3feedError
+from s3feed.client import AsyncClient, Client, S3feedError
 
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed, TestBucket
@@ -50,12 +50,15 @@ def _role(local_aws: LocalAws, name: str, actions: list[str]) -> str:
     prefix = localaws.TEST_BUCKET_PREFIX
     trust = {
         "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{local_aws.account_id}:root"},
-            "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"sts:ExternalId": local_aws.acme_tenant}},
-        }],
-    }  # fmt: skip
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{local_aws.account_id}:root"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": local_aws.acme_tenant}},
+            }
+        ],
+    }
     policy = {
         "Version": "2012-10-17",
         "Statement": [
@@ -95,9 +98,13 @@ def daemon(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def _job(daemon: Daemon, local_aws: LocalAws, bucket: str, role: str, **dest: Any) -> str:
     job_id = f"out-{secrets.token_hex(4)}"
     Client(str(daemon.socket)).create_job(
-        job_id, local_aws.acme_tenant, uri(bucket, "in/"), role, 900,
+        job_id,
+        local_aws.acme_tenant,
+        uri(bucket, "in/"),
+        role,
+        900,
         Destination={"Provider": "AmazonS3", "UriPath": uri(bucket, "renditions/"), **dest},
-    )  # fmt: skip
+    )
     return job_id
 
 
@@ -110,8 +117,9 @@ def _put(daemon: Daemon, job: str, key: str, data: bytes, src: str, tmp: Path) -
     else:
         args = [S3FEED, "--json", "put", job, key, "-"]
         stdin = subprocess.PIPE
-    proc = subprocess.Popen(args, env=daemon.env, stdin=stdin, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        args, env=daemon.env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, err = proc.communicate(data if stdin else None, timeout=300)
     assert proc.returncode == 0, err.decode()
     return json.loads(out)
@@ -123,9 +131,13 @@ def _uploads(bucket: TestBucket) -> list[Any]:
 
 @pytest.mark.parametrize("src", ["pipe", "file"])
 def test_round_trip_is_byte_exact(
-    daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str, src: str,
+    daemon: Daemon,
+    local_aws: LocalAws,
+    bucket: TestBucket,
+    writer_role: str,
+    src: str,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     job = _job(daemon, local_aws, bucket.name, writer_role)
     for i, size in enumerate([0, 1, PART - 1, PART, PART + 1, 100 * MiB]):
         data = blob(size, i)
@@ -175,10 +187,22 @@ def test_a_role_without_put_object_is_a_clear_403(
     body = tmp_path / "large"
     body.write_bytes(blob(2 * PART, 2))
     out = subprocess.run(
-        ["curl", "-sS", "--unix-socket", str(daemon.socket), "-T", str(body),
-         "-w", "\n%{http_code} %{size_upload}", f"http://localhost/v1/jobs/{job}/outputs/big"],
-        capture_output=True, text=True, check=True, timeout=60,
-    )  # fmt: skip
+        [
+            "curl",
+            "-sS",
+            "--unix-socket",
+            str(daemon.socket),
+            "-T",
+            str(body),
+            "-w",
+            "\n%{http_code} %{size_upload}",
+            f"http://localhost/v1/jobs/{job}/outputs/big",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     doc, _, tail = out.stdout.rpartition("\n")
     assert tail == "403 0"
     assert json.loads(doc)["Error"]["Code"] == "AccessDenied"
@@ -213,8 +237,12 @@ def test_client_killed_mid_body_leaves_nothing(
     daemon: Daemon, local_aws: LocalAws, bucket: TestBucket, writer_role: str
 ) -> None:
     job = _job(daemon, local_aws, bucket.name, writer_role)
-    proc = subprocess.Popen([S3FEED, "put", job, "killed.ts", "-"], env=daemon.env,
-                            stdin=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [S3FEED, "put", job, "killed.ts", "-"],
+        env=daemon.env,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert proc.stdin is not None
     proc.stdin.write(blob(3 * PART, 3))  # past the first part: a multipart upload is open
     proc.stdin.flush()
@@ -247,10 +275,15 @@ def _part_put(req: Seen) -> bool:
 def test_resets_and_slowdown_on_parts_are_retried(
     local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
 ) -> None:
-    with FaultProxy(local_aws.endpoint_url, "s3") as proxy, running_daemon(
-        local_aws, tmp_path / "s3feed", s3={"endpoint_url": proxy.url},
-        api={"state_dir": tmp_path},
-    ) as daemon:  # fmt: skip
+    with (
+        FaultProxy(local_aws.endpoint_url, "s3") as proxy,
+        running_daemon(
+            local_aws,
+            tmp_path / "s3feed",
+            s3={"endpoint_url": proxy.url},
+            api={"state_dir": tmp_path},
+        ) as daemon,
+    ):
         job = _job(daemon, local_aws, bucket.name, writer_role)
         proxy.add(
             Fault("slowdown", match=_part_put, times=2),
@@ -268,10 +301,16 @@ def test_resets_and_slowdown_on_parts_are_retried(
 def test_slowdown_for_good_aborts_and_answers_503(
     local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
 ) -> None:
-    with FaultProxy(local_aws.endpoint_url, "s3") as proxy, running_daemon(
-        local_aws, tmp_path / "s3feed", s3={"endpoint_url": proxy.url},
-        transfer={"retries": 2}, api={"state_dir": tmp_path},
-    ) as daemon:  # fmt: skip
+    with (
+        FaultProxy(local_aws.endpoint_url, "s3") as proxy,
+        running_daemon(
+            local_aws,
+            tmp_path / "s3feed",
+            s3={"endpoint_url": proxy.url},
+            transfer={"retries": 2},
+            api={"state_dir": tmp_path},
+        ) as daemon,
+    ):
         job = _job(daemon, local_aws, bucket.name, writer_role)
         proxy.add(Fault("slowdown", match=_part_put, after=1, times=None))
         with pytest.raises(S3feedError) as info:
@@ -285,9 +324,13 @@ def test_slowdown_for_good_aborts_and_answers_503(
 
 def _start_put(daemon: Daemon, job: str, key: str, first: bytes) -> subprocess.Popen[bytes]:
     """`s3feed put JOB KEY -` with `first` written; returns once S3 has a multipart upload."""
-    proc = subprocess.Popen([S3FEED, "--json", "put", job, key, "-"], env=daemon.env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        [S3FEED, "--json", "put", job, key, "-"],
+        env=daemon.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdin is not None
     proc.stdin.write(first)
     proc.stdin.flush()
@@ -305,8 +348,9 @@ def test_sigterm_lets_a_running_upload_finish(
     local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
 ) -> None:
     data = blob(3 * PART + 5, 9)
-    with running_daemon(local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path,
-                                                              "drain_grace": 60}) as daemon:  # fmt: skip
+    with running_daemon(
+        local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path, "drain_grace": 60}
+    ) as daemon:
         job = _job(daemon, local_aws, bucket.name, writer_role)
         proc = _start_put(daemon, job, "drained.ts", data[: 2 * PART])
         _wait_for("a multipart upload", lambda: bool(_uploads(bucket)))
@@ -322,8 +366,9 @@ def test_sigterm_lets_a_running_upload_finish(
 def test_sigterm_aborts_uploads_still_running_after_the_grace(
     local_aws: LocalAws, bucket: TestBucket, writer_role: str, tmp_path: Path
 ) -> None:
-    with running_daemon(local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path,
-                                                              "drain_grace": 1}) as daemon:  # fmt: skip
+    with running_daemon(
+        local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path, "drain_grace": 1}
+    ) as daemon:
         job = _job(daemon, local_aws, bucket.name, writer_role)
         proc = _start_put(daemon, job, "cut.ts", blob(2 * PART, 10))
         _wait_for("a multipart upload", lambda: bool(_uploads(bucket)))
@@ -384,10 +429,12 @@ def test_round_trip_on_seaweedfs(
     folder = f"out-{secrets.token_hex(4)}/"
     job = f"sw-{secrets.token_hex(4)}"
     Client(str(seaweed_daemon.socket)).create_job(
-        job, "seaweed-tenant", uri(seaweed.bucket, "in/"),
+        job,
+        "seaweed-tenant",
+        uri(seaweed.bucket, "in/"),
         localaws.role_arn(localaws.SEAWEED_WRITER_ROLE),
         Destination={"Provider": "AmazonS3", "UriPath": uri(seaweed.bucket, folder)},
-    )  # fmt: skip
+    )
     with seaweed.closing_client("s3") as s3:
         for i, size in enumerate([0, 1, PART - 1, PART + 1, 100 * MiB]):
             data = blob(size, 100 + i)
@@ -404,11 +451,26 @@ def _curl_put_as(
 ) -> tuple[int, Any]:
     """curl -T - (chunked, from a pipe) as another real uid."""
     out = subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-         "curl", "-sS", "--unix-socket", str(sock), "-T", "-", "-w", "\\n%{http_code}",
-         f"http://localhost/v1/jobs/{job}/outputs/{key}"],
-        input=data, capture_output=True, check=True, timeout=120,
-    )  # fmt: skip
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--unix-socket",
+            str(sock),
+            "-T",
+            "-",
+            "-w",
+            "\\n%{http_code}",
+            f"http://localhost/v1/jobs/{job}/outputs/{key}",
+        ],
+        input=data,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
     body, _, status = out.stdout.rpartition(b"\n")
     return int(status), json.loads(body)
 
@@ -421,15 +483,20 @@ def test_encoder_uids_may_upload_and_other_uids_see_no_job(
         os.chmod(short, 0o755)  # other uids reach the socket inside
         sock = Path(short) / "s.sock"
         with running_daemon(
-            local_aws, Path(short) / "d", api={"socket": sock, "socket_mode": "0666",
-                                               "state_dir": short},
-        ) as daemon:  # fmt: skip
+            local_aws,
+            Path(short) / "d",
+            api={"socket": sock, "socket_mode": "0666", "state_dir": short},
+        ) as daemon:
             job = f"uids-{secrets.token_hex(4)}"
             Client(str(daemon.socket)).create_job(
-                job, local_aws.acme_tenant, uri(bucket.name, "in/"), writer_role, 900,
+                job,
+                local_aws.acme_tenant,
+                uri(bucket.name, "in/"),
+                writer_role,
+                900,
                 EncoderUids=[nobody],
                 Destination={"Provider": "AmazonS3", "UriPath": uri(bucket.name, "renditions/")},
-            )  # fmt: skip
+            )
             data = blob(PART + 9, 12)
             status, doc = _curl_put_as(nobody, nobody, sock, job, "by-encoder.ts", data)
             assert status == 201, doc
@@ -446,8 +513,14 @@ def test_sse_kms_fields_reach_s3(
 ) -> None:
     with local_aws.closing_client("kms") as kms:
         key_id = kms.create_key(Description="s3feed outputs test")["KeyMetadata"]["KeyId"]
-    job = _job(daemon, local_aws, bucket.name, writer_role,
-               ServerSideEncryption="aws:kms", SSEKMSKeyId=key_id)  # fmt: skip
+    job = _job(
+        daemon,
+        local_aws,
+        bucket.name,
+        writer_role,
+        ServerSideEncryption="aws:kms",
+        SSEKMSKeyId=key_id,
+    )
     c = Client(str(daemon.socket))
     policy = c.get_job(job)["SessionPolicy"]
     assert "EncryptViaS3" in [s["Sid"] for s in policy["Statement"]]
@@ -465,10 +538,17 @@ def test_a_destination_role_of_its_own_is_a_second_session(
     job = f"two-{secrets.token_hex(4)}"
     c = Client(str(daemon.socket))
     c.create_job(
-        job, local_aws.acme_tenant, uri(bucket.name, "in/"), local_aws.acme_role_arn, 900,
-        Destination={"Provider": "AmazonS3", "UriPath": uri(bucket.name, "renditions/"),
-                     "RoleArnToAssume": writer_role},
-    )  # fmt: skip
+        job,
+        local_aws.acme_tenant,
+        uri(bucket.name, "in/"),
+        local_aws.acme_role_arn,
+        900,
+        Destination={
+            "Provider": "AmazonS3",
+            "UriPath": uri(bucket.name, "renditions/"),
+            "RoleArnToAssume": writer_role,
+        },
+    )
     doc = c.get_job(job)
     # The Source's session reads only; the writes go with the writer role's session.
     assert "WriteOutputs" not in [s["Sid"] for s in doc["SessionPolicy"]["Statement"]]
@@ -501,9 +581,12 @@ def test_uploads_per_uid_is_a_429_before_the_body_and_the_budget_holds(
     With upload_memory_total at two parts, each upload waiting for its socket holds
     its floor alone: the gauge shows two parts, then nothing."""
     with running_daemon(
-        local_aws, tmp_path / "s3feed", api={"state_dir": tmp_path},
-        limits={"uploads_per_uid": 2}, transfer={"upload_memory_total": "10MiB"},
-    ) as daemon:  # fmt: skip
+        local_aws,
+        tmp_path / "s3feed",
+        api={"state_dir": tmp_path},
+        limits={"uploads_per_uid": 2},
+        transfer={"upload_memory_total": "10MiB"},
+    ) as daemon:
         job = _job(daemon, local_aws, bucket.name, writer_role)
         data = [blob(3 * PART + 1, 20 + i) for i in range(2)]
         procs = [_start_put(daemon, job, f"held{i}.ts", d[: 2 * PART]) for i, d in enumerate(data)]
@@ -518,11 +601,22 @@ def test_uploads_per_uid_is_a_429_before_the_body_and_the_budget_holds(
             body = tmp_path / "third"
             body.write_bytes(blob(2 * PART, 22))
             out = subprocess.run(
-                ["curl", "-sS", "--unix-socket", str(daemon.socket), "-T", str(body),
-                 "-w", "\n%{http_code} %{size_upload}",
-                 f"http://localhost/v1/jobs/{job}/outputs/third.ts"],
-                capture_output=True, text=True, check=True, timeout=60,
-            )  # fmt: skip
+                [
+                    "curl",
+                    "-sS",
+                    "--unix-socket",
+                    str(daemon.socket),
+                    "-T",
+                    str(body),
+                    "-w",
+                    "\n%{http_code} %{size_upload}",
+                    f"http://localhost/v1/jobs/{job}/outputs/third.ts",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=60,
+            )
             doc, _, tail = out.stdout.rpartition("\n")
             assert tail == "429 0"
             error = json.loads(doc)["Error"]

@@ -44,7 +44,7 @@ from promserver import (
     running_prometheus,
 )
 
-from s3feed.daemon.client import Client, S3feedError
+from s3feed.client import Client, S3feedError
 from s3feed.daemon.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -197,15 +197,26 @@ def test_dashboard_evaluation_sees_a_misspelled_metric(tmp_path: Path) -> None:
             "templating": {
                 "list": [
                     {"name": "datasource", "type": "datasource", "query": "prometheus"},
-                    {"name": "job", "type": "query", "query": {"query": "label_values(prometheus_build_info, job)"}},
-                    {"name": "instance", "type": "query", "query": 'label_values(prometheus_build_info{job=~"$job"}, instance)'},
+                    {
+                        "name": "job",
+                        "type": "query",
+                        "query": {"query": "label_values(prometheus_build_info, job)"},
+                    },
+                    {
+                        "name": "instance",
+                        "type": "query",
+                        "query": 'label_values(prometheus_build_info{job=~"$job"}, instance)',
+                    },
                 ]
             },
-        }  # fmt: skip
+        }
         queries = {q.where: q for q in dashboard_queries(board, "b")}
         assert set(queries) == {
-            "b: good A", "b: misspelled A", "b: variable job", "b: variable instance",
-        }  # fmt: skip
+            "b: good A",
+            "b: misspelled A",
+            "b: variable job",
+            "b: variable instance",
+        }
         assert evaluate(prom, queries["b: good A"], values, 30)
         assert not evaluate(prom, queries["b: misspelled A"], values, 30)
         jobs = evaluate(prom, queries["b: variable job"], values, 30)

@@ -19,11 +19,11 @@ import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
 from test_s3store import Buffer, StaticSource, make_store, sts_creds
 
-from s3feed.daemon.client import Client, S3feedError
+from s3feed.client import Client, S3feedError
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import AccessDenied, InvalidContinuationToken, NoSuchKey
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
 
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed, TestBucket
@@ -135,8 +135,11 @@ def test_the_api_the_record_the_cli_and_the_log_show_the_request_id(
     # the CLI: the message (and under --json, the fields)
     out = subprocess.run(
         [S3FEED, "--socket", str(daemon.socket), "cat", "ids", "missing.ts", "--json"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 3
     error = json.loads(out.stderr)["Error"]
     assert error["Code"] == "NoSuchKey" and error["RequestId"] and "HostId" in error

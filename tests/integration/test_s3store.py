@@ -24,8 +24,8 @@ from s3feed.transfer.errors import (
     SourceChanged,
     TransientError,
 )
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ on its first credentials, after a refresh, and after the 3600 s fallback.
 
 Through the real daemon: a job's document shows its SessionPolicy and
 nothing else changed; a folder too long for STS is a 400 (both need the
-daemon/registry.py wiring, marked xfail(strict) until it lands).
+daemon/jobs/registry.py wiring, marked xfail(strict) until it lands).
 
 What ministack does not do as AWS does (checked here so a change shows):
 - IAM's `${*}` `${?}` `${$}` literal characters are not implemented, so a
@@ -34,11 +34,11 @@ from s3feed.auth.policy import packed, session_policy
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity
 from s3feed.auth.stserrors import duration_exceeded
-from s3feed.daemon.client import Client, S3feedError
+from s3feed.client import Client, S3feedError
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import AccessDenied
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
 from s3feed.transfer.uri import parse_uri_path
 
 if TYPE_CHECKING:
@@ -278,10 +278,23 @@ async def test_sts_refusing_the_policy_is_session_policy_too_large(
 # -- through the real daemon ------------------------------------------------------
 
 DOCUMENT_KEYS = {
-    "JobId", "TenantName", "UriPath", "Bucket", "Prefix", "Region", "RoleArn",
-    "RoleSessionName", "CredentialsExpireAt", "EncoderUids", "SessionDurationSeconds", "Refreshes",
-    "LastRefreshError", "Warnings", "CreatedAt", "Transfers",
-}  # fmt: skip
+    "JobId",
+    "TenantName",
+    "UriPath",
+    "Bucket",
+    "Prefix",
+    "Region",
+    "RoleArn",
+    "RoleSessionName",
+    "CredentialsExpireAt",
+    "EncoderUids",
+    "SessionDurationSeconds",
+    "Refreshes",
+    "LastRefreshError",
+    "Warnings",
+    "CreatedAt",
+    "Transfers",
+}
 
 
 @pytest.fixture

@@ -26,12 +26,12 @@ from s3feed.transfer.errors import (
     SourceChanged,
     TransientError,
 )
-from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
 from s3feed.transfer.retry import RetryBudget
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
 from s3feed.transfer.store import ObjectStore
 from s3feed.transfer.uri import parse_uri_path
+from tests.fakes.store import FailingObjectStore, FakeObjectStore, Fault
 
 if TYPE_CHECKING:
     from conftest import LocalAws, Seaweed
@@ -215,6 +215,11 @@ async def test_failing_store_wraps_any_store(subject: Subject) -> None:
         await failing.list_page(subject.prefix)
     assert [m.key for m in (await failing.list_page(subject.prefix)).objects] == [key]
     assert [c.op for c in failing.calls] == [
-        "HeadObject", "HeadObject", "GetObject", "GetObject",
-        "ListObjectsV2", "ListObjectsV2", "ListObjectsV2",
-    ]  # fmt: skip
+        "HeadObject",
+        "HeadObject",
+        "GetObject",
+        "GetObject",
+        "ListObjectsV2",
+        "ListObjectsV2",
+        "ListObjectsV2",
+    ]

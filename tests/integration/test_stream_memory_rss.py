@@ -17,7 +17,7 @@ from daemonproc import Daemon, running_daemon
 from faultproxy import wait_until
 from reliability import blob, metric_value, rss_kib, sha, uri
 
-from s3feed.daemon.client import Client
+from s3feed.client import Client
 
 if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
@@ -70,11 +70,17 @@ def test_stalled_streams_stay_within_the_budget_and_a_fast_reader_completes(
     bucket.put("m/stalled.bin", stalled_body)
     bucket.put("m/fast.bin", fast_body)
     with running_daemon(
-        local_aws, tmp_path / "s3feed",
-        transfer={"part_size": "1MiB", "stream_window": "16MiB", "stream_memory": "64MiB",
-                  "concurrency": 4, "global_concurrency": 16},
+        local_aws,
+        tmp_path / "s3feed",
+        transfer={
+            "part_size": "1MiB",
+            "stream_window": "16MiB",
+            "stream_memory": "64MiB",
+            "concurrency": 4,
+            "global_concurrency": 16,
+        },
         limits={"streams_per_uid": 200, "connections_per_uid": 200},
-    ) as d:  # fmt: skip
+    ) as d:
         pid = d.process.pid
         Client(str(d.socket), timeout=30).create_job(
             "mem", local_aws.acme_tenant, uri(bucket.name, "m/"), local_aws.acme_role_arn
@@ -95,15 +101,19 @@ def test_stalled_streams_stay_within_the_budget_and_a_fast_reader_completes(
                     while n % 2 and got_n < BURST:  # a burst reader, then it stops too
                         got_n += len(s.recv(1 << 20))
                 wait_until(
-                    lambda: metric_value(metrics(d), "s3feed_transfers_active", mode="stream")
-                    == STALLED,
-                    60, "every stalled stream running",
-                )  # fmt: skip
+                    lambda: (
+                        metric_value(metrics(d), "s3feed_transfers_active", mode="stream")
+                        == STALLED
+                    ),
+                    60,
+                    "every stalled stream running",
+                )
                 # Their windows fill (what is admitted is fetched), then fetching stops.
                 wait_until(
                     lambda: metric_value(metrics(d), "s3feed_stream_buffered_bytes") >= 40 * MiB,
-                    60, "the stalled streams' windows filled",
-                )  # fmt: skip
+                    60,
+                    "the stalled streams' windows filled",
+                )
                 text = metrics(d)
                 used = metric_value(text, "s3feed_stream_memory_used_bytes")
                 assert metric_value(text, "s3feed_stream_memory_budget_bytes") == BUDGET
@@ -124,5 +134,6 @@ def test_stalled_streams_stay_within_the_budget_and_a_fast_reader_completes(
         assert grown <= BUDGET + 64 * MiB, f"RSS grew {grown / MiB:.0f} MiB over its baseline"
         wait_until(
             lambda: metric_value(metrics(d), "s3feed_stream_memory_used_bytes") == 0,
-            30, "every window given back",
-        )  # fmt: skip
+            30,
+            "every window given back",
+        )

@@ -158,8 +158,11 @@ def test_socket_activation_and_notify_protocol(
     assert notes.wait_for("STOPPING")["STOPPING"] == "1"
     assert proc.wait(timeout=DEADLINE) == 0
 
-    kinds = [next(k for k in ("READY", "RELOADING", "STOPPING", "WATCHDOG") if k in m)
-             for m in notes.seen if set(m) & {"READY", "RELOADING", "STOPPING", "WATCHDOG"}]  # fmt: skip
+    kinds = [
+        next(k for k in ("READY", "RELOADING", "STOPPING", "WATCHDOG") if k in m)
+        for m in notes.seen
+        if set(m) & {"READY", "RELOADING", "STOPPING", "WATCHDOG"}
+    ]
     first = {k: kinds.index(k) for k in ("READY", "WATCHDOG", "RELOADING", "STOPPING")}
     assert first["READY"] < first["WATCHDOG"] < first["RELOADING"] < first["STOPPING"], kinds
     assert kinds[first["RELOADING"] + 1] == "READY", kinds

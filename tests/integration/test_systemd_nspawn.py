@@ -76,10 +76,23 @@ def _nspawn_can_run(tool: str, name: str) -> str | None:
         return f"systemd-nspawn needs root; the tests run as uid {os.geteuid()}"
     try:
         result = subprocess.run(
-            [tool, "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
-             "--private-network", "-q", "-M", name, "/bin/true"],
-            capture_output=True, text=True, timeout=DEADLINE,
-        )  # fmt: skip
+            [
+                tool,
+                "-D",
+                "/",
+                "--volatile=yes",
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                "-q",
+                "-M",
+                name,
+                "/bin/true",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
     except subprocess.TimeoutExpired:
         return "systemd-nspawn did not finish /bin/true within 60 s"
     if result.returncode != 0:
@@ -94,8 +107,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(path)], check=True, timeout=300)
     subprocess.run(
         [path / "bin/pip", "install", "--quiet", "--disable-pip-version-check", str(REPO)],
-        check=True, timeout=900,
-    )  # fmt: skip
+        check=True,
+        timeout=900,
+    )
     # Console scripts name the interpreter by absolute path; inside, the venv is /opt/s3feed.
     script = path / "bin/s3feed"
     lines = script.read_text().splitlines(keepends=True)
@@ -110,8 +124,10 @@ class Machine:
     def run(self, *argv: str, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", *argv],
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def ok(self, *argv: str, timeout: float = DEADLINE) -> str:
         result = self.run(*argv, timeout=timeout)
@@ -124,8 +140,18 @@ class Machine:
 
     def get(self, path: str, user: str, method: str = "GET", body: str = "") -> tuple[str, str]:
         """`method` `path` on the API socket as `user` (with that user's groups)."""
-        result = self.run("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-                          SYSTEM_PYTHON, "-c", CLIENT, path, method, body)  # fmt: skip
+        result = self.run(
+            "setpriv",
+            f"--reuid={user}",
+            f"--regid={user}",
+            "--init-groups",
+            SYSTEM_PYTHON,
+            "-c",
+            CLIENT,
+            path,
+            method,
+            body,
+        )
         assert result.returncode == 0, result.stderr + self.diagnose()
         status, _, body = result.stdout.partition("\n")
         return status, body
@@ -201,21 +227,37 @@ def machine(venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ma
         files / "s3feed.toml": "/etc/s3feed/s3feed.toml",
     }
     log = files / "console.log"
-    argv = [tool, "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
-            "--private-network", "--console=pipe", "-M", name,
-            *(f"--bind-ro={src}:{dst}" for src, dst in binds.items()),
-            "--boot", "systemd.unit=basic.target"]  # fmt: skip
+    argv = [
+        tool,
+        "-D",
+        "/",
+        "--volatile=yes",
+        "--register=no",
+        "--keep-unit",
+        "--private-network",
+        "--console=pipe",
+        "-M",
+        name,
+        *(f"--bind-ro={src}:{dst}" for src, dst in binds.items()),
+        "--boot",
+        "systemd.unit=basic.target",
+    ]
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
+        )
     try:
         leader = _leader(proc.pid, time.monotonic() + DEADLINE)
         m = Machine(proc, leader, log)
         # is-system-running --wait returns once boot is done ("degraded" is fine:
         # the host's own services may fail inside).
-        m.wait("the container to boot",
-               lambda: m.run("systemctl", "is-system-running", "--wait").stdout.strip()
-               in ("running", "degraded"))  # fmt: skip
+        m.wait(
+            "the container to boot",
+            lambda: (
+                m.run("systemctl", "is-system-running", "--wait").stdout.strip()
+                in ("running", "degraded")
+            ),
+        )
         yield m
     finally:
         if proc.poll() is None:
@@ -233,7 +275,10 @@ def test_socket_starts_service_reload_and_stop(machine: Machine) -> None:
     m = machine
     m.ok("systemctl", "enable", "--now", "s3feed.socket")
     assert m.ok("stat", "-c", "%a %U %G", "/run/s3feed/s3feed.sock").split() == [
-        "660", "s3feed", "s3feed-clients"]  # fmt: skip
+        "660",
+        "s3feed",
+        "s3feed-clients",
+    ]
     assert m.show("s3feed.service", "ActiveState")["ActiveState"] == "inactive"
 
     assert m.get("/healthz", "outsider")[0] == "EACCES"
@@ -247,11 +292,18 @@ def test_socket_starts_service_reload_and_stop(machine: Machine) -> None:
     assert m.ok("ps", "-o", "user=", "-p", pid).strip() == "s3feed"
     # Starting the service left the socket's owner and mode alone.
     assert m.ok("stat", "-c", "%a %U %G", "/run/s3feed/s3feed.sock").split() == [
-        "660", "s3feed", "s3feed-clients"]  # fmt: skip
+        "660",
+        "s3feed",
+        "s3feed-clients",
+    ]
     assert m.ok("stat", "-c", "%U", "/run/s3feed/daemon").strip() == "s3feed"
 
-    metrics = m.ok(SYSTEM_PYTHON, "-c", "import urllib.request as u; "
-                   "print(u.urlopen('http://127.0.0.1:9464/metrics', timeout=30).read().decode())")  # fmt: skip
+    metrics = m.ok(
+        SYSTEM_PYTHON,
+        "-c",
+        "import urllib.request as u; "
+        "print(u.urlopen('http://127.0.0.1:9464/metrics', timeout=30).read().decode())",
+    )
     assert "s3feed_jobs_active" in metrics and "process_cpu_seconds_total" in metrics
 
     # Native journal fields, not JSON lines on stderr.
@@ -261,7 +313,10 @@ def test_socket_starts_service_reload_and_stop(machine: Machine) -> None:
     m.ok("systemctl", "reload", "s3feed.service")
     state = m.show("s3feed.service", "ActiveState", "MainPID")
     assert state == {"ActiveState": "active", "MainPID": pid}
-    m.wait("the reload in the journal", lambda: "SIGHUP: config reloaded" in m.journal("s3feed.service"))  # fmt: skip
+    m.wait(
+        "the reload in the journal",
+        lambda: "SIGHUP: config reloaded" in m.journal("s3feed.service"),
+    )
 
     started = time.monotonic()
     m.ok("systemctl", "stop", "s3feed.service")
@@ -281,11 +336,16 @@ def test_blocked_daemon_is_killed_by_the_watchdog(machine: Machine) -> None:
     pid, restarts = state["MainPID"], int(state["NRestarts"])
 
     m.ok("kill", "-STOP", pid)  # the whole process stops, its event loop with it
-    m.wait("the watchdog to restart the service",
-           lambda: int(m.show("s3feed.service", "NRestarts")["NRestarts"]) > restarts,
-           timeout=30)  # fmt: skip
+    m.wait(
+        "the watchdog to restart the service",
+        lambda: int(m.show("s3feed.service", "NRestarts")["NRestarts"]) > restarts,
+        timeout=30,
+    )
     assert "Watchdog timeout" in m.journal("s3feed.service")
-    m.wait("the restarted service", lambda: m.show("s3feed.service", "ActiveState")["ActiveState"] == "active")  # fmt: skip
+    m.wait(
+        "the restarted service",
+        lambda: m.show("s3feed.service", "ActiveState")["ActiveState"] == "active",
+    )
     assert m.get("/healthz", "encoder")[0] == "200"
     assert m.show("s3feed.service", "MainPID")["MainPID"] != pid
     m.ok("systemctl", "stop", "s3feed.service", "s3feed.socket")

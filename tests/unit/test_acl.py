@@ -1,4 +1,4 @@
-"""transfer/acl.py: the xattr format, and what the kernel makes of it on real files.
+"""transfer/cache/acl.py: the xattr format, and what the kernel makes of it on real files.
 
 The files live on the test's own tmp_path (ext4 here) and on /dev/shm (tmpfs);
 opening them as other uids is tests/integration/test_cache_acl.py.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.transfer import acl
+from s3feed.transfer.cache import acl
 
 
 def _dirs() -> list[str]:

@@ -92,8 +92,11 @@ def test_rendered_rules_link_the_runbook_url_and_still_pass_promtool(tmp_path: P
     for source in (RULES, RULE_TESTS):
         out = subprocess.run(
             [sys.executable, str(render), "--runbook-url", url, str(source)],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         (tmp_path / source.name).write_text(out.stdout)
     rendered = yaml.safe_load((tmp_path / RULES.name).read_text())
     links = [r["annotations"]["runbook_url"] for g in rendered["groups"] for r in g["rules"]]
@@ -103,6 +106,9 @@ def test_rendered_rules_link_the_runbook_url_and_still_pass_promtool(tmp_path: P
     assert result.returncode == 0, result.stdout + result.stderr
     bad = subprocess.run(
         [sys.executable, str(render), "--runbook-url", "not a url", str(RULES)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 1 and "http(s) URL" in bad.stderr

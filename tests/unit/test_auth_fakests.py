@@ -6,8 +6,8 @@ import pytest
 
 from s3feed.auth.clock import FakeClock
 from s3feed.auth.errors import SessionPolicyTooLarge
-from s3feed.auth.fakests import FakeSts
 from s3feed.auth.policy import MAX_POLICY_CHARS, packed, session_policy
+from tests.fakes.sts import FakeSts
 
 ROLE = "arn:aws:iam::272758771130:role/acme-media-reader"
 
@@ -33,12 +33,14 @@ async def test_a_good_policy_is_recorded_and_credentials_issued() -> None:
         ("[]", "MalformedPolicyDocument"),
         ('{"Version": "2012-10-17"}', "MalformedPolicyDocument"),
         ('{"Statement": [{"Effect": "Allow", "Resource": "*"}]}', "MalformedPolicyDocument"),
-        ('{"Statement": [{"Effect": "Maybe", "Action": "s3:*", "Resource": "*"}]}',
-         "MalformedPolicyDocument"),
+        (
+            '{"Statement": [{"Effect": "Maybe", "Action": "s3:*", "Resource": "*"}]}',
+            "MalformedPolicyDocument",
+        ),
         ('{"Statement": {"Effect": "Allow", "Action": "s3:*"}}', "MalformedPolicyDocument"),
         (" " * (MAX_POLICY_CHARS + 1), "ValidationError"),  # length is checked first, like STS
     ],
-)  # fmt: skip
+)
 async def test_what_sts_refuses_the_fake_refuses(text: str, sts_code: str) -> None:
     sts = FakeSts(FakeClock())
     with pytest.raises(SessionPolicyTooLarge) as info:

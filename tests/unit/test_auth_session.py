@@ -26,11 +26,11 @@ from s3feed.auth.errors import (
     SessionPolicyTooLarge,
     StsUnavailable,
 )
-from s3feed.auth.fakests import FakeSts
 from s3feed.auth.policy import packed, session_policy
 from s3feed.auth.schedule import refresh_window
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sessionstate import SessionState
+from tests.fakes.sts import FakeSts
 
 ROLE = "arn:aws:iam::272758771130:role/acme-media-reader"
 TENANT = "acme-films"
@@ -317,9 +317,14 @@ async def test_first_assume_denied_raises_and_leaves_nothing_running(
     sts.trusted_external_ids[ROLE] = "someone-else"
     with pytest.raises(AssumeRoleDenied) as info:
         await RoleSession.assume(
-            sts, job_id="j", role_arn=ROLE, external_id=TENANT, duration=900,
-            observer=observer, clock=clock,
-        )  # fmt: skip
+            sts,
+            job_id="j",
+            role_arn=ROLE,
+            external_id=TENANT,
+            duration=900,
+            observer=observer,
+            clock=clock,
+        )
     message = info.value.message
     assert ROLE in message and repr(TENANT) in message and sts.identity.arn in message
     assert "trust-policy?TenantName=acme-films" in message
@@ -415,10 +420,15 @@ async def test_a_policy_over_the_sts_limit_is_refused_before_any_call(
     folder = "f" * 899 + "/"
     with pytest.raises(SessionPolicyTooLarge) as info:
         await RoleSession.assume(
-            sts, job_id="j", role_arn=ROLE, external_id=TENANT, duration=900,
-            observer=observer, clock=clock,
+            sts,
+            job_id="j",
+            role_arn=ROLE,
+            external_id=TENANT,
+            duration=900,
+            observer=observer,
+            clock=clock,
             policy=session_policy(partition="aws", bucket="media", prefix=folder),
-        )  # fmt: skip
+        )
     assert info.value.code == "SessionPolicyTooLarge"
     assert "shorter folder" in info.value.message and "not sent" in info.value.message
     assert folder not in info.value.message
@@ -428,12 +438,18 @@ async def test_a_policy_over_the_sts_limit_is_refused_before_any_call(
 @pytest.mark.parametrize(
     ("policy", "sts_code", "said"),
     [
-        (session_policy(partition="aws", bucket="m", prefix="x" * 300 + "/"),
-         "PackedPolicyTooLarge", "Packed policy consumes"),
-        ({"Version": "2012-10-17", "Statement": [{"Effect": "Allow"}]},
-         "MalformedPolicyDocument", "malformed"),
+        (
+            session_policy(partition="aws", bucket="m", prefix="x" * 300 + "/"),
+            "PackedPolicyTooLarge",
+            "Packed policy consumes",
+        ),
+        (
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow"}]},
+            "MalformedPolicyDocument",
+            "malformed",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_sts_refusing_the_policy_is_a_clear_error_and_nothing_runs(
     policy: dict[str, Any],
     sts_code: str,
@@ -445,9 +461,15 @@ async def test_sts_refusing_the_policy_is_a_clear_error_and_nothing_runs(
     sts.packed_policy_limit = 200
     with pytest.raises(SessionPolicyTooLarge) as info:
         await RoleSession.assume(
-            sts, job_id="j", role_arn=ROLE, external_id=TENANT, duration=900,
-            observer=observer, clock=clock, policy=policy,
-        )  # fmt: skip
+            sts,
+            job_id="j",
+            role_arn=ROLE,
+            external_id=TENANT,
+            duration=900,
+            observer=observer,
+            clock=clock,
+            policy=policy,
+        )
     assert said in info.value.message and "STS said" in info.value.message
     assert info.value.sts_code == sts_code
     assert observer.assume_failures == [sts_code]

@@ -135,10 +135,15 @@ def test_a_refused_policy_says_what_to_do_and_does_not_echo_the_policy() -> None
     policy = packed(session_policy(partition="aws", bucket="b", prefix="f" * 1100 + "/"))
     echo = f"1 validation error detected: Value '{policy}' at 'policy' failed to satisfy"
     out = _translate(
-        client_error("ValidationError", echo + " constraint: Member must have length less than "
-                     "or equal to 2048"),
-        role_arn=ROLE, external_id="acme", principal=ME, policy_chars=len(policy),
-    )  # fmt: skip
+        client_error(
+            "ValidationError",
+            echo + " constraint: Member must have length less than or equal to 2048",
+        ),
+        role_arn=ROLE,
+        external_id="acme",
+        principal=ME,
+        policy_chars=len(policy),
+    )
     assert isinstance(out, SessionPolicyTooLarge)
     assert out.code == "SessionPolicyTooLarge"
     assert f"({len(policy)} characters)" in out.message
@@ -146,8 +151,11 @@ def test_a_refused_policy_says_what_to_do_and_does_not_echo_the_policy() -> None
     assert "f" * 100 not in out.message
     malformed = _translate(
         client_error("MalformedPolicyDocument", "Syntax errors in policy."),
-        role_arn=ROLE, external_id="acme", principal=ME, policy_chars=40,
-    )  # fmt: skip
+        role_arn=ROLE,
+        external_id="acme",
+        principal=ME,
+        policy_chars=40,
+    )
     assert isinstance(malformed, SessionPolicyTooLarge)
     assert "malformed" in malformed.message and "Syntax errors in policy." in malformed.message
 

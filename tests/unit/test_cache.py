@@ -18,15 +18,15 @@ from typing import Any
 
 import pytest
 
-from s3feed.transfer import acl, cachedir, cachesync
-from s3feed.transfer.cache import Cache
-from s3feed.transfer.cachedir import reserve
+from s3feed.transfer.cache import acl, disk, sync
+from s3feed.transfer.cache.cache import Cache
+from s3feed.transfer.cache.disk import reserve
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import AccessDenied, Cancelled, InsufficientStorage, SourceChanged
-from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress
+from tests.fakes.store import FailingObjectStore, FakeObjectStore, Fault
 
 TiB = 1 << 40
 
@@ -307,7 +307,7 @@ def test_reserve_says_when_the_disk_is_full_and_skips_where_it_cannot(
         ctypes.set_errno(err)
         return -1 if err else 0
 
-    monkeypatch.setattr(cachedir, "_fallocate", fake_fallocate)
+    monkeypatch.setattr(disk, "_fallocate", fake_fallocate)
     answers[:] = [errno.ENOSPC]
     with pytest.raises(OSError) as full:
         reserve(3, MiB)
@@ -319,7 +319,7 @@ def test_reserve_says_when_the_disk_is_full_and_skips_where_it_cannot(
     assert answers == [], "an interrupted call is made again"
 
 
-# --- who may open a cache file (transfer/acl.py on the test's own file system) ---
+# --- who may open a cache file (transfer/cache/acl.py on the test's own file system) ---
 
 
 async def test_a_files_readers_are_the_union_of_its_live_owners(
@@ -505,7 +505,7 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
     real_fsync, real_write = c.dir.fsync, c.dir.write_record
 
     def check() -> None:
-        if synced == {ids["b"], ids["c"]} and attempts[ids["a"]] == cachesync.SYNC_ATTEMPTS:
+        if synced == {ids["b"], ids["c"]} and attempts[ids["a"]] == sync.SYNC_ATTEMPTS:
             done.set()  # (fsync runs in a worker thread)
 
     def fsync(path: Path) -> None:
@@ -516,7 +516,7 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
             raise OSError(errno.EIO, "Input/output error")  # a always, b once
         real_fsync(path)
 
-    def write_record(rec: cachedir.Record) -> None:
+    def write_record(rec: disk.Record) -> None:
         real_write(rec)
         if rec.synced:
             synced.add(rec.id)
@@ -531,7 +531,7 @@ async def test_a_failing_fsync_is_retried_and_does_not_stop_the_syncer(
     await asyncio.wait_for(done.wait(), 10)
     for _ in range(5):
         await asyncio.sleep(0)
-    assert attempts[ids["a"]] == cachesync.SYNC_ATTEMPTS, "bounded: a is left unsynced"
+    assert attempts[ids["a"]] == sync.SYNC_ATTEMPTS, "bounded: a is left unsynced"
     assert attempts[ids["b"]] == 2 and attempts[ids["c"]] == 1
     assert c._syncer is not None and not c._syncer.done()
     monkeypatch.setattr(c.dir, "fsync", real_fsync)
@@ -552,7 +552,7 @@ async def test_a_key_file_of_the_wrong_length_is_replaced_and_the_entries_droppe
     c2, _ = new_cache(tmp_path)
     await c2.start()
     secret = (c2.config.dir / ".secret").read_bytes()
-    assert len(secret) == cachedir.SECRET_BYTES and secret != b"\x01" * length
+    assert len(secret) == disk.SECRET_BYTES and secret != b"\x01" * length
     assert entries(c2) == [], "names keyed with the lost secret are gone"
     assert c2.size_bytes == 0
     p = Progress()
@@ -572,15 +572,15 @@ def test_the_key_file_is_written_atomically_and_durably(
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    d = cachedir.CacheDir(tmp_path / "cache", "boot")
+    d = disk.CacheDir(tmp_path / "cache", "boot")
     d.open(None)
     secret = (d.path / ".secret").read_bytes()
-    assert len(secret) == cachedir.SECRET_BYTES
+    assert len(secret) == disk.SECRET_BYTES
     assert synced == [str(d.path / ".secret.tmp"), str(d.path)], "the file, then the rename"
     assert [p.name for p in d.path.iterdir()] == [".secret"]
     assert stat.S_IMODE((d.path / ".secret").stat().st_mode) == 0o600
     synced.clear()
-    again = cachedir.CacheDir(tmp_path / "cache", "boot")
+    again = disk.CacheDir(tmp_path / "cache", "boot")
     again.open(None)
     assert synced == [] and (d.path / ".secret").read_bytes() == secret, "a good one is kept"
 
@@ -599,9 +599,7 @@ async def test_min_free_holds_with_downloads_that_have_not_written_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallocate: bool
 ) -> None:
     if not fallocate:  # a file system that cannot allocate ahead
-        monkeypatch.setattr(
-            cachedir, "_fallocate", lambda *a: ctypes.set_errno(errno.EOPNOTSUPP) or -1
-        )
+        monkeypatch.setattr(disk, "_fallocate", lambda *a: ctypes.set_errno(errno.EOPNOTSUPP) or -1)
     release = asyncio.Event()
     reached = {k: asyncio.Event() for k in "abc"}
 
@@ -665,15 +663,23 @@ async def test_more_readers_than_the_file_system_keeps_is_a_clear_refusal(
     e = await c.fetch(inner, "k", tenant="t", owner="job-a", progress=Progress(), readers=first)
     with pytest.raises(InsufficientStorage, match="cannot name 9010 reader uids"):
         await c.fetch(
-            inner, "k", tenant="t", owner="job-b", progress=Progress(),
+            inner,
+            "k",
+            tenant="t",
+            owner="job-b",
+            progress=Progress(),
             readers=frozenset(range(10_000, 19_000)),
-        )  # fmt: skip
+        )
     assert acl.readers(e.path) == first, "job-a keeps exactly what it had"
     with pytest.raises(InsufficientStorage):  # job-a asking for more: same, nothing lost
         await c.fetch(
-            inner, "k", tenant="t", owner="job-a", progress=Progress(),
+            inner,
+            "k",
+            tenant="t",
+            owner="job-a",
+            progress=Progress(),
             readers=frozenset(range(20_000, 29_000)),
-        )  # fmt: skip
+        )
     assert acl.readers(e.path) == first
     c.unpin_all("job-a")
     assert acl.readers(e.path) == frozenset()
@@ -708,8 +714,8 @@ async def test_a_downloads_file_calls_run_on_the_file_worker_in_order(tmp_path: 
     first = names[: names.index("finish") + 1]  # the download of a
     assert first[:2] == ["write_record", "open_part"] and first.count("write_record") >= 3
     sidecars = [state for name, _, state in calls[: len(first) - 1] if name == "write_record"]
-    assert all(s is cachedir.EntryState.PARTIAL for s in sidecars), "sidecars land first"
-    assert calls[len(first) - 1][2] is cachedir.EntryState.COMPLETE
+    assert all(s is disk.EntryState.PARTIAL for s in sidecars), "sidecars land first"
+    assert calls[len(first) - 1][2] is disk.EntryState.COMPLETE
     assert entries(c) == sorted(
         f"{c.dir.entry_id(inner.endpoint, inner.bucket, 'b', inner.objects['b'].etag)}.{x}"
         for x in ("data", "json")

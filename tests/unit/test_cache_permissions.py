@@ -7,12 +7,12 @@ import os
 import stat
 from pathlib import Path
 
-from s3feed.transfer.cache import Cache
+from s3feed.transfer.cache.cache import Cache
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
-from s3feed.transfer.fakestore import FakeObjectStore
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress
+from tests.fakes.store import FakeObjectStore
 
 
 def _cache(path: Path, group: str | None) -> Cache:

@@ -11,8 +11,8 @@ from pathlib import Path
 from test_cache import blob, new_cache, sha
 
 from s3feed.transfer.config import MiB
-from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore
 from s3feed.transfer.progress import Progress
+from tests.fakes.store import FailingObjectStore, FakeObjectStore
 
 
 async def test_the_second_waiter_leaving_keeps_the_firsts_progress(tmp_path: Path) -> None:

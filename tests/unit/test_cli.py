@@ -1,4 +1,4 @@
-"""daemon/cli.py's pure parts: the exit code of each error class, the one-line
+"""daemon/cli/entry.py's pure parts: the exit code of each error class, the one-line
 message of each socket error, and the parser (every positional explained,
 --json and --socket before or after the subcommand)."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.daemon.cli import build_parser, main
-from s3feed.daemon.cliexit import (
+from s3feed.daemon.cli.entry import build_parser, main
+from s3feed.daemon.cli.exits import (
     EXIT_DENIED,
     EXIT_ERROR,
     EXIT_RETRY,

@@ -1,4 +1,4 @@
-"""daemon/client.py: how `s3feed put` sends a body it cannot size (a pipe,
+"""client/blocking.py: how `s3feed put` sends a body it cannot size (a pipe,
 a socket): HTTP/1.1 chunks, read by a real HTTP parser (httptools)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import threading
 import httptools
 import pytest
 
-from s3feed.daemon.clientbody import send_body
+from s3feed.client.body import send_body
 
 MiB = 1024 * 1024
 

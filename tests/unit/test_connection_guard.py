@@ -1,4 +1,4 @@
-"""daemon/connections.py: the head timer does not close a request whose handler runs."""
+"""daemon/api/connections.py: the head timer does not close a request whose handler runs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import asyncio
 from collections import deque
 from typing import Any
 
+from s3feed.daemon.api.connections import ConnectionGuard
+from s3feed.daemon.api.limits import UidLimits
 from s3feed.daemon.config import LimitsConfig
-from s3feed.daemon.connections import ConnectionGuard
-from s3feed.daemon.limits import UidLimits
 
 
 class Handler:

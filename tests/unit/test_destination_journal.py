@@ -1,4 +1,4 @@
-"""daemon/destination.py (parsing, grants) and daemon/outputs.py (the journal)."""
+"""daemon/jobs/destination.py (parsing, grants) and daemon/api/outputs.py (the journal)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 
 from s3feed.auth.clock import SystemClock
-from s3feed.auth.fakests import FakeSts
 from s3feed.auth.observer import NullCredentialObserver
-from s3feed.daemon.destination import parse_destination, write_only_policy, write_statements
+from s3feed.daemon.api.outputs import UploadJournal, abort_leftovers
 from s3feed.daemon.errors import ApiError
-from s3feed.daemon.outputs import UploadJournal, abort_leftovers
-from s3feed.daemon.requests import parse_job_request
+from s3feed.daemon.jobs.destination import parse_destination, write_only_policy, write_statements
+from s3feed.daemon.jobs.request import parse_job_request
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import InvalidUriPath
-from s3feed.transfer.fakeupload import FakeUploadStore
+from tests.fakes.sts import FakeSts
+from tests.fakes.upload import FakeUploadStore
 
 ROLE = "arn:aws:iam::123456789012:role/src"
 OTHER = "arn:aws:iam::123456789012:role/out"
@@ -83,8 +83,10 @@ def test_grants_cover_the_destination_folder_only() -> None:
     (write,) = write_statements(_dest())
     assert write["Resource"] == "arn:aws:s3:::out-bucket/renditions/*"
     assert set(write["Action"]) == {
-        "s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
-    }  # fmt: skip
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+    }
     kms = write_statements(_dest(ServerSideEncryption="aws:kms"))[1]
     assert kms["Condition"] == {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}}
     only = write_only_policy(_dest(RoleArnToAssume=OTHER))
@@ -95,10 +97,13 @@ def test_the_job_request_carries_its_destination() -> None:
     body = {
         "JobId": "j1",
         "TenantName": "acme",
-        "Source": {"Provider": "AmazonS3", "UriPath": URI.replace("renditions", "in"),
-                   "RoleArnToAssume": ROLE},
+        "Source": {
+            "Provider": "AmazonS3",
+            "UriPath": URI.replace("renditions", "in"),
+            "RoleArnToAssume": ROLE,
+        },
         "Destination": {"Provider": "AmazonS3", "UriPath": URI},
-    }  # fmt: skip
+    }
     request, _ = parse_job_request(body, S3Config())
     assert request.destination is not None and request.destination.role_arn == ROLE
     with pytest.raises(ApiError, match="must be an object"):
@@ -130,9 +135,12 @@ def test_leftovers_are_aborted_with_a_session_of_the_recorded_role(tmp_path: Pat
         )
         sts = FakeSts(SystemClock())
         n = await abort_leftovers(
-            journal, sts=sts, s3=S3Config(), observer=NullCredentialObserver(),
+            journal,
+            sts=sts,
+            s3=S3Config(),
+            observer=NullCredentialObserver(),
             make_uploader=lambda location, session: store,
-        )  # fmt: skip
+        )
         (call,) = sts.calls
         assert (call.role_arn, call.external_id) == (ROLE, "acme")
         policy = json.loads(call.policy)
@@ -144,10 +152,17 @@ def test_leftovers_are_aborted_with_a_session_of_the_recorded_role(tmp_path: Pat
 
 
 def test_destination_is_checked_in_the_documented_order() -> None:
-    source = {"Provider": "AmazonS3", "UriPath": URI.replace("renditions", "in"),
-              "RoleArnToAssume": ROLE}  # fmt: skip
-    body = {"JobId": "bad id", "TenantName": "x", "Source": source,
-            "Destination": {"Provider": "AmazonS3"}}  # fmt: skip
+    source = {
+        "Provider": "AmazonS3",
+        "UriPath": URI.replace("renditions", "in"),
+        "RoleArnToAssume": ROLE,
+    }
+    body = {
+        "JobId": "bad id",
+        "TenantName": "x",
+        "Source": source,
+        "Destination": {"Provider": "AmazonS3"},
+    }
     # Envelope (a missing Destination field) before the JobId...
     with pytest.raises(ApiError, match=r"Destination\.UriPath"):
         parse_job_request(body, S3Config())

@@ -20,9 +20,9 @@ from s3feed.transfer.errors import (
     S3Unavailable,
     SourceChanged,
 )
-from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress, RangeSet
+from tests.fakes.store import FailingObjectStore, FakeObjectStore, Fault
 
 
 class Recorder(NullTransferObserver):
@@ -144,8 +144,13 @@ def test_joined_ranges_start_on_a_part_and_stay_within_the_range_size() -> None:
         (50, 64),  # the cut's rest and the last part: 15
     ]
     assert plan_ranges(0, 64, 20, parts) == [
-        (0, 9), (10, 19), (20, 29), (30, 49), (50, 59), (60, 64)
-    ]  # fmt: skip
+        (0, 9),
+        (10, 19),
+        (20, 29),
+        (30, 49),
+        (50, 59),
+        (60, 64),
+    ]
 
 
 async def test_cache_ranges_join_parts_unless_a_composite_checksum_needs_each(

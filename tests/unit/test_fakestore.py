@@ -13,7 +13,7 @@ from s3feed.transfer.errors import (
     SourceChanged,
     TransientError,
 )
-from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
+from tests.fakes.store import FailingObjectStore, FakeObjectStore, Fault
 
 
 class Collect:
@@ -122,9 +122,14 @@ async def test_failing_store_fails_heads_and_listings_too() -> None:
         await store.list_page("d/")
     assert [m.key async for m in store.list_objects("d/")] == ["d/k"]
     assert [c.op for c in store.calls] == [
-        "HeadObject", "HeadObjectPart", "HeadObject", "HeadObjectPart",
-        "ListObjectsV2", "ListObjectsV2", "ListObjectsV2",
-    ]  # fmt: skip
+        "HeadObject",
+        "HeadObjectPart",
+        "HeadObject",
+        "HeadObjectPart",
+        "ListObjectsV2",
+        "ListObjectsV2",
+        "ListObjectsV2",
+    ]
 
 
 async def test_a_denied_bucket_refuses_listings() -> None:

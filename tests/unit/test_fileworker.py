@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from s3feed.transfer.fileworker import FileWorker
+from s3feed.transfer.cache.fileworker import FileWorker
 
 
 async def test_calls_run_in_the_order_issued_on_one_thread_off_the_loop() -> None:

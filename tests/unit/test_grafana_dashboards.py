@@ -27,9 +27,20 @@ DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 PROMETHEUS_SERIES = {"up"}
 
 PROMQL_KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-    "and", "or", "unless", "offset", "inf", "nan",
-}  # fmt: skip
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def defined_metric_names() -> set[str]:
@@ -195,8 +206,14 @@ def test_overview_rows_cover_what_operators_need() -> None:
     d = load(GRAFANA / "dashboards" / "s3feed-overview.json")
     rows = [p["title"] for p in d["panels"] if p["type"] == "row"]
     assert rows == [
-        "Overview", "Transfers and jobs", "S3", "Stream buffer", "Cache", "Outputs", "Credentials",
-    ]  # fmt: skip
+        "Overview",
+        "Transfers and jobs",
+        "S3",
+        "Stream buffer",
+        "Cache",
+        "Outputs",
+        "Credentials",
+    ]
     exprs = " ".join(t["expr"] for p in query_panels(d) for t in p["targets"])
     for needle in (
         "sum by (instance) (rate(s3feed_received_bytes_total",

@@ -40,7 +40,11 @@ def test_check_mode_fails_on_a_hand_edit(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def cells(pos: dict[str, int]) -> set[tuple[int, int]]:
-    return {(x, y) for x in range(pos["x"], pos["x"] + pos["w"]) for y in range(pos["y"], pos["y"] + pos["h"])}  # fmt: skip
+    return {
+        (x, y)
+        for x in range(pos["x"], pos["x"] + pos["w"])
+        for y in range(pos["y"], pos["y"] + pos["h"])
+    }
 
 
 def test_layout_has_no_overlaps_and_sequential_ids() -> None:

@@ -4,8 +4,8 @@ error, never another exception.
 
 Parsers: UriPath (transfer/uri.py), keys and prefixes (S3Location.key_for /
 prefix_for), RoleArnToAssume, TenantName and RoleSessionDurationInSeconds
-(auth/validate.py), the Range header (daemon/streaming.py), the job request
-envelope (daemon/requests.py) and the configuration (daemon/config.py).
+(auth/validate.py), the Range header (daemon/api/objects.py), the job request
+envelope (daemon/jobs/request.py) and the configuration (daemon/config.py).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 
 from s3feed.auth.errors import AuthError, InvalidDuration, InvalidRoleArn, InvalidTenantName
 from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
+from s3feed.daemon.api.objects import parse_range
 from s3feed.daemon.config import Config, ConfigError, config_from_mapping, config_keys, load_config
 from s3feed.daemon.errors import STATUS_BY_CODE, ApiError
-from s3feed.daemon.requests import parse_job_request
-from s3feed.daemon.streaming import parse_range
+from s3feed.daemon.jobs.request import parse_job_request
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import InvalidKey, InvalidRange, InvalidUriPath, TransferError
 from s3feed.transfer.uri import S3Location, parse_uri_path
@@ -33,15 +33,36 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 CONFIGS = [S3Config(), S3Config(endpoint_url="http://127.0.0.1:4566")]
 
 # Pieces that make near-misses likely: real forms, their typical corruptions.
-REGIONS = st.sampled_from(["us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1", "xx-y-9", "EU-WEST-1", ""])  # fmt: skip
+REGIONS = st.sampled_from(
+    ["us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1", "xx-y-9", "EU-WEST-1", ""]
+)
 BUCKETS = st.one_of(
-    st.sampled_from(["acme-media", "a.b.c", "xn--abc", "ab", "Acme", "a" * 64, "1.2.3.4", "b-s3alias"]),
+    st.sampled_from(
+        ["acme-media", "a.b.c", "xn--abc", "ab", "Acme", "a" * 64, "1.2.3.4", "b-s3alias"]
+    ),
     st.from_regex(r"[a-z0-9][a-z0-9.\-]{0,65}", fullmatch=True),
-)  # fmt: skip
+)
 SEGMENT = st.one_of(
-    st.sampled_from(["", ".", "..", "%2e%2E", "%2F", "%00", "%", "%zz", "a b", "\x00", "é", "%C3%A9", "%ff", "~"]),
+    st.sampled_from(
+        [
+            "",
+            ".",
+            "..",
+            "%2e%2E",
+            "%2F",
+            "%00",
+            "%",
+            "%zz",
+            "a b",
+            "\x00",
+            "é",
+            "%C3%A9",
+            "%ff",
+            "~",
+        ]
+    ),
     st.text(max_size=8),
-)  # fmt: skip
+)
 FOLDERS = st.lists(SEGMENT, max_size=5).map("/".join)
 HOSTS = st.one_of(
     st.builds("{}.s3.{}.amazonaws.com".format, BUCKETS, REGIONS),
@@ -50,17 +71,30 @@ HOSTS = st.one_of(
     st.builds("{}.s3.dualstack.{}.amazonaws.com".format, BUCKETS, REGIONS),
     st.builds("s3.{}.amazonaws.com/{}".format, REGIONS, BUCKETS),
     st.builds("{}.s3.{}.amazonaws.com.cn".format, BUCKETS, REGIONS),
-    st.sampled_from(["evil.example.com", "s3.amazonaws.com.evil.com", "127.0.0.1", "[::1]", "u:p@b.s3.amazonaws.com", "b.s3.amazonaws.com:443"]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "evil.example.com",
+            "s3.amazonaws.com.evil.com",
+            "127.0.0.1",
+            "[::1]",
+            "u:p@b.s3.amazonaws.com",
+            "b.s3.amazonaws.com:443",
+        ]
+    ),
+)
 URIS = st.one_of(
-    st.builds("{}://{}/{}".format, st.sampled_from(["https", "http", "s3", "HTTPS"]), HOSTS, FOLDERS),
+    st.builds(
+        "{}://{}/{}".format, st.sampled_from(["https", "http", "s3", "HTTPS"]), HOSTS, FOLDERS
+    ),
     st.text(max_size=120),
-)  # fmt: skip
+)
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
-)  # fmt: skip
+)
 
 
 def _has_dot_segment(text: str) -> bool:
@@ -131,10 +165,14 @@ ARN_PARTS = st.builds(
     st.one_of(st.from_regex(r"[0-9]{12}", fullmatch=True), st.text(max_size=13)),
     st.one_of(
         st.builds("role/{}".format, st.text(max_size=70)),
-        st.builds("role{}{}".format, st.from_regex(r"(/[\x21-\x7e]{0,5}){0,3}/", fullmatch=True), st.text(max_size=70)),
+        st.builds(
+            "role{}{}".format,
+            st.from_regex(r"(/[\x21-\x7e]{0,5}){0,3}/", fullmatch=True),
+            st.text(max_size=70),
+        ),
         st.text(max_size=20),
     ),
-)  # fmt: skip
+)
 STRICT_ARN = re.compile(
     r"arn:(aws|aws-cn|aws-us-gov):iam::[0-9]{12}:role(/|/[\x21-\x7e]+/)[A-Za-z0-9_+=,.@-]{1,64}"
 )
@@ -191,11 +229,21 @@ def test_duration_is_an_integer_in_range_or_invalid_duration(value: Any) -> None
 
 
 RANGES = st.one_of(
-    st.builds("bytes={}-{}".format, st.one_of(st.just(""), st.integers(0, 2**64).map(str)), st.one_of(st.just(""), st.integers(0, 2**64).map(str))),
-    st.builds("bytes={}-{},{}-{}".format, st.integers(0, 99), st.integers(0, 99), st.integers(0, 99), st.integers(0, 99)),
+    st.builds(
+        "bytes={}-{}".format,
+        st.one_of(st.just(""), st.integers(0, 2**64).map(str)),
+        st.one_of(st.just(""), st.integers(0, 2**64).map(str)),
+    ),
+    st.builds(
+        "bytes={}-{},{}-{}".format,
+        st.integers(0, 99),
+        st.integers(0, 99),
+        st.integers(0, 99),
+        st.integers(0, 99),
+    ),
     st.text(max_size=30),
     st.none(),
-)  # fmt: skip
+)
 
 
 @SETTINGS
@@ -217,17 +265,31 @@ def test_range_header_is_a_range_inside_the_object_or_documented(
 
 
 @SETTINGS
-@given(body=st.one_of(JSON, st.fixed_dictionaries({}, optional={
-    "JobId": st.one_of(st.from_regex(r"[A-Za-z0-9._-]{1,130}", fullmatch=True), JSON),
-    "TenantName": st.one_of(st.just("acme-films"), JSON),
-    "Source": st.one_of(JSON, st.fixed_dictionaries({}, optional={
-        "Provider": st.one_of(st.just("AmazonS3"), JSON),
-        "UriPath": st.one_of(URIS, JSON),
-        "RoleArnToAssume": st.one_of(ARN_PARTS, JSON),
-        "RoleSessionDurationInSeconds": st.one_of(st.integers(0, 50000), JSON),
-        "Extra": JSON,
-    })),
-})))  # fmt: skip
+@given(
+    body=st.one_of(
+        JSON,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "JobId": st.one_of(st.from_regex(r"[A-Za-z0-9._-]{1,130}", fullmatch=True), JSON),
+                "TenantName": st.one_of(st.just("acme-films"), JSON),
+                "Source": st.one_of(
+                    JSON,
+                    st.fixed_dictionaries(
+                        {},
+                        optional={
+                            "Provider": st.one_of(st.just("AmazonS3"), JSON),
+                            "UriPath": st.one_of(URIS, JSON),
+                            "RoleArnToAssume": st.one_of(ARN_PARTS, JSON),
+                            "RoleSessionDurationInSeconds": st.one_of(st.integers(0, 50000), JSON),
+                            "Extra": JSON,
+                        },
+                    ),
+                ),
+            },
+        ),
+    )
+)
 def test_job_request_is_accepted_or_a_documented_400(body: Any) -> None:
     try:
         request, location = parse_job_request(body, CONFIGS[1])
@@ -240,11 +302,31 @@ def test_job_request_is_accepted_or_a_documented_400(body: Any) -> None:
 
 SECTION_NAMES = st.one_of(st.sampled_from(sorted(config_keys())), st.text(max_size=8))
 TOML_VALUES = st.recursive(
-    st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=12)
-    | st.sampled_from(["16MiB", "0", "1.5GiB", "-1MiB", "0660", "0o777", "0999", "127.0.0.1:0", ":", "http://x", "path", "auto"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
+    | st.sampled_from(
+        [
+            "16MiB",
+            "0",
+            "1.5GiB",
+            "-1MiB",
+            "0660",
+            "0o777",
+            "0999",
+            "127.0.0.1:0",
+            ":",
+            "http://x",
+            "path",
+            "auto",
+        ]
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=6,
-)  # fmt: skip
+)
 ALL_KEYS = sorted({k for keys in config_keys().values() for k in keys})
 
 
@@ -253,12 +335,14 @@ ALL_KEYS = sorted({k for keys in config_keys().values() for k in keys})
     data=st.dictionaries(
         SECTION_NAMES,
         st.one_of(
-            st.dictionaries(st.one_of(st.sampled_from(ALL_KEYS), st.text(max_size=6)), TOML_VALUES, max_size=5),
+            st.dictionaries(
+                st.one_of(st.sampled_from(ALL_KEYS), st.text(max_size=6)), TOML_VALUES, max_size=5
+            ),
             TOML_VALUES,
         ),
         max_size=4,
     )
-)  # fmt: skip
+)
 def test_config_mapping_is_a_config_or_config_error(data: dict[str, Any]) -> None:
     try:
         config = config_from_mapping(data)
@@ -272,7 +356,30 @@ def test_config_mapping_is_a_config_or_config_error(data: dict[str, Any]) -> Non
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(text=st.one_of(st.text(max_size=200), st.builds("[{}]\n{} = {}\n".format, SECTION_NAMES, st.sampled_from(ALL_KEYS), st.sampled_from(['"16MiB"', "1", "-5", '"x"', "[1]", "{a=1}", "1e999", '"0660"', "true", "1979-05-27"]))))  # fmt: skip
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            "[{}]\n{} = {}\n".format,
+            SECTION_NAMES,
+            st.sampled_from(ALL_KEYS),
+            st.sampled_from(
+                [
+                    '"16MiB"',
+                    "1",
+                    "-5",
+                    '"x"',
+                    "[1]",
+                    "{a=1}",
+                    "1e999",
+                    '"0660"',
+                    "true",
+                    "1979-05-27",
+                ]
+            ),
+        ),
+    )
+)
 def test_config_file_is_a_config_or_config_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "s3feed.toml"
     try:

@@ -17,8 +17,8 @@ import pytest
 import uvloop
 
 from s3feed.transfer.errors import S3Unavailable, TransientError
-from s3feed.transfer.httpclient import HttpClient, serialize_get
-from s3feed.transfer.proxy import Proxies
+from s3feed.transfer.s3.pool import HttpClient, serialize_get
+from s3feed.transfer.s3.proxy import Proxies
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -436,12 +436,27 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     d = tmp_path_factory.mktemp("tls")
     cert, key = str(d / "cert.pem"), str(d / "key.pem")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-         "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
         check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
     return cert, key
 
 

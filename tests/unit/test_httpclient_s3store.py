@@ -22,9 +22,9 @@ from s3feed.transfer.errors import (
     SourceChanged,
     TransientError,
 )
-from s3feed.transfer.httpclient import HttpClient
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
+from s3feed.transfer.s3.pool import HttpClient
 from s3feed.transfer.uri import parse_uri_path
 
 pytestmark = pytest.mark.timeout(30)
@@ -155,22 +155,42 @@ async def test_whole_object_get_sends_no_range(server: Server, env: Any) -> None
         (error("404 Not Found", "NoSuchKey"), NoSuchKey, None, "NoSuchKey"),
         (error("404 Not Found", "NoSuchBucket"), NoSuchKey, None, "NoSuchBucket"),
         (error("403 Forbidden", "AccessDenied"), AccessDenied, None, "AccessDenied"),
-        (error("412 Precondition Failed", "PreconditionFailed"), SourceChanged, None,
-         "PreconditionFailed"),
+        (
+            error("412 Precondition Failed", "PreconditionFailed"),
+            SourceChanged,
+            None,
+            "PreconditionFailed",
+        ),
         (error("503 Slow Down", "SlowDown"), TransientError, "throttled", "SlowDown"),
-        (error("429 Too Many Requests", "TooManyRequests"), TransientError, "throttled",
-         "TooManyRequests"),
+        (
+            error("429 Too Many Requests", "TooManyRequests"),
+            TransientError,
+            "throttled",
+            "TooManyRequests",
+        ),
         (error("400 Bad Request", "Throttling"), TransientError, "throttled", "Throttling"),
-        (error("500 Internal Server Error", "InternalError"), TransientError, "server_error",
-         "InternalError"),
-        (error("503 Service Unavailable", "ServiceUnavailable"), TransientError, "server_error",
-         "ServiceUnavailable"),
+        (
+            error("500 Internal Server Error", "InternalError"),
+            TransientError,
+            "server_error",
+            "InternalError",
+        ),
+        (
+            error("503 Service Unavailable", "ServiceUnavailable"),
+            TransientError,
+            "server_error",
+            "ServiceUnavailable",
+        ),
         (answer("502 Bad Gateway", {}, b"<html>"), TransientError, "server_error", "502"),
-        (error("400 Bad Request", "RequestTimeout"), TransientError, "server_error",
-         "RequestTimeout"),
+        (
+            error("400 Bad Request", "RequestTimeout"),
+            TransientError,
+            "server_error",
+            "RequestTimeout",
+        ),
         (error("400 Bad Request", "InvalidArgument"), ObjectStoreError, None, "InvalidArgument"),
     ],
-)  # fmt: skip
+)
 async def test_statuses_translated(
     server: Server,
     env: Any,
@@ -195,15 +215,25 @@ async def test_statuses_translated(
 @pytest.mark.parametrize(
     ("respond", "region"),
     [
-        (answer("301 Moved Permanently", {"x-amz-bucket-region": "us-east-2"},
-                b"<Error><Code>PermanentRedirect</Code><Message>use the endpoint</Message></Error>"),
-         "us-east-2"),
-        (answer("400 Bad Request", {"Content-Type": "application/xml"},
+        (
+            answer(
+                "301 Moved Permanently",
+                {"x-amz-bucket-region": "us-east-2"},
+                b"<Error><Code>PermanentRedirect</Code><Message>use the endpoint</Message></Error>",
+            ),
+            "us-east-2",
+        ),
+        (
+            answer(
+                "400 Bad Request",
+                {"Content-Type": "application/xml"},
                 b"<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region "
-                b"'eu-west-1' is wrong; expecting 'ap-south-1'</Message></Error>"),
-         "<region>"),
+                b"'eu-west-1' is wrong; expecting 'ap-south-1'</Message></Error>",
+            ),
+            "<region>",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_a_bucket_in_another_region_says_how_to_fix_the_uri_path(
     server: Server, env: Any, respond: Any, region: str
 ) -> None:

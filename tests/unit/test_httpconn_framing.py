@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3feed.transfer.httpconn import HttpConnection
+from s3feed.transfer.s3.connection import HttpConnection
 
 HEADER_NAMES = st.sampled_from(["ETag", "x-amz-request-id", "Content-Type", "Link", "X-Pad"])
 HEADER_VALUES = st.text(alphabet='abcdefXYZ0123456789 /;=-"', min_size=0, max_size=40).map(

@@ -1,12 +1,12 @@
-"""daemon/limits.py: each per-uid limit at its edge, with a hand-driven clock."""
+"""daemon/api/limits.py: each per-uid limit at its edge, with a hand-driven clock."""
 
 from __future__ import annotations
 
 import pytest
 
+from s3feed.daemon.api.limits import UidLimits
 from s3feed.daemon.config import LimitsConfig
 from s3feed.daemon.errors import ApiError
-from s3feed.daemon.limits import UidLimits
 
 
 class Clock:

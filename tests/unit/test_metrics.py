@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from s3feed.daemon.metrics import Metrics
 from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.engine import Engine
-from s3feed.transfer.fakestore import FakeObjectStore
 from s3feed.transfer.stream import ObjectStream
+from tests.fakes.store import FakeObjectStore
 
 
 def _text(metrics: Metrics) -> str:

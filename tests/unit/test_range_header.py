@@ -1,10 +1,10 @@
-"""daemon/streaming.py: the Range header of GET .../objects/{Key}."""
+"""daemon/api/objects.py: the Range header of GET .../objects/{Key}."""
 
 from __future__ import annotations
 
 import pytest
 
-from s3feed.daemon.streaming import parse_range
+from s3feed.daemon.api.objects import parse_range
 from s3feed.transfer.errors import InvalidRange
 
 

@@ -24,7 +24,7 @@ def test_license_is_spdx_and_the_file_is_apache_2() -> None:
 
 def test_the_version_is_pyprojects_everywhere() -> None:
     from s3feed.daemon import __version__
-    from s3feed.daemon.server import s3feed_version
+    from s3feed.daemon.service import s3feed_version
 
     assert __version__ == s3feed_version() == version("s3feed") == PYPROJECT["project"]["version"]
     assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()

@@ -15,9 +15,9 @@ from test_httpclient_s3store import Recorder, Sink, answer, request_headers
 
 from s3feed.auth.credentials import Credentials
 from s3feed.transfer.config import S3Config
-from s3feed.transfer.proxy import Proxies, bypass
-from s3feed.transfer.s3client import S3Client
-from s3feed.transfer.s3store import S3ObjectStore
+from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.objects import S3ObjectStore
+from s3feed.transfer.s3.proxy import Proxies, bypass
 from s3feed.transfer.uri import parse_uri_path
 
 pytestmark = pytest.mark.timeout(30)
@@ -162,9 +162,12 @@ async def test_request_entry_point_for_other_calls(server: Server) -> None:
     s = store(client, Credentials("AKIDPUT", "s", "t", FAR))
     try:
         resp = await s.request(
-            "UploadPart", "PUT", "f/out.ts", query={"partNumber": "2", "uploadId": "u 1"},
+            "UploadPart",
+            "PUT",
+            "f/out.ts",
+            query={"partNumber": "2", "uploadId": "u 1"},
             body=b"",
-        )  # fmt: skip
+        )
         assert resp.status == 200 and resp.headers["etag"] == '"put"'
         line, headers = request_headers(seen[0])
         assert line == "PUT /media/f/out.ts?partNumber=2&uploadId=u%201 HTTP/1.1"

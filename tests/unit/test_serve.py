@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.transfer.cache import Cache
+from s3feed.transfer.cache.cache import Cache
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import AccessDenied, InvalidRange, NoSuchKey, SourceChanged
-from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
+from s3feed.transfer.objectserver import Authorised, ObjectServer
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress
-from s3feed.transfer.serve import Authorised, ObjectServer
+from tests.fakes.store import FailingObjectStore, FakeObjectStore, Fault
 
 
 class Seen(NullTransferObserver):

@@ -11,10 +11,10 @@ import pytest
 
 from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.engine import Engine
-from s3feed.transfer.fakestore import FakeObjectStore
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.stream import ObjectStream
 from s3feed.transfer.streammemory import MIN_WINDOW, StreamMemory
+from tests.fakes.store import FakeObjectStore
 
 
 class Reported(NullTransferObserver):

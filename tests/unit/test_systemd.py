@@ -131,9 +131,15 @@ def test_listen_fds_none(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("usec", "pid", "expected"),
-    [("20000000", None, 10.0), ("20000000", "self", 10.0), ("20000000", "other", None),
-     ("0", None, None), ("", None, None), ("x", None, None)],
-)  # fmt: skip
+    [
+        ("20000000", None, 10.0),
+        ("20000000", "self", 10.0),
+        ("20000000", "other", None),
+        ("0", None, None),
+        ("", None, None),
+        ("x", None, None),
+    ],
+)
 def test_watchdog_interval(
     monkeypatch: pytest.MonkeyPatch, usec: str, pid: str | None, expected: float | None
 ) -> None:

@@ -77,10 +77,18 @@ def test_verify_would_report_a_mistake(root: Path) -> None:
 
 def _exposure(root: Path) -> tuple[float, str]:
     result = subprocess.run(
-        [_tool("systemd-analyze"), "security", "--offline=yes", f"--root={root}",
-         "--no-pager", "s3feed.service"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            _tool("systemd-analyze"),
+            "security",
+            "--offline=yes",
+            f"--root={root}",
+            "--no-pager",
+            "s3feed.service",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     output = result.stdout + result.stderr
     match = re.search(r"Overall exposure level for s3feed\.service: (\d+\.\d+)", output)
     assert match, output
@@ -124,8 +132,10 @@ def test_sysusers_snippet_parses(tmp_path: Path) -> None:
     result = subprocess.run(
         [_tool("systemd-sysusers"), "--dry-run", f"--root={tmp_path}", "-"],
         input=(SYSTEMD_DIR / "sysusers.d/s3feed.conf").read_text(),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "Creating user 's3feed'" in output, output

@@ -1,4 +1,4 @@
-"""transfer/upload.py against the in-memory FakeUploadStore."""
+"""transfer/upload/multipart.py against the in-memory FakeUploadStore."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from aiohttp import web
 
 from s3feed.transfer.checksums import composite, crc32c
 from s3feed.transfer.errors import AccessDenied, TransientError
-from s3feed.transfer.fakeupload import FakeUploadStore
-from s3feed.transfer.upload import (
+from s3feed.transfer.upload.multipart import (
     CHECKSUM,
     Encryption,
     IncompleteBody,
@@ -21,6 +20,7 @@ from s3feed.transfer.upload import (
     UploadResult,
     upload,
 )
+from tests.fakes.upload import FakeUploadStore
 
 MiB = 1024 * 1024
 PART = 5 * MiB

@@ -1,5 +1,5 @@
 """All uploads' part buffers within `[transfer] upload_memory_total`
-(transfer/uploadmemory.py), driven through transfer/upload.py with one
+(transfer/upload/memory.py), driven through transfer/upload/multipart.py with one
 FakeUploadStore per upload (each with its own gate, so a test decides which
 upload's parts S3 acknowledges)."""
 
@@ -12,9 +12,9 @@ from collections.abc import Callable
 import pytest
 
 from s3feed.transfer.errors import TransientError
-from s3feed.transfer.fakeupload import FakeUploadStore
-from s3feed.transfer.upload import Upload, UploadConfig, UploadResult, upload
-from s3feed.transfer.uploadmemory import PartBuffers, UploadMemory
+from s3feed.transfer.upload.memory import PartBuffers, UploadMemory
+from s3feed.transfer.upload.multipart import Upload, UploadConfig, UploadResult, upload
+from tests.fakes.upload import FakeUploadStore
 
 MiB = 1024 * 1024
 PART = 5 * MiB

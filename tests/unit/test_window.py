@@ -11,10 +11,10 @@ import pytest
 from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import InvalidRange, SourceChanged
-from s3feed.transfer.fakestore import FailingObjectStore, FakeObjectStore, Fault
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.stream import ObjectStream
 from s3feed.transfer.window import StreamWindow, WindowState
+from tests.fakes.store import FailingObjectStore, FakeObjectStore, Fault
 
 
 class Buffered(NullTransferObserver):

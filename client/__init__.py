@@ -1,0 +1,36 @@
+"""A small Python client for the socket API, blocking and asyncio; the CLI uses it.
+
+    with Client() as c:                          async with AsyncClient() as c:
+        c.create_job("job-1", "acme", uri, arn)      await c.create_job(...)
+        path = c.fetch("job-1", "a.mp4")["Path"]     async for chunk in c.read_object(...)
+        for obj in c.iter_objects("job-1", "show/"): async for obj in c.iter_objects(...)
+
+Both speak HTTP/1.1 over the Unix socket ($S3FEED_SOCKET, default
+/run/s3feed/s3feed.sock). The requests are described once (`_Calls` in
+calls.py); each client only sends them: `Client` in blocking.py, `AsyncClient`
+in aio.py. An error answer raises S3feedError with the server's code and
+message. This package imports nothing of the daemon, so an encoder can use it
+on its own; `s3feed.daemon.client` re-exports it for code written before.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from s3feed.client.blocking import Client
+from s3feed.client.calls import S3feedError, socket_path
+
+if TYPE_CHECKING:
+    from s3feed.client.aio import AsyncClient
+
+__all__ = ["AsyncClient", "Client", "S3feedError", "socket_path"]
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient needs asyncio (10-40 ms to import): the CLI, which never uses
+    # it, starts without it; `from s3feed.client import AsyncClient` works.
+    if name == "AsyncClient":
+        from s3feed.client.aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

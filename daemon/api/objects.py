@@ -1,0 +1,410 @@
+"""GET /v1/jobs/{JobId}/objects/{Key}: an object, in order, over the socket.
+
+Design note. The handler runs in aiohttp's request task and only maps HTTP
+onto transfer/objectserver.py: `ObjectServer.open` makes the access check (a HEAD
+with the job's own credentials), picks the cache or S3 and counts the
+transfer; this module parses the Range header, sends the headers and writes
+the chunks. `resp.write` waits while the socket's buffer is full, so a slow
+reader stops the iteration, and with it the window and the fetches. When the
+reader goes away, `write` raises and leaving the `async with` cancels the
+fetches. A failure after the headers went out aborts the connection: the
+reader sees a short body (the Content-Length says so), never wrong bytes.
+The record is done when the last byte is handed to the socket, before the
+reader can have it: a reader holding every byte that asks about the job sees
+the stream done.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import socket
+import stat
+
+import orjson
+from aiohttp import web
+
+from s3feed.daemon.errors import STATUS_BY_CODE, ApiError, describe, error_body, s3_ids
+from s3feed.daemon.jobs import Job, TransferRecord, TransferState
+from s3feed.transfer import Delivery, InvalidRange, ObjectServer
+
+log = logging.getLogger("s3feed.stream")
+
+# Offsets of at most 19 digits (2**63 has 19; an S3 object has at most 13):
+# longer ones are ignored like any unparsable header, before int() meets
+# thousands of digits (docs/design.md, Socket API: streams).
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d{0,19})\s*-\s*(\d{0,19})\s*$")
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive (first, last) byte of a single-range header, or None for the whole object.
+
+    Multi-range and unparsable headers are ignored (whole object, 200), as
+    docs/design.md says (Socket API: streams); a well-formed range outside the object raises InvalidRange.
+    """
+    if not header:
+        return None
+    m = _RANGE.match(header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None
+    first_s, last_s = m.group(1), m.group(2)
+    unsatisfiable = InvalidRange(
+        f"range {header.strip()!r} is outside the object, which has {size} bytes", size
+    )
+    if not first_s:  # suffix: the last n bytes
+        n = int(last_s)
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else size - 1
+    if last_s and last < first:
+        return None  # syntactically invalid: ignored
+    if first >= size:
+        raise unsatisfiable
+    return first, min(last, size - 1)
+
+
+async def stream_object(
+    request: web.Request, job: Job, key: str, server: ObjectServer
+) -> web.StreamResponse:
+    delivery = await server.open(
+        job.store,
+        job.location.key_for(key),
+        tenant=job.tenant,
+        choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
+    )
+    meta = delivery.meta
+    resp = web.StreamResponse(status=206 if delivery.partial else 200)
+    resp.content_length = delivery.length
+    resp.content_type = "application/octet-stream"
+    resp.headers["ETag"] = meta.etag
+    resp.headers["Accept-Ranges"] = "bytes"
+    resp.headers["X-S3feed-Source"] = delivery.source
+    resp.last_modified = meta.last_modified
+    if delivery.partial:
+        resp.headers["Content-Range"] = f"bytes {delivery.first}-{delivery.last}/{meta.size}"
+
+    record = job.new_record("stream", key, delivery.progress)
+    record.move(TransferState.RUNNING)
+    job.stream_opened()
+    try:
+        async with delivery:
+            await _send(request, resp, delivery, record)
+    except asyncio.CancelledError:
+        _settle(record, TransferState.CANCELLED, ("Cancelled", "the reader went away"))
+        raise
+    except ConnectionError as exc:
+        # The reader went away (aiohttp raises ClientConnectionResetError).
+        _settle(
+            record,
+            TransferState.CANCELLED,
+            ("Cancelled", f"the reader went away: {exc.__class__.__name__}"),
+        )
+        return resp
+    except Exception as exc:
+        if record.state is TransferState.DONE:
+            # Every byte was handed over; what failed after it is not the reader's.
+            log.warning("stream teardown failed", exc_info=True, extra={"job_id": job.job_id})
+            return resp
+        if record.state is TransferState.RUNNING:
+            record.fail(exc)
+        if not resp.prepared:
+            raise
+        _log_failure("stream aborted after headers", job, key, describe(exc)[1], record)
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    finally:
+        job.stream_closed()
+    return resp
+
+
+async def _send(
+    request: web.Request, resp: web.StreamResponse, delivery: Delivery, record: TransferRecord
+) -> None:
+    if delivery.length == 0:
+        _done(delivery, record)  # the headers are the whole response
+    await resp.prepare(request)
+    async for chunk in delivery:
+        if delivery.complete:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                raise ConnectionResetError("the reader went away")
+            _done(delivery, record)  # resp.write hands the bytes over before it yields
+        await resp.write(chunk)
+    await resp.write_eof()
+
+
+def _done(delivery: Delivery, record: TransferRecord) -> None:
+    delivery.settle("success")
+    _settle(record, TransferState.DONE)
+
+
+def _log_failure(what: str, job: Job, key: str, code: str, record: TransferRecord) -> None:
+    log.warning(
+        what,
+        extra={
+            "job_id": job.job_id,
+            "tenant": job.tenant,
+            "key": key,
+            "code": code,
+            "request_id": record.error_ids.get("RequestId"),
+            "host_id": record.error_ids.get("HostId"),
+        },
+    )
+
+
+def _settle(
+    record: TransferRecord, state: TransferState, error: tuple[str, str] | None = None
+) -> None:
+    """Settle the record once; a reader leaving or a teardown failing after
+    the last byte leaves it done."""
+    if record.state is not TransferState.RUNNING:
+        return
+    record.error = error
+    record.move(state)
+
+
+# --- Delivery into the caller's own descriptor (docs/design.md, Socket API: deliveries) ---
+
+FD_WAIT = "HTTP/1.1 100 Continue\r\n\r\n"
+PIPE_SIZE = 1024 * 1024  # the encoder wakes once per MiB, not per 64 KiB
+
+
+class OutputClosed(Exception):
+    """The output's reader closed it (EPIPE) before the last byte."""
+
+
+def check_output_fd(fd: int) -> None:
+    """A regular file, or a pipe/FIFO/socket, open for writing; else ApiError 400.
+
+    The fd is the caller's own (it came over its connection), so the daemon
+    writes only where the caller already could (docs/design.md, Socket API: deliveries)."""
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        kind = (
+            "a directory" if stat.S_ISDIR(mode) else "neither a regular file, a pipe nor a socket"
+        )
+        raise ApiError(
+            "InvalidRequest",
+            f"the passed descriptor is {kind}; pass a file, pipe or socket open for writing",
+        )
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if flags & getattr(os, "O_PATH", 0) or (flags & os.O_ACCMODE) not in (os.O_WRONLY, os.O_RDWR):
+        raise ApiError("InvalidRequest", "the passed descriptor is not open for writing")
+
+
+async def receive_fd(request: web.Request, timeout: float) -> int:
+    """Ask the client for its descriptor (an interim 100) and take it off the
+    connection with recvmsg: one byte carrying SCM_RIGHTS with one fd.
+
+    The transport stops reading first, so the byte (and its fd) stays in the
+    kernel for us; the client sends it only after the 100, so nothing of it
+    can have been read before."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("the client went away")
+    raw = transport.get_extra_info("socket")
+    sock = socket.socket(fileno=os.dup(raw.fileno()))
+    loop = asyncio.get_running_loop()
+    transport.pause_reading()
+    try:
+        sock.setblocking(False)
+        transport.write(FD_WAIT.encode())
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    data, ancdata, flags, _ = sock.recvmsg(1, socket.CMSG_SPACE(4 * SCM_MAX_FDS))
+                    break
+                except BlockingIOError:
+                    await _ready(loop, sock.fileno(), reading=True)
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % 4
+                fds.extend(array.array("i", payload[:usable]))
+        if len(fds) != 1 or flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            if not data:
+                raise ConnectionResetError("the client went away before passing its descriptor")
+            raise ApiError(
+                "InvalidRequest", f"pass exactly one descriptor with SCM_RIGHTS (got {len(fds)})"
+            )
+        return fds[0]
+    except TimeoutError:
+        raise ApiError("RequestTimeout", f"no descriptor arrived within {timeout:g} s") from None
+    finally:
+        sock.close()
+        if not transport.is_closing():
+            transport.resume_reading()  # so that a client leaving is noticed
+
+
+SCM_MAX_FDS = 4  # room to see (and refuse) a few extra fds
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, reading: bool) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_reader if reading else loop.add_writer)(fd, wake)
+    try:
+        await fut
+    finally:
+        (loop.remove_reader if reading else loop.remove_writer)(fd)
+
+
+class FdWriter:
+    """Writes chunks into a descriptor without blocking the loop: O_NONBLOCK
+    on the descriptor (its open file description; the original flags are put
+    back at the end), write(2) until EAGAIN, then wait for writability. EPIPE
+    (the reader closed its end) raises OutputClosed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.written = 0
+        self._loop = asyncio.get_running_loop()
+        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        self._pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
+        if self._pollable:
+            fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_NONBLOCK)
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                with contextlib.suppress(OSError):
+                    if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+                        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+    async def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                await _ready(self._loop, self.fd, reading=False)
+                continue
+            except BrokenPipeError:
+                raise OutputClosed(
+                    f"the output's reader closed it after {self.written} bytes"
+                ) from None
+            except ConnectionResetError:
+                raise OutputClosed(
+                    f"the output's peer reset it after {self.written} bytes"
+                ) from None
+            view = view[n:]
+            self.written += n
+
+    def close(self) -> None:
+        if self._pollable:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
+        os.close(self.fd)
+
+
+async def deliver_object(
+    request: web.Request, job: Job, key: str, server: ObjectServer, fd_timeout: float
+) -> web.Response:
+    """POST .../objects/{Key}?deliver=fd: the object into the caller's descriptor.
+
+    Same window, range, error and cancellation semantics as `stream_object`;
+    the answer comes after the last byte (or the failure): 200 with what was
+    delivered, or the error document with `Delivered` (bytes written)."""
+    if request.query.get("deliver") != "fd":
+        raise ApiError("InvalidRequest", "POST to an object needs ?deliver=fd (GET streams it)")
+    try:
+        fd = await receive_fd(request, fd_timeout)
+    except ApiError as exc:
+        return _answer(error_body(exc.code, exc.message), STATUS_BY_CODE[exc.code])
+    writer: FdWriter | None = None
+    try:
+        check_output_fd(fd)
+        writer = FdWriter(fd)
+        return await _deliver(request, job, key, server, writer)
+    except ApiError as exc:
+        return _answer(error_body(exc.code, exc.message, Delivered=0), STATUS_BY_CODE[exc.code])
+    finally:
+        if writer is not None:
+            writer.close()  # the pipe's reader sees EOF (or a short file) now
+        else:
+            os.close(fd)
+
+
+async def _deliver(
+    request: web.Request, job: Job, key: str, server: ObjectServer, writer: FdWriter
+) -> web.Response:
+    try:
+        delivery = await server.open(
+            job.store,
+            job.location.key_for(key),
+            tenant=job.tenant,
+            choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
+        )
+    except Exception as exc:  # known before a byte moves: the output is untouched
+        status, code, message, headers = describe(exc)
+        if status >= 500 and code == "InternalError":
+            raise  # a bug of ours: the middleware logs it
+        return _answer(error_body(code, message, s3_ids(exc), Delivered=0), status, headers)
+    meta = delivery.meta
+    doc: dict[str, object] = {
+        "Key": key,
+        "ETag": meta.etag,
+        "Size": meta.size,
+        "Length": delivery.length,
+        "Source": delivery.source,
+    }
+    if delivery.partial:
+        doc["ContentRange"] = f"bytes {delivery.first}-{delivery.last}/{meta.size}"
+    record = job.new_record("stream", key, delivery.progress)
+    record.move(TransferState.RUNNING)
+    job.stream_opened()
+    try:
+        async with delivery:
+            if delivery.length == 0:
+                _done(delivery, record)
+            async for chunk in delivery:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
+                await writer.write(chunk)
+                if delivery.complete:
+                    _done(delivery, record)
+    except OutputClosed as exc:
+        _settle(record, TransferState.CANCELLED, ("Cancelled", f"the reader went away: {exc}"))
+        return _answer(
+            {"Error": {"Code": "OutputClosed", "Message": str(exc)}, "Delivered": writer.written},
+            409,
+        )
+    except (asyncio.CancelledError, ConnectionError):
+        _settle(record, TransferState.CANCELLED, ("Cancelled", "the client went away"))
+        raise
+    except Exception as exc:
+        if record.state is TransferState.DONE:
+            log.warning("delivery teardown failed", exc_info=True, extra={"job_id": job.job_id})
+        else:
+            status, code, message, headers = describe(exc)
+            if record.state is TransferState.RUNNING:
+                record.fail(exc)
+            _log_failure("delivery failed", job, key, code, record)
+            body = error_body(code, message, record.error_ids, Delivered=writer.written)
+            return _answer(body, status, headers)
+    finally:
+        job.stream_closed()
+    doc["Bytes"] = writer.written
+    return _answer(doc, 200)
+
+
+def _answer(
+    doc: dict[str, object], status: int, headers: dict[str, str] | None = None
+) -> web.Response:
+    resp = web.Response(
+        body=orjson.dumps(doc), status=status, content_type="application/json", headers=headers
+    )
+    resp.force_close()  # the connection carried a descriptor: start afresh
+    return resp

@@ -1,0 +1,215 @@
+"""The job registry: the live jobs by id, their creation, lookup, deletion and reaping.
+
+What runs where: everything runs on the event loop, in the API handler's task
+(create, get, delete) or the reaper's (reap_idle); the registry starts no task
+of its own. A JobId is reserved before the AssumeRole call, so two concurrent
+registrations of one id cannot both succeed; a failed AssumeRole frees it.
+Who may see a job (docs/design.md, Roles and isolation): its creator, its
+`EncoderUids` and root; everyone else gets NoSuchJob. Closing a job cancels
+its fetches and waits for them (daemon/jobs/job.py), so delete, reap and close
+return once the job's tasks are gone. `drain` waits on an event each job sets
+when a fetch or stream ends, never on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from s3feed.auth import CredentialObserver, RoleSession, StsClient, session_policy
+from s3feed.daemon.errors import ApiError
+from s3feed.daemon.jobs.destination import write_only_policy, write_statements
+from s3feed.daemon.jobs.job import Job, JobDestination
+from s3feed.daemon.jobs.request import parse_job_request
+from s3feed.transfer import ObjectServer, ObjectStore, S3Config, S3Location, TransferObserver
+from s3feed.transfer.s3 import S3Client, S3ObjectStore, S3Uploader
+from s3feed.transfer.upload import UploadClient
+
+log = logging.getLogger("s3feed.jobs")
+
+
+class JobRegistry:
+    def __init__(
+        self,
+        *,
+        sts: StsClient,
+        s3_clients: S3Client,
+        s3_config: S3Config,
+        server: ObjectServer,
+        credential_observer: CredentialObserver,
+        transfer_observer: TransferObserver,
+        make_store: Callable[[S3Location, RoleSession], ObjectStore] | None = None,
+        make_uploader: Callable[[S3Location, RoleSession], UploadClient] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        jobs_changed: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        self._sts = sts
+        self._jobs_changed = jobs_changed
+        self._s3_clients = s3_clients
+        self.s3_config = s3_config
+        self.server = server
+        self._credential_observer = credential_observer
+        self._transfer_observer = transfer_observer
+        self._make_store = make_store or self._real_store
+        self._make_uploader = make_uploader or self._real_uploader
+        self._monotonic = monotonic
+        self._jobs: dict[str, Job] = {}
+        self._reserved: set[str] = set()
+        self._activity = asyncio.Event()  # set when a job's fetch or stream ends
+
+    def _real_store(self, location: S3Location, session: RoleSession) -> ObjectStore:
+        return S3ObjectStore(
+            location, session, clients=self._s3_clients, observer=self._transfer_observer
+        )
+
+    def _real_uploader(self, location: S3Location, session: RoleSession) -> UploadClient:
+        return S3Uploader(
+            location, session, client=self._s3_clients, observer=self._transfer_observer
+        )
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def all_jobs(self) -> list[Job]:
+        return list(self._jobs.values())
+
+    async def create(self, uid: int, body: object) -> Job:
+        request, location = parse_job_request(body, self.s3_config)
+        if request.job_id in self._jobs or request.job_id in self._reserved:
+            raise ApiError(
+                "JobExists",
+                f"a job {request.job_id!r} is live; DELETE it first or use another JobId",
+            )
+        self._reserved.add(request.job_id)
+        dest = request.destination
+        shared = dest is not None and dest.role_arn == request.role_arn
+        second: RoleSession | None = None
+        try:
+            session = await RoleSession.assume(
+                self._sts,
+                job_id=request.job_id,
+                role_arn=request.role_arn,
+                external_id=request.tenant,
+                duration=request.duration,
+                observer=self._credential_observer,
+                # Least privilege (docs/design.md, Session policy): the job's
+                # credentials read its folder only, whatever the role allows.
+                policy=session_policy(
+                    partition=location.partition,
+                    bucket=location.bucket,
+                    prefix=location.prefix,
+                    region=location.region,
+                    statements=write_statements(dest) if dest is not None and shared else (),
+                ),
+            )
+            destination = None
+            if dest is not None:
+                try:
+                    if not shared:
+                        second = await RoleSession.assume(
+                            self._sts,
+                            job_id=f"{request.job_id}.outputs",
+                            role_arn=dest.role_arn,
+                            external_id=request.tenant,
+                            duration=dest.duration,
+                            observer=self._credential_observer,
+                            policy=write_only_policy(dest),
+                        )
+                except BaseException:
+                    await session.close()
+                    raise
+                dest_session = second or session
+                destination = JobDestination(
+                    dest,
+                    dest_session,
+                    self._make_uploader(dest.location, dest_session),
+                    own_session=second is not None,
+                )
+            job = Job(
+                job_id=request.job_id,
+                tenant=request.tenant,
+                uid=uid,
+                location=location,
+                session=session,
+                store=self._make_store(location, session),
+                server=self.server,
+                monotonic=self._monotonic,
+                encoder_uids=request.encoder_uids,
+                on_activity=self._activity.set,
+                destination=destination,
+            )
+            self._jobs[job.job_id] = job
+            self._jobs_changed(len(self._jobs))
+        finally:
+            self._reserved.discard(request.job_id)
+        log.info("job registered", extra={"job_id": job.job_id, "tenant": job.tenant})
+        return job
+
+    def get(self, uid: int, job_id: str) -> Job:
+        """The job, if `uid` may use it (its creator, its encoders, root)."""
+        job = self._jobs.get(job_id)
+        if job is None or not job.may_use(uid):
+            raise ApiError(
+                "NoSuchJob", f"no job {job_id!r} for this caller; list them with GET /v1/jobs"
+            )
+        job.touch()
+        return job
+
+    def visible(self, uid: int) -> list[Job]:
+        return [j for j in self._jobs.values() if j.may_use(uid)]
+
+    async def delete(self, uid: int, job_id: str) -> None:
+        job = self.get(uid, job_id)
+        if uid not in (0, job.uid):
+            raise ApiError(
+                "Forbidden",
+                f"job {job_id!r} was created by uid {job.uid}; an encoder uid may use it "
+                "but only its creator (or root) may delete it",
+            )
+        del self._jobs[job_id]
+        self._jobs_changed(len(self._jobs))
+        await job.close()
+        log.info("job deleted", extra={"job_id": job_id, "tenant": job.tenant})
+
+    async def reap_idle(self, ttl: float) -> list[str]:
+        """Close the jobs idle longer than `ttl`. Each await of a close lets a
+        DELETE or a re-creation run, so every candidate is checked again right
+        before: still this very object under its id, still idle (docs/design.md,
+        Socket API). One job failing to close does not spare the others."""
+        reaped: list[str] = []
+        for job in [j for j in self._jobs.values() if j.idle_for() > ttl]:
+            if self._jobs.get(job.job_id) is not job or job.idle_for() <= ttl:
+                continue
+            del self._jobs[job.job_id]
+            self._jobs_changed(len(self._jobs))
+            reaped.append(job.job_id)
+            try:
+                await job.close()
+            except Exception:
+                log.exception(
+                    "idle job reaped; closing it failed",
+                    extra={"job_id": job.job_id, "tenant": job.tenant},
+                )
+            else:
+                log.info("idle job reaped", extra={"job_id": job.job_id, "tenant": job.tenant})
+        return reaped
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every running fetch and stream to
+        end; True if they all did."""
+        try:
+            async with asyncio.timeout(timeout):
+                while any(j.busy for j in self._jobs.values()):
+                    self._activity.clear()
+                    await self._activity.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        jobs, self._jobs = list(self._jobs.values()), {}
+        self._jobs_changed(0)
+        for job in jobs:
+            await job.close()

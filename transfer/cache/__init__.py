@@ -1,0 +1,15 @@
+"""The on-disk cache: verified, resumable, shared downloads of whole objects.
+
+The names below are this package's public face: nothing outside it imports
+its modules directly (tests/unit/test_layout.py walks the imports).
+"""
+
+from s3feed.transfer.cache.acl import AclUnsupported
+from s3feed.transfer.cache.cache import Cache
+from s3feed.transfer.cache.flight import CacheEntry
+
+__all__ = [
+    "AclUnsupported",
+    "Cache",
+    "CacheEntry",
+]

@@ -1,0 +1,258 @@
+"""Serving an object to a job: the access check, then the cache or S3.
+
+Design note. `ObjectServer` is the one way daemon/ reaches an object's bytes
+(docs/design.md, Cache). Each entry point starts with a HEAD of the key
+through the job's own store, signed with the job's credentials: S3 decides
+whether this job may read the object, never the cache, and the ETag it
+answers names the cache entry. The answer travels as an `Authorised`, which
+only this module makes, so no caller can hand the cache a check it did not
+make or skip one with a flag.
+
+`fetch` puts the object into the cache for a job and grants the job's uids
+read access to the file (the cache keeps the grants per job; `release` takes
+them back when the job ends). `open` starts a stream: a complete cache entry
+for that ETag is read with pread in 1 MiB slices; otherwise the engine's
+window fetches ranges in parallel and hands them over in order. The caller
+iterates a `Delivery` in its own task, so a slow reader stops the reads (and
+the window, the fetches). A `Delivery` reports its transfer and its bytes to
+the observer itself and settles once: success when the caller says the last
+byte was handed over, otherwise failed or cancelled when it is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO
+
+from s3feed.transfer.cache import Cache, CacheEntry
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.observer import TransferObserver
+from s3feed.transfer.progress import Progress
+from s3feed.transfer.store import ObjectMeta, ObjectStore
+from s3feed.transfer.stream import ObjectStream
+
+FILE_CHUNK = 1024 * 1024
+_SEAL = object()
+
+
+@dataclass(frozen=True)
+class Authorised:
+    """A HEAD of `meta.key` through `store` answered `meta`: that job may read it."""
+
+    store: ObjectStore
+    meta: ObjectMeta
+    seal: object
+
+    def __post_init__(self) -> None:
+        if self.seal is not _SEAL:
+            raise TypeError("only ObjectServer.authorise makes an Authorised")
+
+
+class ObjectServer:
+    def __init__(
+        self,
+        engine: Engine,
+        cache: Cache,
+        observer: TransferObserver,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.observer = observer
+        self._monotonic = monotonic
+
+    async def authorise(self, store: ObjectStore, key: str) -> Authorised:
+        """HEAD `key` with the job's store; raises NoSuchKey, AccessDenied..."""
+        return Authorised(store, await store.head(key), _SEAL)
+
+    async def fetch(
+        self,
+        auth: Authorised,
+        *,
+        tenant: str,
+        owner: str,
+        readers: frozenset[int],
+        progress: Progress,
+    ) -> CacheEntry:
+        """The complete cache entry of what `auth` allowed, downloaded if need
+        be, pinned for `owner` and readable by `readers` until `release(owner)`."""
+        entry = await self.cache.fetch(
+            auth.store,
+            auth.meta.key,
+            tenant=tenant,
+            owner=owner,
+            progress=progress,
+            meta=auth.meta,
+            readers=readers,
+        )
+        self.observer.bytes_served("cache", entry.size)
+        return entry
+
+    def release(self, owner: str) -> None:
+        """`owner`'s job ended: unpin its entries and take back its uids' access."""
+        self.cache.unpin_all(owner)
+
+    async def open(
+        self,
+        store: ObjectStore,
+        key: str,
+        *,
+        tenant: str,
+        choose_range: Callable[[ObjectMeta], tuple[int, int] | None],
+    ) -> Delivery:
+        """Authorise, then pick the bytes' source. `choose_range` maps the
+        object to an inclusive (first, last), or None for all of it; it may
+        raise (InvalidRange) before anything starts."""
+        auth = await self.authorise(store, key)
+        meta = auth.meta
+        byte_range = choose_range(meta)
+        first, last = byte_range if byte_range else (0, meta.size - 1)
+        cached: IO[bytes] | None = None
+        entry = self.cache.lookup(store, key, meta.etag)
+        if entry is not None:
+            with contextlib.suppress(FileNotFoundError):  # evicted since: S3 has it
+                cached = open(entry.path, "rb", buffering=0)  # noqa: ASYNC230, SIM115 (a local open)
+        return Delivery(
+            self,
+            store,
+            meta,
+            first,
+            last,
+            partial=byte_range is not None,
+            tenant=tenant,
+            cached=cached,
+        )
+
+
+_OUTCOMES = ("success", "failed", "cancelled")
+
+
+class Delivery:
+    """One stream of an object's bytes, in order; an async context manager
+    and, inside it, an async iterator of chunks."""
+
+    def __init__(
+        self,
+        server: ObjectServer,
+        store: ObjectStore,
+        meta: ObjectMeta,
+        first: int,
+        last: int,
+        *,
+        partial: bool,
+        tenant: str,
+        cached: IO[bytes] | None,
+    ) -> None:
+        self._server = server
+        self._store = store
+        self.meta = meta
+        self.first = first
+        self.last = last
+        self.length = last - first + 1 if meta.size else 0
+        self.partial = partial
+        self.source = "cache" if cached is not None else "s3"
+        self.progress = Progress()
+        self._tenant = tenant
+        self._cached = cached
+        self._stream: ObjectStream | None = None
+        self._started = 0.0
+        self.outcome: str | None = None
+
+    async def __aenter__(self) -> Delivery:
+        server = self._server
+        self._started = server._monotonic()
+        self.progress.start(self._started, self.length)
+        server.observer.transfer_started("stream")
+        try:
+            if self._cached is None and self.length:
+                stream = ObjectStream(
+                    server.engine,
+                    self._store,
+                    self.meta.key,
+                    tenant=self._tenant,
+                    start=self.first,
+                    end=self.last,
+                    meta=self.meta,
+                )
+                self._stream = await stream.__aenter__()
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._stream is not None:
+                stream, self._stream = self._stream, None
+                await stream.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._cached is not None:
+                self._cached.close()
+            if exc is None and self.complete:
+                self.settle("success")
+            elif exc is None or isinstance(exc, asyncio.CancelledError | ConnectionError):
+                self.settle("cancelled")  # the reader left, or the caller stopped reading
+            else:
+                self.settle("failed")
+
+    @property
+    def complete(self) -> bool:
+        """Every byte of the range was handed out of this iterator."""
+        return self.progress.bytes_done >= self.length
+
+    def settle(self, outcome: str) -> None:
+        """The transfer's outcome, counted once; the first call wins."""
+        if self.outcome is not None:
+            return
+        assert outcome in _OUTCOMES
+        self.outcome = outcome
+        now = self._server._monotonic()
+        if outcome == "success":
+            self.progress.finish(now, self._stream.verified if self._stream else ())
+        self._server.observer.transfer_finished("stream", outcome, now - self._started)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        observer = self._server.observer
+        if self._cached is not None:
+            source: AsyncIterator[bytes] = _read_file(
+                self._cached.fileno(), self.first, self.length
+            )
+        elif self._stream is not None:
+            source = aiter(self._stream)
+        else:
+            return
+        async for chunk in source:
+            self.progress.add(len(chunk))
+            observer.bytes_served("stream", len(chunk))
+            yield chunk
+
+
+async def _read_file(fd: int, offset: int, count: int) -> AsyncIterator[bytes]:
+    """`count` bytes of a cache file from `offset`, in 1 MiB slices.
+
+    uvloop has no loop.sendfile, so the file is read and written through the
+    transport (one copy more than sendfile(2); the transport's flow control
+    still paces a slow reader).
+    """
+    while count > 0:
+        chunk = os.pread(fd, min(count, FILE_CHUNK), offset)
+        if not chunk:
+            raise RuntimeError(f"a cache file ended {count} bytes early")
+        yield chunk
+        offset += len(chunk)
+        count -= len(chunk)
