@@ -7,7 +7,7 @@ its modules directly (tests/unit/test_layout.py walks the imports).
 from s3feed.auth.botocore_creds import frozen
 from s3feed.auth.config import StsConfig
 from s3feed.auth.credentials import Credentials, CredentialSource
-from s3feed.auth.errors import AuthError, StsUnavailable
+from s3feed.auth.errors import AuthError, CodedError, StsUnavailable
 from s3feed.auth.observer import CredentialObserver
 from s3feed.auth.policy import VERSION, iam_literal, session_policy
 from s3feed.auth.redact import install_secret_redaction
@@ -20,6 +20,7 @@ __all__ = [
     "AioStsClient",
     "AuthError",
     "CallerIdentity",
+    "CodedError",
     "CredentialObserver",
     "CredentialSource",
     "Credentials",
