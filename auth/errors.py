@@ -41,10 +41,10 @@ class CodedError(Exception):
     - `message`: what the caller should fix; never a secret. It is `str(exc)`:
       changing it (appending a request id) changes both.
     - `request_id`, `host_id`: the service's ids of the answer this error
-      came from (S3's x-amz-request-id and x-amz-id-2), None when no service
-      answered it or it sent none. The API puts them in the error document
-      (RequestId, HostId); STS's are not recorded (the API document names
-      only S3's).
+      came from (S3's x-amz-request-id and x-amz-id-2: what an AWS support
+      case needs), None when no service answered it or it sent none. The API
+      puts them in the error document (RequestId, HostId); STS's are not
+      recorded (the API document names only S3's).
     """
 
     code: str = "InternalError"

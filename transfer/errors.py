@@ -1,40 +1,38 @@
 """Errors of the data path.
 
-    TransferError                .code is the API error code (docs/design.md, Socket API)
-    ├── InvalidUriPath           the job's UriPath is not an accepted S3 form
-    ├── InvalidKey               a key or prefix would leave the job's folder, or is malformed
-    ├── InvalidRange             the requested byte range lies outside the object
-    ├── InvalidContinuationToken a listing's token is not one the store issued
-    ├── ObjectStoreError         S3 answered, finally
-    │   ├── NoSuchKey
-    │   ├── AccessDenied         S3 refused the job's role
-    │   └── SourceChanged        If-Match failed: the object changed during the transfer
-    ├── TransientError           worth retrying: .reason is the retry label for metrics
-    ├── S3Unavailable            retries exhausted; the message names the last cause
-    ├── ChecksumMismatch         bytes did not match what S3 says they are (retried, then final)
-    ├── InsufficientStorage      the cache cannot make room
-    └── Cancelled                the job or the reader went away
+    CodedError                   auth/errors.py: .code .message .request_id .host_id
+    └── TransferError            .code is the API error code (docs/design.md, Socket API)
+        ├── InvalidUriPath           the job's UriPath is not an accepted S3 form
+        ├── InvalidKey               a key or prefix would leave the job's folder, or is malformed
+        ├── InvalidRange             the requested byte range lies outside the object
+        ├── InvalidContinuationToken a listing's token is not one the store issued
+        ├── IncompleteBody           an output's body ended before its Content-Length, or its
+        │                            client went away
+        ├── ObjectStoreError         S3 answered, finally
+        │   ├── NoSuchKey
+        │   ├── AccessDenied         S3 refused the job's role
+        │   └── SourceChanged        If-Match failed: the object changed during the transfer
+        ├── TransientError           worth retrying: .reason is the retry label for metrics
+        ├── S3Unavailable            retries exhausted; the message names the last cause
+        ├── ChecksumMismatch         bytes did not match what S3 says they are (retried, then final)
+        ├── InsufficientStorage      the cache cannot make room
+        ├── AclUnsupported           also an OSError: the cache's file system keeps no POSIX ACLs
+        └── Cancelled                the job or the reader went away
 
-botocore's ClientError and the raw data-plane client's statuses are
-translated into these in one place each (transfer/s3/objects.py).
+S3's answers (status, error document, request ids) become these in
+transfer/s3/translate.py, the upload calls' in transfer/s3/uploader.py;
+translate.py's `Expired` is a signal to refresh and resend, not an error of
+this tree.
 Messages say what to fix and never contain a secret.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from s3feed.auth import CodedError
 
 
-class TransferError(Exception):
-    code: ClassVar[str] = "InternalError"
-    # S3's x-amz-request-id and x-amz-id-2 when S3 answered this error: what
-    # an AWS support case needs (docs/design.md, Socket API: errors).
-    request_id: str | None = None
-    host_id: str | None = None
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+class TransferError(CodedError):
+    pass
 
 
 class InvalidUriPath(TransferError):
@@ -55,6 +53,12 @@ class InvalidRange(TransferError):
 
 class InvalidContinuationToken(TransferError):
     code = "InvalidRequest"
+
+
+class IncompleteBody(TransferError):
+    """The body ended before its Content-Length, or the client went away."""
+
+    code = "IncompleteBody"
 
 
 class ObjectStoreError(TransferError):
@@ -105,6 +109,17 @@ class ChecksumMismatch(TransferError):
 
 class InsufficientStorage(TransferError):
     code = "InsufficientStorage"
+
+
+class AclUnsupported(TransferError, OSError):
+    """The file system of the cache directory does not store POSIX ACLs.
+
+    An OSError too: callers that set an ACL catch OSError and fail closed
+    (transfer/cache/grants.py); `errno` is the one the kernel answered, if any."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 class Cancelled(TransferError):

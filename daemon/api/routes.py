@@ -340,7 +340,7 @@ class _FetchFailed(TransferError):
 
     def __init__(self, code: str, message: str, fetch_document: dict[str, Any]) -> None:
         super().__init__(message)
-        self.code = code  # type: ignore[misc]
+        self.code = code
         self.fetch_document = fetch_document
         error = fetch_document.get("Error", {})
         self.request_id, self.host_id = error.get("RequestId"), error.get("HostId")

@@ -129,8 +129,12 @@ def test_without_acls_granting_says_so_and_revoking_still_chmods(
     f.chmod(0o640)
     monkeypatch.setattr(os, "setxattr", no_acls)
     monkeypatch.setattr(os, "removexattr", no_acls)
-    with pytest.raises(acl.AclUnsupported):
+    with pytest.raises(acl.AclUnsupported) as refused:
         acl.set_readers(f, [1001])
+    # Still an OSError with the kernel's errno: the cache's `except OSError`
+    # around every ACL change fails closed on it (transfer/cache/grants.py).
+    assert isinstance(refused.value, OSError) and refused.value.errno == errno.EOPNOTSUPP
+    assert str(refused.value) == "no POSIX ACLs on this file system"
     assert not acl.supported(tmp_path)
     acl.set_readers(f, [])
     assert _mode(f) == 0o600

@@ -10,11 +10,10 @@ import pytest
 from aiohttp import web
 
 from s3feed.transfer.checksums import composite, crc32c
-from s3feed.transfer.errors import AccessDenied, TransientError
+from s3feed.transfer.errors import AccessDenied, IncompleteBody, TransientError
 from s3feed.transfer.upload.multipart import (
     CHECKSUM,
     Encryption,
-    IncompleteBody,
     Upload,
     UploadConfig,
     UploadResult,

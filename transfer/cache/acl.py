@@ -33,6 +33,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from s3feed.transfer.errors import AclUnsupported
+
 XATTR = "system.posix_acl_access"
 VERSION = 2
 UNDEFINED_ID = 0xFFFFFFFF
@@ -54,10 +56,6 @@ _ENTRY = struct.Struct("<HHI")
 
 # What a file system without ACLs (or with them switched off) answers.
 _UNSUPPORTED = {errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
-
-
-class AclUnsupported(OSError):
-    """The file system of the cache directory does not store POSIX ACLs."""
 
 
 FileRef = int | str | os.PathLike[str]
@@ -114,7 +112,7 @@ def set_readers(file: FileRef, uids: Iterable[int]) -> None:
             os.setxattr(file, XATTR, value, follow_symlinks=False)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
-            raise AclUnsupported(exc.errno, "no POSIX ACLs on this file system") from exc
+            raise AclUnsupported("no POSIX ACLs on this file system", exc.errno) from exc
         raise
 
 

@@ -46,6 +46,7 @@ from s3feed.transfer.config import CacheConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import (
     AccessDenied,
+    AclUnsupported,
     Cancelled,
     ChecksumMismatch,
     InsufficientStorage,
@@ -115,7 +116,7 @@ class Cache:
         await asyncio.to_thread(self.dir.open, group)
         self._grants.acl = await asyncio.to_thread(acl.supported, self.config.dir)
         if group is not None and not self._grants.acl:
-            raise acl.AclUnsupported(
+            raise AclUnsupported(
                 f"[cache] group = {self.config.group!r}: cache files are opened by a job's "
                 "users through per-uid POSIX ACL entries, and the file system of "
                 f"{self.config.dir} ({acl.filesystem(self.config.dir)}) does not keep them; "

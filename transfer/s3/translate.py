@@ -1,4 +1,4 @@
-"""S3's answers -> transfer/errors.py, in one place for every S3 call.
+"""S3's answers -> transfer/errors.py, in one place for every read (HEAD, LIST, GET).
 
 `translate` maps an error status (and, where S3 sent one, its error
 document's Code and Message) to the error the caller acts on, carrying S3's
@@ -6,6 +6,8 @@ request ids (docs/design.md, Socket API). `Expired` is not an error of its own:
 it tells the store to refresh the job's credentials and send the request once
 more (ExpiredToken: 400 on AWS and ministack; SeaweedFS answers 403
 InvalidAccessKeyId once temporary keys lapse; a HEAD has no body to say so).
+The upload calls' answers are translated in transfer/s3/uploader.py (a 403
+names the permission the call needs), with the codes and `Expired` from here.
 """
 
 from __future__ import annotations
@@ -95,7 +97,6 @@ def translate(
         error.message += f" (S3 request id {request_id}" + (
             f", host id {host_id})" if host_id else ")"
         )
-        error.args = (error.message,)
     return error
 
 

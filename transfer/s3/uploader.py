@@ -231,7 +231,6 @@ class S3Uploader:
         if request_id:
             error.request_id, error.host_id = request_id, headers.get("x-amz-id-2")
             error.message += f" (S3 request id {request_id})"
-            error.args = (error.message,)
         return error
 
 

@@ -43,7 +43,7 @@ from typing import Protocol, TypeVar
 
 from s3feed.transfer.checksums import composite, crc32c
 from s3feed.transfer.config import MiB
-from s3feed.transfer.errors import TransferError, TransientError
+from s3feed.transfer.errors import IncompleteBody, TransientError
 from s3feed.transfer.retry import first_error
 from s3feed.transfer.upload.memory import PartBuffers, UploadMemory
 
@@ -51,12 +51,6 @@ MIN_PART = 5 * MiB  # S3's smallest part but the last
 MAX_PARTS = 10_000
 CHECKSUM = "CRC32C"
 T = TypeVar("T")
-
-
-class IncompleteBody(TransferError):
-    """The body ended before its Content-Length, or the client went away."""
-
-    code = "IncompleteBody"
 
 
 @dataclass(frozen=True)
