@@ -1,17 +1,29 @@
 """API errors and the one table from error code to HTTP status.
 
-auth/ and transfer/ raise their own errors (each with a `.code`); the API
-turns any of them into `{"Error": {"Code", "Message"}}` with the status
-below. An exception without a known code is a bug of ours: it answers 500
+    CodedError                   auth/errors.py: .code .message .request_id .host_id
+    ├── AuthError                auth/errors.py: STS, the job's session
+    ├── TransferError            transfer/errors.py: the data path, the cache, S3's answers
+    └── ApiError                 the API's own decisions (envelope, ownership, routing,
+        │                        limits): .code chosen when raised, .headers (Retry-After)
+        ├── FetchFailed          a started fetch failed: its error, and the fetch
+        │                        document the answer carries
+        └── OutputClosed         a delivery's reader closed its end before the last byte
+
+Any of them answers `{"Error": {"Code", "Message"}}` (plus S3's RequestId and
+HostId when S3 answered it) with the status below for its code. An
+exception that is not a CodedError is a bug of ours: it answers 500
 InternalError with a message that hides the details (they go to the log).
+`ConfigError` (daemon/config.py), `SocketInUse` (daemon/service.py) and the
+CLI's `CliError` (daemon/cli/exits.py) are not in the tree: they stop
+start-up or a command and never answer a request.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from s3feed.auth import AuthError
-from s3feed.transfer import InvalidRange, TransferError
+from s3feed.auth import CodedError
+from s3feed.transfer import InvalidRange
 
 STATUS_BY_CODE: dict[str, int] = {
     "InvalidRequest": 400,
@@ -50,7 +62,7 @@ STATUS_BY_CODE: dict[str, int] = {
 }
 
 
-class ApiError(Exception):
+class ApiError(CodedError):
     """An error the API layer itself decides (envelope, ownership, routing)."""
 
     def __init__(self, code: str, message: str, headers: dict[str, str] | None = None) -> None:
@@ -58,26 +70,44 @@ class ApiError(Exception):
             raise ValueError(f"unknown error code {code}")
         super().__init__(message)
         self.code = code
-        self.message = message
         self.headers = headers or {}
+
+
+class FetchFailed(ApiError):
+    """A started fetch failed (before a byte moved, or while the answer waited
+    for it): its error, plus the fetch document the answer carries
+    (docs/design.md, Socket API: fetches)."""
+
+    def __init__(self, code: str, message: str, fetch_document: dict[str, Any]) -> None:
+        super().__init__(code if code in STATUS_BY_CODE else "InternalError", message)
+        self.fetch_document = fetch_document
+        error = fetch_document.get("Error", {})
+        self.request_id, self.host_id = error.get("RequestId"), error.get("HostId")
+
+
+class OutputClosed(ApiError):
+    """A delivery's output: its reader closed it (EPIPE) before the last byte."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("OutputClosed", message)
 
 
 def describe(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
     """(status, code, message, headers) for any exception."""
-    if isinstance(exc, ApiError):
-        return STATUS_BY_CODE[exc.code], exc.code, exc.message, exc.headers
-    if isinstance(exc, AuthError | TransferError):
-        code = exc.code if exc.code in STATUS_BY_CODE else "InternalError"
-        headers = {}
-        if isinstance(exc, InvalidRange):
-            headers["Content-Range"] = f"bytes */{exc.size}"
-        return STATUS_BY_CODE[code], code, exc.message, headers
-    return 500, "InternalError", "internal error; the daemon's log has the details", {}
+    if not isinstance(exc, CodedError):
+        return 500, "InternalError", "internal error; the daemon's log has the details", {}
+    code = exc.code if exc.code in STATUS_BY_CODE else "InternalError"
+    headers = exc.headers if isinstance(exc, ApiError) else {}
+    if isinstance(exc, InvalidRange):
+        headers = {"Content-Range": f"bytes */{exc.size}"}
+    return STATUS_BY_CODE[code], code, exc.message, headers
 
 
 def s3_ids(exc: BaseException) -> dict[str, str]:
     """S3's request ids of an error S3 answered, as Error fields (RequestId, HostId)."""
-    ids = {"RequestId": getattr(exc, "request_id", None), "HostId": getattr(exc, "host_id", None)}
+    if not isinstance(exc, CodedError):
+        return {}
+    ids = {"RequestId": exc.request_id, "HostId": exc.host_id}
     return {k: v for k, v in ids.items() if isinstance(v, str) and v}
 
 

@@ -29,7 +29,14 @@ import stat
 import orjson
 from aiohttp import web
 
-from s3feed.daemon.errors import STATUS_BY_CODE, ApiError, describe, error_body, s3_ids
+from s3feed.daemon.errors import (
+    STATUS_BY_CODE,
+    ApiError,
+    OutputClosed,
+    describe,
+    error_body,
+    s3_ids,
+)
 from s3feed.daemon.jobs import Job, TransferRecord, TransferState
 from s3feed.transfer import Delivery, InvalidRange, ObjectServer
 
@@ -175,10 +182,6 @@ def _settle(
 
 FD_WAIT = "HTTP/1.1 100 Continue\r\n\r\n"
 PIPE_SIZE = 1024 * 1024  # the encoder wakes once per MiB, not per 64 KiB
-
-
-class OutputClosed(Exception):
-    """The output's reader closed it (EPIPE) before the last byte."""
 
 
 def check_output_fd(fd: int) -> None:
@@ -377,10 +380,8 @@ async def _deliver(
                     _done(delivery, record)
     except OutputClosed as exc:
         _settle(record, TransferState.CANCELLED, ("Cancelled", f"the reader went away: {exc}"))
-        return _answer(
-            {"Error": {"Code": "OutputClosed", "Message": str(exc)}, "Delivered": writer.written},
-            409,
-        )
+        body = error_body(exc.code, exc.message, Delivered=writer.written)
+        return _answer(body, STATUS_BY_CODE[exc.code])
     except (asyncio.CancelledError, ConnectionError):
         _settle(record, TransferState.CANCELLED, ("Cancelled", "the client went away"))
         raise

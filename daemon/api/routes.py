@@ -27,14 +27,13 @@ from s3feed.daemon.api.limits import UidLimits
 from s3feed.daemon.api.objects import deliver_object, stream_object
 from s3feed.daemon.api.outputs import UploadJournal, expect_handler, put_output
 from s3feed.daemon.api.peer import Controllers, Peer, peer_of
-from s3feed.daemon.errors import ApiError, describe, error_body, s3_ids
+from s3feed.daemon.errors import ApiError, FetchFailed, describe, error_body, s3_ids
 from s3feed.daemon.identity import DaemonIdentity
 from s3feed.daemon.jobs import JobRegistry, TransferState
 from s3feed.transfer import (
     MAX_KEYS,
     NullUploadObserver,
     ObjectServer,
-    TransferError,
     UploadObserver,
 )
 from s3feed.transfer.upload import UploadConfig, UploadMemory
@@ -83,10 +82,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception as exc:
         status, code, message, headers = describe(exc)
-        if code == "InternalError" and not isinstance(exc, _FetchFailed):
+        if code == "InternalError" and not isinstance(exc, FetchFailed):
             log.exception("request failed", extra={"path": request.path})
-        fetch = getattr(exc, "fetch_document", None)
-        extra = {"Fetch": fetch} if fetch is not None else {}
+        extra = {"Fetch": exc.fetch_document} if isinstance(exc, FetchFailed) else {}
         return json_response(error_body(code, message, s3_ids(exc), **extra), status, headers)
 
 
@@ -246,14 +244,14 @@ class Api:
             await _first(record.finished.wait(), record.progress.moving.wait())
             if record.state is TransferState.FAILED and not record.progress.moving.is_set():
                 code, message = record.error or ("InternalError", "the fetch failed")
-                raise _FetchFailed(code, message, record.document(time.monotonic()))
+                raise FetchFailed(code, message, record.document(time.monotonic()))
             return json_response(record.document(time.monotonic()), 202)
         await record.finished.wait()
         doc = record.document(time.monotonic())
         if record.state is TransferState.DONE:
             return json_response(doc, 200)
         code, message = record.error or ("InternalError", "the fetch failed")
-        raise _FetchFailed(code, message, doc)
+        raise FetchFailed(code, message, doc)
 
     async def get_fetch(self, request: web.Request) -> web.Response:
         job = self.registry.get(peer_uid(request), request.match_info["JobId"])
@@ -333,14 +331,3 @@ class OutputsConfig:
     journal: UploadJournal = field(default_factory=lambda: UploadJournal(None))
     # All uploads' part buffers (docs/design.md, Outputs); None: each upload its own.
     memory: UploadMemory | None = None
-
-
-class _FetchFailed(TransferError):
-    """A waited-for fetch failed after bytes moved: its error, plus the fetch document."""
-
-    def __init__(self, code: str, message: str, fetch_document: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.code = code
-        self.fetch_document = fetch_document
-        error = fetch_document.get("Error", {})
-        self.request_id, self.host_id = error.get("RequestId"), error.get("HostId")
