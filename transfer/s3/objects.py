@@ -2,7 +2,7 @@
 
 Every call goes through the daemon's one `S3Client` (transfer/s3/client.py):
 HeadObject, HEAD ?partNumber=1 (the part layout), ListObjectsV2 and ranged
-GetObject, and `request` for the calls that have no method here (uploads).
+GetObject (uploads are transfer/s3/uploader.py's, through the same client).
 A store holds no client, pool or connection of its own, only the job's
 location, credential source and observer: a job costs a few hundred bytes
 here (docs/design.md, Transfers). Each request is signed once with
