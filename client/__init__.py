@@ -27,8 +27,9 @@ __all__ = ["AsyncClient", "Client", "S3feedError", "socket_path"]
 
 
 def __getattr__(name: str) -> Any:
-    # AsyncClient needs asyncio (10-40 ms to import): the CLI, which never uses
-    # it, starts without it; `from s3feed.client import AsyncClient` works.
+    # AsyncClient needs asyncio, slow to import (docs/design.md, Performance
+    # notes: CLI start-up): the CLI, which never uses it, starts without it;
+    # `from s3feed.client import AsyncClient` works.
     if name == "AsyncClient":
         from s3feed.client.aio import AsyncClient
 

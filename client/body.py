@@ -68,9 +68,10 @@ def _splice_chunks(fd: int, sock: socket.socket, progress: Progress) -> int:
     """A pipe's bytes into the socket as HTTP chunks without passing through
     this process: splice(2) moves up to a pipe's worth into a pipe of ours
     (which says how many: the chunk's size line), then on into the socket.
-    `ffmpeg | s3feed put JOB KEY -` cost the CLI 1.2 CPU-s per GB read and
-    written by Python. Returns the bytes sent; what it could not splice (an
-    error before the first byte) is left to the caller's read loop."""
+    `ffmpeg | s3feed put JOB KEY -` read and written by Python cost the CLI
+    much CPU (docs/design.md, Performance notes: Pipes). Returns the bytes
+    sent; what it could not splice (an error before the first byte) is left
+    to the caller's read loop."""
     sent = 0
     to_socket = True
     r, w = os.pipe()

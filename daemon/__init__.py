@@ -6,7 +6,8 @@ from typing import Any
 def __getattr__(name: str) -> Any:
     # pyproject.toml holds the version; the installed metadata reports it, so
     # `s3feed --version` and s3feed_build_info (daemon/service.py) read the same
-    # place. Looked up on demand: importlib.metadata costs the CLI ~10 ms.
+    # place. Looked up on demand: importlib.metadata slows the CLI's start
+    # (docs/design.md, Performance notes: CLI start-up).
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 

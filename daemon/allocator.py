@@ -5,9 +5,8 @@ Design note (docs/design.md, Performance notes, "Allocator"). Every received
 slice a stream window reorders becomes a `bytes` of up to 1 MiB. With glibc's
 defaults those come from mmap or from heap top that is trimmed as soon as it
 is freed (the dynamic trim threshold is twice the largest freed mmap), so each
-slice costs fresh pages: page faults and zeroing, a third of the daemon's CPU
-for a stream on these machines (`s3feed cat` of 512 MiB: daemon 0.38 -> 0.26
-CPU-s with the thresholds below). So `tune()` fixes the
+slice costs fresh pages: page faults and zeroing, a large share of a stream's
+CPU (the figures are in that note). So `tune()` fixes the
 mmap threshold at glibc's maximum (32 MiB, above any chunk the daemon makes)
 and the trim threshold high, and `trim()` (a timer in daemon/service.py) hands
 free pages back with `malloc_trim(0)`: at most `TRIM_INTERVAL` of a burst's

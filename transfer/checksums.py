@@ -11,15 +11,16 @@ What is verified, in order of preference:
   mismatch is recorded as not verified rather than failed;
 - the ETag as MD5, for a single-part object with no checksum. MD5 cannot be
   combined, so ranges that completed out of order are verified by re-reading
-  the finished file: measured 1.5 s per GiB on the 2-core VM (the CRC32 path
-  costs 0.38 s/GiB, CRC32C 0.04 s/GiB). SSE-KMS and SSE-C ETags are not MD5s
+  the finished file, which costs far more than any CRC path (docs/design.md,
+  Performance notes: Checksums). SSE-KMS and SSE-C ETags are not MD5s
   and the store does not say which objects those are: an MD5 mismatch is
   retried by re-downloading, and when the second download has the same MD5 as
   the first, the ETag is taken as not an MD5 and nothing is recorded.
 
-CRC32 comes from zlib (0.38 s/GiB); CRC32C and CRC64NVME (S3's default for
-new uploads) from awscrt's checksums (0.04 s/GiB each). A checksum of another
-algorithm is left out of `verified` (the fetch document says what was checked).
+CRC32 comes from zlib; CRC32C and CRC64NVME (S3's default for new uploads)
+from awscrt's checksums, much faster (docs/design.md, Performance notes:
+Checksums). A checksum of another algorithm is left out of `verified` (the
+fetch document says what was checked).
 """
 
 from __future__ import annotations

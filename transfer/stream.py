@@ -145,9 +145,9 @@ class ObjectStream:
         slots = asyncio.Semaphore(config.concurrency)  # this stream's share of S3
 
         # The reader waits for the first bytes: a short first GET (S3 answers
-        # a small range sooner; on SeaweedFS 11 ms vs 17-23 ms to the first
-        # 64 KiB with 16 MiB ranges) starts at once and alone, while the part
-        # layout is asked for (it shapes only the later ranges); the others
+        # a small range sooner: docs/design.md, Performance notes, First range)
+        # starts at once and alone, while the part layout is asked for (it
+        # shapes only the later ranges); the others
         # join once the first is flowing (or has ended well), so on a small host
         # they do not compete with it for the server and the CPU.
         first_end = await window.claim(self.start, self.end, FIRST_RANGE)

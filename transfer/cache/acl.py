@@ -6,18 +6,18 @@ docs/design.md, Cache). The set of entries is replaced as a
 whole on every change, so what a file grants is always exactly the union the
 cache computed; an empty set makes it a plain 0600 file again.
 
-Why the xattr by hand and not a library or setfacl (measured on Debian 12,
-Python 3.11, 2026-11): pylibacl 0.7.3, the maintained binding, ships only a
-source distribution, and `pip install pylibacl` fails on a fresh host with
+Why the xattr by hand and not a library or setfacl (Debian 12, Python 3.11,
+2026-11): pylibacl 0.7.3, the maintained binding, ships only a source
+distribution, and `pip install pylibacl` fails on a fresh host with
 "sys/acl.h: No such file or directory" (it needs libacl1-dev and gcc); the
 `setfacl` tool is not installed either (Debian package `acl`), and a fork and
-exec per grant costs ~1 ms (measured: /bin/true from this daemon's Python)
-against ~6 us for the setxattr below. The access ACL is a documented, stable
-kernel format (include/uapi/linux/posix_acl_xattr.h): a little-endian u32
-version 2, then one (u16 tag, u16 perm, u32 id) triple per entry, sorted by
-tag and then id. `os.setxattr` of it is one system call; the kernel checks the
-entries and sets the mode's group bits from the mask (so `ls -l` shows
-`-rw-r-----+`, while the owning group's own entry is `---`).
+exec per grant costs far more than the setxattr below (docs/design.md,
+Performance notes: File calls). The access ACL is a documented, stable kernel
+format (include/uapi/linux/posix_acl_xattr.h): a little-endian u32 version 2,
+then one (u16 tag, u16 perm, u32 id) triple per entry, sorted by tag and then
+id. `os.setxattr` of it is one system call; the kernel checks the entries and
+sets the mode's group bits from the mask (so `ls -l` shows `-rw-r-----+`,
+while the owning group's own entry is `---`).
 
 Reading is never blocked for root (it bypasses ACLs), which is fine: root can
 read anything on the host anyway.

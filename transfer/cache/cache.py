@@ -6,7 +6,7 @@ thread; start-up never waits for it, a lookup of an entry the scan has not
 reached reads that entry's record directly) and the syncer
 (transfer/cache/sync.py). File calls other than the data path's pwrite go
 through one file worker thread in the order issued (transfer/cache/fileworker.py
-says why and what was measured); the on-disk format is transfer/cache/disk.py.
+says why); the on-disk format is transfer/cache/disk.py.
 
 Who waits on whom: `fetch` HEADs the object with the job's own store first:
 that is the tenant-isolation check (S3 decides, not the cache) and gives the

@@ -8,14 +8,14 @@ data renamed `I.part` -> `I.data`, then the record says COMPLETE; a crash
 between the two leaves a PARTIAL record whose part file is gone, which the
 scan drops. So a file is served only when its record says COMPLETE.
 
-Durability without fsync on the download path (docs/design.md, Performance
-notes: fsync costs ~40 % there, 14 % measured on this VM for 512 MiB): a process crash loses nothing
-the kernel holds, only a kernel crash or power loss does. A record therefore
-carries the kernel's boot id and a `synced` flag; the cache fsyncs completed
-entries in the background and then marks them synced. After a reboot, an
-unsynced COMPLETE entry is dropped and an unsynced PARTIAL entry forgets its
-ranges (its bytes may be zeros), so nothing unverified is ever served as
-complete. A cache directory is written by one daemon at a time.
+Durability without fsync on the download path (an fsync there costs a large
+share of a download: docs/design.md, Performance notes: fsync): a process
+crash loses nothing the kernel holds, only a kernel crash or power loss does.
+A record therefore carries the kernel's boot id and a `synced` flag; the cache
+fsyncs completed entries in the background and then marks them synced. After a
+reboot, an unsynced COMPLETE entry is dropped and an unsynced PARTIAL entry
+forgets its ranges (its bytes may be zeros), so nothing unverified is ever
+served as complete. A cache directory is written by one daemon at a time.
 
 This module only reads and writes files; it has no event loop state. Its
 calls run in worker threads (docs/design.md, Cache): the cache's one file
@@ -62,10 +62,11 @@ def reserve(fd: int, size: int) -> bool:
     Written by hand (ctypes): Python's os has only posix_fallocate, whose glibc
     fallback on a file system without fallocate writes a byte into every
     block. On ext4 this takes the delayed-allocation bookkeeping out of every
-    pwrite of the download (measured: about a fifth of the daemon's CPU per
-    GiB), and a disk without room says so (ENOSPC) before a byte is fetched.
-    Where the file system cannot allocate ahead, nothing is reserved. True
-    when the blocks are now the file's (free space shows them as used).
+    pwrite of the download (a large share of the daemon's CPU: docs/design.md,
+    Performance notes, fallocate), and a disk without room says so (ENOSPC)
+    before a byte is fetched. Where the file system cannot allocate ahead,
+    nothing is reserved. True when the blocks are now the file's (free space
+    shows them as used).
     """
     global _fallocate
     if size <= 0:

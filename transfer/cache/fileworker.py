@@ -1,18 +1,17 @@
 """One worker thread for the cache's file calls, run in the order the loop issues them.
 
 Why a thread and not aiofiles, nor one hop per call to asyncio's default pool
-(docs/design.md, Cache; measured on the project's 2-core VM, ext4): a sidecar
-write (open, write, rename) blocks the loop 45 us at the median but 2 ms at
-p99, the unlink of an evicted 1 GiB entry 22-50 ms, the fallocate of a 1 GiB
-part file 1-5 ms; through `asyncio.to_thread` a sidecar write costs the caller
-145 us, through aiofiles 425 us (one thread hop per open, write, close and
-rename, and no `pwrite` on a descriptor). One thread keeps them in order: a
-sidecar written during a download lands before the record that completes
-the entry, an eviction's unlink before the same entry is downloaded again,
-with no lock and no wait on the loop. Fsyncs (hundreds of ms) and the
-start-up scan run in asyncio's default pool instead, so they never hold up
-this queue. The data path's `pwrite`/`pread` stay on the loop (docs/design.md,
-Performance notes).
+(docs/design.md, Cache; the timings: Performance notes, File calls): a
+sidecar write (open, write, rename), the unlink of an evicted entry and the
+fallocate of a large part file can each block the loop for milliseconds; one
+hop to a thread costs the caller less than aiofiles, which hops per open,
+write, close and rename and has no `pwrite` on a descriptor. One thread
+keeps them in order: a sidecar written during a download lands before the
+record that completes the entry, an eviction's unlink before the same entry
+is downloaded again, with no lock and no wait on the loop. Fsyncs (the
+slowest calls) and the start-up scan run in asyncio's default pool instead,
+so they never hold up this queue. The data path's `pwrite`/`pread` stay on
+the loop (docs/design.md, Performance notes).
 
 `submit` returns the call's future at once (fire and forget: its error is
 read by whoever checks the future, else logged); `run` awaits it.

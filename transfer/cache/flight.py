@@ -111,9 +111,10 @@ async def download(
 
         def range_done(start: int, end: int) -> None:
             # The sidecar is what a restart resumes from; rewriting it after
-            # every range cost ~9 % of the cache path's CPU. A crash loses at
-            # most `sidecar_interval` of recorded ranges: those are fetched
-            # again, never trusted unrecorded.
+            # every range cost the cache path much CPU (docs/design.md,
+            # Performance notes: Sidecars). A crash loses at most
+            # `sidecar_interval` of recorded ranges: those are fetched again,
+            # never trusted unrecorded.
             nonlocal last_write
             rec.ranges.add(start, end)
             while writes and writes[0].done():

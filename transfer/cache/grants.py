@@ -6,11 +6,11 @@ handed to an owner, the file's POSIX ACL becomes the union of the readers of
 its live owners, and `unpin_all` takes the owner's uids away again unless
 another live owner still grants them. A pinned entry is never evicted.
 
-What runs where: all state lives on the event loop (no locks). ACLs are set
-on the loop, one setxattr each (~6 us measured, transfer/cache/acl.py): a revoke is
-done when the call returns. Revoking must not fail open: an entry whose ACL
-cannot be set is dropped at once through `fail_closed` (the path stops
-opening for everyone).
+What runs where: all state lives on the event loop (no locks). ACLs are set on
+the loop, one short setxattr each (docs/design.md, Performance notes: File
+calls): a revoke is done when the call returns. Revoking must not fail open:
+an entry whose ACL cannot be set is dropped at once through `fail_closed` (the
+path stops opening for everyone).
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ class Grants:
             self.apply_or_forget(rid)
             if exc.errno not in (errno.ENOSPC, errno.E2BIG):
                 raise
-            # ext4 keeps ~500 entries per file (one xattr block), any file
-            # system at most 8190 (64 KiB): measured in tests/unit/test_cache.py.
+            # The file system has no room for that many ACL entries (how many
+            # each keeps: docs/design.md, Performance notes: ACL entries).
             raise InsufficientStorage(
                 f"the cache file {self._data_path(rid).name} cannot name "
                 f"{len(self.readers(rid) | readers)} reader uids (the jobs holding it "

@@ -1,15 +1,16 @@
 """The cache's syncer: completed entries are fsynced in the background, then marked synced.
 
-Why later and not on the download path (docs/design.md, Cache; and
-Performance notes): a finished entry is fsynced `sync_delay` seconds after completion, by
+Why later and not on the download path (docs/design.md, Cache; and Performance
+notes): a finished entry is fsynced `sync_delay` seconds after completion, by
 when the kernel has usually written it back on its own, so the fsync then
-costs little instead of forcing 1-2 CPU-s of writeback per GiB right as the
-encoder starts. Until then the entry is served (it is complete) but would not
-survive a reboot (CacheDir.load drops unsynced entries).
+costs little instead of forcing the whole writeback right as the encoder
+starts (its cost: docs/design.md, Performance notes: fsync). Until then the
+entry is served (it is complete) but would not survive a reboot (CacheDir.load
+drops unsynced entries).
 
 What runs where: `run` is one task the cache owns; it waits on a queue of
 (due time, entry id), in completion order. The fsync runs in asyncio's
-default pool (it can take hundreds of ms), the record saying "synced" in the
+default pool (it is the slowest file call), the record saying "synced" in the
 cache's file worker (transfer/cache/fileworker.py). A failed fsync (EIO, ENOSPC) is
 tried again `sync_retry` seconds later, up to SYNC_ATTEMPTS times, and never
 stops the other entries. Memory: one queue item per completed, unsynced entry.

@@ -1,23 +1,21 @@
 """One keep-alive HTTP/1.1 connection that receives bodies into a reused buffer.
 
-Why it exists: on these machines (docs/design.md, Performance notes: 1 GiB in 16 MiB ranges)
-aiobotocore's `get_object` + `iter_chunks` costs 1.62 CPU-s per GiB and
-botocore signing + one aiohttp session 1.32, because both copy every
-received segment into new `bytes` and join them; an `asyncio.BufferedProtocol`
-per connection receiving straight into one reused 1 MiB buffer and handing
-slices to the sink (which pwrites inline) costs 0.79 CPU-s/GiB, with or
-without uvloop. No maintained client offers that zero-copy receive, so the
-hand-written part is kept to framing: the status line and headers are parsed
-by httptools (llhttp); a body with Content-Length is counted here and never
-becomes Python `bytes`; any other body (chunked, close-delimited: error
-bodies in practice) goes through llhttp as well. Where the head ends is the
-parser's word, not a search for CRLFCRLF: the head is fed to llhttp a line at
-a time, and the body starts after the line on which it completed the final
-head. Interim 1xx responses (100 Continue, 103 Early Hints) are parsed and
-dropped; a 101 is a malformed answer to a GET. Re-measured through
-S3ObjectStore (1 GiB from ministack on loopback, 16 MiB ranges x 8
-connections, pwrite to a file, download phase only, 2 cores): 0.51-0.62
-CPU-s/GiB against 0.88-1.10 for aiobotocore `iter_chunks(1 MiB)`.
+Why it exists (docs/design.md, Performance notes: the table and Receive path):
+aiobotocore's `get_object` + `iter_chunks`, and botocore signing + one aiohttp
+session, copy every received segment into new `bytes` and join them; an
+`asyncio.BufferedProtocol` per connection receiving straight into one reused
+1 MiB buffer and handing slices to the sink (which pwrites inline) costs about
+half their CPU, with or without uvloop. No maintained client offers that
+zero-copy receive, so the hand-written part is kept to framing: the status
+line and headers are parsed by httptools (llhttp); a body with Content-Length
+is counted here and never becomes Python `bytes`; any other body (chunked,
+close-delimited: error bodies in practice) goes through llhttp as well. Where
+the head ends is the parser's word, not a search for CRLFCRLF: the head is fed
+to llhttp a line at a time, and the body starts after the line on which it
+completed the final head. Interim 1xx responses (100 Continue, 103 Early
+Hints) are parsed and dropped; a 101 is a malformed answer to a GET. Through
+S3ObjectStore the saving holds (docs/design.md, Performance notes: Receive
+path).
 
 Concurrency: one exchange at a time (no pipelining). The caller's task awaits
 a future that the protocol callbacks (run by the event loop) resolve, once at

@@ -2,12 +2,12 @@
 
 Every call goes through the daemon's one `S3Client` (transfer/s3/client.py):
 HeadObject, HEAD ?partNumber=1 (the part layout), ListObjectsV2 and ranged
-GetObject (uploads are transfer/s3/uploader.py's, through the same client).
-A store holds no client, pool or connection of its own, only the job's
-location, credential source and observer: a job costs a few hundred bytes
-here (docs/design.md, Transfers). Each request is signed once with
-`await credentials.current()`; auth/ owns refresh. S3's errors are
-translated in one place (transfer/s3/translate.py).
+GetObject (uploads are transfer/s3/uploader.py's, through the same client). A
+store holds no client, pool or connection of its own, only the job's location,
+credential source and observer: a job costs little here (docs/design.md,
+Performance notes: Per job). Each request is signed once with `await
+credentials.current()`; auth/ owns refresh. S3's errors are translated in one
+place (transfer/s3/translate.py).
 
 ExpiredToken (400 on AWS and ministack; SeaweedFS answers 403
 InvalidAccessKeyId once temporary keys lapse) forces a refresh and one retry
