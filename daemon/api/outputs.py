@@ -32,13 +32,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
+from aiohttp.http import HttpProcessingError
 
 from s3feed.auth import VERSION, CredentialObserver, RoleSession, StsClient, iam_literal
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs import Job, TransferState
 from s3feed.transfer import S3Config, S3Location, UploadObserver, parse_uri_path
-from s3feed.transfer.upload import Upload, UploadClient, UploadConfig, UploadMemory, upload
+from s3feed.transfer.upload import (
+    BodyError,
+    Upload,
+    UploadClient,
+    UploadConfig,
+    UploadMemory,
+    upload,
+)
 
 log = logging.getLogger("s3feed.outputs")
 
@@ -181,6 +189,26 @@ async def _send_continue(request: web.Request) -> None:
         request.writer.output_size = 0
 
 
+class RequestBody:
+    """A request's body as the upload engine's `BodySource`.
+
+    aiohttp's errors for a body it could not read become `BodyError` (one it
+    cannot decode; with its pure-Python parser, a bad chunk too), so transfer/
+    knows nothing of aiohttp. The client going away stays a ConnectionError.
+    """
+
+    BROKEN = (web.RequestPayloadError, web.PayloadAccessError, HttpProcessingError)
+
+    def __init__(self, content: StreamReader) -> None:
+        self._content = content
+
+    async def read(self, n: int) -> bytes:
+        try:
+            return await self._content.read(n)
+        except self.BROKEN as e:
+            raise BodyError(str(e)) from e
+
+
 async def put_output(
     request: web.Request,
     job: Job,
@@ -218,7 +246,7 @@ async def put_output(
     outcome = "failed"
     try:
         result = await upload(
-            request.content,
+            RequestBody(request.content),
             dest.uploader,
             full_key,
             config=config,

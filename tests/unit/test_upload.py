@@ -13,6 +13,7 @@ from s3feed.transfer.checksums import composite, crc32c
 from s3feed.transfer.errors import AccessDenied, IncompleteBody, TransientError
 from s3feed.transfer.upload.multipart import (
     CHECKSUM,
+    BodyError,
     Encryption,
     Upload,
     UploadConfig,
@@ -26,17 +27,24 @@ PART = 5 * MiB
 
 
 class Body:
-    """A body that hands out `data` in small reads; optionally breaks at `break_at`."""
+    """A body that hands out `data` in small reads; optionally raises `error` at `break_at`."""
 
-    def __init__(self, data: bytes, chunk: int = 256 * 1024, break_at: int | None = None) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        chunk: int = 256 * 1024,
+        break_at: int | None = None,
+        error: Exception | None = None,
+    ) -> None:
         self.data, self.chunk, self.pos, self.break_at = data, chunk, 0, break_at
+        self.error = error or ConnectionResetError("client gone")
         self.reads = 0
 
     async def read(self, n: int) -> bytes:
         self.reads += 1
         await asyncio.sleep(0)
         if self.break_at is not None and self.pos >= self.break_at:
-            raise ConnectionResetError("client gone")
+            raise self.error
         out = self.data[self.pos : self.pos + min(n, self.chunk)]
         self.pos += len(out)
         return out
@@ -132,6 +140,21 @@ def test_client_gone_mid_body_aborts() -> None:
         _run(b"", store, body=Body(os.urandom(3 * PART), break_at=PART + 1))
     assert "AbortMultipartUpload" in store.calls
     assert not store.uploads and not store.objects
+
+
+def test_a_body_that_breaks_off_aborts_and_says_so() -> None:
+    store = FakeUploadStore()
+    body = Body(os.urandom(3 * PART), break_at=PART + 1, error=BodyError("bad chunk"))
+    with pytest.raises(IncompleteBody, match=r"the body broke off after \d+ bytes: bad chunk"):
+        _run(b"", store, body=body)
+    assert "AbortMultipartUpload" in store.calls
+    assert not store.uploads and not store.objects
+
+
+def test_a_body_source_failing_otherwise_is_not_called_a_short_body() -> None:
+    store = FakeUploadStore()
+    with pytest.raises(RuntimeError, match="a bug"):
+        _run(b"", store, body=Body(os.urandom(PART), break_at=0, error=RuntimeError("a bug")))
 
 
 def test_short_body_under_content_length_stores_nothing() -> None:

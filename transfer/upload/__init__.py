@@ -8,6 +8,7 @@ from s3feed.transfer.upload.memory import UploadMemory
 from s3feed.transfer.upload.multipart import (
     CHECKSUM,
     MIN_PART,
+    BodyError,
     Encryption,
     PartDone,
     Upload,
@@ -19,6 +20,7 @@ from s3feed.transfer.upload.multipart import (
 __all__ = [
     "CHECKSUM",
     "MIN_PART",
+    "BodyError",
     "Encryption",
     "PartDone",
     "Upload",

@@ -1,7 +1,7 @@
 """The upload engine: bytes arriving on the socket -> one object in S3.
 
 Design note (docs/design.md, Outputs). `upload` runs in the API handler's
-task; it reads the body part by part from a `BodySource` (aiohttp's request
+task; it reads the body part by part from a `BodySource` (the request's
 stream: while nobody reads it, aiohttp stops reading the socket, so the
 encoder's writes block) and hands full parts to tasks of its own
 `asyncio.TaskGroup`, one per part. A body that ends below `part_size` is one
@@ -104,9 +104,16 @@ class UploadResult:
     checksum: dict[str, str] = field(default_factory=dict)
 
 
+class BodyError(Exception):
+    """A `BodySource`'s body broke off: it could not be read as sent (bad
+    framing or encoding). Each source translates its own errors into this one,
+    so the engine knows no HTTP server's."""
+
+
 class BodySource(Protocol):
     async def read(self, n: int) -> bytes:
-        """Up to n bytes; b"" at the end; raises when the client went away."""
+        """Up to n bytes; b"" at the end. Raises a ConnectionError (or another
+        OSError) when the client went away, `BodyError` when the body broke off."""
         ...
 
 
@@ -277,10 +284,8 @@ async def _read_part(body: BodySource, size: int, state: Upload) -> bytearray:
             chunk = await body.read(min(size - filled, READ_SLICE))
         except (ConnectionError, OSError, EOFError) as e:
             raise IncompleteBody(f"the client went away after {state.received} bytes: {e}") from e
-        except Exception as e:  # aiohttp's payload errors
-            if type(e).__module__.startswith("aiohttp"):
-                raise IncompleteBody(f"the body broke off after {state.received} bytes: {e}") from e
-            raise
+        except BodyError as e:
+            raise IncompleteBody(f"the body broke off after {state.received} bytes: {e}") from e
         if not chunk:
             break
         view[filled : filled + len(chunk)] = chunk
