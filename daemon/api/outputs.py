@@ -184,9 +184,13 @@ async def expect_handler(request: web.Request) -> None:
 
 async def _send_continue(request: web.Request) -> None:
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
-        assert request.writer is not None
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        # Straight to the transport, not through the response's writer: an
+        # interim answer is no part of the response, and bytes the writer
+        # counted as sent would stop aiohttp from sending an error answer later.
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away before 100 Continue")
+        transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 class RequestBody:

@@ -1,6 +1,7 @@
 """daemon/api/outputs.py: what an upload's handler does over HTTP itself (the
-body handed to transfer/upload), against a real aiohttp server on a Unix
-socket. The journal's tests are in test_destination_journal.py."""
+interim 100 Continue, the body handed to transfer/upload), against a real
+aiohttp server on a Unix socket. The journal's tests are in
+test_destination_journal.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from s3feed.daemon.api.outputs import RequestBody, expect_handler
+from s3feed.daemon.api.outputs import RequestBody, _send_continue, expect_handler
 from s3feed.transfer.upload.multipart import IncompleteBody, Upload, UploadConfig, upload
 from tests.fakes.upload import FakeUploadStore
 
@@ -53,6 +54,36 @@ async def _exchange(path: str, *sends: bytes) -> list[bytes]:
         writer.close()
         await writer.wait_closed()
     return answers
+
+
+HEAD = b"PUT /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+
+
+async def test_the_100_continue_comes_when_the_handler_says_and_the_answer_after(
+    tmp_path: Path,
+) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        await _send_continue(request)
+        return web.Response(status=201, text=(await request.content.read()).decode())
+
+    async with _serving(tmp_path, handler) as path:
+        before, after = await _exchange(path, HEAD, b"hello")
+    assert before == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert after.startswith(b"HTTP/1.1 201 Created\r\n") and after.endswith(b"hello")
+
+
+async def test_a_failure_after_the_100_continue_still_gets_its_answer(tmp_path: Path) -> None:
+    # aiohttp sends an error answer only while no byte of the response went
+    # out: the interim answer must not count as one.
+    async def handler(request: web.Request) -> web.Response:
+        await _send_continue(request)
+        await request.content.read()
+        raise RuntimeError("S3 said no")
+
+    async with _serving(tmp_path, handler) as path:
+        before, after = await _exchange(path, HEAD, b"hello")
+    assert before == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert after.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
 
 
 async def test_a_body_aiohttp_cannot_decode_is_an_incomplete_body(tmp_path: Path) -> None:
