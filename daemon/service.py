@@ -38,7 +38,7 @@ from s3feed.daemon.api import (
     KEEPALIVE_TIMEOUT,
     Api,
     Controllers,
-    GuardedSockSite,
+    GuardedServer,
     OutputsConfig,
     UidLimits,
     UploadJournal,
@@ -171,6 +171,7 @@ class Daemon:
             ),
         )
         self._runners: list[web.AppRunner] = []
+        self._api_server: GuardedServer | None = None
         self._created_socket: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._trimmer: asyncio.Task[None] | None = None
@@ -224,12 +225,13 @@ class Daemon:
             await site.start()
             host, port = runner.addresses[0][:2]
             metrics_at = f"{host}:{port}"  # the port bound when the config said 0
-        await GuardedSockSite(
+        self._api_server = GuardedServer(
             api_runner,
             listen_socket,
             limits=self.limits,
             header_timeout=self.config.api.header_timeout,
-        ).start()
+        )
+        await self._api_server.start()
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         self._trimmer = asyncio.create_task(_give_back_memory(), name="trimmer")
         if self.upload_journal.entries:
@@ -287,6 +289,8 @@ class Daemon:
     async def stop(self) -> None:
         """Drain, then close everything in reverse order."""
         log.info("stopping: draining transfers", extra={"grace_s": self.config.api.drain_grace})
+        if self._api_server is not None:
+            self._api_server.close()
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()

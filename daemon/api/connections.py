@@ -1,10 +1,11 @@
 """The API socket's connections: who is on the other end, how many, how slow.
 
-Design note (docs/design.md, Limits). `GuardedSockSite` serves the API socket
-like aiohttp's SockSite, but puts a `ConnectionGuard` in front of each
-connection's aiohttp RequestHandler. Everything runs on the event loop in the
-transport's callbacks; the guard forwards every callback to the handler and
-adds three things:
+Design note (docs/design.md, Limits). `GuardedServer` accepts on the API
+socket itself (an asyncio server, not an aiohttp site) and puts a
+`ConnectionGuard` in front of the request handler that the runner's `server`,
+aiohttp's public protocol factory, makes for each connection. Everything runs
+on the event loop in the transport's callbacks; the guard forwards every
+callback to the handler and adds three things:
 
 - at accept, the peer uid (SO_PEERCRED) takes a connection slot of
   daemon/api/limits.py; over `connections_per_uid` the guard answers 429
@@ -12,14 +13,22 @@ adds three things:
   something (or after a second), so the client reads the answer rather than a
   broken pipe. The slot is given back in connection_lost.
 - a request head must arrive within `[api] header_timeout`: counted from the
-  accept for the first request and from the first byte of each later one
-  (an idle kept-alive connection is aiohttp's `keepalive_timeout`, 60 s).
-  A connection still short of a whole head then is closed. "A head arrived" is
-  aiohttp's own count of parsed requests, so the framing is its parser's.
+  accept for the first request and from the first byte of each later one,
+  pipelined or not (an idle kept-alive connection is aiohttp's
+  `keepalive_timeout`, 60 s). A connection still short of a whole head then
+  is closed. The guard frames the bytes itself with httptools: llhttp, the
+  parser aiohttp's is built on, strict for requests in both. A request's first
+  byte starts the timer, the end of its head stops it, body bytes do neither.
+  It reads no state of aiohttp's, so no aiohttp release can switch it off
+  unnoticed.
 - nothing else: the handler sees the same transport and bytes.
 
-A head pipelined behind another in one read is covered by the keep-alive
-timeout only. Request bodies are the handlers' to bound (`max_body`).
+The guard times heads only while its framing is surely aiohttp's. Bytes
+llhttp rejects (aiohttp answers them 400 and closes) and a request that asks
+to switch protocols (httptools takes it to have no body, aiohttp reads its
+body and goes on with HTTP/1.1) end the timing of that connection; a head that
+then never completes is left to aiohttp's keep-alive timeout. Request bodies
+are the handlers' to bound (`max_body`).
 """
 
 from __future__ import annotations
@@ -28,11 +37,12 @@ import asyncio
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any, cast
 
+import httptools
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from s3feed.daemon.api.limits import UidLimits
 from s3feed.daemon.errors import ApiError, error_body
@@ -64,8 +74,10 @@ def _refusal(exc: ApiError) -> bytes:
 
 
 class ConnectionGuard(asyncio.Protocol):
-    def __init__(self, handler: RequestHandler, limits: UidLimits, header_timeout: float) -> None:
-        self._handler = handler
+    """One connection's slot and head timer, in front of `inner` (aiohttp's handler)."""
+
+    def __init__(self, inner: asyncio.Protocol, limits: UidLimits, header_timeout: float) -> None:
+        self._inner = inner
         self._limits = limits
         self._header_timeout = header_timeout
         self._loop = asyncio.get_running_loop()
@@ -73,7 +85,11 @@ class ConnectionGuard(asyncio.Protocol):
         self._uid: int | None = None  # holds a connection slot of this uid
         self._refused = False
         self._timer: asyncio.TimerHandle | None = None
-        self._heads = 0  # requests aiohttp had parsed when the timer was last settled
+        # Only on_message_begin and on_headers_complete are defined here, so
+        # httptools calls into Python twice per request and never for a header
+        # or body bytes.
+        self._framing: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self._in_head = True  # a connection owes its first head from the accept
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -83,11 +99,12 @@ class ConnectionGuard(asyncio.Protocol):
                 self._limits.open_connection(uid)
             except ApiError as exc:
                 self._refused = True
+                self._framing = None
                 self._transport.write(_refusal(exc))
                 self._timer = self._loop.call_later(REFUSED_LINGER, self._transport.close)
                 return
             self._uid = uid
-        self._handler.connection_made(transport)
+        self._inner.connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -95,40 +112,57 @@ class ConnectionGuard(asyncio.Protocol):
             assert self._transport is not None
             self._transport.close()  # the answer is written; the client reads it
             return
-        if self._timer is None and self._between_requests():
-            self._arm()  # the first byte of a new head
-        self._handler.data_received(data)
-        if self._handler._request_count != self._heads:
-            self._heads = self._handler._request_count
-            self._disarm()
+        if self._framing is not None:
+            self._frame(data)
+        self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         if self._refused:
             return None
-        self._handler.eof_received()
+        self._inner.eof_received()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._framing = None
         if self._uid is not None:
             self._limits.close_connection(self._uid)
             self._uid = None
         if not self._refused:
-            self._handler.connection_lost(exc)
+            self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         if not self._refused:
-            self._handler.pause_writing()
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
         if not self._refused:
-            self._handler.resume_writing()
+            self._inner.resume_writing()
+
+    # -- framing: httptools' callbacks -----------------------------------------------------
+
+    def _frame(self, data: bytes) -> None:
+        assert self._framing is not None
+        try:
+            self._framing.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # Where the guard cannot be sure its framing is aiohttp's, it stops
+            # timing (see the module's note); on_headers_complete has run for
+            # an upgrade request.
+            self._framing = None
+            self._in_head = False
+            self._disarm()
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        if self._timer is None:  # the first head's timer runs from the accept
+            self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._disarm()
 
     # -- the head timer ------------------------------------------------------------------
-
-    def _between_requests(self) -> bool:
-        h = self._handler
-        return not h._request_in_progress and not h._messages
 
     def _arm(self) -> None:
         self._disarm()
@@ -141,15 +175,7 @@ class ConnectionGuard(asyncio.Protocol):
 
     def _head_late(self) -> None:
         self._timer = None
-        # Body bytes that arrive after aiohttp took the head from its queue but
-        # before its handler task ran (not eager on Python 3.11) arm the timer as
-        # if a new head began: a request whose handler now runs (a long upload's
-        # body, docs/design.md, Outputs) is not a late head.
-        if (
-            self._handler._request_count == self._heads
-            and self._between_requests()
-            and self._transport is not None
-        ):
+        if self._in_head and self._transport is not None:
             log.info(
                 "closing a connection whose request head did not arrive in time",
                 extra={"uid": self._uid, "header_timeout_s": self._header_timeout},
@@ -157,8 +183,13 @@ class ConnectionGuard(asyncio.Protocol):
             self._transport.close()
 
 
-class GuardedSockSite(web.SockSite):
-    """aiohttp's SockSite with a ConnectionGuard in front of every connection."""
+class GuardedServer:
+    """The API socket's listener: aiohttp's handlers, each behind a ConnectionGuard.
+
+    Not an aiohttp site (a site's own start() makes unguarded connections):
+    `close` stops accepting, and the runner's cleanup shuts the connections
+    down, as it does a site's.
+    """
 
     def __init__(
         self,
@@ -169,19 +200,27 @@ class GuardedSockSite(web.SockSite):
         header_timeout: float,
         backlog: int = 1024,
     ) -> None:
-        super().__init__(runner, sock, backlog=backlog)
+        self._runner = runner
+        self._sock = sock
         self._limits = limits
         self._header_timeout = header_timeout
+        self._backlog = backlog
+        self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._runner._reg_site(self)
-        server = self._runner.server
-        assert server is not None
-        make_handler = server
+        handlers: Callable[[], asyncio.Protocol] | None = self._runner.server
+        if handlers is None:
+            raise RuntimeError("GuardedServer needs a runner that was set up")
 
         def guard() -> ConnectionGuard:
-            return ConnectionGuard(make_handler(), self._limits, self._header_timeout)
+            return ConnectionGuard(handlers(), self._limits, self._header_timeout)
 
         self._server = await asyncio.get_running_loop().create_server(
             guard, sock=self._sock, backlog=self._backlog
         )
+
+    def close(self) -> None:
+        """Stop accepting; the connections are the runner's to shut down."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
