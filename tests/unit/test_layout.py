@@ -14,6 +14,8 @@ import graphlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = {
     "auth": "s3feed.auth",
@@ -241,4 +243,63 @@ def test_only_the_daemon_imports_prometheus_client() -> None:
         for m in MODULES.values()
         if "prometheus_client" in m.path.read_text() and layer_of(m.name) != "s3feed.daemon"
     )
+    assert users == []
+
+
+# aiohttp's internals the daemon once read: its request handler's counters and
+# queue, a runner's site registry, a writer's byte count. The connection guard
+# frames requests itself (docs/design.md, Limits), so none is read. Should a hook
+# ever be missing, the one module allowed to read aiohttp's internals is
+# daemon/api/aiohttp_compat.py, saying what it reads and why, with a test that
+# fails when aiohttp changes; these tests then exempt it, and only it.
+AIOHTTP_INTERNALS = [
+    "_request_count",
+    "_messages",
+    "_request_in_progress",
+    "_reg_site",
+    "output_size",
+]
+
+
+@pytest.mark.parametrize("name", AIOHTTP_INTERNALS)
+def test_no_module_names_an_aiohttp_internal(name: str) -> None:
+    users = sorted(
+        str(m.path.relative_to(REPO)) for m in MODULES.values() if name in m.path.read_text()
+    )
+    assert users == []
+
+
+# aiohttp's modules whose names it documents or lists in `__all__`.
+AIOHTTP_PUBLIC = {"aiohttp", "aiohttp.web", "aiohttp.http"}
+
+
+def _aiohttp_imports(module: Module) -> list[tuple[str, int]]:
+    found = []
+    for node in ast.walk(ast.parse(module.path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.append((node.module, node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+    return [(name, line) for name, line in found if name.split(".")[0] == "aiohttp"]
+
+
+def test_the_product_imports_only_aiohttps_public_modules() -> None:
+    private = [
+        f"{m.path.relative_to(REPO)}:{line} imports {name}"
+        for m in MODULES.values()
+        for name, line in _aiohttp_imports(m)
+        if name not in AIOHTTP_PUBLIC
+    ]
+    assert private == []
+
+
+def test_transfer_never_imports_aiohttp() -> None:
+    # The daemon hands it the request body as a BodySource that speaks
+    # transfer/'s errors (daemon/api/outputs.py, RequestBody).
+    users = [
+        f"{m.path.relative_to(REPO)}:{line}"
+        for m in MODULES.values()
+        if layer_of(m.name) == "s3feed.transfer"
+        for _, line in _aiohttp_imports(m)
+    ]
     assert users == []
