@@ -6,11 +6,14 @@ transfer/ and daemon/ with their data files, and nothing else (test fakes
 live in tests/fakes/, which no package maps). A module added or removed
 changes the list in the same commit: `scripts/check_wheel.py --update`
 rewrites it, and the diff shows a reviewer what the wheel gains.
-A few seconds: pip builds the wheel in an isolated environment.
+A few seconds: pip builds the wheel in an isolated environment, from a copy
+of the files git would see (tracked or not ignored), so a stale build/ folder
+cannot add modules that are no longer in the tree.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,26 +22,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LISTED = REPO / "scripts" / "wheel-files.txt"
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
 
 
 def wheel_files() -> list[str]:
-    with tempfile.TemporaryDirectory(prefix="s3feed-wheel-") as out:
+    tree = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
+    with tempfile.TemporaryDirectory(prefix="s3feed-wheel-") as tmp:
+        src, out = Path(tmp) / "src", Path(tmp) / "out"
+        for name in filter(None, tree.split("\0")):
+            if (REPO / name).is_file() and not (REPO / name).is_symlink():
+                (src / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, src / name)
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-w",
-                out,
-                str(REPO),
-            ],
+            [*PIP, "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)],
             check=True,
         )
-        (wheel,) = Path(out).glob("s3feed-*.whl")
+        (wheel,) = out.glob("s3feed-*.whl")
         with zipfile.ZipFile(wheel) as zf:
             names = zf.namelist()
     # dist-info's names carry the version; data files are pyproject's [data-files]
