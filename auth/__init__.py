@@ -9,14 +9,13 @@ from s3feed.auth.config import StsConfig
 from s3feed.auth.credentials import Credentials, CredentialSource
 from s3feed.auth.errors import AuthError, CodedError, StsUnavailable
 from s3feed.auth.observer import CredentialObserver
-from s3feed.auth.policy import VERSION, iam_literal, session_policy
+from s3feed.auth.policy import Folder, Outputs, abort_policy, job_policy, outputs_policy
 from s3feed.auth.redact import install_secret_redaction
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, CallerIdentity, StsClient
 from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
 
 __all__ = [
-    "VERSION",
     "AioStsClient",
     "AuthError",
     "CallerIdentity",
@@ -24,15 +23,18 @@ __all__ = [
     "CredentialObserver",
     "CredentialSource",
     "Credentials",
+    "Folder",
+    "Outputs",
     "RoleSession",
     "StsClient",
     "StsConfig",
     "StsUnavailable",
+    "abort_policy",
     "frozen",
-    "iam_literal",
     "install_secret_redaction",
+    "job_policy",
+    "outputs_policy",
     "parse_role_arn",
-    "session_policy",
     "validate_duration",
     "validate_tenant_name",
 ]

@@ -126,7 +126,7 @@ class RoleSession:
     ) -> RoleSession:
         """Assume the role now (raises AssumeRoleDenied, StsUnavailable, Invalid*,
         SessionPolicyTooLarge), then keep the session fresh in the background
-        until `close()`. `policy` (auth/policy.py `session_policy`) is sent as
+        until `close()`. `policy` (from auth/policy.py) is sent as
         the inline session policy on every AssumeRole of the session."""
         parse_role_arn(role_arn)
         validate_tenant_name(external_id)

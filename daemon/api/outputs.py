@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import StreamReader, web
 from aiohttp.http import HttpProcessingError
 
-from s3feed.auth import VERSION, CredentialObserver, RoleSession, StsClient, iam_literal
+from s3feed.auth import CredentialObserver, RoleSession, StsClient, abort_policy
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs import Job, TransferState
 from s3feed.transfer import S3Config, S3Location, UploadObserver, parse_uri_path
@@ -139,7 +139,7 @@ async def abort_leftovers(
                 external_id=entry["Tenant"],
                 duration=RECOVERY_DURATION,
                 observer=observer,
-                policy=_abort_policy(location),
+                policy=abort_policy(location),
             )
             await make_uploader(location, session).abort(entry["Key"], entry["UploadId"])
         except Exception as exc:
@@ -158,21 +158,6 @@ async def abort_leftovers(
             extra={"key": entry["Key"], "job_id": entry["JobId"]},
         )
     return aborted
-
-
-def _abort_policy(location: S3Location) -> dict[str, Any]:
-    bucket = iam_literal(location.bucket)
-    return {
-        "Version": VERSION,
-        "Statement": [
-            {
-                "Sid": "AbortLeftovers",
-                "Effect": "Allow",
-                "Action": "s3:AbortMultipartUpload",
-                "Resource": f"arn:{location.partition}:s3:::{bucket}/{iam_literal(location.prefix)}*",
-            }
-        ],
-    }
 
 
 async def expect_handler(request: web.Request) -> None:

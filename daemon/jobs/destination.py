@@ -1,4 +1,4 @@
-"""A job's `Destination`: where its outputs go, and the grants that takes.
+"""A job's `Destination`: where its outputs go.
 
 Parsed and validated like `Source` with the same codes (docs/design.md,
 Outputs): unknown fields and a bad `ServerSideEncryption` are
@@ -6,12 +6,8 @@ InvalidRequest, a Provider other than AmazonS3 InvalidProvider, then the
 UriPath (InvalidUriPath), the role (InvalidRoleArn; absent = the Source's
 role) and the duration (InvalidDuration; absent = the Source's).
 
-The session policy's grants for outputs (docs/design.md, Session policy):
-`WriteOutputs` allows s3:PutObject, s3:AbortMultipartUpload and
-s3:ListMultipartUploadParts on the destination folder only, and for
-SSE-KMS `EncryptViaS3` allows kms:GenerateDataKey when S3 asks KMS for the
-session. With the Source's role they are added to the job's one session
-policy; with another role they are that second session's whole policy.
+The grants its session gets are auth/policy.py's (docs/design.md, Session
+policy); `outputs` says what they depend on: the folder, and SSE-KMS.
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from s3feed.auth import VERSION, iam_literal, parse_role_arn, validate_duration
+from s3feed.auth import Outputs, parse_role_arn, validate_duration
 from s3feed.daemon.errors import ApiError
 from s3feed.transfer import S3Config, S3Location, parse_uri_path
 from s3feed.transfer.upload import Encryption
@@ -35,7 +31,6 @@ FIELDS = (
 )
 SSE_ALGORITHMS = ("AES256", "aws:kms")
 MAX_KMS_KEY_ID = 2048
-WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")
 
 
 @dataclass(frozen=True)
@@ -44,6 +39,11 @@ class DestinationRequest:
     role_arn: str
     duration: int
     encryption: Encryption
+
+    @property
+    def outputs(self) -> Outputs:
+        """What the session policy grants for these outputs (docs/design.md, Session policy)."""
+        return Outputs(self.location, kms=self.encryption.algorithm == "aws:kms")
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -121,34 +121,3 @@ def _encryption(value: Mapping[str, Any]) -> Encryption:
                 f"(1-{MAX_KMS_KEY_ID} printable ASCII characters)",
             )
     return Encryption(algorithm, key_id)
-
-
-def write_statements(dest: DestinationRequest) -> tuple[dict[str, Any], ...]:
-    """The outputs' grants, to add to a session policy (docs/design.md, Session policy)."""
-    loc = dest.location
-    statements: list[dict[str, Any]] = [
-        {
-            "Sid": "WriteOutputs",
-            "Effect": "Allow",
-            "Action": list(WRITE_ACTIONS),
-            "Resource": f"arn:{loc.partition}:s3:::{iam_literal(loc.bucket)}/"
-            f"{iam_literal(loc.prefix)}*",
-        }
-    ]
-    if dest.encryption.algorithm == "aws:kms":
-        suffix = ".amazonaws.com.cn" if loc.partition == "aws-cn" else ".amazonaws.com"
-        statements.append(
-            {
-                "Sid": "EncryptViaS3",
-                "Effect": "Allow",
-                "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
-                "Resource": f"arn:{loc.partition}:kms:*:*:key/*",
-                "Condition": {"StringEquals": {"kms:ViaService": f"s3.{loc.region}{suffix}"}},
-            }
-        )
-    return tuple(statements)
-
-
-def write_only_policy(dest: DestinationRequest) -> dict[str, Any]:
-    """The whole session policy of a destination role other than the Source's."""
-    return {"Version": VERSION, "Statement": list(write_statements(dest))}

@@ -18,9 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from s3feed.auth import CredentialObserver, RoleSession, StsClient, session_policy
+from s3feed.auth import CredentialObserver, RoleSession, StsClient, job_policy, outputs_policy
 from s3feed.daemon.errors import ApiError
-from s3feed.daemon.jobs.destination import write_only_policy, write_statements
 from s3feed.daemon.jobs.job import Job, JobDestination
 from s3feed.daemon.jobs.request import parse_job_request
 from s3feed.transfer import ObjectServer, ObjectStore, S3Config, S3Location, TransferObserver
@@ -96,12 +95,8 @@ class JobRegistry:
                 observer=self._credential_observer,
                 # Least privilege (docs/design.md, Session policy): the job's
                 # credentials read its folder only, whatever the role allows.
-                policy=session_policy(
-                    partition=location.partition,
-                    bucket=location.bucket,
-                    prefix=location.prefix,
-                    region=location.region,
-                    statements=write_statements(dest) if dest is not None and shared else (),
+                policy=job_policy(
+                    location, outputs=dest.outputs if dest is not None and shared else None
                 ),
             )
             destination = None
@@ -115,7 +110,7 @@ class JobRegistry:
                             external_id=request.tenant,
                             duration=dest.duration,
                             observer=self._credential_observer,
-                            policy=write_only_policy(dest),
+                            policy=outputs_policy(dest.outputs),
                         )
                 except BaseException:
                     await session.close()

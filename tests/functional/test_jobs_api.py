@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from harness import ACME_ROLE, Harness
+from harness import ACME_ROLE, ACME_URI, Harness
 
+from s3feed.auth.policy import Outputs, job_policy, outputs_policy, packed
 from s3feed.daemon.jobs.records import TransferState
+from s3feed.transfer.config import S3Config
+from s3feed.transfer.uri import parse_uri_path
 
 
 def _blob(n: int, seed: int = 1) -> bytes:
@@ -52,6 +55,46 @@ async def test_job_lifecycle_and_document(harness: Harness) -> None:
     gone = await harness.request("GET", "/v1/jobs/job-1")
     assert (gone.status, gone.code) == (404, "NoSuchJob")
     assert (await harness.create_job("job-1")).status == 201, "a JobId is reusable after DELETE"
+
+
+OUT_URI = "https://acme-out.s3.us-east-1.amazonaws.com/renditions/"
+OUT_ROLE = "arn:aws:iam::123456789012:role/acme-writer"
+
+
+@pytest.mark.parametrize(
+    ("destination", "expected"),
+    [
+        (None, lambda src, out: [(ACME_ROLE, job_policy(src))]),
+        (
+            {"ServerSideEncryption": "aws:kms"},
+            lambda src, out: [(ACME_ROLE, job_policy(src, outputs=Outputs(out, kms=True)))],
+        ),
+        (
+            {"RoleArnToAssume": OUT_ROLE},
+            lambda src, out: [
+                (ACME_ROLE, job_policy(src)),
+                (OUT_ROLE, outputs_policy(Outputs(out, kms=False))),
+            ],
+        ),
+    ],
+    ids=["no destination", "destination on the source role", "destination role of its own"],
+)
+async def test_each_session_sends_the_policy_of_what_it_may_touch(
+    harness: Harness, destination: dict[str, Any] | None, expected: Any
+) -> None:
+    body: dict[str, Any] = {
+        "JobId": "job-1",
+        "TenantName": "acme-films",
+        "Source": {"Provider": "AmazonS3", "UriPath": ACME_URI, "RoleArnToAssume": ACME_ROLE},
+    }
+    if destination is not None:
+        body["Destination"] = {"Provider": "AmazonS3", "UriPath": OUT_URI, **destination}
+    created = await harness.request("POST", "/v1/jobs", body)
+    assert created.status == 201
+    src, out = parse_uri_path(ACME_URI, S3Config()), parse_uri_path(OUT_URI, S3Config())
+    sent = [(c.role_arn, c.policy) for c in harness.sts.calls]
+    assert sent == [(role, packed(policy)) for role, policy in expected(src, out)]
+    assert created.json["SessionPolicy"] == expected(src, out)[0][1]
 
 
 async def test_no_secret_in_any_answer(harness: Harness) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -30,7 +31,7 @@ from s3feed.auth.config import StsConfig
 from s3feed.auth.credentials import Credentials
 from s3feed.auth.errors import SessionPolicyTooLarge
 from s3feed.auth.observer import NullCredentialObserver
-from s3feed.auth.policy import packed, session_policy
+from s3feed.auth.policy import job_policy, packed
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity
 from s3feed.auth.stserrors import duration_exceeded
@@ -98,6 +99,11 @@ class RoleMaximum:
         return await self.inner.get_caller_identity()
 
 
+def folder_policy(bucket: str, folder: str, region: str = "us-east-1") -> dict[str, Any]:
+    """The policy of a job reading `folder` of `bucket`."""
+    return job_policy(SimpleNamespace(partition="aws", bucket=bucket, prefix=folder, region=region))
+
+
 def store_for(
     local_aws: LocalAws, clients: S3Client, bucket: str, folder: str, source: Any
 ) -> S3ObjectStore:
@@ -121,9 +127,7 @@ async def open_session(
         external_id=local_aws.acme_tenant,
         duration=kw.pop("duration", 900),
         observer=NullCredentialObserver(),
-        policy=session_policy(
-            partition="aws", bucket=bucket, prefix=folder, region=local_aws.region
-        ),
+        policy=folder_policy(bucket, folder, local_aws.region),
         **kw,
     )
 
@@ -199,9 +203,7 @@ async def test_the_role_reads_the_whole_bucket_but_the_job_session_only_its_fold
         assert code_of(lambda: s3.list_objects_v2(Bucket=shows_bucket.name)) == "OK"
     session = await open_session(local_aws, sts, shows_bucket.name, "shows/")
     try:
-        assert session.policy == session_policy(
-            partition="aws", bucket=shows_bucket.name, prefix="shows/", region=local_aws.region
-        )
+        assert session.policy == folder_policy(shows_bucket.name, "shows/", local_aws.region)
         await assert_reads_only_shows(local_aws, clients, shows_bucket.name, session)
     finally:
         await session.close()
@@ -262,7 +264,7 @@ async def test_sts_refusing_the_policy_is_session_policy_too_large(
             policy=policy,
         )
 
-    long = packed(session_policy(partition="aws", bucket="b", prefix="f" * 1000 + "/"))
+    long = packed(folder_policy("b", "f" * 1000 + "/"))
     with pytest.raises(SessionPolicyTooLarge) as info:
         await assume(long)
     assert info.value.sts_code == "ValidationError"
@@ -314,9 +316,7 @@ def test_a_daemon_job_shows_its_session_policy_and_reads_its_folder(
     assert (
         created["SessionPolicy"]
         == doc["SessionPolicy"]
-        == session_policy(
-            partition="aws", bucket=shows_bucket.name, prefix="shows/", region=local_aws.region
-        )
+        == folder_policy(shows_bucket.name, "shows/", local_aws.region)
     )
     assert doc["Prefix"] == "shows/" and doc["Bucket"] == shows_bucket.name
     assert sorted(o["Key"] for o in client.list_objects("shows")) == ["a", "s1/b"]

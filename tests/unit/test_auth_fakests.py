@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from s3feed.auth.clock import FakeClock
 from s3feed.auth.errors import SessionPolicyTooLarge
-from s3feed.auth.policy import MAX_POLICY_CHARS, packed, session_policy
+from s3feed.auth.policy import MAX_POLICY_CHARS, job_policy, packed
 from tests.fakes.sts import FakeSts
 
 ROLE = "arn:aws:iam::272758771130:role/acme-media-reader"
+
+
+def folder_policy(prefix: str) -> str:
+    folder = SimpleNamespace(partition="aws", bucket="b", prefix=prefix, region="us-east-1")
+    return packed(job_policy(folder))
 
 
 async def assume(sts: FakeSts, policy: str | None) -> None:
@@ -20,7 +27,7 @@ async def assume(sts: FakeSts, policy: str | None) -> None:
 
 async def test_a_good_policy_is_recorded_and_credentials_issued() -> None:
     sts = FakeSts(FakeClock())
-    text = packed(session_policy(partition="aws", bucket="b", prefix="f/"))
+    text = folder_policy("f/")
     await assume(sts, text)
     await assume(sts, None)
     assert [c.policy for c in sts.calls] == [text, None] and len(sts.issued) == 2
@@ -51,7 +58,7 @@ async def test_what_sts_refuses_the_fake_refuses(text: str, sts_code: str) -> No
 
 async def test_the_packed_budget_is_the_compressed_size() -> None:
     sts = FakeSts(FakeClock())
-    text = packed(session_policy(partition="aws", bucket="b", prefix="f" * 500 + "/"))
+    text = folder_policy("f" * 500 + "/")
     await assume(sts, text)  # the default budget takes any policy under 2048 characters
     sts.packed_policy_limit = 100
     with pytest.raises(SessionPolicyTooLarge, match=r"Packed policy consumes \d{3}% of allotted"):

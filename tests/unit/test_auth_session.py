@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from s3feed.auth.errors import (
     SessionPolicyTooLarge,
     StsUnavailable,
 )
-from s3feed.auth.policy import packed, session_policy
+from s3feed.auth.policy import job_policy, packed
 from s3feed.auth.schedule import refresh_window
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sessionstate import SessionState
@@ -376,7 +377,13 @@ async def test_no_fallback_when_3600_or_less_was_asked(open_session: Opener, sts
 
 # -- the session policy ------------------------------------------------------------
 
-POLICY = session_policy(partition="aws", bucket="media", prefix="shows/", region="us-east-1")
+
+def folder_policy(prefix: str, bucket: str = "media") -> dict[str, Any]:
+    folder = SimpleNamespace(partition="aws", bucket=bucket, prefix=prefix, region="us-east-1")
+    return job_policy(folder)
+
+
+POLICY = folder_policy("shows/")
 
 
 async def test_the_policy_goes_with_the_first_call_every_refresh_and_the_fallback(
@@ -396,7 +403,7 @@ async def test_the_policy_goes_with_the_first_call_every_refresh_and_the_fallbac
 async def test_the_policy_shows_in_the_status_and_cannot_be_changed_from_outside(
     open_session: Opener, sts: FakeSts
 ) -> None:
-    given = session_policy(partition="aws", bucket="media", prefix="shows/")
+    given = folder_policy("shows/")
     expected = copy.deepcopy(given)
     session = await open_session(900, policy=given)
     assert session.policy == expected and session.status().policy == expected
@@ -427,7 +434,7 @@ async def test_a_policy_over_the_sts_limit_is_refused_before_any_call(
             duration=900,
             observer=observer,
             clock=clock,
-            policy=session_policy(partition="aws", bucket="media", prefix=folder),
+            policy=folder_policy(folder),
         )
     assert info.value.code == "SessionPolicyTooLarge"
     assert "shorter folder" in info.value.message and "not sent" in info.value.message
@@ -439,7 +446,7 @@ async def test_a_policy_over_the_sts_limit_is_refused_before_any_call(
     ("policy", "sts_code", "said"),
     [
         (
-            session_policy(partition="aws", bucket="m", prefix="x" * 300 + "/"),
+            folder_policy("x" * 300 + "/", bucket="m"),
             "PackedPolicyTooLarge",
             "Packed policy consumes",
         ),

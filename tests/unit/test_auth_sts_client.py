@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,12 +24,17 @@ from s3feed.auth.errors import (
     SessionPolicyTooLarge,
     StsUnavailable,
 )
-from s3feed.auth.policy import packed, session_policy
+from s3feed.auth.policy import job_policy, packed
 from s3feed.auth.sts import AioStsClient
 from s3feed.auth.stserrors import translate as _translate
 
 ROLE = "arn:aws:iam::272758771130:role/acme-media-reader"
 ME = "arn:aws:iam::111122223333:user/s3feed-host"
+
+
+def folder_policy(prefix: str) -> str:
+    folder = SimpleNamespace(partition="aws", bucket="b", prefix=prefix, region="us-east-1")
+    return packed(job_policy(folder))
 
 
 def client_error(code: str, message: str = "", status: int = 400) -> ClientError:
@@ -132,7 +138,7 @@ def test_denial_message_names_role_principal_and_external_id() -> None:
 
 
 def test_a_refused_policy_says_what_to_do_and_does_not_echo_the_policy() -> None:
-    policy = packed(session_policy(partition="aws", bucket="b", prefix="f" * 1100 + "/"))
+    policy = folder_policy("f" * 1100 + "/")
     echo = f"1 validation error detected: Value '{policy}' at 'policy' failed to satisfy"
     out = _translate(
         client_error(
@@ -303,7 +309,7 @@ async def test_use_before_start_is_an_error() -> None:
 async def test_the_policy_is_sent_as_the_policy_parameter_only_when_given() -> None:
     boto = FakeBotoClient([])
     sts, _ = make_client(boto)
-    policy = packed(session_policy(partition="aws", bucket="b", prefix="f/"))
+    policy = folder_policy("f/")
     async with sts:
         await sts.assume_role(
             role_arn=ROLE, session_name="s3feed-j", external_id="acme", duration=900, policy=policy
