@@ -13,7 +13,14 @@ from s3feed.auth.policy import Folder, Outputs, abort_policy, job_policy, output
 from s3feed.auth.redact import install_secret_redaction
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, CallerIdentity, StsClient
-from s3feed.auth.validate import parse_role_arn, validate_duration, validate_tenant_name
+from s3feed.auth.validate import (
+    RoleArn,
+    SessionDuration,
+    TenantName,
+    parse_role_arn,
+    validate_duration,
+    validate_tenant_name,
+)
 
 __all__ = [
     "AioStsClient",
@@ -25,10 +32,13 @@ __all__ = [
     "Credentials",
     "Folder",
     "Outputs",
+    "RoleArn",
     "RoleSession",
+    "SessionDuration",
     "StsClient",
     "StsConfig",
     "StsUnavailable",
+    "TenantName",
     "abort_policy",
     "frozen",
     "install_secret_redaction",

@@ -25,6 +25,9 @@ Least privilege (docs/design.md, Session policy): a `policy` (auth/policy.py)
 is sent on every AssumeRole of the session -- the first, each refresh, the
 3600 s fallback. One STS will not take fails the first call; refused at a
 refresh, it is not retried, like AccessDenied.
+
+The role, tenant and duration arrive parsed (auth/validate.py `RoleArn`,
+`TenantName`, `SessionDuration`); nothing here checks them again.
 """
 
 from __future__ import annotations
@@ -53,10 +56,10 @@ from s3feed.auth.sts import AssumedRole, StsClient
 from s3feed.auth.stserrors import policy_refused
 from s3feed.auth.validate import (
     DEFAULT_DURATION,
-    parse_role_arn,
+    RoleArn,
+    SessionDuration,
+    TenantName,
     session_name_for,
-    validate_duration,
-    validate_tenant_name,
 )
 
 log = logging.getLogger("s3feed.auth.session")
@@ -70,9 +73,9 @@ class RoleSession:
         sts: StsClient,
         *,
         job_id: str,
-        role_arn: str,
-        external_id: str,
-        duration: int,
+        role_arn: RoleArn,
+        external_id: TenantName,
+        duration: SessionDuration,
         observer: CredentialObserver,
         clock: Clock,
         rng: random.Random,
@@ -89,7 +92,7 @@ class RoleSession:
         self._role_arn = role_arn
         self._external_id = external_id
         self._session_name = session_name_for(job_id)
-        self._duration = duration
+        self._duration: int = duration  # becomes 3600 after a MaxSessionDuration fallback
         self._observer = observer
         self._clock = clock
         self._rng = rng
@@ -113,9 +116,9 @@ class RoleSession:
         sts: StsClient,
         *,
         job_id: str,
-        role_arn: str,
-        external_id: str,
-        duration: int,
+        role_arn: RoleArn,
+        external_id: TenantName,
+        duration: SessionDuration,
         observer: CredentialObserver,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -124,18 +127,16 @@ class RoleSession:
         min_refresh_interval: float = 5.0,
         policy: Mapping[str, Any] | None = None,
     ) -> RoleSession:
-        """Assume the role now (raises AssumeRoleDenied, StsUnavailable, Invalid*,
+        """Assume the role now (raises AssumeRoleDenied, StsUnavailable,
         SessionPolicyTooLarge), then keep the session fresh in the background
         until `close()`. `policy` (from auth/policy.py) is sent as
         the inline session policy on every AssumeRole of the session."""
-        parse_role_arn(role_arn)
-        validate_tenant_name(external_id)
         self = cls(
             sts,
             job_id=job_id,
             role_arn=role_arn,
             external_id=external_id,
-            duration=validate_duration(duration),
+            duration=duration,
             observer=observer,
             clock=clock or SystemClock(),
             rng=rng or random.Random(),
@@ -173,7 +174,7 @@ class RoleSession:
 
     def status(self) -> SessionStatus:
         return SessionStatus(
-            role_arn=self._role_arn,
+            role_arn=self._role_arn.arn,
             session_name=self._session_name,
             expires_at=self._expires_at if self._creds is not None else None,
             granted_duration_seconds=self._duration,
@@ -293,7 +294,7 @@ class RoleSession:
         self._observer.assume_role()
         try:
             return await self._sts.assume_role(
-                role_arn=self._role_arn,
+                role_arn=self._role_arn.arn,
                 session_name=self._session_name,
                 external_id=self._external_id,
                 duration=duration,

@@ -1,18 +1,23 @@
-"""Validation of what a job request hands to STS, before any STS call.
+"""What a job request hands to STS, parsed into typed values before any STS call.
 
-Each check raises its own error (InvalidRoleArn, InvalidTenantName,
+Each parser raises its own error (InvalidRoleArn, InvalidTenantName,
 InvalidDuration) whose message names the field, says what is wrong with the
 value, and shows the form that would be accepted. Values are echoed
 shortened, never the whole of an oversized input.
 
 The rules are the ones STS and IAM apply, so that a request we accept is one
 STS can accept too; the STS call remains the judge of the trust policy.
+
+Parsed once, at the edge (the API, the upload journal): a `RoleArn`, a
+`TenantName` and a `SessionDuration` are what `RoleSession` takes, so a
+value that reaches it has been checked and is not checked again.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NewType
 
 from s3feed.auth.errors import InvalidDuration, InvalidRoleArn, InvalidTenantName
 
@@ -32,8 +37,16 @@ _SESSION_PREFIX = "s3feed-"
 _SESSION_NAME_MAX = 64
 
 
+# A TenantName (sts:ExternalId) and a RoleSessionDurationInSeconds that their
+# parser below accepted; mypy keeps an unchecked str or int from standing in.
+TenantName = NewType("TenantName", str)
+SessionDuration = NewType("SessionDuration", int)
+
+
 @dataclass(frozen=True)
 class RoleArn:
+    """An IAM role ARN that `parse_role_arn` accepted; str() is the ARN as given."""
+
     partition: str  # aws, aws-cn or aws-us-gov
     account: str  # 12 digits
     path: str  # "/" or "/a/b/"
@@ -87,7 +100,7 @@ def parse_role_arn(value: object) -> RoleArn:
     return RoleArn(partition=partition, account=account, path=path, name=name, arn=value)
 
 
-def validate_tenant_name(value: object) -> str:
+def validate_tenant_name(value: object) -> TenantName:
     """`TenantName`, sent as sts:ExternalId; raises InvalidTenantName."""
     if not isinstance(value, str):
         raise InvalidTenantName(
@@ -104,14 +117,14 @@ def validate_tenant_name(value: object) -> str:
             f"TenantName {_shown(value)} cannot be an STS ExternalId: {why}; "
             "use 2-1224 ASCII letters, digits and _+=,.@:/-"
         )
-    return value
+    return TenantName(value)
 
 
-def validate_duration(value: object) -> int:
+def validate_duration(value: object) -> SessionDuration:
     """`RoleSessionDurationInSeconds`: absent (None) -> 3600; else an integer
     900..43200. "900", 900.5 and booleans are refused."""
     if value is None:
-        return DEFAULT_DURATION
+        return SessionDuration(DEFAULT_DURATION)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidDuration(
             f"RoleSessionDurationInSeconds {_shown(value)} must be a JSON integer "
@@ -123,7 +136,7 @@ def validate_duration(value: object) -> int:
             f"RoleSessionDurationInSeconds {value} is outside {MIN_DURATION}..{MAX_DURATION} "
             "(15 minutes to 12 hours; the role's MaxSessionDuration must allow it)"
         )
-    return value
+    return SessionDuration(value)
 
 
 def session_name_for(job_id: str) -> str:

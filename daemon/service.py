@@ -131,7 +131,6 @@ class Daemon:
         self.registry = JobRegistry(
             sts=self.sts,
             s3_clients=self.s3_clients,
-            s3_config=config.s3,
             server=self.server,
             credential_observer=self.metrics,
             transfer_observer=self.metrics,
@@ -150,6 +149,7 @@ class Daemon:
         self.limits = UidLimits(config.limits, refused=self.metrics.limit_refused)
         self.api = Api(
             registry=self.registry,
+            s3_config=config.s3,
             server=self.server,
             controllers=controllers,
             identity=self.identity,

@@ -35,7 +35,15 @@ from typing import Any
 from aiohttp import StreamReader, web
 from aiohttp.http import HttpProcessingError
 
-from s3feed.auth import CredentialObserver, RoleSession, StsClient, abort_policy
+from s3feed.auth import (
+    CredentialObserver,
+    RoleSession,
+    SessionDuration,
+    StsClient,
+    abort_policy,
+    parse_role_arn,
+    validate_tenant_name,
+)
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs import Job, TransferState
 from s3feed.transfer import S3Config, S3Location, UploadObserver, parse_uri_path
@@ -50,7 +58,7 @@ from s3feed.transfer.upload import (
 
 log = logging.getLogger("s3feed.outputs")
 
-RECOVERY_DURATION = 900  # STS's shortest session: enough for a few aborts
+RECOVERY_DURATION = SessionDuration(900)  # STS's shortest session: enough for a few aborts
 
 
 class UploadJournal:
@@ -126,7 +134,8 @@ async def abort_leftovers(
     make_uploader: Callable[[S3Location, RoleSession], UploadClient],
 ) -> int:
     """Abort the multipart uploads a previous run left; -> how many were aborted.
-    An entry whose abort fails stays for the next start."""
+    An entry whose abort fails stays for the next start. The journal is read
+    from disk, so its role, tenant and UriPath are parsed like a request's."""
     aborted = 0
     for entry in journal.entries:
         session: RoleSession | None = None
@@ -135,8 +144,8 @@ async def abort_leftovers(
             session = await RoleSession.assume(
                 sts,
                 job_id=f"recover-{entry['JobId']}",
-                role_arn=entry["RoleArn"],
-                external_id=entry["Tenant"],
+                role_arn=parse_role_arn(entry["RoleArn"]),
+                external_id=validate_tenant_name(entry["Tenant"]),
                 duration=RECOVERY_DURATION,
                 observer=observer,
                 policy=abort_policy(location),
@@ -245,7 +254,7 @@ async def put_output(
             journal=journal.for_job(
                 job_id=job.job_id,
                 tenant=job.tenant,
-                role_arn=dest.request.role_arn,
+                role_arn=dest.request.role_arn.arn,
                 uri=dest.request.location.uri,
             ),
             ready=lambda: _send_continue(request),

@@ -29,11 +29,12 @@ from s3feed.daemon.api.outputs import UploadJournal, expect_handler, put_output
 from s3feed.daemon.api.peer import Controllers, Peer, peer_of
 from s3feed.daemon.errors import ApiError, FetchFailed, describe, error_body, s3_ids
 from s3feed.daemon.identity import DaemonIdentity
-from s3feed.daemon.jobs import JobRegistry, TransferState
+from s3feed.daemon.jobs import JobRegistry, TransferState, parse_job_request
 from s3feed.transfer import (
     MAX_KEYS,
     NullUploadObserver,
     ObjectServer,
+    S3Config,
     UploadObserver,
 )
 from s3feed.transfer.upload import UploadConfig, UploadMemory
@@ -93,6 +94,7 @@ class Api:
         self,
         *,
         registry: JobRegistry,
+        s3_config: S3Config,
         server: ObjectServer,
         controllers: Controllers,
         identity: DaemonIdentity,
@@ -107,6 +109,7 @@ class Api:
         self.limits = limits
         self.body_timeout = body_timeout  # [api] header_timeout, for the JSON bodies too
         self.registry = registry
+        self.s3_config = s3_config  # what a job's UriPaths resolve against
         self.server = server
         self.controllers = controllers
         self.identity = identity
@@ -168,7 +171,10 @@ class Api:
         body = await self._body(request)
         live = sum(1 for j in self.registry.all_jobs() if j.uid == caller.uid)
         with self.limits.job_creation(caller.uid, live):
-            job = await self.registry.create(caller.uid, body)
+            # Parsed once, here; the layers below take the typed values as they are.
+            job = await self.registry.create(
+                parse_job_request(body, self.s3_config), uid=caller.uid
+            )
         return json_response(job.document(), 201)
 
     async def list_jobs(self, request: web.Request) -> web.Response:

@@ -7,10 +7,13 @@ its modules directly (tests/unit/test_layout.py walks the imports).
 from s3feed.daemon.jobs.job import Job
 from s3feed.daemon.jobs.records import TransferRecord, TransferState
 from s3feed.daemon.jobs.registry import JobRegistry
+from s3feed.daemon.jobs.request import JobRequest, parse_job_request
 
 __all__ = [
     "Job",
     "JobRegistry",
+    "JobRequest",
     "TransferRecord",
     "TransferState",
+    "parse_job_request",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from s3feed.auth import Outputs, parse_role_arn, validate_duration
+from s3feed.auth import Outputs, RoleArn, SessionDuration, parse_role_arn, validate_duration
 from s3feed.daemon.errors import ApiError
 from s3feed.transfer import S3Config, S3Location, parse_uri_path
 from s3feed.transfer.upload import Encryption
@@ -36,8 +36,8 @@ MAX_KMS_KEY_ID = 2048
 @dataclass(frozen=True)
 class DestinationRequest:
     location: S3Location
-    role_arn: str
-    duration: int
+    role_arn: RoleArn
+    duration: SessionDuration
     encryption: Encryption
 
     @property
@@ -52,7 +52,7 @@ class DestinationRequest:
             "Bucket": self.location.bucket,
             "Prefix": self.location.prefix,
             "Region": self.location.region,
-            "RoleArnToAssume": self.role_arn,
+            "RoleArnToAssume": self.role_arn.arn,
             "RoleSessionDurationInSeconds": self.duration,
         }
         if self.encryption.algorithm:
@@ -79,7 +79,7 @@ def check_envelope(value: object) -> Mapping[str, Any]:
 
 
 def parse_destination(
-    value: object, s3: S3Config, *, source_role: str, source_duration: int
+    value: object, s3: S3Config, *, source_role: RoleArn, source_duration: SessionDuration
 ) -> DestinationRequest:
     """Steps 4 and 6 of registering, for `Destination`."""
     value = check_envelope(value)
@@ -88,7 +88,7 @@ def parse_destination(
     location = parse_uri_path(value["UriPath"], s3)
     role = source_role
     if "RoleArnToAssume" in value:
-        role = parse_role_arn(value["RoleArnToAssume"]).arn
+        role = parse_role_arn(value["RoleArnToAssume"])
     duration = source_duration
     if "RoleSessionDurationInSeconds" in value:
         duration = validate_duration(value["RoleSessionDurationInSeconds"])

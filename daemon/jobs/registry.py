@@ -21,8 +21,8 @@ from collections.abc import Callable
 from s3feed.auth import CredentialObserver, RoleSession, StsClient, job_policy, outputs_policy
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs.job import Job, JobDestination
-from s3feed.daemon.jobs.request import parse_job_request
-from s3feed.transfer import ObjectServer, ObjectStore, S3Config, S3Location, TransferObserver
+from s3feed.daemon.jobs.request import JobRequest
+from s3feed.transfer import ObjectServer, ObjectStore, S3Location, TransferObserver
 from s3feed.transfer.s3 import S3Client, S3ObjectStore, S3Uploader
 from s3feed.transfer.upload import UploadClient
 
@@ -35,7 +35,6 @@ class JobRegistry:
         *,
         sts: StsClient,
         s3_clients: S3Client,
-        s3_config: S3Config,
         server: ObjectServer,
         credential_observer: CredentialObserver,
         transfer_observer: TransferObserver,
@@ -47,7 +46,6 @@ class JobRegistry:
         self._sts = sts
         self._jobs_changed = jobs_changed
         self._s3_clients = s3_clients
-        self.s3_config = s3_config
         self.server = server
         self._credential_observer = credential_observer
         self._transfer_observer = transfer_observer
@@ -74,8 +72,10 @@ class JobRegistry:
     def all_jobs(self) -> list[Job]:
         return list(self._jobs.values())
 
-    async def create(self, uid: int, body: object) -> Job:
-        request, location = parse_job_request(body, self.s3_config)
+    async def create(self, request: JobRequest, *, uid: int) -> Job:
+        """Register the job `uid` asked for; `request` was parsed at the API
+        (daemon/jobs/request.py) and is used as it is."""
+        location = request.location
         if request.job_id in self._jobs or request.job_id in self._reserved:
             raise ApiError(
                 "JobExists",

@@ -1,9 +1,13 @@
-"""POST /v1/jobs bodies: what an encoder asks for, checked before anything is done.
+"""POST /v1/jobs bodies: what an encoder asks for, parsed before anything is done.
 
-`parse_job_request` validates the body in the order of docs/design.md (Socket
-API) and raises `ApiError` (InvalidRequest, InvalidProvider, and the auth/
-and transfer/ validation errors for the role, duration, tenant and UriPath)
-with a message that says what to fix. It is pure: no I/O, no state.
+The API parses a body once, with `parse_job_request`, into a frozen
+`JobRequest` of typed values (the folder as an `S3Location`, the role as a
+`RoleArn`, the tenant and duration as auth/'s checked types, the
+`DestinationRequest`); the registry and the role sessions take those and
+check nothing again. Fields are checked in the order of docs/design.md
+(Socket API), raising `ApiError` (InvalidRequest, InvalidProvider) or the
+auth/ and transfer/ errors for the role, duration, tenant and UriPath, with a
+message that says what to fix. It is pure: no I/O, no state.
 """
 
 from __future__ import annotations
@@ -12,7 +16,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from s3feed.auth import parse_role_arn, validate_duration, validate_tenant_name
+from s3feed.auth import (
+    RoleArn,
+    SessionDuration,
+    TenantName,
+    parse_role_arn,
+    validate_duration,
+    validate_tenant_name,
+)
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs.destination import DestinationRequest, parse_destination
 from s3feed.daemon.jobs.destination import check_envelope as check_destination
@@ -25,10 +36,13 @@ MAX_UID = 4294967294  # (uid_t)-1 is "no uid" to the kernel
 
 @dataclass(frozen=True)
 class JobRequest:
+    """A POST /v1/jobs body, parsed: every value checked, in the form it is used."""
+
     job_id: str
-    tenant: str
-    role_arn: str
-    duration: int
+    tenant: TenantName
+    location: S3Location  # the Source's folder
+    role_arn: RoleArn
+    duration: SessionDuration
     encoder_uids: frozenset[int] = frozenset()
     destination: DestinationRequest | None = None
 
@@ -38,8 +52,8 @@ _OPTIONAL = {"EncoderUids": list, "Destination": dict}
 _SOURCE_FIELDS = ("Provider", "UriPath", "RoleArnToAssume", "RoleSessionDurationInSeconds")
 
 
-def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Location]:
-    """Validate a POST /v1/jobs body in the order of docs/design.md (Socket API): envelope, JobId, Source, tenant."""
+def parse_job_request(body: object, s3: S3Config) -> JobRequest:
+    """Parse a POST /v1/jobs body in the order of docs/design.md (Socket API): envelope, JobId, Source, tenant."""
     if not isinstance(body, Mapping):
         raise ApiError("InvalidRequest", "the request body must be a JSON object")
     for name in body:
@@ -80,11 +94,11 @@ def parse_job_request(body: object, s3: S3Config) -> tuple[JobRequest, S3Locatio
     destination = None
     if "Destination" in body:
         destination = parse_destination(
-            body["Destination"], s3, source_role=role.arn, source_duration=duration
+            body["Destination"], s3, source_role=role, source_duration=duration
         )
     tenant = validate_tenant_name(body["TenantName"])
     encoders = parse_encoder_uids(body.get("EncoderUids", []))
-    return JobRequest(job_id, tenant, role.arn, duration, encoders, destination), location
+    return JobRequest(job_id, tenant, location, role, duration, encoders, destination)
 
 
 def parse_encoder_uids(value: object) -> frozenset[int]:

@@ -30,6 +30,7 @@ from s3feed.auth.observer import NullCredentialObserver
 from s3feed.auth.redact import install_secret_redaction, uninstall_secret_redaction
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity
+from s3feed.auth.validate import parse_role_arn, validate_tenant_name
 
 if TYPE_CHECKING:
     from conftest import LocalAws, TestBucket
@@ -84,7 +85,7 @@ async def test_right_external_id_gives_a_working_session(
     session = await RoleSession.assume(
         sts,
         job_id="it-right-tenant",
-        role_arn=local_aws.acme_role_arn,
+        role_arn=parse_role_arn(local_aws.acme_role_arn),
         external_id=local_aws.acme_tenant,
         duration=900,
         observer=NullCredentialObserver(),
@@ -111,8 +112,9 @@ async def assume_error(local_aws: LocalAws, sts: Any, role_arn: str, tenant: str
         await RoleSession.assume(
             sts,
             job_id="it-denied",
-            role_arn=role_arn,
-            external_id=tenant,
+            # Parsed here as the API parses a request: a bad tenant stops before STS.
+            role_arn=parse_role_arn(role_arn),
+            external_id=validate_tenant_name(tenant),
             duration=3600,
             observer=NullCredentialObserver(),
         )
@@ -217,7 +219,7 @@ async def test_background_refresh_keeps_a_slow_transfer_going_past_expiry(
     session = await RoleSession.assume(
         sts,  # type: ignore[arg-type]
         job_id="it-slow",
-        role_arn=local_aws.acme_role_arn,
+        role_arn=parse_role_arn(local_aws.acme_role_arn),
         external_id=local_aws.acme_tenant,
         duration=900,
         observer=NullCredentialObserver(),
@@ -299,7 +301,7 @@ async def test_no_secret_reaches_the_logs_even_with_botocore_debug_on(
         session = await RoleSession.assume(
             sts,
             job_id="it-logs",
-            role_arn=local_aws.acme_role_arn,
+            role_arn=parse_role_arn(local_aws.acme_role_arn),
             external_id=local_aws.acme_tenant,
             duration=900,
             observer=NullCredentialObserver(),

@@ -35,6 +35,7 @@ from s3feed.auth.policy import job_policy, packed
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, AssumedRole, CallerIdentity
 from s3feed.auth.stserrors import duration_exceeded
+from s3feed.auth.validate import parse_role_arn
 from s3feed.client import Client, S3feedError
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import AccessDenied
@@ -123,7 +124,7 @@ async def open_session(
     return await RoleSession.assume(
         sts,
         job_id="it-policy",
-        role_arn=local_aws.acme_role_arn,
+        role_arn=parse_role_arn(local_aws.acme_role_arn),
         external_id=local_aws.acme_tenant,
         duration=kw.pop("duration", 900),
         observer=NullCredentialObserver(),

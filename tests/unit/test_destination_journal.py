@@ -13,6 +13,7 @@ import pytest
 from s3feed.auth.clock import SystemClock
 from s3feed.auth.observer import NullCredentialObserver
 from s3feed.auth.policy import Outputs, abort_policy
+from s3feed.auth.validate import parse_role_arn
 from s3feed.daemon.api.outputs import UploadJournal, abort_leftovers
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs.destination import parse_destination
@@ -30,16 +31,18 @@ URI = "https://out-bucket.s3.eu-west-1.amazonaws.com/renditions/"
 
 def _dest(**fields: Any) -> Any:
     body = {"Provider": "AmazonS3", "UriPath": URI, **fields}
-    return parse_destination(body, S3Config(), source_role=ROLE, source_duration=1800)
+    source_role = parse_role_arn(ROLE)
+    return parse_destination(body, S3Config(), source_role=source_role, source_duration=1800)
 
 
 def test_defaults_come_from_the_source() -> None:
     d = _dest()
-    assert (d.role_arn, d.duration) == (ROLE, 1800)
+    assert (d.role_arn.arn, d.duration) == (ROLE, 1800)
     assert (d.location.bucket, d.location.prefix) == ("out-bucket", "renditions/")
     assert d.encryption.headers() == {}
     d = _dest(RoleArnToAssume=OTHER, RoleSessionDurationInSeconds=3600)
-    assert (d.role_arn, d.duration) == (OTHER, 3600)
+    assert (d.role_arn.arn, d.duration) == (OTHER, 3600)
+    assert d.document()["RoleArnToAssume"] == OTHER
 
 
 @pytest.mark.parametrize(
@@ -66,7 +69,10 @@ def test_uri_path_rules_are_the_source_rules() -> None:
         _dest(UriPath="http://out-bucket.s3.eu-west-1.amazonaws.com/x/")
     with pytest.raises(ApiError, match=r"missing field 'Destination\.UriPath'"):
         parse_destination(
-            {"Provider": "AmazonS3"}, S3Config(), source_role=ROLE, source_duration=900
+            {"Provider": "AmazonS3"},
+            S3Config(),
+            source_role=parse_role_arn(ROLE),
+            source_duration=900,
         )
 
 
@@ -101,8 +107,9 @@ def test_the_job_request_carries_its_destination() -> None:
         },
         "Destination": {"Provider": "AmazonS3", "UriPath": URI},
     }
-    request, _ = parse_job_request(body, S3Config())
-    assert request.destination is not None and request.destination.role_arn == ROLE
+    request = parse_job_request(body, S3Config())
+    assert request.destination is not None and request.destination.role_arn == request.role_arn
+    assert request.destination.role_arn.arn == ROLE
     with pytest.raises(ApiError, match="must be an object"):
         parse_job_request({**body, "Destination": "s3://x"}, S3Config())
 
@@ -145,6 +152,30 @@ def test_leftovers_are_aborted_with_a_session_of_the_recorded_role(tmp_path: Pat
 
     assert asyncio.run(main()) == 1
     assert store.uploads == {} and journal.entries == []
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"RoleArn": "arn:aws:iam::1:role/x"}, {"Tenant": "a"}, {"UriPath": "s3://out-bucket/"}],
+)
+def test_a_journal_entry_that_does_not_parse_never_reaches_sts_and_stays(
+    tmp_path: Path, fields: dict[str, str]
+) -> None:
+    # The journal is read from disk: its values are parsed like a request's.
+    journal = UploadJournal(tmp_path / "uploads.json")
+    entry = {"JobId": "j1", "Tenant": "acme", "RoleArn": ROLE, "UriPath": URI}
+    journal.add({**entry, **fields, "Bucket": "out-bucket", "Key": "renditions/a", "UploadId": "u"})
+    sts = FakeSts(SystemClock())
+    n = asyncio.run(
+        abort_leftovers(
+            journal,
+            sts=sts,
+            s3=S3Config(),
+            observer=NullCredentialObserver(),
+            make_uploader=lambda location, session: FakeUploadStore("out-bucket"),
+        )
+    )
+    assert (n, sts.calls, [e["UploadId"] for e in journal.entries]) == (0, [], ["u"])
 
 
 def test_destination_is_checked_in_the_documented_order() -> None:

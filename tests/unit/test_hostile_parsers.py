@@ -292,12 +292,13 @@ def test_range_header_is_a_range_inside_the_object_or_documented(
 )
 def test_job_request_is_accepted_or_a_documented_400(body: Any) -> None:
     try:
-        request, location = parse_job_request(body, CONFIGS[1])
+        request = parse_job_request(body, CONFIGS[1])
     except (ApiError, AuthError, TransferError) as exc:
         code = exc.code
         assert code in STATUS_BY_CODE and STATUS_BY_CODE[code] == 400, code
         return
-    assert request.job_id == body["JobId"] and location.bucket
+    assert request.job_id == body["JobId"] and request.location.bucket
+    assert request.role_arn.arn == body["Source"]["RoleArnToAssume"]
 
 
 SECTION_NAMES = st.one_of(st.sampled_from(sorted(config_keys())), st.text(max_size=8))
