@@ -59,12 +59,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from s3feed.auth.validate import PARTITIONS, dns_suffix
+
 VERSION = "2012-10-17"
 MAX_POLICY_CHARS = 2048  # STS: the plaintext of inline session policies
 WRITE_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")
 _IAM_LITERAL = {"*": "${*}", "?": "${?}", "$": "${$}"}
-# Where each partition's services answer; kms:ViaService names S3 there.
-_DNS_SUFFIX = {"aws": "amazonaws.com", "aws-cn": "amazonaws.com.cn", "aws-us-gov": "amazonaws.com"}
 
 Statement = dict[str, Any]
 
@@ -115,7 +115,7 @@ def _names(folder: Folder) -> _Names:
         raise ValueError("a session policy needs a bucket")
     if folder.prefix and not folder.prefix.endswith("/"):
         raise ValueError(f"prefix {folder.prefix!r} must be '' (whole bucket) or end with '/'")
-    if folder.partition not in _DNS_SUFFIX:
+    if folder.partition not in PARTITIONS:
         raise ValueError(f"unknown partition {folder.partition!r}")
     p = folder.partition
     bucket = f"arn:{p}:s3:::{iam_literal(folder.bucket)}"
@@ -125,7 +125,7 @@ def _names(folder: Folder) -> _Names:
         objects=f"{bucket}/{prefix}",
         prefix=prefix if folder.prefix else None,
         kms_keys=f"arn:{p}:kms:*:*:key/*",
-        s3_service=f"s3.{folder.region}.{_DNS_SUFFIX[p]}",
+        s3_service=f"s3.{folder.region}.{dns_suffix(p)}",
     )
 
 

@@ -21,7 +21,8 @@ from typing import NewType
 
 from s3feed.auth.errors import InvalidDuration, InvalidRoleArn, InvalidTenantName
 
-PARTITIONS = ("aws", "aws-cn", "aws-us-gov")
+# The partitions a role may live in, and the domain their services answer under.
+PARTITIONS = {"aws": "amazonaws.com", "aws-cn": "amazonaws.com.cn", "aws-us-gov": "amazonaws.com"}
 DEFAULT_DURATION = 3600
 MIN_DURATION = 900
 MAX_DURATION = 43200
@@ -55,6 +56,11 @@ class RoleArn:
 
     def __str__(self) -> str:
         return self.arn
+
+
+def dns_suffix(partition: str) -> str:
+    """Where `partition`'s services answer: S3 in REGION is s3.REGION.<this>."""
+    return PARTITIONS[partition]
 
 
 def _shown(value: object, limit: int = 80) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, unquote_to_bytes, urlsplit
 
+from s3feed.auth import dns_suffix
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import InvalidKey, InvalidUriPath
 
@@ -181,8 +182,7 @@ def parse_uri_path(uri: object, s3: S3Config) -> S3Location:
             raise _invalid(f"the folder is longer than S3's {MAX_KEY_BYTES}-byte key limit")
 
     dualstack = ".dualstack" if m["dualstack"] else ""
-    suffix = ".amazonaws.com.cn" if partition == "aws-cn" else ".amazonaws.com"
-    aws_endpoint = f"https://s3{dualstack}.{region}{suffix}"
+    aws_endpoint = f"https://s3{dualstack}.{region}.{dns_suffix(partition)}"
     endpoint = (s3.endpoint_url or aws_endpoint).rstrip("/")
     addressing: Literal["virtual", "path"]
     if s3.addressing != "auto":
