@@ -5,6 +5,7 @@ its modules directly (tests/unit/test_layout.py walks the imports).
 """
 
 from s3feed.auth.botocore_creds import frozen
+from s3feed.auth.clock import Clock, MonotonicClock, SystemClock
 from s3feed.auth.config import StsConfig
 from s3feed.auth.credentials import Credentials, CredentialSource
 from s3feed.auth.errors import AuthError, CodedError, StsUnavailable
@@ -27,11 +28,13 @@ __all__ = [
     "AioStsClient",
     "AuthError",
     "CallerIdentity",
+    "Clock",
     "CodedError",
     "CredentialObserver",
     "CredentialSource",
     "Credentials",
     "Folder",
+    "MonotonicClock",
     "Outputs",
     "RoleArn",
     "RoleSession",
@@ -39,6 +42,7 @@ __all__ = [
     "StsClient",
     "StsConfig",
     "StsUnavailable",
+    "SystemClock",
     "TenantName",
     "abort_policy",
     "dns_suffix",

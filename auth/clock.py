@@ -1,4 +1,4 @@
-"""Wall-clock time and sleeping, injected so 12-hour sessions test in milliseconds.
+"""Time and sleeping, injected so 12-hour sessions and 30 s stalls test in milliseconds.
 
 Design note (concurrency):
 - Credentials expire at a wall-clock instant (STS `Expiration`), so sleepers
@@ -6,6 +6,10 @@ Design note (concurrency):
   sleeps in slices of at most `max_slice` seconds and re-reads the wall
   clock after each, so a clock step (NTP, a paused VM) delays a refresh by
   at most one slice instead of sleeping through an expiry.
+- Timeouts (transfer/'s stall and idle timers) measure durations, so a clock
+  step must move them neither way: `MonotonicClock` is the same protocol on
+  a timeline that starts at the wall clock and then follows the monotonic
+  clock only.
 - `FakeClock` never sleeps for real. Each `sleep_until` parks a future in a
   heap keyed by (deadline, sequence). `advance`/`advance_to` move time
   forward one deadline at a time, resolving the futures that are due in
@@ -21,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 
 class Clock(Protocol):
     def now(self) -> datetime:
-        """Wall-clock time, timezone-aware UTC."""
+        """The time, timezone-aware UTC (the wall clock's, but for MonotonicClock)."""
         ...
 
     async def sleep_until(self, when: datetime) -> None:
@@ -46,6 +51,28 @@ class SystemClock:
         # Slices, not one long sleep: the wall clock may step while we sleep.
         while (remaining := (when - self.now()).total_seconds()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(remaining, self._max_slice))
+
+
+class MonotonicClock:
+    """A clock for timeouts: now() never steps, whatever the wall clock does.
+
+    It reads the wall clock once, when made, and from then on adds the
+    monotonic clock's progress; deadlines taken from one instance compare
+    only with that instance's now().
+    """
+
+    def __init__(self) -> None:
+        self._origin = datetime.now(UTC)
+        self._start = time.monotonic()
+
+    def now(self) -> datetime:
+        return self._origin + timedelta(seconds=time.monotonic() - self._start)
+
+    async def sleep_until(self, when: datetime) -> None:
+        # Again until due: the loop's timers may round a delay down (uvloop's
+        # are in milliseconds), and a caller relies on now() >= when after.
+        while (remaining := (when - self.now()).total_seconds()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(remaining)
 
 
 async def settle(rounds: int = 50) -> None:

@@ -1,5 +1,5 @@
 """FakeClock wakes sleepers in deadline order without real sleeping; SystemClock re-reads
-the wall clock."""
+the wall clock; MonotonicClock never follows it once made."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from s3feed.auth.clock import FakeClock, SystemClock
+from s3feed.auth import clock as clock_module
+from s3feed.auth.clock import FakeClock, MonotonicClock, SystemClock
 
 
 async def test_sleepers_wake_in_deadline_order_at_their_deadline() -> None:
@@ -71,3 +72,26 @@ async def test_system_clock_is_utc_and_sleeps_in_slices() -> None:
     assert now.tzinfo is UTC
     await clock.sleep_until(now + timedelta(milliseconds=3))
     assert clock.now() >= now + timedelta(milliseconds=3)
+
+
+async def test_monotonic_clock_is_utc_and_sleeps_until_its_deadline() -> None:
+    clock = MonotonicClock()
+    now = clock.now()
+    assert now.tzinfo is UTC
+    await clock.sleep_until(now + timedelta(milliseconds=3))
+    assert clock.now() >= now + timedelta(milliseconds=3)
+    await clock.sleep_until(now)  # past: at once
+
+
+def test_monotonic_clock_ignores_a_wall_clock_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = MonotonicClock()
+    before = clock.now()
+
+    class Stepped(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> Stepped:  # type: ignore[override]
+            return cls(2030, 1, 1, tzinfo=UTC)  # NTP stepped the wall clock years ahead
+
+    monkeypatch.setattr(clock_module, "datetime", Stepped)
+    assert SystemClock().now().year == 2030
+    assert before <= clock.now() < before + timedelta(hours=1)
