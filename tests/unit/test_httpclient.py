@@ -1,4 +1,11 @@
-"""The data-plane HTTP client against a scripted asyncio server on 127.0.0.1."""
+"""The data-plane HTTP client against a scripted asyncio server on 127.0.0.1.
+
+Every client here runs on a FakeClock: time stands still unless a test moves
+it, so no stall or idle timer fires because the machine is busy, and the
+tests of those timers move the clock past their windows instead of sleeping.
+The scripted server holds a response on an event (`Server.hold`), never on
+a real sleep.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +17,12 @@ import socket
 import ssl
 import struct
 import subprocess
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import uvloop
 
+from s3feed.auth.clock import FakeClock
 from s3feed.transfer.errors import S3Unavailable, TransientError
 from s3feed.transfer.s3.pool import HttpClient, serialize_get
 from s3feed.transfer.s3.proxy import Proxies
@@ -32,6 +39,7 @@ class Server:
         self.respond: Respond = ok_body(b"hello")
         self.requests: list[bytes] = []
         self.connections = 0
+        self.hold = asyncio.Event()  # a response that stops mid-way waits for this; stop() sets it
         self._writers: list[asyncio.StreamWriter] = []
         self._server: asyncio.Server | None = None
 
@@ -61,6 +69,7 @@ class Server:
 
     async def stop(self) -> None:
         assert self._server is not None
+        self.hold.set()
         self._server.close()
         for w in self._writers:
             w.close()
@@ -90,8 +99,13 @@ async def server() -> AsyncIterator[Server]:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[HttpClient]:
-    c = HttpClient(buffer_size=4096)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def client(clock: FakeClock) -> AsyncIterator[HttpClient]:
+    c = HttpClient(buffer_size=4096, clock=clock)
     yield c
     await c.close()
     assert c.open_connections == 0
@@ -101,10 +115,18 @@ class Sink:
     def __init__(self) -> None:
         self.data = bytearray()
         self.calls = 0
+        self._grew = asyncio.Event()
 
     def __call__(self, view: memoryview) -> None:
         self.data += view
         self.calls += 1
+        self._grew.set()
+
+    async def holds(self, n: int) -> None:
+        """Return once `n` bytes arrived: the client is then inside read_into."""
+        while len(self.data) < n:
+            self._grew.clear()
+            await self._grew.wait()
 
 
 async def fetch(client: HttpClient, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -126,17 +148,31 @@ async def test_body_in_small_buffers_and_keep_alive(server: Server, client: Http
     assert server.requests[0].startswith(b"GET /k HTTP/1.1\r\nHost: 127.0.0.1:")
 
 
-async def test_an_idle_connection_is_closed_once_idle_timeout_passes(server: Server) -> None:
+async def test_an_idle_connection_is_closed_once_idle_timeout_passes(
+    server: Server, clock: FakeClock
+) -> None:
     """One pool serves every job: the connections of a burst must not keep
-    their fds after it; a fresh request then opens a new one."""
-    client = HttpClient(idle_timeout=0.05)
+    their fds after it; a fresh request then opens a new one. Each goes once
+    it has been idle `idle_timeout`, counted from its last use."""
+    client = HttpClient(idle_timeout=15, clock=clock)
     try:
         server.respond = ok_body(b"x")
         await asyncio.gather(*(fetch(client, server.url) for _ in range(3)))
-        idle = [c for conns in client._idle.values() for c in conns]
-        assert len(idle) == 3 and client.open_connections == 3
-        async with asyncio.timeout(5):
-            await asyncio.gather(*(c.closed for c in idle))  # closed by the pool, not by us
+        burst = [c for conns in client._idle.values() for c in conns]
+        assert len(burst) == 3 and client.open_connections == 3
+        t0 = clock.now()
+        await clock.advance(10)
+        assert await fetch(client, server.url) == (200, b"x")  # reuses one: idle again from 10 s
+        [reused] = [c for c in burst if c.idle_since > t0]
+        await clock.advance(4.9)
+        assert not any(c.closed.done() for c in burst)
+        await clock.advance(0.1)
+        async with asyncio.timeout(60):  # a hang guard: the pool aborted them at 15 s
+            await asyncio.gather(*(c.closed for c in burst if c is not reused))
+        assert not reused.closed.done() and client.idle_connections == 1
+        await clock.advance(10)
+        async with asyncio.timeout(60):
+            await reused.closed  # closed by the pool, not by us
         assert client.idle_connections == 0 and client.open_connections == 0
         assert await fetch(client, server.url) == (200, b"x")
         assert server.connections == 4
@@ -263,14 +299,15 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 async def test_reset_mid_body(server: Server, client: HttpClient) -> None:
+    sink = Sink()
+
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"b" * 5000)
         await writer.drain()
-        await asyncio.sleep(0.05)
+        await sink.holds(5000)  # a reset may discard bytes the client has not read yet
         _reset(writer)
 
     server.respond = respond
-    sink = Sink()
     with pytest.raises(TransientError) as e:
         async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
             await resp.read_into(sink)
@@ -288,59 +325,116 @@ async def test_reset_before_head(server: Server, client: HttpClient) -> None:
     assert e.value.reason == "reset"
 
 
-async def test_refused_connection_is_reset() -> None:
+async def test_refused_connection_is_reset(clock: FakeClock) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = HttpClient()
+    client = HttpClient(clock=clock)
     with pytest.raises(TransientError) as e:
         await fetch(client, f"http://127.0.0.1:{port}")
     assert e.value.reason == "reset"
     await client.close()
 
 
+STALL = 30.0  # seconds, the daemon's default stall_timeout
+TICK = STALL / 4  # the watchdog looks this often (transfer/s3/connection.py)
+
+
 @pytest.mark.parametrize("where", ["head", "body"])
-async def test_stall(server: Server, client: HttpClient, where: str) -> None:
+async def test_stall(server: Server, client: HttpClient, clock: FakeClock, where: str) -> None:
+    """No byte for the whole stall timeout fails the exchange: not before,
+    and at the latest one tick after (docs/design.md, Transfers: Retries)."""
+    asked = asyncio.Event()
+
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         if where == "body":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        await asyncio.sleep(3)
+        asked.set()
+        await server.hold.wait()  # and nothing more
 
     server.respond = respond
     sink = Sink()
-    started = time.monotonic()
-    with pytest.raises(TransientError) as e:
-        async with client.get(server.url + "/k", {}, stall_timeout=0.2) as resp:
+
+    async def get() -> None:
+        async with client.get(server.url + "/k", {}, stall_timeout=STALL) as resp:
             await resp.read_into(sink)
+
+    task = asyncio.create_task(get())
+    await asyncio.wait_for(asked.wait(), 60)  # the request arrived: the head wait has begun
+    if where == "body":
+        await asyncio.wait_for(sink.holds(3), 60)  # the body wait has begun
+    await clock.advance(STALL - 1)
+    assert not task.done()
+    await clock.advance(1 + TICK)  # the clock stops here: only the stall can end the wait
+    with pytest.raises(TransientError) as e:
+        await asyncio.wait_for(task, 60)
     assert e.value.reason == "stall"
-    assert 0.2 <= time.monotonic() - started < 1.0
+    assert "no byte received for 30 s" in str(e.value)
     assert bytes(sink.data) == (b"abc" if where == "body" else b"")
 
 
-async def test_slow_but_steady_body_is_not_a_stall(server: Server, client: HttpClient) -> None:
+async def test_slow_but_steady_body_is_not_a_stall(
+    server: Server, client: HttpClient, clock: FakeClock
+) -> None:
+    """A byte every 20 s for 160 s: never a 30 s gap, so never a stall."""
+    send = asyncio.Queue[None]()
+
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
         for _ in range(8):
-            await asyncio.sleep(0.05)
+            await send.get()
             writer.write(b"z")
             await writer.drain()
 
     server.respond = respond
-    assert await fetch(client, server.url, timeout=0.15) == (200, b"z" * 8)
+    sink = Sink()
+    async with client.get(server.url + "/k", {}, stall_timeout=STALL) as resp:
+        reading = asyncio.create_task(resp.read_into(sink))
+        for i in range(8):
+            await clock.advance(20)
+            assert not reading.done()
+            send.put_nowait(None)
+            await asyncio.wait_for(sink.holds(i + 1), 60)
+        await reading
+    assert bytes(sink.data) == b"z" * 8
 
 
-async def test_server_closing_an_idle_connection_is_retried(
+async def test_a_reused_connection_the_server_dropped_is_retried_on_a_fresh_one(
     server: Server, client: HttpClient
 ) -> None:
+    """The server closes a kept-alive connection just as the next request
+    arrives on it (no response byte): the request is sent again, once, on a
+    new connection."""
+
+    async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
+        if n == 2:
+            writer.close()  # keep-alive promised, then dropped under the request
+        else:
+            await ok_body(b"x%d" % n)(head, writer, n)
+
+    server.respond = respond
+    assert await fetch(client, server.url) == (200, b"x1")
+    assert await fetch(client, server.url) == (200, b"x3")
+    assert server.connections == 2 and len(server.requests) == 3
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused(
+    server: Server, client: HttpClient
+) -> None:
+    drop = asyncio.Event()
+
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         await ok_body(b"x%d" % n)(head, writer, n)
+        await drop.wait()
         writer.close()  # keep-alive promised, then dropped while idle
 
     server.respond = respond
     assert await fetch(client, server.url) == (200, b"x1")
-    await asyncio.sleep(0.05)
+    [idle] = [c for conns in client._idle.values() for c in conns]
+    drop.set()
+    await asyncio.wait_for(idle.closed, 60)  # the client saw the close
     assert await fetch(client, server.url) == (200, b"x2")
-    assert server.connections == 2
+    assert server.connections == 2 and len(server.requests) == 2
 
 
 async def test_sink_error_propagates_and_drops_the_connection(
@@ -358,17 +452,23 @@ async def test_sink_error_propagates_and_drops_the_connection(
     assert server.connections == 2
 
 
+async def read_into(client: HttpClient, url: str, sink: Sink) -> None:
+    async with client.get(url + "/k", {}, stall_timeout=STALL) as resp:
+        await resp.read_into(sink)
+
+
 async def test_cancelled_mid_body_drops_the_connection(server: Server, client: HttpClient) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         if n == 1:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
-            await asyncio.sleep(3)
+            await server.hold.wait()
         else:
             await ok_body(b"ok")(head, writer, n)
 
     server.respond = respond
-    task = asyncio.create_task(fetch(client, server.url))
-    await asyncio.sleep(0.1)
+    sink = Sink()
+    task = asyncio.create_task(read_into(client, server.url, sink))
+    await asyncio.wait_for(sink.holds(3), 60)  # mid-body
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -406,15 +506,16 @@ async def test_malformed_response(server: Server, client: HttpClient) -> None:
     assert e.value.reason == "server_error"
 
 
-async def test_close_waits_for_busy_connections(server: Server) -> None:
+async def test_close_waits_for_busy_connections(server: Server, clock: FakeClock) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
-        await asyncio.sleep(3)
+        await server.hold.wait()
 
     server.respond = respond
-    client = HttpClient()
-    task = asyncio.create_task(fetch(client, server.url))
-    await asyncio.sleep(0.1)
+    client = HttpClient(clock=clock)
+    sink = Sink()
+    task = asyncio.create_task(read_into(client, server.url, sink))
+    await asyncio.wait_for(sink.holds(3), 60)  # busy, mid-body
     await client.close()
     assert client.open_connections == 0
     with pytest.raises(TransientError):
@@ -460,7 +561,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return cert, key
 
 
-async def test_tls_body_and_keep_alive(tls_files: tuple[str, str]) -> None:
+async def test_tls_body_and_keep_alive(tls_files: tuple[str, str], clock: FakeClock) -> None:
     cert, key = tls_files
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
@@ -468,14 +569,14 @@ async def test_tls_body_and_keep_alive(tls_files: tuple[str, str]) -> None:
     server = Server()
     server.respond = ok_body(body, pieces=9)
     server._server = await asyncio.start_server(server._handle, "127.0.0.1", 0, ssl=server_ctx)
-    client = HttpClient(ssl_context=ssl.create_default_context(cafile=cert))
+    client = HttpClient(ssl_context=ssl.create_default_context(cafile=cert), clock=clock)
     try:
         port = server._server.sockets[0].getsockname()[1]
         for _ in range(2):
             assert await fetch(client, f"https://127.0.0.1:{port}") == (200, body)
         assert server.connections == 1
         # Certificates are checked: a client that does not trust this one refuses it.
-        stranger = HttpClient()
+        stranger = HttpClient(clock=clock)
         # Not a TransientError: retrying cannot make it trusted; the message
         # says which CAs the client trusted.
         with pytest.raises(S3Unavailable) as e:
@@ -493,7 +594,7 @@ def test_on_uvloop() -> None:
     async def scenario() -> None:
         server = Server()
         await server.start()
-        client = HttpClient(buffer_size=4096)
+        client = HttpClient(buffer_size=4096, clock=FakeClock())
         try:
             body = os.urandom(100_000)
             server.respond = ok_body(body, pieces=7)
@@ -627,9 +728,11 @@ def test_https_through_a_connect_tunnel(tls_files: tuple[str, str], loop: str) -
         targets: list[str] = []
         proxy = await _connect_proxy(targets)
         proxy_url = f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
+        clock = FakeClock()
         client = HttpClient(
             ssl_context=ssl.create_default_context(cafile=cert),
             proxies=Proxies.from_environ({"HTTPS_PROXY": proxy_url}),
+            clock=clock,
         )
         try:
             port = server._server.sockets[0].getsockname()[1]
@@ -639,7 +742,7 @@ def test_https_through_a_connect_tunnel(tls_files: tuple[str, str], loop: str) -
             request_line = server.requests[0].split(b"\r\n")[0]
             assert request_line == b"GET /x/k HTTP/1.1", "origin form inside the tunnel"
             refused = HttpClient(
-                proxies=Proxies.from_environ({"HTTPS_PROXY": "http://127.0.0.1:1"})
+                proxies=Proxies.from_environ({"HTTPS_PROXY": "http://127.0.0.1:1"}), clock=clock
             )
             with pytest.raises(TransientError) as e:
                 await fetch(refused, f"https://127.0.0.1:{port}/x")
@@ -706,12 +809,12 @@ class BodyServer:
         await self._server.wait_closed()
 
 
-async def test_a_request_body_is_written_in_slices_not_copied_whole() -> None:
+async def test_a_request_body_is_written_in_slices_not_copied_whole(clock: FakeClock) -> None:
     import tracemalloc
 
     server = BodyServer()
     url = await server.start()
-    client = HttpClient()
+    client = HttpClient(clock=clock)
     body = bytearray(os.urandom(24 * 1024 * 1024))
     tracemalloc.start()
     try:
@@ -733,10 +836,12 @@ async def test_a_request_body_is_written_in_slices_not_copied_whole() -> None:
         await server.stop()
 
 
-async def test_an_answer_before_the_body_is_sent_stops_it_and_drops_the_connection() -> None:
+async def test_an_answer_before_the_body_is_sent_stops_it_and_drops_the_connection(
+    clock: FakeClock,
+) -> None:
     server = BodyServer(refuse=True)
     url = await server.start()
-    client = HttpClient()
+    client = HttpClient(clock=clock)
     body = memoryview(bytes(64 * 1024 * 1024))  # far beyond the sockets' buffers
     try:
         for n in (1, 2):

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from test_httpclient import Server
 
+from s3feed.auth.clock import FakeClock
 from s3feed.auth.credentials import Credentials
 from s3feed.transfer.config import S3Config
 from s3feed.transfer.errors import (
@@ -94,7 +95,8 @@ async def server() -> AsyncIterator[Server]:
 
 @pytest.fixture
 async def env(server: Server) -> AsyncIterator[tuple[S3ObjectStore, Source, Recorder]]:
-    clients = S3Client(S3Config(endpoint_url=server.url), http=HttpClient())
+    # A clock nobody moves: however busy the machine, no stall or idle timer fires.
+    clients = S3Client(S3Config(endpoint_url=server.url), http=HttpClient(clock=FakeClock()))
     location = parse_uri_path("https://media-in.s3.eu-west-1.amazonaws.com/f/", clients.s3)
     source, recorder = Source(), Recorder()
     store = S3ObjectStore(location, source, clients=clients, observer=recorder)

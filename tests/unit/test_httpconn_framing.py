@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s3feed.auth.clock import FakeClock
 from s3feed.transfer.s3.connection import HttpConnection
 
 HEADER_NAMES = st.sampled_from(["ETag", "x-amz-request-id", "Content-Type", "Link", "X-Pad"])
@@ -71,7 +72,8 @@ def split(raw: bytes, cuts: list[int]) -> list[bytes]:
 
 
 async def exchange(raw_segments: list[bytes], buffer_size: int) -> tuple[int, bytes, bool]:
-    conn = HttpConnection(("http", "127.0.0.1", 80), buffer_size=buffer_size)
+    # A clock nobody moves: however slowly the examples run, no stall fires.
+    conn = HttpConnection(("http", "127.0.0.1", 80), buffer_size=buffer_size, clock=FakeClock())
     transport = Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     pending = bytearray(b"".join(raw_segments))

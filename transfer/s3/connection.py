@@ -21,11 +21,14 @@ Concurrency: one exchange at a time (no pipelining). The caller's task awaits
 a future that the protocol callbacks (run by the event loop) resolve, once at
 the end of the head and once at the end of the body. After the head the
 connection stops reading until the caller asks for the body, so memory is one
-buffer per connection whatever the body size. While the caller waits, a timer
-ticking at a quarter of the stall timeout fails the exchange when no byte
-arrived for the whole timeout. A cancelled caller, a sink that raises, a
-stall, a reset or a short body abort the connection; only a connection whose
-exchange ended cleanly on a keep-alive response is `reusable`.
+buffer per connection whatever the body size. While the caller waits, a
+watchdog task ticking at a quarter of the stall timeout on the injected
+clock (auth's `Clock`; a `MonotonicClock` unless a test passes a fake) fails
+the exchange when no byte arrived for the whole timeout (docs/design.md,
+Transfers: Retries); the wait cancels it when it ends. A cancelled caller, a
+sink that raises, a stall, a reset or a short body abort the connection;
+only a connection whose exchange ended cleanly on a keep-alive response is
+`reusable`. `idle_since` is on the same clock: the pool's idle timer reads it.
 
 A request body (an upload's part) is written a slice (`WRITE_SLICE`) at a
 time, the next only once the transport drained below its high-water mark
@@ -39,10 +42,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import cast
 
 import httptools
 
+from s3feed.auth import Clock, MonotonicClock
 from s3feed.transfer.errors import TransientError
 
 BUFFER_SIZE = 1024 * 1024
@@ -57,19 +62,25 @@ class _HeadDone(Exception):
 
 
 class HttpConnection(asyncio.BufferedProtocol):
-    def __init__(self, key: tuple[str, str, int], buffer_size: int = BUFFER_SIZE) -> None:
+    def __init__(
+        self,
+        key: tuple[str, str, int],
+        buffer_size: int = BUFFER_SIZE,
+        clock: Clock | None = None,
+    ) -> None:
         self.key = key
         self._loop = asyncio.get_running_loop()
+        self._clock = clock or MonotonicClock()
         self._buf = bytearray(buffer_size)
         self._view = memoryview(self._buf)
         self._max_head = min(MAX_HEAD_BYTES, buffer_size)
         self._transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self.exchanges = 0  # completed exchanges; > 0 means the connection was reused
-        self.idle_since = self._loop.time()
+        self.idle_since = self._clock.now()
         self._state = "idle"  # idle -> head -> wait -> body -> done (-> head ...) | closed
         self._waiter: asyncio.Future[None] | None = None
-        self._stall: asyncio.TimerHandle | None = None
+        self._stall: asyncio.Task[None] | None = None  # the watchdog of the current wait
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
         self._new_exchange()
 
@@ -155,10 +166,8 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     async def _wait(self, stall_timeout: float, body: memoryview | None = None) -> None:
         self._waiter = self._loop.create_future()
-        tick = stall_timeout / 4
-        now = self._loop.time()
-        self._stall = self._loop.call_later(
-            tick, self._check_stall, tick, stall_timeout, self.received, now
+        self._stall = self._loop.create_task(
+            self._watch(stall_timeout, self.received, self._clock.now())
         )
         try:
             if body is not None:
@@ -183,14 +192,21 @@ class HttpConnection(asyncio.BufferedProtocol):
             if self._writable is not None:
                 await asyncio.wait((self._writable, answered), return_when=asyncio.FIRST_COMPLETED)
 
-    def _check_stall(self, tick: float, timeout: float, seen: int, since: float) -> None:
-        now = self._loop.time()
-        if self.received != seen:
-            seen, since = self.received, now
-        elif now - since >= timeout:
-            self._fail(TransientError(f"no byte received for {timeout:g} s", "stall"))
-            return
-        self._stall = self._loop.call_later(tick, self._check_stall, tick, timeout, seen, since)
+    async def _watch(self, timeout: float, seen: int, since: datetime) -> None:
+        """Fail the wait once no byte arrived for `timeout` seconds, looking
+        every quarter of it (a byte costs a counter, never a clock read)."""
+        tick, limit = timedelta(seconds=timeout / 4), timedelta(seconds=timeout)
+        due = since + tick
+        while True:
+            await self._clock.sleep_until(due)
+            now = self._clock.now()
+            if self.received != seen:
+                seen, since = self.received, now
+            elif now - since >= limit:
+                self._stall = None  # done: nothing to cancel
+                self._fail(TransientError(f"no byte received for {timeout:g} s", "stall"))
+                return
+            due = now + tick
 
     def _cancel_stall(self) -> None:
         if self._stall is not None:
@@ -208,7 +224,7 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def _finish(self) -> None:
         self.exchanges += 1
-        self.idle_since = self._loop.time()
+        self.idle_since = self._clock.now()
         reuse = self._keep_alive and self._transport is not None and not self._unsent
         self._state = "done" if reuse else "closed"
         self._consumer = None

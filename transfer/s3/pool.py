@@ -22,10 +22,13 @@ cleanly on a keep-alive response; otherwise the connection is aborted. The
 number of open connections is bounded by the callers' own concurrency (the
 engine's global cap); idle ones by `max_idle_per_host`, and an idle one is
 closed once `idle_timeout` passes (one pool serves every job: a burst must
-not keep its fds). A request that fails
+not keep its fds): a sweeper task, alive only while some connection is idle,
+sleeps on the injected clock (auth's `Clock`, shared with the connections'
+stall timers) until the oldest idle one is due. A request that fails
 before any response byte on a reused connection (the server closed it while
 idle) is retried once on a fresh one; every other failure is the caller's.
-`close` aborts every connection, idle or busy, and waits until they are gone.
+`close` stops the sweeper, aborts every connection, idle or busy, and waits
+until they are gone.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
+from s3feed.auth import Clock, MonotonicClock
 from s3feed.transfer.errors import S3Unavailable, TransientError
 from s3feed.transfer.s3.connection import BUFFER_SIZE, MAX_HEAD_BYTES, BodyConsumer, HttpConnection
 from s3feed.transfer.s3.proxy import Proxies, Proxy
@@ -87,16 +92,18 @@ class HttpClient:
         trust: str = "the system's CA certificates ([s3] ca_bundle and AWS_CA_BUNDLE unset)",
         proxies: Proxies | None = None,
         buffer_size: int = BUFFER_SIZE,
+        clock: Clock | None = None,
     ) -> None:
         self._max_idle = max_idle_per_host
-        self._idle_timeout = idle_timeout
+        self._idle_timeout = timedelta(seconds=idle_timeout)
+        self._clock = clock or MonotonicClock()
         self._connect_timeout = connect_timeout
         self._ssl = ssl_context
         self._trust = trust  # where the CA certificates came from, for errors
         self._proxies = proxies or Proxies()
         self._buffer_size = buffer_size
         self._idle: dict[Key, list[HttpConnection]] = {}
-        self._sweep: asyncio.TimerHandle | None = None  # closes idle ones past idle_timeout
+        self._sweep: asyncio.Task[None] | None = None  # closes idle ones past idle_timeout
         self._open: set[HttpConnection] = set()
         self._closed = False
 
@@ -195,7 +202,7 @@ class HttpClient:
         if self._closed:
             raise RuntimeError("HttpClient is closed")
         idle = self._idle.get(key, [])
-        now = asyncio.get_running_loop().time()
+        now = self._clock.now()
         while idle:
             conn = idle.pop()
             if conn.reusable and now - conn.idle_since < self._idle_timeout:
@@ -239,7 +246,7 @@ class HttpClient:
         host, port = via or key[1:]
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(
-            lambda: HttpConnection(key, self._buffer_size),
+            lambda: HttpConnection(key, self._buffer_size, self._clock),
             host,
             port,
             ssl=tls,
@@ -263,7 +270,7 @@ class HttpClient:
                 raise ConnectionRefusedError(
                     f"the proxy {proxy.host}:{proxy.port} answered {status} to CONNECT {authority}"
                 )
-            conn = HttpConnection(key, self._buffer_size)
+            conn = HttpConnection(key, self._buffer_size, self._clock)
             secure = await loop.start_tls(transport, tunnel, tls, server_hostname=host)
             if secure is None:
                 raise ConnectionResetError("the tunnel closed during the TLS handshake")
@@ -279,38 +286,46 @@ class HttpClient:
         if conn.reusable and not self._closed and len(idle) < self._max_idle:
             idle.append(conn)
             if self._sweep is None:
-                loop = asyncio.get_running_loop()
-                self._sweep = loop.call_later(self._idle_timeout, self._close_expired)
+                due = conn.idle_since + self._idle_timeout
+                self._sweep = asyncio.get_running_loop().create_task(self._close_expired(due))
         else:
             conn.abort()
 
-    def _close_expired(self) -> None:
+    async def _close_expired(self, due: datetime) -> None:
         """Close idle connections past `idle_timeout`: one pool serves every job,
-        so a burst must not keep its connections' fds once it is over."""
-        self._sweep = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        oldest: float | None = None
-        for key, idle in list(self._idle.items()):
-            keep = []
-            for conn in idle:
-                if now - conn.idle_since >= self._idle_timeout:
-                    conn.abort()
-                else:
-                    keep.append(conn)
-                    oldest = conn.idle_since if oldest is None else min(oldest, conn.idle_since)
-            if keep:
-                self._idle[key] = keep
-            else:
-                del self._idle[key]
-        if oldest is not None and not self._closed:
-            self._sweep = loop.call_later(oldest + self._idle_timeout - now, self._close_expired)
+        so a burst must not keep its connections' fds once it is over. Ends when
+        none is idle; the next release starts another."""
+        try:
+            while not self._closed:
+                await self._clock.sleep_until(due)
+                now = self._clock.now()
+                oldest: datetime | None = None
+                for key, idle in list(self._idle.items()):
+                    keep = []
+                    for conn in idle:
+                        if now - conn.idle_since >= self._idle_timeout:
+                            conn.abort()
+                        else:
+                            keep.append(conn)
+                            oldest = (
+                                conn.idle_since if oldest is None else min(oldest, conn.idle_since)
+                            )
+                    if keep:
+                        self._idle[key] = keep
+                    else:
+                        del self._idle[key]
+                if oldest is None:
+                    return
+                due = oldest + self._idle_timeout
+        finally:
+            self._sweep = None
 
     async def close(self) -> None:
         self._closed = True
         if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
+            sweep = self._sweep
+            sweep.cancel()
+            await asyncio.wait([sweep])
         self._idle.clear()
         waiting = [c.closed for c in self._open]
         for conn in list(self._open):
