@@ -259,6 +259,7 @@ async def expired_creds(local_aws: LocalAws) -> Credentials:
                 DurationSeconds=1,
             )["Credentials"]
         )
+    # Real time is the behaviour: ministack expires them on its own clock (to the second).
     await asyncio.sleep(max(0.0, (c.expiration - datetime.now(UTC)).total_seconds()) + 1.1)
     return c
 
