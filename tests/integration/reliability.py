@@ -131,10 +131,13 @@ class Rig:
             "sts": {"region": self.local_aws.region, "endpoint_url": self.sts.url},
             "s3": {"endpoint_url": self.s3.url},
             # One part per GET (faults are paced per GET), as in daemonproc's defaults.
+            # The daemon's stall timer runs on its own clock, which no test can move:
+            # 5 s without a byte is far beyond any pause of a busy machine, and an
+            # injected stall lasts until the daemon gives up (test_faults.KINDS).
             "transfer": {
                 "part_size": "1MiB",
                 "max_range": "1MiB",
-                "stall_timeout": 1.0,
+                "stall_timeout": 5.0,
                 "retries": 10,
             },
             "cache": {"dir": self.work / "cache", "max_size": "2GiB", "min_free": "0"},

@@ -4,7 +4,8 @@ Every case ends with the bytes sha256-compared against the object or with a
 clear error code, with no partial cache entry served as complete, and with
 the daemon still serving another job. The daemon runs as `s3feed serve`
 with its [s3] and [sts] endpoints on fault proxies (faultproxy.py) in front
-of ministack; `stall_timeout` is 1 s so stalls are detected quickly.
+of ministack; `stall_timeout` is 5 s, and an injected stall outlasts it, so
+only the daemon's stall timer can end one and no busy machine looks stalled.
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def _overwrite(bucket: Bucket, key: str) -> Callable[[], object]:
 KINDS: dict[str, tuple[Callable[[Bucket, str], Fault], str]] = {
     "reset": (lambda b, k: Fault("reset", key_get(k), after=2, times=2), "ok"),
     "truncate": (lambda b, k: Fault("truncate", key_get(k), after=2, times=2), "ok"),
-    "stall": (lambda b, k: Fault("stall", key_get(k), after=2, times=1, seconds=3), "ok"),
+    # Silent for longer than any stall_timeout: the transfer ends only if the
+    # daemon's stall timer fires and the range is retried.
+    "stall": (lambda b, k: Fault("stall", key_get(k), after=2, times=1, seconds=120), "ok"),
     "latency": (lambda b, k: Fault("latency", key_get(k), times=None, seconds=0.05), "ok"),
     "status500": (lambda b, k: Fault("status500", key_get(k), after=1, times=2), "ok"),
     "slowdown": (lambda b, k: Fault("slowdown", key_get(k), after=1, times=3), "ok"),
@@ -266,7 +269,9 @@ def test_sts_down_longer_than_a_refresh_window(
             lambda: (d := client.get_job(job))["LastRefreshError"] and d, 10, "a failed refresh"
         )
         assert doc["Refreshes"] == 0
-        time.sleep(max(0.0, outage + 4.0 - time.monotonic()))  # the outage lasts >= 4 s > 3 s
+        # Real time is the behaviour: the outage must outlast the refresh at
+        # half-life (3 s) on the daemon's clock; a busy machine only lengthens it.
+        time.sleep(max(0.0, outage + 4.0 - time.monotonic()))
         assert client.get_fetch(job, started["FetchId"])["State"] == "running"
         rig.sts.clear()
         done = wait_fetch(client, job, started["FetchId"], timeout=60)
@@ -483,9 +488,9 @@ def test_sigterm_drains_running_fetches(
             "all fetches running",
         )
         assert rig.daemon is not None
-        t0 = time.monotonic()
-        rig.stop()  # SIGTERM; asserts exit 0
-        assert time.monotonic() - t0 < 20
+        # SIGTERM; asserts exit 0. A drain past drain_grace (20 s) would cancel
+        # the fetches, and the files below would not all be complete.
+        rig.stop()
         for body in objects.values():
             files = [
                 p for p in (rig.work / "cache").glob("*.data") if p.stat().st_size == len(body)

@@ -318,9 +318,8 @@ def test_socket_starts_service_reload_and_stop(machine: Machine) -> None:
         lambda: "SIGHUP: config reloaded" in m.journal("s3feed.service"),
     )
 
-    started = time.monotonic()
     m.ok("systemctl", "stop", "s3feed.service")
-    assert time.monotonic() - started < 30
+    # A stop past TimeoutStopSec would be a SIGKILL: Result "timeout", not "success".
     state = m.show("s3feed.service", "ActiveState", "Result", "ExecMainStatus")
     assert state == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
     assert m.show("s3feed.socket", "ActiveState")["ActiveState"] == "active"
