@@ -1,7 +1,7 @@
 """`S3Client`: the daemon's one S3 client, for every job and every S3 call.
 
 One per daemon (docs/design.md, Transfers): HEAD, ListObjectsV2, ranged GET
-and the upload calls all go through one `HttpClient` (one connection pool,
+and the upload calls all go through one `HttpPool` (one connection pool,
 one TLS context, one proxy setting); a job costs no client, pool or service
 model of its own. Each request is signed once, just before it is sent, with
 the credentials the caller passes (the job's, from its CredentialSource), by
@@ -33,7 +33,7 @@ from botocore.awsrequest import AWSRequest
 
 from s3feed.auth import Credentials, frozen
 from s3feed.transfer.config import S3Config
-from s3feed.transfer.s3.pool import ERROR_BODY_LIMIT, HttpClient, Response
+from s3feed.transfer.s3.pool import ERROR_BODY_LIMIT, HttpPool, Response
 from s3feed.transfer.s3.proxy import Proxies
 from s3feed.transfer.uri import S3Location
 
@@ -92,14 +92,14 @@ class S3Client:
         self,
         s3: S3Config,
         *,
-        http: HttpClient | None = None,
+        http: HttpPool | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.s3 = s3
         if http is None:
             env = os.environ if environ is None else environ
             context, trust = tls_context("[s3] ca_bundle", s3.ca_bundle, env)
-            http = HttpClient(ssl_context=context, trust=trust, proxies=Proxies.from_environ(env))
+            http = HttpPool(ssl_context=context, trust=trust, proxies=Proxies.from_environ(env))
         self.http = http
 
     def sign(

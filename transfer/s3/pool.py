@@ -81,7 +81,7 @@ class Response:
         return bytes(body)
 
 
-class HttpClient:
+class HttpPool:
     def __init__(
         self,
         *,
@@ -200,7 +200,7 @@ class HttpClient:
 
     async def _acquire(self, key: Key) -> HttpConnection:
         if self._closed:
-            raise RuntimeError("HttpClient is closed")
+            raise RuntimeError("HttpPool is closed")
         idle = self._idle.get(key, [])
         now = self._clock.now()
         while idle:

@@ -24,7 +24,7 @@ import uvloop
 
 from s3feed.auth.clock import FakeClock
 from s3feed.transfer.errors import S3Unavailable, TransientError
-from s3feed.transfer.s3.pool import HttpClient, serialize_get
+from s3feed.transfer.s3.pool import HttpPool, serialize_get
 from s3feed.transfer.s3.proxy import Proxies
 
 pytestmark = pytest.mark.timeout(30)
@@ -104,8 +104,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def client(clock: FakeClock) -> AsyncIterator[HttpClient]:
-    c = HttpClient(buffer_size=4096, clock=clock)
+async def client(clock: FakeClock) -> AsyncIterator[HttpPool]:
+    c = HttpPool(buffer_size=4096, clock=clock)
     yield c
     await c.close()
     assert c.open_connections == 0
@@ -129,7 +129,7 @@ class Sink:
             await self._grew.wait()
 
 
-async def fetch(client: HttpClient, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+async def fetch(client: HttpPool, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     sink = Sink()
     async with client.get(url + "/k", {}, stall_timeout=timeout) as resp:
         if resp.status >= 300:
@@ -138,7 +138,7 @@ async def fetch(client: HttpClient, url: str, timeout: float = 5.0) -> tuple[int
     return resp.status, bytes(sink.data)
 
 
-async def test_body_in_small_buffers_and_keep_alive(server: Server, client: HttpClient) -> None:
+async def test_body_in_small_buffers_and_keep_alive(server: Server, client: HttpPool) -> None:
     body = os.urandom(300_000)
     server.respond = ok_body(body, pieces=37)
     for _ in range(3):
@@ -154,7 +154,7 @@ async def test_an_idle_connection_is_closed_once_idle_timeout_passes(
     """One pool serves every job: the connections of a burst must not keep
     their fds after it; a fresh request then opens a new one. Each goes once
     it has been idle `idle_timeout`, counted from its last use."""
-    client = HttpClient(idle_timeout=15, clock=clock)
+    client = HttpPool(idle_timeout=15, clock=clock)
     try:
         server.respond = ok_body(b"x")
         await asyncio.gather(*(fetch(client, server.url) for _ in range(3)))
@@ -180,7 +180,7 @@ async def test_an_idle_connection_is_closed_once_idle_timeout_passes(
         await client.close()
 
 
-async def test_head_and_body_split_at_every_byte(server: Server, client: HttpClient) -> None:
+async def test_head_and_body_split_at_every_byte(server: Server, client: HttpPool) -> None:
     body = b"0123456789" * 3
 
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
@@ -200,7 +200,7 @@ async def test_head_and_body_split_at_every_byte(server: Server, client: HttpCli
 
 
 async def test_head_and_body_in_one_segment_reuses_the_buffer(
-    server: Server, client: HttpClient
+    server: Server, client: HttpPool
 ) -> None:
     body = os.urandom(3000)  # head + body fit one 4096-byte receive
     server.respond = ok_body(body)
@@ -211,14 +211,14 @@ async def test_head_and_body_in_one_segment_reuses_the_buffer(
     assert sink.calls == 1
 
 
-async def test_empty_body(server: Server, client: HttpClient) -> None:
+async def test_empty_body(server: Server, client: HttpPool) -> None:
     server.respond = ok_body(b"")
     assert await fetch(client, server.url) == (200, b"")
     assert await fetch(client, server.url) == (200, b"")
     assert server.connections == 1
 
 
-async def test_connection_close_is_not_reused(server: Server, client: HttpClient) -> None:
+async def test_connection_close_is_not_reused(server: Server, client: HttpPool) -> None:
     server.respond = ok_body(b"abc", "Connection: close\r\n")
     assert await fetch(client, server.url) == (200, b"abc")
     assert await fetch(client, server.url) == (200, b"abc")
@@ -231,7 +231,7 @@ ERROR_XML = (
 )
 
 
-async def test_error_body_with_length_then_reuse(server: Server, client: HttpClient) -> None:
+async def test_error_body_with_length_then_reuse(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         if n == 1:
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n")
@@ -245,7 +245,7 @@ async def test_error_body_with_length_then_reuse(server: Server, client: HttpCli
     assert server.connections == 1
 
 
-async def test_chunked_error_body(server: Server, client: HttpClient) -> None:
+async def test_chunked_error_body(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 503 Slow Down\r\nTransfer-Encoding: chunked\r\n\r\n")
         for i in range(0, len(ERROR_XML), 40):
@@ -260,7 +260,7 @@ async def test_chunked_error_body(server: Server, client: HttpClient) -> None:
     assert server.connections == 1
 
 
-async def test_large_error_body_is_capped_and_dropped(server: Server, client: HttpClient) -> None:
+async def test_large_error_body_is_capped_and_dropped(server: Server, client: HttpPool) -> None:
     big = b"x" * 200_000
 
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
@@ -276,7 +276,7 @@ async def test_large_error_body_is_capped_and_dropped(server: Server, client: Ht
     assert server.connections == 2
 
 
-async def test_truncated_body(server: Server, client: HttpClient) -> None:
+async def test_truncated_body(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n" + b"a" * 6000)
         await writer.drain()
@@ -298,7 +298,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-async def test_reset_mid_body(server: Server, client: HttpClient) -> None:
+async def test_reset_mid_body(server: Server, client: HttpPool) -> None:
     sink = Sink()
 
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
@@ -315,7 +315,7 @@ async def test_reset_mid_body(server: Server, client: HttpClient) -> None:
     assert sink.data == b"b" * 5000
 
 
-async def test_reset_before_head(server: Server, client: HttpClient) -> None:
+async def test_reset_before_head(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         _reset(writer)
 
@@ -329,7 +329,7 @@ async def test_refused_connection_is_reset(clock: FakeClock) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    client = HttpClient(clock=clock)
+    client = HttpPool(clock=clock)
     with pytest.raises(TransientError) as e:
         await fetch(client, f"http://127.0.0.1:{port}")
     assert e.value.reason == "reset"
@@ -341,7 +341,7 @@ TICK = STALL / 4  # the watchdog looks this often (transfer/s3/connection.py)
 
 
 @pytest.mark.parametrize("where", ["head", "body"])
-async def test_stall(server: Server, client: HttpClient, clock: FakeClock, where: str) -> None:
+async def test_stall(server: Server, client: HttpPool, clock: FakeClock, where: str) -> None:
     """No byte for the whole stall timeout fails the exchange: not before,
     and at the latest one tick after (docs/design.md, Transfers: Retries)."""
     asked = asyncio.Event()
@@ -374,7 +374,7 @@ async def test_stall(server: Server, client: HttpClient, clock: FakeClock, where
 
 
 async def test_slow_but_steady_body_is_not_a_stall(
-    server: Server, client: HttpClient, clock: FakeClock
+    server: Server, client: HttpPool, clock: FakeClock
 ) -> None:
     """A byte every 20 s for 160 s: never a 30 s gap, so never a stall."""
     send = asyncio.Queue[None]()
@@ -400,7 +400,7 @@ async def test_slow_but_steady_body_is_not_a_stall(
 
 
 async def test_a_reused_connection_the_server_dropped_is_retried_on_a_fresh_one(
-    server: Server, client: HttpClient
+    server: Server, client: HttpPool
 ) -> None:
     """The server closes a kept-alive connection just as the next request
     arrives on it (no response byte): the request is sent again, once, on a
@@ -419,7 +419,7 @@ async def test_a_reused_connection_the_server_dropped_is_retried_on_a_fresh_one(
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused(
-    server: Server, client: HttpClient
+    server: Server, client: HttpPool
 ) -> None:
     drop = asyncio.Event()
 
@@ -438,7 +438,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused(
 
 
 async def test_sink_error_propagates_and_drops_the_connection(
-    server: Server, client: HttpClient
+    server: Server, client: HttpPool
 ) -> None:
     server.respond = ok_body(os.urandom(50_000), pieces=10)
 
@@ -452,12 +452,12 @@ async def test_sink_error_propagates_and_drops_the_connection(
     assert server.connections == 2
 
 
-async def read_into(client: HttpClient, url: str, sink: Sink) -> None:
+async def read_into(client: HttpPool, url: str, sink: Sink) -> None:
     async with client.get(url + "/k", {}, stall_timeout=STALL) as resp:
         await resp.read_into(sink)
 
 
-async def test_cancelled_mid_body_drops_the_connection(server: Server, client: HttpClient) -> None:
+async def test_cancelled_mid_body_drops_the_connection(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         if n == 1:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
@@ -476,7 +476,7 @@ async def test_cancelled_mid_body_drops_the_connection(server: Server, client: H
     assert server.connections == 2
 
 
-async def test_unread_body_drops_the_connection(server: Server, client: HttpClient) -> None:
+async def test_unread_body_drops_the_connection(server: Server, client: HttpPool) -> None:
     server.respond = ok_body(b"never read")
     async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
         assert resp.status == 200
@@ -485,7 +485,7 @@ async def test_unread_body_drops_the_connection(server: Server, client: HttpClie
 
 
 async def test_bytes_beyond_content_length_drop_the_connection(
-    server: Server, client: HttpClient
+    server: Server, client: HttpPool
 ) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcEXTRA")
@@ -496,7 +496,7 @@ async def test_bytes_beyond_content_length_drop_the_connection(
     assert server.connections == 2
 
 
-async def test_malformed_response(server: Server, client: HttpClient) -> None:
+async def test_malformed_response(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 2OO OK\r\n\r\n")
 
@@ -512,7 +512,7 @@ async def test_close_waits_for_busy_connections(server: Server, clock: FakeClock
         await server.hold.wait()
 
     server.respond = respond
-    client = HttpClient(clock=clock)
+    client = HttpPool(clock=clock)
     sink = Sink()
     task = asyncio.create_task(read_into(client, server.url, sink))
     await asyncio.wait_for(sink.holds(3), 60)  # busy, mid-body
@@ -569,14 +569,14 @@ async def test_tls_body_and_keep_alive(tls_files: tuple[str, str], clock: FakeCl
     server = Server()
     server.respond = ok_body(body, pieces=9)
     server._server = await asyncio.start_server(server._handle, "127.0.0.1", 0, ssl=server_ctx)
-    client = HttpClient(ssl_context=ssl.create_default_context(cafile=cert), clock=clock)
+    client = HttpPool(ssl_context=ssl.create_default_context(cafile=cert), clock=clock)
     try:
         port = server._server.sockets[0].getsockname()[1]
         for _ in range(2):
             assert await fetch(client, f"https://127.0.0.1:{port}") == (200, body)
         assert server.connections == 1
         # Certificates are checked: a client that does not trust this one refuses it.
-        stranger = HttpClient(clock=clock)
+        stranger = HttpPool(clock=clock)
         # Not a TransientError: retrying cannot make it trusted; the message
         # says which CAs the client trusted.
         with pytest.raises(S3Unavailable) as e:
@@ -594,7 +594,7 @@ def test_on_uvloop() -> None:
     async def scenario() -> None:
         server = Server()
         await server.start()
-        client = HttpClient(buffer_size=4096, clock=FakeClock())
+        client = HttpPool(buffer_size=4096, clock=FakeClock())
         try:
             body = os.urandom(100_000)
             server.respond = ok_body(body, pieces=7)
@@ -628,7 +628,7 @@ INTERIM = [
 @pytest.mark.parametrize("interim", [INTERIM[:1], INTERIM[1:], INTERIM], ids=["100", "103", "both"])
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "bytewise"])
 async def test_interim_responses_are_skipped(
-    server: Server, client: HttpClient, interim: list[bytes], split: bool
+    server: Server, client: HttpPool, interim: list[bytes], split: bool
 ) -> None:
     body = os.urandom(2000)
 
@@ -652,7 +652,7 @@ async def test_interim_responses_are_skipped(
     assert server.connections == 1
 
 
-async def test_interim_then_chunked_error(server: Server, client: HttpClient) -> None:
+async def test_interim_then_chunked_error(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(INTERIM[1] + b"HTTP/1.1 503 Slow Down\r\nTransfer-Encoding: chunked\r\n\r\n")
         writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(ERROR_XML), ERROR_XML))
@@ -661,7 +661,7 @@ async def test_interim_then_chunked_error(server: Server, client: HttpClient) ->
     assert await fetch(client, server.url) == (503, ERROR_XML)
 
 
-async def test_not_modified_with_a_length_has_no_body(server: Server, client: HttpClient) -> None:
+async def test_not_modified_with_a_length_has_no_body(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5000\r\n\r\n")
 
@@ -671,7 +671,7 @@ async def test_not_modified_with_a_length_has_no_body(server: Server, client: Ht
     assert server.connections == 1
 
 
-async def test_switching_protocols_is_malformed(server: Server, client: HttpClient) -> None:
+async def test_switching_protocols_is_malformed(server: Server, client: HttpPool) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
@@ -729,7 +729,7 @@ def test_https_through_a_connect_tunnel(tls_files: tuple[str, str], loop: str) -
         proxy = await _connect_proxy(targets)
         proxy_url = f"http://127.0.0.1:{proxy.sockets[0].getsockname()[1]}"
         clock = FakeClock()
-        client = HttpClient(
+        client = HttpPool(
             ssl_context=ssl.create_default_context(cafile=cert),
             proxies=Proxies.from_environ({"HTTPS_PROXY": proxy_url}),
             clock=clock,
@@ -741,7 +741,7 @@ def test_https_through_a_connect_tunnel(tls_files: tuple[str, str], loop: str) -
             assert targets == [f"127.0.0.1:{port}"] and server.connections == 1
             request_line = server.requests[0].split(b"\r\n")[0]
             assert request_line == b"GET /x/k HTTP/1.1", "origin form inside the tunnel"
-            refused = HttpClient(
+            refused = HttpPool(
                 proxies=Proxies.from_environ({"HTTPS_PROXY": "http://127.0.0.1:1"}), clock=clock
             )
             with pytest.raises(TransientError) as e:
@@ -814,7 +814,7 @@ async def test_a_request_body_is_written_in_slices_not_copied_whole(clock: FakeC
 
     server = BodyServer()
     url = await server.start()
-    client = HttpClient(clock=clock)
+    client = HttpPool(clock=clock)
     body = bytearray(os.urandom(24 * 1024 * 1024))
     tracemalloc.start()
     try:
@@ -841,7 +841,7 @@ async def test_an_answer_before_the_body_is_sent_stops_it_and_drops_the_connecti
 ) -> None:
     server = BodyServer(refuse=True)
     url = await server.start()
-    client = HttpClient(clock=clock)
+    client = HttpPool(clock=clock)
     body = memoryview(bytes(64 * 1024 * 1024))  # far beyond the sockets' buffers
     try:
         for n in (1, 2):

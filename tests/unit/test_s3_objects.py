@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from test_httpclient import Server
+from test_s3_pool import Server
 
 from s3feed.auth.clock import FakeClock
 from s3feed.auth.credentials import Credentials
@@ -25,7 +25,7 @@ from s3feed.transfer.errors import (
 )
 from s3feed.transfer.s3.client import S3Client
 from s3feed.transfer.s3.objects import S3ObjectStore
-from s3feed.transfer.s3.pool import HttpClient
+from s3feed.transfer.s3.pool import HttpPool
 from s3feed.transfer.uri import parse_uri_path
 
 pytestmark = pytest.mark.timeout(30)
@@ -96,7 +96,7 @@ async def server() -> AsyncIterator[Server]:
 @pytest.fixture
 async def env(server: Server) -> AsyncIterator[tuple[S3ObjectStore, Source, Recorder]]:
     # A clock nobody moves: however busy the machine, no stall or idle timer fires.
-    clients = S3Client(S3Config(endpoint_url=server.url), http=HttpClient(clock=FakeClock()))
+    clients = S3Client(S3Config(endpoint_url=server.url), http=HttpPool(clock=FakeClock()))
     location = parse_uri_path("https://media-in.s3.eu-west-1.amazonaws.com/f/", clients.s3)
     source, recorder = Source(), Recorder()
     store = S3ObjectStore(location, source, clients=clients, observer=recorder)

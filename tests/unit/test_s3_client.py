@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
-from test_httpclient import Server
-from test_httpclient_s3store import Recorder, Sink, answer, request_headers
+from test_s3_objects import Recorder, Sink, answer, request_headers
+from test_s3_pool import Server
 
 from s3feed.auth.credentials import Credentials
 from s3feed.transfer.config import S3Config
