@@ -34,6 +34,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.client -p s3feed.transfer -p s3feed.daemon
 	$(VENV)/bin/mypy localaws grafana/generate.py tests/fakes
 	$(PY) scripts/check_wheel.py
+	@# every test module imports under its basename: two of one name break `make test` only
+	$(PY) -m pytest --collect-only -q tests > /dev/null
 
 test: $(VENV)/.installed debian-packages lint
 	$(PY) scripts/local_aws.py install

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_s3_objects import Buffer, Recorder, StaticSource, sts_creds
+from test_s3_live import Buffer, Recorder, StaticSource, sts_creds
 
 import localaws
 from localaws import iam, processes, servers

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
-from test_s3_objects import Buffer, StaticSource, make_store, sts_creds
+from test_s3_live import Buffer, StaticSource, make_store, sts_creds
 
 from s3feed.client import Client, S3feedError
 from s3feed.transfer.config import S3Config

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from test_s3_objects import Buffer, Recorder, StaticSource, sts_creds
+from test_s3_live import Buffer, Recorder, StaticSource, sts_creds
 
 import localaws
 from s3feed.transfer.config import S3Config, TransferConfig
