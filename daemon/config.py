@@ -9,6 +9,7 @@ optional; unknown keys and bad values raise ConfigError naming the key
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -27,6 +28,25 @@ class ConfigError(ValueError):
     pass
 
 
+def loopback_host_port(value: str) -> tuple[str, int]:
+    """`http_listen`'s "127.0.0.1:7468" or "[::1]:7468" as (host, port); other values raise."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if not sep or ip is None or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"http_listen must be HOST:PORT, e.g. 127.0.0.1:7468; got {value!r}")
+    if not ip.is_loopback:
+        raise ValueError(
+            f"http_listen must be a loopback address (127.0.0.0/8 or [::1]): {host} would "
+            "let other hosts connect, and the caller's uid is only known for this host's own "
+            "sockets"
+        )
+    return str(ip), int(port)
+
+
 @dataclass(frozen=True)
 class ApiConfig:
     socket: Path = DEFAULT_SOCKET
@@ -40,8 +60,13 @@ class ApiConfig:
     # Where the upload journal lives (docs/design.md, Outputs); None: systemd's
     # $STATE_DIRECTORY, else no journal (uploads are then not recovered after a crash).
     state_dir: Path | None = None
+    # The loopback HTTP listener of URLs for encoders (docs/design.md, URLs for
+    # encoders): "HOST:PORT" on 127.0.0.0/8 or [::1]; "" (the default) = off.
+    http_listen: str = ""
 
     def __post_init__(self) -> None:
+        if self.http_listen:
+            loopback_host_port(self.http_listen)  # raises with what to write
         if not 0 <= self.socket_mode <= 0o777:
             raise ValueError('must be an octal file mode such as 0o660 or "0660"')
         if self.job_idle_ttl <= 0 or self.drain_grace < 0:
@@ -176,6 +201,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
             "controller_groups": _str_list,
             "header_timeout": _seconds,
             "state_dir": _path,
+            "http_listen": _str,
         },
     ),
     "metrics": (MetricsConfig, {"listen": _str}),

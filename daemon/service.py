@@ -44,7 +44,7 @@ from s3feed.daemon.api import (
     UploadJournal,
     abort_leftovers,
 )
-from s3feed.daemon.config import Config, ConfigError, load_config
+from s3feed.daemon.config import Config, ConfigError, load_config, loopback_host_port
 from s3feed.daemon.identity import DaemonIdentity
 from s3feed.daemon.jobs import JobRegistry
 from s3feed.daemon.metrics import Metrics
@@ -172,6 +172,8 @@ class Daemon:
         )
         self._runners: list[web.AppRunner] = []
         self._api_server: GuardedServer | None = None
+        self._url_server: GuardedServer | None = None
+        self.http_listen: str | None = None  # the URL listener's bound "HOST:PORT"
         self._created_socket: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._trimmer: asyncio.Task[None] | None = None
@@ -189,6 +191,7 @@ class Daemon:
             ),
             "CacheSizeBytes": self.cache.size_bytes,
             "CacheCapacityBytes": self.cache.capacity_bytes,
+            "HttpListen": self.http_listen,
         }
 
     async def start(self, listen_socket: socket.socket | None = None) -> None:
@@ -232,6 +235,8 @@ class Daemon:
             header_timeout=self.config.api.header_timeout,
         )
         await self._api_server.start()
+        if self.config.api.http_listen:
+            await self._start_urls(self.config.api.http_listen)
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         self._trimmer = asyncio.create_task(_give_back_memory(), name="trimmer")
         if self.upload_journal.entries:
@@ -239,7 +244,47 @@ class Daemon:
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
         log.info(
             "s3feed serving",
-            extra={"socket": str(self.socket_path), "metrics": metrics_at},
+            extra={
+                "socket": str(self.socket_path),
+                "metrics": metrics_at,
+                "http_listen": self.http_listen,
+            },
+        )
+
+    async def _start_urls(self, listen: str) -> None:
+        """The loopback listener of URLs (docs/design.md, URLs for encoders): the
+        same guard, limits and handlers as the socket, fewer routes."""
+        host, port = loopback_host_port(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(1024)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"[api] http_listen: cannot listen on {listen}: {exc.strerror}"
+            ) from None
+        sock.setblocking(False)
+        runner = web.AppRunner(
+            self.api.url_app(),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=5.0,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        self._url_server = GuardedServer(
+            runner, sock, limits=self.limits, header_timeout=self.config.api.header_timeout
+        )
+        await self._url_server.start()
+        bound_host, bound_port = sock.getsockname()[:2]
+        self.http_listen = (
+            f"[{bound_host}]:{bound_port}"
+            if family == socket.AF_INET6
+            else f"{bound_host}:{bound_port}"
         )
 
     async def _abort_leftovers(self) -> None:
@@ -291,6 +336,8 @@ class Daemon:
         log.info("stopping: draining transfers", extra={"grace_s": self.config.api.drain_grace})
         if self._api_server is not None:
             self._api_server.close()
+        if self._url_server is not None:
+            self._url_server.close()
         for runner in self._runners:
             for site in list(runner.sites):
                 await site.stop()
@@ -372,7 +419,7 @@ async def serve(config: Config, config_path: Path | None) -> int:
             sock.close()
     try:
         await daemon.start(api_socket)
-    except (SocketInUse, AclUnsupported) as exc:
+    except (SocketInUse, AclUnsupported, ConfigError) as exc:
         log.error(str(exc))
         await daemon.stop()
         return 1

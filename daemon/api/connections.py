@@ -7,7 +7,9 @@ aiohttp's public protocol factory, makes for each connection. Everything runs
 on the event loop in the transport's callbacks; the guard forwards every
 callback to the handler and adds three things:
 
-- at accept, the peer uid (SO_PEERCRED) takes a connection slot of
+- at accept, the peer uid (daemon/api/peer.py: SO_PEERCRED on the Unix socket,
+  the kernel's owner of the client's end on the loopback listener; a TCP caller
+  it cannot name is answered 403 Forbidden and closed) takes a connection slot of
   daemon/api/limits.py; over `connections_per_uid` the guard answers 429
   LimitExceeded itself, without aiohttp, and closes once the client has sent
   something (or after a second), so the client reads the answer rather than a
@@ -36,16 +38,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 import httptools
 import orjson
 from aiohttp import web
 
 from s3feed.daemon.api.limits import UidLimits
-from s3feed.daemon.errors import ApiError, error_body
+from s3feed.daemon.api.peer import UNKNOWN_CALLER, peer_uid_of
+from s3feed.daemon.errors import STATUS_BY_CODE, ApiError, error_body
 
 log = logging.getLogger("s3feed.connections")
 
@@ -53,18 +55,14 @@ KEEPALIVE_TIMEOUT = 60.0  # idle kept-alive connections close after this (aiohtt
 REFUSED_LINGER = 1.0  # a refused connection waits this long for its request, at most
 
 
-def socket_peer_uid(sock: Any) -> int | None:
-    """The peer's uid on a Unix socket (SO_PEERCRED), None on any other."""
-    if sock is None or sock.family != socket.AF_UNIX:
-        return None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return int(struct.unpack("3i", creds)[1])
+UNKNOWN = ApiError("Forbidden", UNKNOWN_CALLER)
 
 
 def _refusal(exc: ApiError) -> bytes:
     body = orjson.dumps(error_body(exc.code, exc.message))
+    reason = "Forbidden" if exc.code == "Forbidden" else "Too Many Requests"
     head = [
-        "HTTP/1.1 429 Too Many Requests",
+        f"HTTP/1.1 {STATUS_BY_CODE[exc.code]} {reason}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "Connection: close",
@@ -93,19 +91,28 @@ class ConnectionGuard(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        uid = socket_peer_uid(transport.get_extra_info("socket"))
+        sock = transport.get_extra_info("socket")
+        uid = peer_uid_of(sock)
+        if uid is None and sock is not None and sock.family != socket.AF_UNIX:
+            # A TCP caller the kernel cannot name is nobody's: never served.
+            self._refuse(UNKNOWN)
+            return
         if uid is not None:
             try:
                 self._limits.open_connection(uid)
             except ApiError as exc:
-                self._refused = True
-                self._framing = None
-                self._transport.write(_refusal(exc))
-                self._timer = self._loop.call_later(REFUSED_LINGER, self._transport.close)
+                self._refuse(exc)
                 return
             self._uid = uid
         self._inner.connection_made(transport)
         self._arm()
+
+    def _refuse(self, exc: ApiError) -> None:
+        assert self._transport is not None
+        self._refused = True
+        self._framing = None
+        self._transport.write(_refusal(exc))
+        self._timer = self._loop.call_later(REFUSED_LINGER, self._transport.close)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

@@ -77,6 +77,25 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+async def head_object(
+    request: web.Request, job: Job, key: str, server: ObjectServer
+) -> web.StreamResponse:
+    """What `stream_object` would answer, status and headers, with no body."""
+    auth = await server.authorise(job.store, job.location.key_for(key))
+    meta = auth.meta
+    chosen = parse_range(request.headers.get("Range"), meta.size)
+    first, last = chosen if chosen is not None else (0, meta.size - 1)
+    resp = web.StreamResponse(status=206 if chosen is not None else 200)
+    resp.content_length = max(0, last - first + 1)
+    resp.content_type = "application/octet-stream"
+    resp.headers["ETag"] = meta.etag
+    resp.headers["Accept-Ranges"] = "bytes"
+    resp.last_modified = meta.last_modified
+    if chosen is not None:
+        resp.headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
+    return resp
+
+
 async def stream_object(
     request: web.Request, job: Job, key: str, server: ObjectServer
 ) -> web.StreamResponse:

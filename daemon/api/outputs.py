@@ -53,6 +53,7 @@ from s3feed.transfer.upload import (
     UploadClient,
     UploadConfig,
     UploadMemory,
+    content_type_for,
     upload,
 )
 
@@ -250,7 +251,7 @@ async def put_output(
             config=config,
             state=state,
             encryption=dest.request.encryption,
-            content_type=request.headers.get("Content-Type"),
+            content_type=content_type_for(full_key, request.headers.get("Content-Type")),
             journal=journal.for_job(
                 job_id=job.job_id,
                 tenant=job.tenant,

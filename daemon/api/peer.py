@@ -2,7 +2,9 @@
 
 The kernel tells: SO_PEERCRED gives the peer's pid, uid and gid as of
 connect(2), SO_PEERGROUPS its supplementary groups at that moment. Neither
-can be forged by the client. Roles (docs/design.md, Roles and isolation):
+can be forged by the client. On the loopback listener of URLs the kernel's
+owner of the client's socket is the caller's uid (sockdiag.py); only the uid
+counts there, as that listener creates and deletes no jobs. Roles (docs/design.md, Roles and isolation):
 with `[api] controller_groups` set, only root, the daemon's own uid and
 members of those groups (primary or supplementary) may create and delete
 jobs; a job's creator and its EncoderUids use it.
@@ -17,6 +19,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from s3feed.daemon.api import sockdiag
 from s3feed.daemon.errors import ApiError
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; not in Python's socket
@@ -31,7 +34,34 @@ class Peer:
     groups: frozenset[int]  # supplementary and primary
 
 
+UNKNOWN_CALLER = (
+    "the caller's uid could not be learned for this connection: connect from a process on "
+    "this host, over loopback, and keep the connection open until the answer"
+)
+
+
+def peer_uid_of(sock: socket.socket | None) -> int | None:
+    """The caller's uid: SO_PEERCRED on the Unix socket, the owner of the client's
+    end on the loopback listener; None when the kernel cannot say."""
+    if sock is None:
+        return None
+    if sock.family == socket.AF_UNIX:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return sockdiag.owner_uid(sock.getpeername()[:2], sock.getsockname()[:2])
+        except OSError:  # the client is already gone
+            return None
+    return None
+
+
 def peer_of(sock: socket.socket) -> Peer:
+    if sock.family != socket.AF_UNIX:
+        uid = peer_uid_of(sock)
+        if uid is None:
+            raise ApiError("Forbidden", UNKNOWN_CALLER)
+        return Peer(pid=0, uid=uid, gid=-1, groups=frozenset())  # no groups: no controller
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     return Peer(pid, uid, gid, frozenset(_peer_groups(sock, uid, gid)) | {gid})

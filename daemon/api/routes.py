@@ -24,7 +24,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from s3feed.auth import validate_tenant_name
 from s3feed.daemon.api.limits import UidLimits
-from s3feed.daemon.api.objects import deliver_object, stream_object
+from s3feed.daemon.api.objects import deliver_object, head_object, stream_object
 from s3feed.daemon.api.outputs import UploadJournal, expect_handler, put_output
 from s3feed.daemon.api.peer import Controllers, Peer, peer_of
 from s3feed.daemon.errors import ApiError, FetchFailed, describe, error_body, s3_ids
@@ -53,9 +53,10 @@ def json_response(
 
 
 def peer(request: web.Request) -> Peer:
-    """The process on the other end of the Unix socket (SO_PEERCRED, SO_PEERGROUPS)."""
+    """The process on the other end: SO_PEERCRED on the Unix socket, the
+    kernel's owner of the client's socket on the loopback listener."""
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None or sock.family != socket.AF_UNIX:
+    if sock is None or sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
         raise ApiError("NotFound", "the jobs API is served on the Unix socket only")
     return peer_of(sock)
 
@@ -87,6 +88,15 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.exception("request failed", extra={"path": request.path})
         extra = {"Fetch": exc.fetch_document} if isinstance(exc, FetchFailed) else {}
         return json_response(error_body(code, message, s3_ids(exc), **extra), status, headers)
+
+
+@web.middleware
+async def _only_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the loopback listener a method the path does not serve is no route either."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed:
+        raise web.HTTPNotFound() from None
 
 
 class Api:
@@ -125,7 +135,8 @@ class Api:
         r.add_get("/v1/jobs/{JobId}", self.get_job)
         r.add_delete("/v1/jobs/{JobId}", self.delete_job)
         r.add_get("/v1/jobs/{JobId}/objects", self.list_objects)
-        r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object)
+        r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object, allow_head=False)
+        r.add_head("/v1/jobs/{JobId}/objects/{Key:.+}", self.head_object)
         r.add_post("/v1/jobs/{JobId}/objects/{Key:.+}", self.deliver_object)
         r.add_post("/v1/jobs/{JobId}/fetches", self.create_fetch)
         r.add_get("/v1/jobs/{JobId}/fetches/{FetchId}", self.get_fetch)
@@ -136,6 +147,19 @@ class Api:
         r.add_get("/v1/trust-policy", self.get_trust_policy)
         r.add_get("/healthz", self.healthz)
         r.add_get("/metrics", make_aiohttp_handler(self.metrics_registry))
+        return app
+
+    def url_app(self) -> web.Application:
+        """The loopback listener's routes (docs/design.md, URLs for encoders): an
+        object's bytes and an output's upload, nothing else; every other path or
+        method is 404 NotFound."""
+        app = web.Application(middlewares=[_errors, _only_routes], client_max_size=self.max_body)
+        r = app.router
+        r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object, allow_head=False)
+        r.add_head("/v1/jobs/{JobId}/objects/{Key:.+}", self.head_object)
+        r.add_put(
+            "/v1/jobs/{JobId}/outputs/{Key:.+}", self.put_output, expect_handler=expect_handler
+        )
         return app
 
     async def _body(self, request: web.Request) -> Any:
@@ -220,6 +244,11 @@ class Api:
         job = self.registry.get(uid, request.match_info["JobId"])
         with self.limits.stream(uid):
             return await stream_object(request, job, request.match_info["Key"], self.server)
+
+    async def head_object(self, request: web.Request) -> web.StreamResponse:
+        """HEAD: a GET's status and headers, after the same access check; no bytes move."""
+        job = self.registry.get(peer_uid(request), request.match_info["JobId"])
+        return await head_object(request, job, request.match_info["Key"], self.server)
 
     async def deliver_object(self, request: web.Request) -> web.Response:
         uid = peer_uid(request)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -252,6 +253,26 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
     print(f"principal: {health.get('Principal')}")
     print(f"jobs: {health['Jobs']}  transfers: {health['Transfers']}")
     print(f"cache: {_human(health['CacheSizeBytes'])} of {_human(health['CacheCapacityBytes'])}")
+    return EXIT_OK
+
+
+def cmd_url(args: argparse.Namespace, client: Client) -> int:
+    """A URL only this job's uids can open (docs/design.md, URLs for encoders)."""
+    listen = client.health().get("HttpListen")
+    if not listen:
+        raise CliError(
+            "UrlsOff",
+            'the daemon serves no URLs: set [api] http_listen = "127.0.0.1:7468" in its '
+            "config (/etc/s3feed/s3feed.toml) and restart it",
+            EXIT_ERROR,
+        )
+    client.get_job(args.job)  # NoSuchJob (exit 3) here, not at ffmpeg's first request
+    route = "outputs" if args.output else "objects"
+    path = f"/v1/jobs/{quote(args.job, safe='')}/{route}/{quote(args.key, safe='/')}"
+    if args.json:
+        _print_json({"Url": f"http://{listen}{path}"})
+    else:
+        print(f"http://{listen}{path}")
     return EXIT_OK
 
 

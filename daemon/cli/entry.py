@@ -41,6 +41,7 @@ from s3feed.daemon.cli.commands import (
     cmd_serve,
     cmd_status,
     cmd_trust_policy,
+    cmd_url,
     parse_uid,
 )
 from s3feed.daemon.cli.exits import (
@@ -158,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("key", help="the output's key, relative to the destination folder")
     put.add_argument("file", nargs="?", help="the file to upload; - or none: standard input")
     put.add_argument("--content-type", help="the object's Content-Type")
+    u = sub_parser(sub, "url", "the URL of an object (or output) on the loopback listener")
+    u.add_argument("job", help="the JobId")
+    u.add_argument("key", help="the key, relative to the job's folder (--output: its destination)")
+    u.add_argument(
+        "--output", action="store_true", help="the URL to PUT an output to (ffmpeg -method PUT)"
+    )
     sub_parser(sub, "status", "the daemon's health and summary")
     t = sub_parser(sub, "trust-policy", "the trust policy a tenant's role needs")
     t.add_argument("tenant", help="the TenantName (the role's sts:ExternalId)")
@@ -188,6 +195,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Client], int]] = {
     "fetch": cmd_fetch,
     "cat": cmd_cat,
     "put": cmd_put,
+    "url": cmd_url,
     "status": cmd_status,
     "trust-policy": cmd_trust_policy,
 }

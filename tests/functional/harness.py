@@ -142,9 +142,11 @@ async def request_as(
     uid: int | str = "nobody",
     gid: int | str = "nogroup",
     groups: tuple[int, ...] = (),
+    tcp: str | None = None,
 ) -> tuple[int, Any]:
     """One request from a process of another uid (setpriv; needs root), with
-    `groups` as its supplementary groups. (status, JSON body or the bytes'
+    `groups` as its supplementary groups, on the Unix socket or, with `tcp`
+    ("HOST:PORT"), on the URL listener. (status, JSON body or the bytes'
     length for a non-JSON answer)."""
     script = textwrap.dedent(
         f"""
@@ -153,7 +155,7 @@ async def request_as(
             def connect(self):
                 self.sock = socket.socket(socket.AF_UNIX)
                 self.sock.connect({socket!r})
-        c = C("localhost")
+        c = http.client.HTTPConnection({tcp!r}) if {tcp!r} else C("localhost")
         body = {orjson.dumps(body).decode() if body is not None else None!r}
         c.request({method!r}, {path!r}, body=body,
                   headers={{"Content-Type": "application/json"}} if body else {{}})

@@ -117,7 +117,7 @@ def test_service_hardening_the_issue_asks_for() -> None:
     assert settings["Type"] == "notify" and settings["NotifyAccess"] == "main"
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert settings["CapabilityBoundingSet"] == ""
-    assert settings["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6"
+    assert settings["RestrictAddressFamilies"] == "AF_UNIX AF_INET AF_INET6 AF_NETLINK"
     assert settings["MemoryDenyWriteExecute"] == "yes"
     assert settings["ProtectSystem"] == "strict"
     # The drain grace in the example config must fit inside TimeoutStopSec=.

@@ -14,6 +14,7 @@ from s3feed.transfer.upload.multipart import (
     Upload,
     UploadClient,
     UploadConfig,
+    content_type_for,
     upload,
 )
 
@@ -27,5 +28,6 @@ __all__ = [
     "UploadClient",
     "UploadConfig",
     "UploadMemory",
+    "content_type_for",
     "upload",
 ]

@@ -180,6 +180,27 @@ class Upload:
     on_part: Callable[[float], None] = lambda seconds: None  # part latency
 
 
+# An output's Content-Type when its request names none (docs/design.md, URLs
+# for encoders): what players and CDNs expect of an HLS or DASH ladder.
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
+    ".ts": "video/mp2t",
+    ".mp4": "video/mp4",
+    ".m4s": "video/iso.segment",
+    ".vtt": "text/vtt",
+}
+
+
+def content_type_for(key: str, requested: str | None = None) -> str:
+    """The request's Content-Type, else the one the key's extension names."""
+    if requested:
+        return requested
+    dot = key.rfind(".")
+    ext = key[dot:].lower() if dot > key.rfind("/") else ""
+    return CONTENT_TYPES.get(ext, "application/octet-stream")
+
+
 async def upload(
     body: BodySource,
     client: UploadClient,
