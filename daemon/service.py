@@ -36,6 +36,7 @@ from s3feed.auth import AioStsClient, StsClient
 from s3feed.daemon import allocator, systemd
 from s3feed.daemon.api import (
     KEEPALIVE_TIMEOUT,
+    Answered,
     Api,
     Controllers,
     GuardedServer,
@@ -54,6 +55,7 @@ from s3feed.transfer.s3 import S3Client
 from s3feed.transfer.upload import MIN_PART, UploadConfig, UploadMemory
 
 log = logging.getLogger("s3feed.server")
+ACCESS_LOG = logging.getLogger("s3feed.access")
 
 
 def s3feed_version() -> str:
@@ -203,7 +205,8 @@ class Daemon:
         api_runner = web.AppRunner(
             self.api.app(),
             handle_signals=False,
-            access_log=None,
+            access_log=ACCESS_LOG,  # Answered counts answers; it writes no record
+            access_log_class=Answered,
             shutdown_timeout=5.0,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
         )
@@ -270,7 +273,8 @@ class Daemon:
         runner = web.AppRunner(
             self.api.url_app(),
             handle_signals=False,
-            access_log=None,
+            access_log=ACCESS_LOG,  # Answered counts answers; it writes no record
+            access_log_class=Answered,
             shutdown_timeout=5.0,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
         )

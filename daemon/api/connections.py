@@ -39,14 +39,15 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import httptools
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from s3feed.daemon.api.limits import UidLimits
-from s3feed.daemon.api.peer import UNKNOWN_CALLER, peer_uid_of
+from s3feed.daemon.api.peer import UNKNOWN_CALLER, Peer, peer_at_accept
 from s3feed.daemon.errors import STATUS_BY_CODE, ApiError, error_body
 
 log = logging.getLogger("s3feed.connections")
@@ -56,6 +57,29 @@ REFUSED_LINGER = 1.0  # a refused connection waits this long for its request, at
 
 
 UNKNOWN = ApiError("Forbidden", UNKNOWN_CALLER)
+
+# Each live connection's guard, by the transport aiohttp holds: the caller
+# as learned at the accept (a client may close right after its last byte, as
+# ffmpeg does, and the kernel forgets a closed socket's owner, so a request
+# never asks again), and the count of its answers (`Answered`).
+_GUARDS: dict[asyncio.BaseTransport, ConnectionGuard] = {}
+
+
+def caller(transport: asyncio.BaseTransport | None) -> Peer | None:
+    """Who was on the other end of this connection at its accept."""
+    guard = _GUARDS.get(transport) if transport is not None else None
+    return guard.peer if guard is not None else None
+
+
+class Answered(AbstractAccessLogger):
+    """aiohttp's access-log hook, called once each response is written whole:
+    the guard of a client that half-closed counts its answers, and closes the
+    connection after the last (ConnectionGuard.eof_received)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        guard = _GUARDS.get(request.transport) if request.transport is not None else None
+        if guard is not None:
+            guard.answered()
 
 
 def _refusal(exc: ApiError) -> bytes:
@@ -71,6 +95,85 @@ def _refusal(exc: ApiError) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+class HandedTransport(asyncio.Transport):
+    """The transport aiohttp's handler gets: the connection's own, until a client
+    that sent requests it has no answers to yet goes away.
+
+    A client may send its last request and close at once, without reading the
+    answers (ffmpeg's HTTP output does, with requests pipelined on a persistent
+    connection). Then the first answer written draws a reset, and aiohttp would
+    drop the requests it holds. From that moment (`gone`) this transport drops
+    writes and stays open to aiohttp, so the handler goes on through those
+    requests in order - an upload whose body arrived whole lands - and the
+    guard ends the connection for aiohttp after the last answer.
+    """
+
+    def __init__(self, real: asyncio.Transport, on_close: Callable[[], None]) -> None:
+        super().__init__()
+        self._real = real
+        self._on_close = on_close
+        self.gone = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.gone:
+            self._real.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        if not self.gone:
+            self._real.writelines(list_of_data)
+
+    def is_closing(self) -> bool:
+        return False if self.gone else self._real.is_closing()
+
+    def close(self) -> None:
+        if self.gone:
+            self._on_close()
+        else:
+            self._real.close()
+
+    def abort(self) -> None:
+        if self.gone:
+            self._on_close()
+        else:
+            self._real.abort()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._real.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        if not self.gone:
+            self._real.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.gone:
+            self._real.resume_reading()
+
+    def is_reading(self) -> bool:
+        return False if self.gone else self._real.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._real.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return 0 if self.gone else self._real.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._real.get_write_buffer_limits()
+
+    def can_write_eof(self) -> bool:
+        return self._real.can_write_eof()
+
+    def write_eof(self) -> None:
+        if not self.gone:
+            self._real.write_eof()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._real.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._real.get_protocol()
+
+
 class ConnectionGuard(asyncio.Protocol):
     """One connection's slot and head timer, in front of `inner` (aiohttp's handler)."""
 
@@ -83,16 +186,25 @@ class ConnectionGuard(asyncio.Protocol):
         self._uid: int | None = None  # holds a connection slot of this uid
         self._refused = False
         self._timer: asyncio.TimerHandle | None = None
-        # Only on_message_begin and on_headers_complete are defined here, so
-        # httptools calls into Python twice per request and never for a header
-        # or body bytes.
+        # Only on_message_begin, on_headers_complete and on_message_complete are
+        # defined here, so httptools calls into Python three times per request
+        # and never for a header or body bytes.
         self._framing: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._in_head = True  # a connection owes its first head from the accept
+        self._in_message = False  # between a request's first byte and its body's end
+        self._framed = 0  # requests whose last byte arrived
+        self._answered = 0  # responses written whole
+        self._eof = False  # the client will send no more
+        self.peer: Peer | None = None  # the caller, from the accept
+        self._handed: HandedTransport | None = None  # what aiohttp writes to
+        self._writing_paused = False
+        self._ended = False  # aiohttp was told the connection is over
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        uid = peer_uid_of(sock)
+        self.peer = peer_at_accept(sock)
+        uid = self.peer.uid if self.peer is not None else None
         if uid is None and sock is not None and sock.family != socket.AF_UNIX:
             # A TCP caller the kernel cannot name is nobody's: never served.
             self._refuse(UNKNOWN)
@@ -104,11 +216,14 @@ class ConnectionGuard(asyncio.Protocol):
                 self._refuse(exc)
                 return
             self._uid = uid
-        self._inner.connection_made(transport)
+        self._handed = HandedTransport(self._transport, self._end_for_aiohttp)
+        _GUARDS[self._handed] = self
+        self._inner.connection_made(self._handed)
         self._arm()
 
     def _refuse(self, exc: ApiError) -> None:
         assert self._transport is not None
+        log.info("connection refused", extra={"code": exc.code, "reason": exc.message})
         self._refused = True
         self._framing = None
         self._transport.write(_refusal(exc))
@@ -127,23 +242,62 @@ class ConnectionGuard(asyncio.Protocol):
         if self._refused:
             return None
         self._inner.eof_received()
-        return None
+        if self._framing is None or self._in_message or self._answered >= self._framed:
+            return None  # mid-request, framing unknown, or idle: the transport closes
+        # Every request the client sent arrived whole, some are not answered
+        # yet, and it will send no more: a half close, or a close right after
+        # its last byte (ffmpeg's HTTP output does that for every object it
+        # PUTs). aiohttp would drop the requests it has not started and fail
+        # the bodies it has not read; so the transport stays open until the
+        # last answer is written (`Answered`), then closes.
+        self._eof = True
+        return True
+
+    def answered(self) -> None:
+        self._answered += 1
+        if not self._eof or self._answered < self._framed:
+            return
+        if self._handed is not None and self._handed.gone:
+            self._loop.call_soon(self._end_for_aiohttp, None)  # after aiohttp's own bookkeeping
+        elif self._transport is not None:
+            self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        whole = self._framing is not None and not self._in_message
         self._framing = None
+        handed = self._handed
+        if handed is not None and whole and self._answered < self._framed and not handed.gone:
+            # The client left (a close after its EOF, or a reset: a close with
+            # our answers unread) after whole requests it has no answers to:
+            # aiohttp finishes them against a transport that drops the answers
+            # (HandedTransport).
+            handed.gone = True
+            if self._writing_paused:
+                self._inner.resume_writing()
+            return
+        self._end_for_aiohttp(exc)
+
+    def _end_for_aiohttp(self, exc: Exception | None = None) -> None:
+        """The connection is over, for the limits and for aiohttp: once only."""
+        if self._handed is not None:
+            _GUARDS.pop(self._handed, None)
+            self._handed = None
         if self._uid is not None:
             self._limits.close_connection(self._uid)
             self._uid = None
-        if not self._refused:
+        if not self._refused and not self._ended:
+            self._ended = True
             self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         if not self._refused:
+            self._writing_paused = True
             self._inner.pause_writing()
 
     def resume_writing(self) -> None:
         if not self._refused:
+            self._writing_paused = False
             self._inner.resume_writing()
 
     # -- framing: httptools' callbacks -----------------------------------------------------
@@ -162,12 +316,17 @@ class ConnectionGuard(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._in_head = True
+        self._in_message = True
         if self._timer is None:  # the first head's timer runs from the accept
             self._arm()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._framed += 1
 
     # -- the head timer ------------------------------------------------------------------
 

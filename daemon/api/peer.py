@@ -40,28 +40,26 @@ UNKNOWN_CALLER = (
 )
 
 
-def peer_uid_of(sock: socket.socket | None) -> int | None:
-    """The caller's uid: SO_PEERCRED on the Unix socket, the owner of the client's
-    end on the loopback listener; None when the kernel cannot say."""
+def peer_at_accept(sock: socket.socket | None) -> Peer | None:
+    """The caller, learned once per connection: SO_PEERCRED and SO_PEERGROUPS on
+    the Unix socket; on the loopback listener the kernel's owner of the
+    client's end (uid only: no job is created or deleted there). None when the
+    kernel cannot say."""
     if sock is None:
         return None
     if sock.family == socket.AF_UNIX:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return int(struct.unpack("3i", creds)[1])
+        return peer_of(sock)
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
-            return sockdiag.owner_uid(sock.getpeername()[:2], sock.getsockname()[:2])
+            uid = sockdiag.owner_uid(sock.getpeername()[:2], sock.getsockname()[:2])
         except OSError:  # the client is already gone
             return None
+        return None if uid is None else Peer(pid=0, uid=uid, gid=-1, groups=frozenset())
     return None
 
 
 def peer_of(sock: socket.socket) -> Peer:
-    if sock.family != socket.AF_UNIX:
-        uid = peer_uid_of(sock)
-        if uid is None:
-            raise ApiError("Forbidden", UNKNOWN_CALLER)
-        return Peer(pid=0, uid=uid, gid=-1, groups=frozenset())  # no groups: no controller
+    """The Unix socket's peer: pid, uid, gid and groups as of its connect(2)."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
     return Peer(pid, uid, gid, frozenset(_peer_groups(sock, uid, gid)) | {gid})

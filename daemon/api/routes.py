@@ -23,10 +23,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from s3feed.auth import validate_tenant_name
+from s3feed.daemon.api.connections import caller
 from s3feed.daemon.api.limits import UidLimits
 from s3feed.daemon.api.objects import deliver_object, head_object, stream_object
 from s3feed.daemon.api.outputs import UploadJournal, expect_handler, put_output
-from s3feed.daemon.api.peer import Controllers, Peer, peer_of
+from s3feed.daemon.api.peer import UNKNOWN_CALLER, Controllers, Peer, peer_of
 from s3feed.daemon.errors import ApiError, FetchFailed, describe, error_body, s3_ids
 from s3feed.daemon.identity import DaemonIdentity
 from s3feed.daemon.jobs import JobRegistry, TransferState, parse_job_request
@@ -53,12 +54,18 @@ def json_response(
 
 
 def peer(request: web.Request) -> Peer:
-    """The process on the other end: SO_PEERCRED on the Unix socket, the
-    kernel's owner of the client's socket on the loopback listener."""
+    """The process on the other end, as its connection's guard learned it at the
+    accept: SO_PEERCRED on the Unix socket, the kernel's owner of the client's
+    socket on the loopback listener."""
+    known = caller(request.transport)
+    if known is not None:
+        return known
     sock = request.transport.get_extra_info("socket") if request.transport else None
-    if sock is None or sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6):
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        raise ApiError("Forbidden", UNKNOWN_CALLER)
+    if sock is None or sock.family != socket.AF_UNIX:
         raise ApiError("NotFound", "the jobs API is served on the Unix socket only")
-    return peer_of(sock)
+    return peer_of(sock)  # a connection no guard accepted (tests' bare runners)
 
 
 def peer_uid(request: web.Request) -> int:

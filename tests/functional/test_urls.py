@@ -7,6 +7,7 @@ socket; the other-uid tests start their client under setpriv (root in CI).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import socket
@@ -161,7 +162,7 @@ async def test_a_connection_whose_owner_the_kernel_cannot_name_is_refused(
     from s3feed.daemon.api import connections
 
     await _job(harness)
-    monkeypatch.setattr(connections, "peer_uid_of", lambda sock: None)  # e.g. the client left
+    monkeypatch.setattr(connections, "peer_at_accept", lambda sock: None)  # e.g. the client left
     async with tcp.get("/v1/jobs/job-1/objects/show/clip.mp4") as resp:
         assert resp.status == 403
         assert resp.headers["Connection"] == "close"
@@ -195,3 +196,55 @@ async def test_a_listener_address_that_cannot_be_bound_stops_the_start(
 def test_only_loopback_addresses_are_accepted(value: str) -> None:
     with pytest.raises(ValueError, match="http_listen"):
         ApiConfig(http_listen=value)
+
+
+async def _raw(
+    harness: Harness, over_tcp: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if over_tcp:
+        host, port = str(harness.daemon.http_listen).rsplit(":", 1)
+        return await asyncio.open_connection(host, int(port))
+    return await asyncio.open_unix_connection(harness.socket)
+
+
+@pytest.mark.parametrize("over_tcp", [False, True])
+async def test_a_client_that_half_closes_after_its_request_gets_the_answer(
+    harness: Harness, over_tcp: bool
+) -> None:
+    await _job(harness)
+    reader, writer = await _raw(harness, over_tcp)
+    writer.write(
+        b"GET /v1/jobs/job-1/objects/show/clip.mp4 HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n"
+    )
+    writer.write_eof()  # nothing more to send; the answer is still wanted
+    answer = await asyncio.wait_for(reader.read(), 30)  # to the daemon's close
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206") and body == DATA[:10]
+    writer.close()
+
+
+async def test_pipelined_requests_are_all_carried_out_when_the_client_leaves_without_answers(
+    harness: Harness,
+) -> None:
+    """A client may send its last requests and close at once, its answers unread
+    (ffmpeg's HTTP output does): each request that arrived whole is carried out."""
+    _, writer = await _raw(harness, False)
+    src = '{"Provider":"AmazonS3","UriPath":"https://acme-media.s3.eu-west-1.amazonaws.com/sources/","RoleArnToAssume":"arn:aws:iam::111122223333:role/acme-encoding"}'
+    for n in range(3):
+        body = f'{{"JobId":"pipe-{n}","TenantName":"acme-films","Source":{src}}}'.encode()
+        writer.write(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+    await writer.drain()
+    writer.transport.abort()  # gone, answers unread
+    async with asyncio.timeout(30):
+        while len(harness.daemon.registry) < 3:
+            await asyncio.sleep(0.01)  # the daemon's own loop carries them out
+    assert sorted(j.job_id for j in harness.daemon.registry.all_jobs()) == [
+        "pipe-0",
+        "pipe-1",
+        "pipe-2",
+    ]
+    assert harness.daemon.limits.usage(os.geteuid())[0] == 0, "the connection's slot is given back"

@@ -270,7 +270,7 @@ def test_no_module_names_an_aiohttp_internal(name: str) -> None:
 
 
 # aiohttp's modules whose names it documents or lists in `__all__`.
-AIOHTTP_PUBLIC = {"aiohttp", "aiohttp.web", "aiohttp.http"}
+AIOHTTP_PUBLIC = {"aiohttp", "aiohttp.web", "aiohttp.http", "aiohttp.abc"}
 
 
 def _aiohttp_imports(module: Module) -> list[tuple[str, int]]:
