@@ -73,7 +73,7 @@ def main() -> int:
     )
     work = paths.root / "demo"
     overrides = {
-        "api": {"socket_mode": "0660"},
+        "api": {"socket_mode": "0660", "http_listen": "127.0.0.1:0"},
         "transfer": {"part_size": "1MiB"},
         "cache": {"max_size": "1GiB", "min_free": "0"},
     }
@@ -144,6 +144,19 @@ def run_job(sock: Path, env: dict[str, str]) -> bool:
     probe = ffprobe([path])
     print(f"    ffprobe: {probe}")
 
+    say("the same MP4 through a URL only this job's uids can open: ffprobe seeks in it")
+    show('ffprobe "$(s3feed url demo-job-1 sample.mp4)"')
+    url = subprocess.run(
+        [S3FEED, "url", "demo-job-1", "sample.mp4"],
+        env=cli_env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    print(f"    {url}")
+    probe_url = ffprobe([url])
+    print(f"    ffprobe: {probe_url}")
+
     say("streaming sample.ts through a pipe to ffprobe")
     show("s3feed cat demo-job-1 sample.ts | ffprobe -i pipe:0")
     cat = subprocess.Popen(
@@ -175,6 +188,7 @@ def run_job(sock: Path, env: dict[str, str]) -> bool:
     curl(sock, "DELETE", "/v1/jobs/demo-job-1")
     return (
         bool(probe)
+        and probe_url == probe
         and bool(probe_ts)
         and status == 403
         and denied["Error"]["Code"] == "AssumeRoleDenied"
