@@ -36,6 +36,7 @@ are the handlers' to bound (`max_body`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 from collections.abc import Callable
@@ -108,18 +109,23 @@ class HandedTransport(asyncio.Transport):
     guard ends the connection for aiohttp after the last answer.
     """
 
-    def __init__(self, real: asyncio.Transport, on_close: Callable[[], None]) -> None:
+    def __init__(
+        self, real: asyncio.Transport, on_close: Callable[[], None], on_write: Callable[[], None]
+    ) -> None:
         super().__init__()
         self._real = real
         self._on_close = on_close
+        self._on_write = on_write
         self.gone = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.gone:
+            self._on_write()
             self._real.write(data)
 
     def writelines(self, list_of_data: Any) -> None:
         if not self.gone:
+            self._on_write()
             self._real.writelines(list_of_data)
 
     def is_closing(self) -> bool:
@@ -199,6 +205,11 @@ class ConnectionGuard(asyncio.Protocol):
         self._handed: HandedTransport | None = None  # what aiohttp writes to
         self._writing_paused = False
         self._ended = False  # aiohttp was told the connection is over
+        self._answering = False  # bytes of an answer went out since the last whole one
+        # Per request framed and not answered yet, in order: does it change
+        # anything (not GET or HEAD)? Only such requests outlive their client.
+        self._owed: collections.deque[bool] = collections.deque()
+        self._effect = False  # the request being framed changes something
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -216,7 +227,7 @@ class ConnectionGuard(asyncio.Protocol):
                 self._refuse(exc)
                 return
             self._uid = uid
-        self._handed = HandedTransport(self._transport, self._end_for_aiohttp)
+        self._handed = HandedTransport(self._transport, self._end_for_aiohttp, self._wrote)
         _GUARDS[self._handed] = self
         self._inner.connection_made(self._handed)
         self._arm()
@@ -253,8 +264,14 @@ class ConnectionGuard(asyncio.Protocol):
         self._eof = True
         return True
 
+    def _wrote(self) -> None:
+        self._answering = True
+
     def answered(self) -> None:
         self._answered += 1
+        self._answering = False
+        if self._owed:
+            self._owed.popleft()
         if not self._eof or self._answered < self._framed:
             return
         if self._handed is not None and self._handed.gone:
@@ -267,11 +284,19 @@ class ConnectionGuard(asyncio.Protocol):
         whole = self._framing is not None and not self._in_message
         self._framing = None
         handed = self._handed
-        if handed is not None and whole and self._answered < self._framed and not handed.gone:
+        if (
+            handed is not None
+            and whole
+            and not self._answering
+            and any(self._owed)
+            and not handed.gone
+        ):
             # The client left (a close after its EOF, or a reset: a close with
-            # our answers unread) after whole requests it has no answers to:
+            # our answers unread) after whole requests that change something
+            # (PUT, POST, DELETE) and have no answers yet, none half-written:
             # aiohttp finishes them against a transport that drops the answers
-            # (HandedTransport).
+            # (HandedTransport). A reader leaving mid-answer, or with only reads
+            # owed, ends the connection: its transfers are cancelled.
             handed.gone = True
             if self._writing_paused:
                 self._inner.resume_writing()
@@ -323,10 +348,13 @@ class ConnectionGuard(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
+        if self._framing is not None:
+            self._effect = self._framing.get_method() not in (b"GET", b"HEAD")
 
     def on_message_complete(self) -> None:
         self._in_message = False
         self._framed += 1
+        self._owed.append(self._effect)
 
     # -- the head timer ------------------------------------------------------------------
 
