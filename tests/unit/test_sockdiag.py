@@ -84,7 +84,10 @@ def test_an_address_nobody_is_connected_from_has_no_owner(listener: socket.socke
 
 def test_ipv6_loopback() -> None:
     with socket.socket(socket.AF_INET6) as srv:
-        srv.bind(("::1", 0))
+        try:
+            srv.bind(("::1", 0))
+        except OSError as exc:  # a host (or container) without IPv6 on lo
+            pytest.skip(f"no ::1 here: {exc.strerror}")
         srv.listen()
         with socket.create_connection(srv.getsockname()[:2]):
             conn, _ = srv.accept()
