@@ -200,18 +200,7 @@ class Daemon:
         if self._own_sts:
             await self.sts.start()  # type: ignore[attr-defined]
         await self.cache.start()
-        # Handlers still running after our own drain are streams whose job
-        # was just closed: they end at once, so a short shutdown timeout.
-        api_runner = web.AppRunner(
-            self.api.app(),
-            handle_signals=False,
-            access_log=ACCESS_LOG,  # Answered counts answers; it writes no record
-            access_log_class=Answered,
-            shutdown_timeout=5.0,
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
-        )
-        await api_runner.setup()
-        self._runners.append(api_runner)
+        api_runner = await self._api_runner(self.api.app())
         if listen_socket is None:
             listen_socket = bind_unix_socket(self.config.api.socket, self.config.api.socket_mode)
             self._created_socket = self.config.api.socket
@@ -254,6 +243,22 @@ class Daemon:
             },
         )
 
+    async def _api_runner(self, app: web.Application) -> web.AppRunner:
+        """A runner for an API listener (the socket's or the URLs'), set up."""
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=ACCESS_LOG,  # Answered counts answers; it writes no record
+            access_log_class=Answered,
+            # Handlers still running after our own drain are streams whose job
+            # was just closed: they end at once, so a short shutdown timeout.
+            shutdown_timeout=5.0,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        return runner
+
     async def _start_urls(self, listen: str) -> None:
         """The loopback listener of URLs (docs/design.md, URLs for encoders): the
         same guard, limits and handlers as the socket, fewer routes."""
@@ -270,16 +275,7 @@ class Daemon:
                 f"[api] http_listen: cannot listen on {listen}: {exc.strerror}"
             ) from None
         sock.setblocking(False)
-        runner = web.AppRunner(
-            self.api.url_app(),
-            handle_signals=False,
-            access_log=ACCESS_LOG,  # Answered counts answers; it writes no record
-            access_log_class=Answered,
-            shutdown_timeout=5.0,
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
-        )
-        await runner.setup()
-        self._runners.append(runner)
+        runner = await self._api_runner(self.api.url_app())
         self._url_server = GuardedServer(
             runner, sock, limits=self.limits, header_timeout=self.config.api.header_timeout
         )

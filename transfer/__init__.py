@@ -10,7 +10,7 @@ from s3feed.transfer.errors import RETRY_REASONS, InvalidRange, TransferError
 from s3feed.transfer.objectserver import Authorised, Delivery, ObjectServer
 from s3feed.transfer.observer import NullUploadObserver, TransferObserver, UploadObserver
 from s3feed.transfer.progress import Progress
-from s3feed.transfer.store import MAX_KEYS, ObjectStore
+from s3feed.transfer.store import MAX_KEYS, ObjectMeta, ObjectStore
 from s3feed.transfer.uri import S3Location, parse_uri_path
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Engine",
     "InvalidRange",
     "NullUploadObserver",
+    "ObjectMeta",
     "ObjectServer",
     "ObjectStore",
     "Progress",

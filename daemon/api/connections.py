@@ -40,6 +40,7 @@ import collections
 import logging
 import socket
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
@@ -85,9 +86,9 @@ class Answered(AbstractAccessLogger):
 
 def _refusal(exc: ApiError) -> bytes:
     body = orjson.dumps(error_body(exc.code, exc.message))
-    reason = "Forbidden" if exc.code == "Forbidden" else "Too Many Requests"
+    status = HTTPStatus(STATUS_BY_CODE[exc.code])
     head = [
-        f"HTTP/1.1 {STATUS_BY_CODE[exc.code]} {reason}",
+        f"HTTP/1.1 {status.value} {status.phrase}",
         "Content-Type: application/json",
         f"Content-Length: {len(body)}",
         "Connection: close",

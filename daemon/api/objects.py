@@ -38,7 +38,7 @@ from s3feed.daemon.errors import (
     s3_ids,
 )
 from s3feed.daemon.jobs import Job, TransferRecord, TransferState
-from s3feed.transfer import Delivery, InvalidRange, ObjectServer
+from s3feed.transfer import Delivery, InvalidRange, ObjectMeta, ObjectServer
 
 log = logging.getLogger("s3feed.stream")
 
@@ -81,17 +81,23 @@ async def head_object(
     request: web.Request, job: Job, key: str, server: ObjectServer
 ) -> web.StreamResponse:
     """What `stream_object` would answer, status and headers, with no body."""
-    auth = await server.authorise(job.store, job.location.key_for(key))
-    meta = auth.meta
+    meta = (await server.authorise(job.store, job.location.key_for(key))).meta
     chosen = parse_range(request.headers.get("Range"), meta.size)
     first, last = chosen if chosen is not None else (0, meta.size - 1)
-    resp = web.StreamResponse(status=206 if chosen is not None else 200)
+    return _object_response(meta, first, last, partial=chosen is not None)
+
+
+def _object_response(
+    meta: ObjectMeta, first: int, last: int, *, partial: bool
+) -> web.StreamResponse:
+    """A GET's (or HEAD's) status and headers for bytes first..last of the object."""
+    resp = web.StreamResponse(status=206 if partial else 200)
     resp.content_length = max(0, last - first + 1)
     resp.content_type = "application/octet-stream"
     resp.headers["ETag"] = meta.etag
     resp.headers["Accept-Ranges"] = "bytes"
     resp.last_modified = meta.last_modified
-    if chosen is not None:
+    if partial:
         resp.headers["Content-Range"] = f"bytes {first}-{last}/{meta.size}"
     return resp
 
@@ -105,16 +111,8 @@ async def stream_object(
         tenant=job.tenant,
         choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
     )
-    meta = delivery.meta
-    resp = web.StreamResponse(status=206 if delivery.partial else 200)
-    resp.content_length = delivery.length
-    resp.content_type = "application/octet-stream"
-    resp.headers["ETag"] = meta.etag
-    resp.headers["Accept-Ranges"] = "bytes"
+    resp = _object_response(delivery.meta, delivery.first, delivery.last, partial=delivery.partial)
     resp.headers["X-S3feed-Source"] = delivery.source
-    resp.last_modified = meta.last_modified
-    if delivery.partial:
-        resp.headers["Content-Range"] = f"bytes {delivery.first}-{delivery.last}/{meta.size}"
 
     record = job.new_record("stream", key, delivery.progress)
     record.move(TransferState.RUNNING)
