@@ -103,8 +103,10 @@ def _object_response(
 
 
 async def stream_object(
-    request: web.Request, job: Job, key: str, server: ObjectServer
+    request: web.Request, job: Job, key: str, server: ObjectServer, *, kind: str = "stream"
 ) -> web.StreamResponse:
+    """`kind`: the log's name for it, "stream" on the socket, "url" on the
+    loopback listener (docs/design.md, Logs)."""
     delivery = await server.open(
         job.store,
         job.location.key_for(key),
@@ -114,7 +116,8 @@ async def stream_object(
     resp = _object_response(delivery.meta, delivery.first, delivery.last, partial=delivery.partial)
     resp.headers["X-S3feed-Source"] = delivery.source
 
-    record = job.new_record("stream", key, delivery.progress)
+    record = job.new_record("stream", key, delivery.progress, kind=kind)
+    record.source = delivery.source
     record.move(TransferState.RUNNING)
     job.stream_opened()
     try:
@@ -140,7 +143,6 @@ async def stream_object(
             record.fail(exc)
         if not resp.prepared:
             raise
-        _log_failure("stream aborted after headers", job, key, describe(exc)[1], record)
         if request.transport is not None:
             request.transport.abort()
         return resp
@@ -168,20 +170,6 @@ async def _send(
 def _done(delivery: Delivery, record: TransferRecord) -> None:
     delivery.settle("success")
     _settle(record, TransferState.DONE)
-
-
-def _log_failure(what: str, job: Job, key: str, code: str, record: TransferRecord) -> None:
-    log.warning(
-        what,
-        extra={
-            "job_id": job.job_id,
-            "tenant": job.tenant,
-            "key": key,
-            "code": code,
-            "request_id": record.error_ids.get("RequestId"),
-            "host_id": record.error_ids.get("HostId"),
-        },
-    )
 
 
 def _settle(
@@ -381,7 +369,8 @@ async def _deliver(
     }
     if delivery.partial:
         doc["ContentRange"] = f"bytes {delivery.first}-{delivery.last}/{meta.size}"
-    record = job.new_record("stream", key, delivery.progress)
+    record = job.new_record("stream", key, delivery.progress, kind="delivery")
+    record.source = delivery.source
     record.move(TransferState.RUNNING)
     job.stream_opened()
     try:
@@ -409,7 +398,6 @@ async def _deliver(
             status, code, message, headers = describe(exc)
             if record.state is TransferState.RUNNING:
                 record.fail(exc)
-            _log_failure("delivery failed", job, key, code, record)
             body = error_body(code, message, record.error_ids, Delivered=writer.written)
             return _answer(body, status, headers)
     finally:

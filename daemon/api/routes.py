@@ -44,6 +44,10 @@ log = logging.getLogger("s3feed.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+# What an object read on this listener is in the log: "stream" on the socket,
+# "url" on the loopback listener (docs/design.md, Logs).
+READS = web.AppKey("reads", str)
+
 
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
@@ -136,6 +140,7 @@ class Api:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_errors], client_max_size=self.max_body)
+        app[READS] = "stream"
         r = app.router
         r.add_post("/v1/jobs", self.create_job)
         r.add_get("/v1/jobs", self.list_jobs)
@@ -161,6 +166,7 @@ class Api:
         object's bytes and an output's upload, nothing else; every other path or
         method is 404 NotFound."""
         app = web.Application(middlewares=[_errors, _only_routes], client_max_size=self.max_body)
+        app[READS] = "url"
         r = app.router
         r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object, allow_head=False)
         r.add_head("/v1/jobs/{JobId}/objects/{Key:.+}", self.head_object)
@@ -250,7 +256,9 @@ class Api:
         uid = peer_uid(request)
         job = self.registry.get(uid, request.match_info["JobId"])
         with self.limits.stream(uid):
-            return await stream_object(request, job, request.match_info["Key"], self.server)
+            return await stream_object(
+                request, job, request.match_info["Key"], self.server, kind=request.app[READS]
+            )
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
         """HEAD: a GET's status and headers, after the same access check; no bytes move."""

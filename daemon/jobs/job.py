@@ -144,9 +144,21 @@ class Job:
         self._tasks.discard(task)
         self._on_activity()
 
-    def new_record(self, mode: str, key: str, progress: Progress | None = None) -> TransferRecord:
+    def new_record(
+        self, mode: str, key: str, progress: Progress | None = None, *, kind: str = ""
+    ) -> TransferRecord:
+        """`kind` names it in the log (docs/design.md, Logs); "" = by `mode`."""
         self._forget_old_records()
-        record = TransferRecord(f"{mode[0]}{next(self._ids)}", mode, key, progress or Progress())
+        record = TransferRecord(
+            f"{mode[0]}{next(self._ids)}",
+            mode,
+            key,
+            progress or Progress(),
+            job_id=self.job_id,
+            tenant=self.tenant,
+            kind=kind,
+            clock=self._monotonic,
+        )
         self.transfers[record.transfer_id] = record
         return record
 
@@ -181,18 +193,7 @@ class Job:
             record.move(TransferState.CANCELLED)
             raise
         except (AuthError, TransferError) as exc:
-            record.fail(exc)
-            log.warning(
-                "fetch failed",
-                extra={
-                    "job_id": self.job_id,
-                    "tenant": self.tenant,
-                    "key": record.key,
-                    "code": record.error[0] if record.error else None,
-                    "request_id": record.error_ids.get("RequestId"),
-                    "host_id": record.error_ids.get("HostId"),
-                },
-            )
+            record.fail(exc)  # its log record says why (records.py)
         except Exception as exc:
             record.fail(exc)
             log.exception("fetch crashed", extra={"job_id": self.job_id, "tenant": self.tenant})
@@ -222,10 +223,6 @@ class Job:
             record.move(TransferState.CANCELLED)
         if record.state is TransferState.CANCELLED:
             record.error = ("Cancelled", f"fetch {fetch_id} was cancelled (DELETE)")
-            log.info(
-                "fetch cancelled",
-                extra={"job_id": self.job_id, "tenant": self.tenant, "key": record.key},
-            )
         return record
 
     def document(self) -> dict[str, Any]:
