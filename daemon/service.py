@@ -36,14 +36,16 @@ from s3feed.auth import AioStsClient, StsClient
 from s3feed.daemon import allocator, systemd
 from s3feed.daemon.api import (
     KEEPALIVE_TIMEOUT,
-    Answered,
     Api,
     Controllers,
     GuardedServer,
     OutputsConfig,
+    RequestRecorder,
     UidLimits,
     UploadJournal,
     abort_leftovers,
+    access_log_class,
+    quiet_malformed_requests,
 )
 from s3feed.daemon.config import Config, ConfigError, load_config, loopback_host_port
 from s3feed.daemon.identity import DaemonIdentity
@@ -200,7 +202,8 @@ class Daemon:
         if self._own_sts:
             await self.sts.start()  # type: ignore[attr-defined]
         await self.cache.start()
-        api_runner = await self._api_runner(self.api.app())
+        quiet_malformed_requests()
+        api_runner = await self._api_runner(self.api.app(), "socket")
         if listen_socket is None:
             listen_socket = bind_unix_socket(self.config.api.socket, self.config.api.socket_mode)
             self._created_socket = self.config.api.socket
@@ -225,6 +228,7 @@ class Daemon:
             listen_socket,
             limits=self.limits,
             header_timeout=self.config.api.header_timeout,
+            refused=self.metrics.connection_refused,
         )
         await self._api_server.start()
         if self.config.api.http_listen:
@@ -243,13 +247,16 @@ class Daemon:
             },
         )
 
-    async def _api_runner(self, app: web.Application) -> web.AppRunner:
-        """A runner for an API listener (the socket's or the URLs'), set up."""
+    async def _api_runner(self, app: web.Application, listener: str) -> web.AppRunner:
+        """A runner for an API listener ("socket" or "url"), set up."""
+        recorder = RequestRecorder(listener, self.config.api.access_log, self.metrics.api_request)
         runner = web.AppRunner(
             app,
             handle_signals=False,
-            access_log=ACCESS_LOG,  # Answered counts answers; it writes no record
-            access_log_class=Answered,
+            # Counts answers for the guard and the metric; logs them with
+            # [api] access_log (daemon/api/accesslog.py).
+            access_log=ACCESS_LOG,
+            access_log_class=access_log_class(recorder),
             # Handlers still running after our own drain are streams whose job
             # was just closed: they end at once, so a short shutdown timeout.
             shutdown_timeout=5.0,
@@ -275,9 +282,13 @@ class Daemon:
                 f"[api] http_listen: cannot listen on {listen}: {exc.strerror}"
             ) from None
         sock.setblocking(False)
-        runner = await self._api_runner(self.api.url_app())
+        runner = await self._api_runner(self.api.url_app(), "url")
         self._url_server = GuardedServer(
-            runner, sock, limits=self.limits, header_timeout=self.config.api.header_timeout
+            runner,
+            sock,
+            limits=self.limits,
+            header_timeout=self.config.api.header_timeout,
+            refused=self.metrics.connection_refused,
         )
         await self._url_server.start()
         bound_host, bound_port = sock.getsockname()[:2]

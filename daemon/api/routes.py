@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from s3feed.auth import validate_tenant_name
+from s3feed.daemon.api.accesslog import remember_caller
 from s3feed.daemon.api.connections import caller
 from s3feed.daemon.api.limits import UidLimits
 from s3feed.daemon.api.objects import deliver_object, head_object, stream_object
@@ -139,7 +140,7 @@ class Api:
         self.summary = summary
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors], client_max_size=self.max_body)
+        app = web.Application(middlewares=[remember_caller, _errors], client_max_size=self.max_body)
         app[READS] = "stream"
         r = app.router
         r.add_post("/v1/jobs", self.create_job)
@@ -165,7 +166,9 @@ class Api:
         """The loopback listener's routes (docs/design.md, URLs for encoders): an
         object's bytes and an output's upload, nothing else; every other path or
         method is 404 NotFound."""
-        app = web.Application(middlewares=[_errors, _only_routes], client_max_size=self.max_body)
+        app = web.Application(
+            middlewares=[remember_caller, _errors, _only_routes], client_max_size=self.max_body
+        )
         app[READS] = "url"
         r = app.router
         r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object, allow_head=False)
