@@ -3,8 +3,8 @@
 Design note. Everything runs on one event loop (uvloop). The daemon owns, in
 order of construction: the STS client, the shared S3 clients, the engine
 (global concurrency), the cache, the job registry, the identity, and two
-aiohttp runners (the API on the Unix socket, /metrics on TCP). A background
-task reaps idle jobs. SIGTERM: stop accepting, give running fetches and
+aiohttp runners (the API on the Unix socket, /metrics on TCP). Background
+tasks reap idle jobs and measure the loop's lag (daemon/looplag.py). SIGTERM: stop accepting, give running fetches and
 streams `drain_grace` seconds, then cancel what is left, close everything in
 reverse order, remove the socket file if we created it, exit 0. SIGHUP
 re-reads the configuration and applies what can change safely (the job idle
@@ -50,6 +50,7 @@ from s3feed.daemon.api import (
 from s3feed.daemon.config import Config, ConfigError, load_config, loopback_host_port
 from s3feed.daemon.identity import DaemonIdentity
 from s3feed.daemon.jobs import JobRegistry
+from s3feed.daemon.looplag import LoopLag
 from s3feed.daemon.metrics import Metrics
 from s3feed.transfer import Engine, ObjectServer
 from s3feed.transfer.cache import AclUnsupported, Cache
@@ -181,6 +182,7 @@ class Daemon:
         self._created_socket: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._trimmer: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.socket_path: Path | None = None
 
@@ -235,6 +237,7 @@ class Daemon:
             await self._start_urls(self.config.api.http_listen)
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         self._trimmer = asyncio.create_task(_give_back_memory(), name="trimmer")
+        self._lag = asyncio.create_task(LoopLag(self.metrics.loop_lag).run(), name="loop lag")
         if self.upload_journal.entries:
             self._recovery = asyncio.create_task(self._abort_leftovers(), name="upload recovery")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
@@ -358,7 +361,7 @@ class Daemon:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery
-        for task in (self._reaper, self._trimmer):
+        for task in (self._reaper, self._trimmer, self._lag):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
