@@ -3,7 +3,8 @@
 Learned once with sts:GetCallerIdentity at start-up. Not fatal when STS is
 down: the first caller that needs it (GET /v1/trust-policy, /healthz) tries
 again; concurrent callers share one STS call; while unknown, the trust
-policy answers 503 StsUnavailable.
+policy answers 503 StsUnavailable and /healthz says the daemon is degraded,
+with `problem`, why the last try failed (docs/design.md, Socket API).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class DaemonIdentity:
         self._sts = sts
         self._identity: CallerIdentity | None = None
         self._inflight: asyncio.Task[CallerIdentity] | None = None
+        self.problem: str | None = None  # why the last try to learn it failed
 
     @property
     def known(self) -> CallerIdentity | None:
@@ -46,7 +48,10 @@ class DaemonIdentity:
         try:
             await self.get()
         except StsUnavailable as exc:
+            self.problem = exc.message
             log.warning("daemon identity unknown for now", extra={"error": exc.message})
+        else:
+            self.problem = None
 
     async def close(self) -> None:
         if self._inflight is not None and not self._inflight.done():

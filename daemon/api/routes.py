@@ -347,8 +347,24 @@ class Api:
         if known is None:
             await self.identity.try_learn()
             known = self.identity.known
+        # Degraded, not down (still 200): the daemon serves what it can, and a
+        # restart would not mend its credentials (docs/design.md, Socket API).
+        problems = []
+        if known is None:
+            problems.append(
+                {
+                    "Code": "StsUnavailable",
+                    "Message": self.identity.problem
+                    or "the daemon has not learned its own AWS identity yet",
+                }
+            )
         return json_response(
-            {"Status": "ok", "Principal": known.arn if known else None, **self.summary()}
+            {
+                "Status": "degraded" if problems else "ok",
+                "Problems": problems,
+                "Principal": known.arn if known else None,
+                **self.summary(),
+            }
         )
 
 
