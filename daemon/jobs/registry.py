@@ -4,6 +4,9 @@ What runs where: everything runs on the event loop, in the API handler's task
 (create, get, delete) or the reaper's (reap_idle); the registry starts no task
 of its own. A JobId is reserved before the AssumeRole call, so two concurrent
 registrations of one id cannot both succeed; a failed AssumeRole frees it.
+After the AssumeRole, S3 is asked once per bucket whether it answers in the
+UriPath's region (daemon/jobs/regions.py); a wrong region fails the
+registration with its sessions closed.
 Who may see a job (docs/design.md, Roles and isolation): its creator, its
 `EncoderUids` and root; everyone else gets NoSuchJob. Closing a job cancels
 its fetches and waits for them (daemon/jobs/job.py), so delete, reap and close
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from s3feed.auth import CredentialObserver, RoleSession, StsClient, job_policy, outputs_policy
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs.job import Job, JobDestination
+from s3feed.daemon.jobs.regions import RegionCheck
 from s3feed.daemon.jobs.request import JobRequest
 from s3feed.transfer import ObjectServer, ObjectStore, S3Location, TransferObserver
 from s3feed.transfer.s3 import S3Client, S3ObjectStore, S3Uploader
@@ -54,6 +58,7 @@ class JobRegistry:
         self._monotonic = monotonic
         self._jobs: dict[str, Job] = {}
         self._reserved: set[str] = set()
+        self._regions = RegionCheck()  # one request per new bucket (daemon/jobs/regions.py)
         self._activity = asyncio.Event()  # set when a job's fetch or stream ends
 
     def _real_store(self, location: S3Location, session: RoleSession) -> ObjectStore:
@@ -122,13 +127,22 @@ class JobRegistry:
                     self._make_uploader(dest.location, dest_session),
                     own_session=second is not None,
                 )
+            store = self._make_store(location, session)
+            try:
+                await self._regions.check(store, location)  # a bucket in another region: 400
+            except BaseException:
+                await store.close()
+                if second is not None:
+                    await second.close()
+                await session.close()
+                raise
             job = Job(
                 job_id=request.job_id,
                 tenant=request.tenant,
                 uid=uid,
                 location=location,
                 session=session,
-                store=self._make_store(location, session),
+                store=store,
                 server=self.server,
                 monotonic=self._monotonic,
                 encoder_uids=request.encoder_uids,

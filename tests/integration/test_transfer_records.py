@@ -135,3 +135,35 @@ def test_each_transfer_and_request_is_one_json_record_without_secrets(
         }
         assert all(r["level"] == "info" and r["seconds"] >= 0 for r in requests)
     # proxied_daemon has grepped the log for every secret STS issued: none.
+
+
+def listing(req: Any) -> bool:
+    return bool(req.method == "GET" and "list-type=2" in req.query)
+
+
+def test_a_bucket_in_another_region_fails_at_registration(
+    local_aws: LocalAws, bucket: TestBucket, short_dir: Path
+) -> None:
+    """S3 answers the registration's one LIST 301 PermanentRedirect (the UriPath
+    names the wrong region): 400 InvalidUriPath naming the bucket's region, at
+    registration, not at the first fetch. A right answer is remembered per
+    bucket: the next job on it costs no request (docs/design.md, Socket API)."""
+    bucket.put("in/a.bin", b"a")
+    with proxied_daemon(local_aws, short_dir / "d", api={"socket": short_dir / "s.sock"}) as rig:
+        client = Client(rig.socket, timeout=60)
+        redirect = Fault("redirect", listing, times=1)
+        rig.s3.add(redirect)
+        where = uri(bucket.name, "in/")
+        with pytest.raises(S3feedError) as wrong:
+            client.create_job("wrong", local_aws.acme_tenant, where, local_aws.acme_role_arn)
+        assert (wrong.value.status, wrong.value.code) == (400, "InvalidUriPath")
+        assert "S3 says the bucket is in us-west-2" in wrong.value.message
+        assert redirect.fired == 1
+        assert client.list_jobs() == []
+
+        lists = Fault("latency", listing, times=None, seconds=0)  # counts the listings
+        rig.s3.add(lists)
+        for job in ("right-1", "right-2"):
+            client.create_job(job, local_aws.acme_tenant, where, local_aws.acme_role_arn)
+        assert lists.fired == 1, "the second job on the bucket is not checked again"
+        assert client.fetch("right-2", "a.bin", wait=True)["State"] == "done"
