@@ -20,8 +20,9 @@ parser's one-line reason in a context variable of the request's task, which
 the hook, running later in that same task, puts in the request record
 (route `malformed`). A client can send such requests as fast as it can
 connect, so at most `MALFORMED_BURST` of them are logged per
-`MALFORMED_WINDOW` seconds; the next one logged says how many were not
-(`suppressed`). The metric counts them all. Nothing here blocks or awaits.
+`MALFORMED_WINDOW` seconds on each listener; the next one logged says how
+many were not (`suppressed`). The metric counts them all. Nothing here
+blocks or awaits.
 """
 
 from __future__ import annotations
