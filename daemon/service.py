@@ -48,7 +48,7 @@ from s3feed.daemon.api import (
     quiet_malformed_requests,
 )
 from s3feed.daemon.config import Config, ConfigError, load_config, loopback_host_port
-from s3feed.daemon.identity import DaemonIdentity
+from s3feed.daemon.identity import DaemonIdentity, OwnCredentials
 from s3feed.daemon.jobs import JobRegistry
 from s3feed.daemon.looplag import LoopLag
 from s3feed.daemon.metrics import Metrics
@@ -133,17 +133,17 @@ class Daemon:
             controllers = Controllers(config.api.controller_groups)
         except ValueError as exc:
             raise ConfigError(f"[api] controller_groups: {exc}") from None
+        self.identity = DaemonIdentity(self.sts)
         self.registry = JobRegistry(
             sts=self.sts,
             s3_clients=self.s3_clients,
             server=self.server,
-            credential_observer=self.metrics,
+            credential_observer=OwnCredentials(self.metrics, self.identity),
             transfer_observer=self.metrics,
             make_store=make_store,
             make_uploader=make_uploader,
             jobs_changed=self.metrics.jobs_active.set,
         )
-        self.identity = DaemonIdentity(self.sts)
         state_dir = config.api.state_dir or (
             Path(os.environ["STATE_DIRECTORY"].split(":")[0])
             if os.environ.get("STATE_DIRECTORY")

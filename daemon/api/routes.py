@@ -358,6 +358,15 @@ class Api:
                     or "the daemon has not learned its own AWS identity yet",
                 }
             )
+        elif self.identity.refused is not None:
+            problems.append(
+                {
+                    "Code": "StsUnavailable",
+                    "Message": f"STS refused the daemon's own AWS credentials in the last "
+                    f"AssumeRole ({self.identity.refused}); check the service's credentials "
+                    "(instance profile, environment)",
+                }
+            )
         return json_response(
             {
                 "Status": "degraded" if problems else "ok",

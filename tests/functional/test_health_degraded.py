@@ -103,3 +103,28 @@ async def test_broken_daemon_credentials_are_degraded_until_sts_takes_them(
     assert health.json["Principal"] == broken.sts.identity.arn
     code, out = await status(broken)
     assert code == 0 and out.startswith("status: ok\n")
+
+
+async def test_credentials_that_break_later_are_degraded_until_an_assume_role_works(
+    harness: Harness,
+) -> None:
+    """The identity was learned at the start; then STS refuses the daemon's own
+    credentials in a registration's AssumeRole: degraded, with STS's code,
+    until an AssumeRole succeeds again. No STS call of its own."""
+    assert (await harness.request("GET", "/healthz")).json["Status"] == "ok"
+    harness.sts.fail_always(REFUSED)
+    refused = await harness.create_job("job-1")
+    assert (refused.status, refused.code) == (503, "StsUnavailable")
+    calls = harness.sts.identity_calls
+    health = (await harness.request("GET", "/healthz")).json
+    assert health["Status"] == "degraded" and health["Principal"] is not None
+    (problem,) = health["Problems"]
+    assert problem["Code"] == "StsUnavailable" and "InvalidClientTokenId" in problem["Message"]
+    assert harness.sts.identity_calls == calls
+    code, out = await status(harness)
+    assert code == 5 and out.startswith("status: degraded\n")
+
+    harness.sts.fail_always(None)
+    assert (await harness.create_job("job-2")).status == 201
+    assert (await harness.request("GET", "/healthz")).json["Problems"] == []
+    assert (await status(harness))[0] == 0
