@@ -34,6 +34,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.client -p s3feed.transfer -p s3feed.daemon
 	$(VENV)/bin/mypy localaws grafana/generate.py tests/fakes
 	$(PY) scripts/check_wheel.py
+	$(VENV)/bin/openapi-spec-validator daemon/openapi.yaml
 	@# every test module imports under its basename: two of one name break `make test` only
 	$(PY) -m pytest --collect-only -q tests > /dev/null
 
