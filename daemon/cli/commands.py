@@ -19,7 +19,17 @@ from urllib.parse import quote
 import orjson
 
 from s3feed.client import Client, S3feedError
-from s3feed.daemon.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, Interrupted
+from s3feed.daemon.cli.exits import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_RETRY,
+    EXIT_USAGE,
+    CliError,
+    Interrupted,
+    exit_code,
+    for_cli,
+    local_error,
+)
 
 
 def _print_json(doc: Any) -> None:
@@ -57,6 +67,30 @@ def job_create_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if args.encoder_uid:
         fields["EncoderUids"] = sorted(set(args.encoder_uid))
+    destination = getattr(args, "destination", None)
+    if destination is None:
+        given = [
+            option
+            for option, value in (
+                ("--destination-role", getattr(args, "destination_role", None)),
+                ("--sse", getattr(args, "sse", None)),
+                ("--sse-kms-key-id", getattr(args, "sse_kms_key_id", None)),
+            )
+            if value is not None
+        ]
+        if given:
+            raise CliError("Usage", f"{given[0]} needs --destination URI", EXIT_USAGE)
+        return fields
+    if args.sse_kms_key_id is not None and args.sse != "aws:kms":
+        raise CliError("Usage", "--sse-kms-key-id needs --sse aws:kms", EXIT_USAGE)
+    dest: dict[str, Any] = {"Provider": "AmazonS3", "UriPath": destination}
+    if args.destination_role is not None:
+        dest["RoleArnToAssume"] = args.destination_role
+    if args.sse is not None:
+        dest["ServerSideEncryption"] = args.sse
+    if args.sse_kms_key_id is not None:
+        dest["SSEKMSKeyId"] = args.sse_kms_key_id
+    fields["Destination"] = dest
     return fields
 
 
@@ -101,7 +135,8 @@ def cmd_ls(args: argparse.Namespace, client: Client) -> int:
         out.write("\n  ]\n}\n")
         return EXIT_OK
     for obj in objects:
-        print(f"{obj['LastModified']}\t{obj['Size']:>14}\t{obj['Key']}")
+        size = _human(obj["Size"]) if args.human_readable else str(obj["Size"])
+        print(f"{obj['LastModified']}\t{size:>14}\t{obj['Key']}")
     return EXIT_OK
 
 
@@ -203,7 +238,122 @@ def cmd_cat(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
+def _put_line(doc: dict[str, Any]) -> str:
+    algorithm, value = next(iter(doc["Checksum"].items()), ("", ""))
+    return (
+        f"s3://{doc['Bucket']}/{doc['Key']}\t{doc['Size']}\t{doc['ETag']}\t"
+        f"{algorithm} {value}".rstrip()
+    )
+
+
+def _files_under(top: Path) -> list[Path]:
+    """Every regular file under `top` (symbolic links to files too), in name order."""
+    found = []
+    for root, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root, name)
+            if path.is_file():
+                found.append(path)
+    return found
+
+
+def _worst(codes: list[int]) -> int:
+    """The exit code of a batch: a failure worth retrying (5) only when every
+    failure is one, else the highest of the others."""
+    return max(codes, key=lambda code: (code != EXIT_RETRY, code), default=EXIT_OK)
+
+
+def cmd_put_recursive(args: argparse.Namespace, client: Client) -> int:
+    """Every file under a directory, `--parallel` uploads at once, each to
+    PREFIX + its path under the directory. Content-Type: the daemon's guess from
+    the key's extension (docs/design.md, URLs for encoders: Output Content-Type)."""
+    import queue
+    import threading
+
+    top = Path(args.file or "")
+    if not args.file or not top.is_dir():
+        raise CliError("Usage", f"--recursive needs a directory, not {args.file!r}", EXIT_USAGE)
+    if args.content_type:
+        raise CliError(
+            "Usage", "--content-type is one type for one file: not with --recursive", EXIT_USAGE
+        )
+    if args.parallel < 1:
+        raise CliError("Usage", "--parallel must be at least 1", EXIT_USAGE)
+    prefix = args.key if args.key.endswith("/") or not args.key else args.key + "/"
+    files = _files_under(top)
+    todo: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+    done: queue.SimpleQueue[tuple[Path, str, Any, S3feedError | OSError | None]] = (
+        queue.SimpleQueue()
+    )
+    for path in files:
+        todo.put(path)
+
+    def worker() -> None:
+        while (path := todo.get()) is not None:
+            key = prefix + path.relative_to(top).as_posix()
+            try:
+                with path.open("rb") as f:
+                    done.put((path, key, client.put(args.job, key, f), None))
+            except (S3feedError, OSError) as exc:
+                done.put((path, key, None, exc))
+            except BaseException as exc:  # a bug: reported by the main thread
+                done.put((path, key, None, OSError(str(exc))))
+
+    # Daemon threads: Ctrl-C ends the process, whose closed connections abort
+    # the uploads still running (docs/design.md, Outputs).
+    workers = [
+        threading.Thread(target=worker, daemon=True) for _ in range(min(args.parallel, len(files)))
+    ]
+    for thread in workers:
+        todo.put(None)
+        thread.start()
+    started = time.monotonic()
+    uploaded: list[Any] = []
+    failed: list[dict[str, Any]] = []
+    codes: list[int] = []
+    for _ in files:
+        path, key, doc, error = done.get()
+        if error is None:
+            uploaded.append(doc)
+            if not args.json:
+                print(_put_line(doc), flush=True)
+            continue
+        if isinstance(error, S3feedError):
+            code, message, exit_ = (
+                error.code,
+                for_cli(error.code, error.message),
+                exit_code(error.status, error.code),
+            )
+        else:
+            local = local_error(error, client.socket)
+            code, message, exit_ = local.code, local.message, local.exit_code
+        codes.append(exit_)
+        failed.append({"File": str(path), "Key": key, "Error": {"Code": code, "Message": message}})
+        if not args.json:
+            sys.stderr.write(f"s3feed: {path}: {code}: {' '.join(message.split())}\n")
+    seconds = time.monotonic() - started
+    size = sum(doc["Size"] for doc in uploaded)
+    if args.json:
+        _print_json({"Uploaded": uploaded, "Failed": failed})
+    else:
+        summary = (
+            f"{len(uploaded)} of {len(files)} files uploaded, {_human(size)} in {seconds:.1f} s"
+        )
+        print(summary + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return _worst(codes)
+
+
 def cmd_put(args: argparse.Namespace, client: Client) -> int:
+    if args.recursive:
+        return cmd_put_recursive(args, client)
+    if args.file and os.path.isdir(args.file):
+        raise CliError(
+            "Usage",
+            f"{args.file} is a directory: upload every file under it with "
+            f"`s3feed put {args.job} PREFIX {args.file} --recursive`",
+            EXIT_USAGE,
+        )
     show = sys.stderr.isatty() and not args.json
     started = time.monotonic()
 
@@ -237,11 +387,7 @@ def cmd_put(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         _print_json(doc)
     else:
-        algorithm, value = next(iter(doc["Checksum"].items()), ("", ""))
-        print(
-            f"s3://{doc['Bucket']}/{doc['Key']}\t{doc['Size']}\t{doc['ETag']}\t"
-            f"{algorithm} {value}".rstrip()
-        )
+        print(_put_line(doc))
     return EXIT_OK
 
 
@@ -278,6 +424,41 @@ def cmd_url(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_trust_policy(args: argparse.Namespace, client: Client) -> int:
     _print_json(client.trust_policy(args.tenant))
+    return EXIT_OK
+
+
+def cmd_iam_policy(args: argparse.Namespace) -> int:
+    """The permissions policy of a customer's role, from the statements the
+    daemon's session policies are built of (docs/design.md, Session policy)."""
+    from s3feed.auth import CodedError, Outputs, role_policy
+    from s3feed.transfer import S3Config, parse_uri_path
+
+    if args.source is None and args.destination is None:
+        raise CliError(
+            "Usage", "iam-policy needs --source URI, --destination URI or both", EXIT_USAGE
+        )
+    for key in args.kms_key:
+        parts = key.split(":", 5)
+        if (
+            len(parts) != 6
+            or parts[0] != "arn"
+            or parts[2] != "kms"
+            or not (parts[5].startswith("key/") and len(parts[5]) > 4)
+        ):
+            raise CliError(
+                "Usage",
+                f"--kms-key {key!r} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; "
+                "an alias ARN cannot name a key in a policy's Resource)",
+                EXIT_USAGE,
+            )
+    s3 = S3Config()
+    try:
+        source = parse_uri_path(args.source, s3) if args.source is not None else None
+        dest = parse_uri_path(args.destination, s3) if args.destination is not None else None
+    except CodedError as exc:  # InvalidUriPath: its message names the accepted forms
+        raise CliError(exc.code, exc.message, exit_code(400, exc.code)) from None
+    outputs = Outputs(dest, kms=bool(args.kms_key)) if dest is not None else None
+    _print_json(role_policy(source, outputs=outputs, kms_keys=tuple(args.kms_key)))
     return EXIT_OK
 
 
