@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import orjson
 
-from s3feed.client import Client, S3feedError
+from s3feed.client import Client, Destination, Fetch, Job, S3feedError, Upload
 from s3feed.daemon.cli.exits import (
     EXIT_ERROR,
     EXIT_OK,
@@ -54,50 +54,49 @@ def parse_uid(value: str) -> int:
         raise argparse.ArgumentTypeError(f"no user {value!r} on this host") from None
 
 
-def _job_line(job: dict[str, Any]) -> str:
+def _job_line(job: Job) -> str:
     return (
         f"{job['JobId']}\t{job['TenantName']}\ts3://{job['Bucket']}/{job['Prefix']}\t"
         f"expires {job['CredentialsExpireAt']}\trefreshes {job['Refreshes']}"
     )
 
 
-def job_create_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """Top-level fields of the job body beyond JobId, TenantName and Source;
-    an option added to `job create` adds its field here."""
-    fields: dict[str, Any] = {}
-    if args.encoder_uid:
-        fields["EncoderUids"] = sorted(set(args.encoder_uid))
-    destination = getattr(args, "destination", None)
-    if destination is None:
+def job_destination(args: argparse.Namespace) -> Destination | None:
+    """The job's Destination from `job create`'s options; usage errors for the
+    options that mean nothing without one."""
+    if args.destination is None:
         given = [
             option
             for option, value in (
-                ("--destination-role", getattr(args, "destination_role", None)),
-                ("--sse", getattr(args, "sse", None)),
-                ("--sse-kms-key-id", getattr(args, "sse_kms_key_id", None)),
+                ("--destination-role", args.destination_role),
+                ("--sse", args.sse),
+                ("--sse-kms-key-id", args.sse_kms_key_id),
             )
             if value is not None
         ]
         if given:
             raise CliError("Usage", f"{given[0]} needs --destination URI", EXIT_USAGE)
-        return fields
+        return None
     if args.sse_kms_key_id is not None and args.sse != "aws:kms":
         raise CliError("Usage", "--sse-kms-key-id needs --sse aws:kms", EXIT_USAGE)
-    dest: dict[str, Any] = {"Provider": "AmazonS3", "UriPath": destination}
-    if args.destination_role is not None:
-        dest["RoleArnToAssume"] = args.destination_role
-    if args.sse is not None:
-        dest["ServerSideEncryption"] = args.sse
-    if args.sse_kms_key_id is not None:
-        dest["SSEKMSKeyId"] = args.sse_kms_key_id
-    fields["Destination"] = dest
-    return fields
+    return Destination(
+        args.destination,
+        role_arn=args.destination_role,
+        server_side_encryption=args.sse,
+        kms_key_id=args.sse_kms_key_id,
+    )
 
 
 def cmd_job(args: argparse.Namespace, client: Client) -> int:
     if args.action == "create":
         doc = client.create_job(
-            args.job, args.tenant, args.uri, args.role, args.duration, **job_create_fields(args)
+            args.job,
+            args.tenant,
+            args.uri,
+            args.role,
+            args.duration,
+            destination=job_destination(args),
+            encoder_uids=args.encoder_uid or None,
         )
     elif args.action == "list":
         jobs = client.list_jobs()
@@ -140,7 +139,7 @@ def cmd_ls(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
-def _progress_line(doc: dict[str, Any]) -> str:
+def _progress_line(doc: Fetch) -> str:
     done, size, rate = doc["BytesDone"], doc.get("SizeBytes") or 0, doc.get("BytesPerSecond") or 0
     width = 30
     filled = int(width * done / size) if size else 0
@@ -238,7 +237,7 @@ def cmd_cat(args: argparse.Namespace, client: Client) -> int:
     return EXIT_OK
 
 
-def _put_line(doc: dict[str, Any]) -> str:
+def _put_line(doc: Upload) -> str:
     algorithm, value = next(iter(doc["Checksum"].items()), ("", ""))
     return (
         f"s3://{doc['Bucket']}/{doc['Key']}\t{doc['Size']}\t{doc['ETag']}\t"
