@@ -299,8 +299,8 @@ def cmd_put_recursive(args: argparse.Namespace, client: Client) -> int:
             except BaseException as exc:  # a bug: reported by the main thread
                 done.put((path, key, None, OSError(str(exc))))
 
-    # Daemon threads: Ctrl-C ends the process, whose closed connections abort
-    # the uploads still running (docs/design.md, Outputs).
+    # Daemon threads: Ctrl-C ends the process at once; an upload whose body it
+    # cut off is aborted by the daemon (docs/design.md, CLI).
     workers = [
         threading.Thread(target=worker, daemon=True) for _ in range(min(args.parallel, len(files)))
     ]
@@ -312,7 +312,13 @@ def cmd_put_recursive(args: argparse.Namespace, client: Client) -> int:
     failed: list[dict[str, Any]] = []
     codes: list[int] = []
     for _ in files:
-        path, key, doc, error = done.get()
+        try:
+            path, key, doc, error = done.get()
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted after {len(uploaded)} of {len(files)} files: an upload cut "
+                "off mid-body is aborted (nothing at its key); one sent whole may still land"
+            ) from None
         if error is None:
             uploaded.append(doc)
             if not args.json:

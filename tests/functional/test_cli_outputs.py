@@ -4,8 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import sys
 from pathlib import Path
+from typing import Any
 
 from harness import ACME_ROLE, ACME_URI, Harness
 from test_cli_and_lifecycle import cli
@@ -152,3 +156,53 @@ async def test_ls_human_sizes(harness: Harness) -> None:
     assert [line.split("\t")[1].strip() for line in out.splitlines()] == ["3670016", "10"]
     code, out, _ = await cli(harness, "ls", "--json", "ls-1")
     assert [o["Size"] for o in json.loads(out)["Objects"]] == [3670016, 10]
+
+
+async def test_ctrl_c_aborts_an_upload_cut_off_mid_body(harness: Harness, tmp_path: Path) -> None:
+    """A body the daemon has received whole is carried out even if its client
+    leaves (docs/design.md, URLs for encoders: clients that leave early); one cut
+    off mid-body is aborted. With every part held, the daemon stops reading a
+    body beyond its part buffers (64 MiB), so a 72 MiB file is cut off."""
+    assert (await create(harness, "out-3", "--destination", OUT_URI))[0] == 0
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "0.ts").write_bytes(b"\0" * (72 * 1024 * 1024))
+    (big / "1.m3u8").write_bytes(b"#EXTM3U\n")
+    store = harness.uploads["acme-out"]
+    store.gate = asyncio.Event()  # every part waits here
+    arrived, aborted = asyncio.Event(), asyncio.Event()
+    upload_part, abort = store.upload_part, store.abort
+
+    async def part(*args: Any) -> str:
+        arrived.set()
+        return await upload_part(*args)
+
+    async def abort_seen(*args: Any) -> None:
+        await abort(*args)
+        aborted.set()
+
+    store.upload_part = part  # type: ignore[method-assign]
+    store.abort = abort_seen  # type: ignore[method-assign]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "s3feed.daemon",
+        "--socket",
+        harness.socket,
+        "put",
+        "out-3",
+        "big/",
+        str(big),
+        "--recursive",
+        "--parallel",
+        "1",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        await arrived.wait()
+        proc.send_signal(signal.SIGINT)
+        _, err = await proc.communicate()
+        await aborted.wait()
+    assert proc.returncode == 130
+    assert "interrupted after 0 of 2 files" in err.decode()
+    assert store.objects == {} and store.uploads == {}
