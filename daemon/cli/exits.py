@@ -149,6 +149,25 @@ def stdout_closed() -> bool:
         return False
 
 
+# The daemon's messages speak to API callers; where one names an API route,
+# a CLI user is told the command instead (by code: the phrase, its CLI form).
+# `--json` prints the server's document as it is.
+CLI_WORDING = {
+    "NoSuchJob": ("list them with GET /v1/jobs", "list them with `s3feed job list`"),
+    "JobExists": ("DELETE it first", "delete it first (`s3feed job delete`)"),
+    "NoDestination": (
+        "register the job with one",
+        "register the job with one (`s3feed job create ... --destination URI`)",
+    ),
+}
+
+
+def for_cli(code: str, message: str) -> str:
+    """`message` as a CLI user reads it: commands where the daemon names routes."""
+    api, cli = CLI_WORDING.get(code, ("", ""))
+    return message.replace(api, cli) if api else message
+
+
 def report(code: str, message: str, document: Any, as_json: bool) -> None:
     if as_json:
         sys.stderr.write(orjson.dumps(document).decode() + "\n")
