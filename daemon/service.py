@@ -132,11 +132,7 @@ class Daemon:
             controllers = Controllers(config.api.controller_groups)
         except ValueError as exc:
             raise ConfigError(f"[api] controller_groups: {exc}") from None
-        state_dir = config.api.state_dir or (
-            Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-            if os.environ.get("STATE_DIRECTORY")
-            else None
-        )
+        state_dir = config.api.state_path(os.environ)
         self.registry = JobRegistry(
             state=JobState(state_dir / "jobs" if state_dir else None),
             sts=self.sts,
@@ -347,7 +343,7 @@ class Daemon:
             for site in list(runner.sites):
                 await site.stop()
         if not await self.registry.drain(self.config.api.drain_grace):
-            log.warning("drain grace over: cancelling the transfers still running")
+            log.warning("drain grace over: ending the transfers still running with ShuttingDown")
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
