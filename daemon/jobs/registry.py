@@ -221,8 +221,9 @@ class JobRegistry:
             )
         del self._jobs[job_id]
         self._jobs_changed(len(self._jobs))
-        await self.state.remove(job_id)
+        removed = self.state.remove(job_id)  # handed over now: no await before close
         await job.close()
+        await removed
         log.info("job deleted", extra={"job_id": job_id, "tenant": job.tenant})
 
     async def reap_idle(self, ttl: float) -> list[str]:
@@ -237,9 +238,10 @@ class JobRegistry:
             del self._jobs[job.job_id]
             self._jobs_changed(len(self._jobs))
             reaped.append(job.job_id)
+            removed = self.state.remove(job.job_id)
             try:
-                await self.state.remove(job.job_id)
                 await job.close()
+                await removed
             except Exception:
                 log.exception(
                     "idle job reaped; closing it failed",

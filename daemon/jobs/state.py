@@ -12,9 +12,12 @@ writes one small file whatever the number of jobs.
 Each file is written atomically (`JOBID.json.tmp`, fsync, rename, fsync of
 the directory), 0600 in a 0700 directory of the daemon's. The writes and
 unlinks run in one worker thread, in the order the event loop asks for them
-(a DELETE right after its POST unlinks after the write), and the caller
-awaits its own: a 201 means the job survives a crash from then on. A write
-that fails is logged and the job lives on without surviving a restart.
+(a DELETE right after its POST unlinks after the write): `save` and `remove`
+hand their call to the worker before they return, and the future they
+return says when it is on disk, so the registry awaits a write before its
+201 and closes a deleted job while its unlink runs. A call that fails is
+logged (in the worker) and the job goes on without surviving a restart, or
+comes back at the next start; the futures never raise.
 
 `load` reads every file back at start, through `parse_job_request`, as a
 request body is parsed; a file that cannot be read or parsed is logged on
@@ -27,6 +30,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,9 +93,10 @@ class JobState:
         self.directory = directory
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3feed-jobstate")
 
-    async def save(self, request: JobRequest, *, uid: int, created_at: datetime) -> None:
+    def save(self, request: JobRequest, *, uid: int, created_at: datetime) -> Awaitable[None]:
+        """Write the job's file; the future is done when it is on disk."""
         if self.directory is None:
-            return
+            return _done()
         document = {
             "Version": VERSION,
             **request_body(request),
@@ -99,12 +104,13 @@ class JobState:
             "CreatedAt": created_at.astimezone(UTC).isoformat(),
         }
         data = json.dumps(document, sort_keys=True).encode()
-        await self._run(self._write, request.job_id, data)
+        return self._submit(self._write, request.job_id, data)
 
-    async def remove(self, job_id: str) -> None:
+    def remove(self, job_id: str) -> Awaitable[None]:
+        """Unlink the job's file; the future is done when that is on disk."""
         if self.directory is None:
-            return
-        await self._run(self._unlink, job_id)
+            return _done()
+        return self._submit(self._unlink, job_id)
 
     async def load(self, s3: S3Config) -> list[SavedJob]:
         """Every job a previous run left; unreadable files are logged and skipped."""
@@ -116,16 +122,9 @@ class JobState:
     def close(self) -> None:
         self._worker.shutdown(wait=True)
 
-    async def _run(self, call: Any, *args: Any) -> None:
-        # Submitted now, before any await: the worker keeps the loop's order.
-        future = asyncio.get_running_loop().run_in_executor(self._worker, call, *args)
-        try:
-            await future
-        except OSError as exc:
-            log.error(
-                "job state not written; the job will not survive a restart",
-                extra={"job_id": args[0], "error": f"{exc.strerror or exc}"},
-            )
+    def _submit(self, call: Callable[..., None], *args: Any) -> Awaitable[None]:
+        # Handed to the worker now, before any await: it keeps the loop's order.
+        return asyncio.get_running_loop().run_in_executor(self._worker, _logged, call, *args)
 
     def _path(self, job_id: str) -> Path:
         assert self.directory is not None
@@ -193,6 +192,23 @@ class JobState:
                     extra={"path": str(path), "error": " ".join(str(exc).split())[:300]},
                 )
         return jobs
+
+
+def _done() -> Awaitable[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+def _logged(call: Callable[..., None], job_id: str, *args: Any) -> None:
+    """In the worker: a failed write or unlink is logged, never raised."""
+    try:
+        call(job_id, *args)
+    except OSError as exc:
+        log.error(
+            "job state not changed; the job may not survive a restart, or come back after one",
+            extra={"job_id": job_id, "error": f"{exc.strerror or exc}"},
+        )
 
 
 def _parse(path: Path, s3: S3Config) -> SavedJob:

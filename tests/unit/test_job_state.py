@@ -147,5 +147,5 @@ async def test_a_write_that_fails_is_logged_and_the_caller_goes_on(
     blocker.write_text("")
     state = JobState(blocker / "jobs")  # under a file: mkdir fails
     await state.save(parse_job_request(BODY, S3), uid=1000, created_at=WHEN)
-    assert "will not survive a restart" in caplog.text
+    assert "may not survive a restart" in caplog.text
     state.close()
