@@ -119,7 +119,14 @@ class JobRegistry:
         for entry in saved:
             if entry.request.job_id in self._jobs:
                 continue
-            job = await self._open(entry.request, uid=entry.uid, restored=entry.created_at)
+            try:
+                job = await self._open(entry.request, uid=entry.uid, restored=entry.created_at)
+            except Exception as exc:  # one job must not stop the start
+                log.error(
+                    "job not restored",
+                    extra={"job_id": entry.request.job_id, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                continue
             self._jobs[job.job_id] = job
             log.info("job restored", extra={"job_id": job.job_id, "tenant": job.tenant})
         self._jobs_changed(len(self._jobs))
