@@ -117,6 +117,12 @@ class Job:
         self.last_used = self._monotonic()
 
     @property
+    def ending(self) -> tuple[str, str] | None:
+        """(ShuttingDown, message) once the daemon closed the job at the end of
+        its drain grace (what still runs answers that), else None."""
+        return self._ending if self._ending[0] == "ShuttingDown" else None
+
+    @property
     def busy(self) -> bool:
         """A fetch, a stream or an upload of this job is running."""
         return bool(self.open_streams or self._tasks or self._uploads)

@@ -6,15 +6,19 @@ the real daemon behind the fault proxies on ministack.
   again; nothing secret in the state directory; DELETE removes a job for good.
 - A role STS cannot serve at start leaves its job listed with
   LastRefreshError, and the job works once STS answers.
-- SIGTERM past `drain_grace`: a waiting fetch answers 503 ShuttingDown, a
-  delivery (`s3feed cat`) and a socket stream (`s3feed cat --through-socket`)
-  exit 5; SIGKILL mid-stream: `s3feed cat` exits 5 too.
+- SIGTERM past `drain_grace`: a waiting fetch and an upload answer 503
+  ShuttingDown (the upload aborted in S3), a delivery (`s3feed cat`) and a
+  socket stream (`s3feed cat --through-socket`) exit 5; SIGKILL mid-stream:
+  `s3feed cat` exits 5 too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -54,6 +58,43 @@ def bucket(local_aws: LocalAws) -> Iterator[tuple[Any, str]]:
     finally:
         localaws.empty_and_delete_bucket(s3, name)
         s3.close()
+
+
+@pytest.fixture(scope="module")
+def writer_role(local_aws: LocalAws) -> str:
+    """A role of the acme tenant that may write to the test buckets."""
+    name = f"s3feed-restart-writer-{secrets.token_hex(4)}"
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{local_aws.account_id}:root"},
+                "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"sts:ExternalId": local_aws.acme_tenant}},
+            }
+        ],
+    }
+    actions = [
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+        "s3:ListMultipartUploadParts",
+    ]
+    prefix = localaws.TEST_BUCKET_PREFIX
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": actions, "Resource": f"arn:aws:s3:::{prefix}*/*"},
+            {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": f"arn:aws:s3:::{prefix}*"},
+        ],
+    }
+    with local_aws.closing_client("iam") as iam:
+        arn = iam.create_role(
+            RoleName=name, AssumeRolePolicyDocument=json.dumps(trust), MaxSessionDuration=3600
+        )["Role"]["Arn"]
+        iam.put_role_policy(RoleName=name, PolicyName="rw", PolicyDocument=json.dumps(policy))
+    return str(arn)
 
 
 def put(bucket: tuple[Any, str], key: str, body: bytes) -> None:
@@ -160,8 +201,32 @@ def slow_rig(local_aws: LocalAws, work: Path, keys: list[str]) -> Iterator[Rig]:
         yield rig
 
 
+def start_upload(rig: Rig, job: str, key: str, size: int, first: bytes) -> socket.socket:
+    """PUT of an output whose body stops after `first`: a multipart upload that
+    runs until something ends it. The answer is read from the socket later."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(rig.socket)
+    head = (
+        f"PUT /v1/jobs/{job}/outputs/{key} HTTP/1.1\r\nHost: localhost\r\n"
+        f"Content-Length: {size}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + first)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    answer = http.client.HTTPResponse(sock)
+    answer.begin()
+    return answer.status, json.loads(answer.read())
+
+
+def multipart_uploads(bucket: tuple[Any, str]) -> list[Any]:
+    return list(bucket[0].list_multipart_uploads(Bucket=bucket[1]).get("Uploads", []))
+
+
 def test_sigterm_past_the_drain_grace_ends_what_runs_with_shutting_down(
-    local_aws: LocalAws, tmp_path: Path, bucket: tuple[Any, str]
+    local_aws: LocalAws, tmp_path: Path, bucket: tuple[Any, str], writer_role: str
 ) -> None:
     data = blob(40 * MiB, seed=83)
     keys = ["t/fetch.bin", "t/deliver.bin", "t/stream.bin"]
@@ -180,6 +245,15 @@ def test_sigterm_past_the_drain_grace_ends_what_runs_with_shutting_down(
 
         fetcher = threading.Thread(target=fetch)
         fetcher.start()
+        client.create_job(
+            "u",
+            local_aws.acme_tenant,
+            uri(bucket[1], "t/"),
+            writer_role,
+            Destination={"Provider": "AmazonS3", "UriPath": uri(bucket[1], "out/")},
+        )
+        upload = start_upload(rig, "u", "cut.ts", 20 * MiB, blob(6 * MiB, seed=85))
+        wait_until(lambda: multipart_uploads(bucket), 30, "a multipart upload in S3")
         delivery = cat(rig, "t", "deliver.bin", tmp_path / "delivered")
         stream = cat(rig, "t", "stream.bin", tmp_path / "streamed", "--through-socket")
         wait_until(
@@ -205,12 +279,16 @@ def test_sigterm_past_the_drain_grace_ends_what_runs_with_shutting_down(
         _, said = delivery.communicate(timeout=30)
         assert delivery.returncode == 5, said
         assert b"ShuttingDown" in said, said
+        with upload:
+            status, answer = read_answer(upload)
+        assert (status, answer["Error"]["Code"]) == (503, "ShuttingDown"), answer
+        assert multipart_uploads(bucket) == [], "the upload was aborted"
         _, said = stream.communicate(timeout=30)
         assert stream.returncode == 5, said
         for path in (tmp_path / "delivered", tmp_path / "streamed"):
             got = path.read_bytes()
             assert 0 < len(got) < len(data) and got == data[: len(got)]
-        TALLY.transfers_failed_cleanly += 3
+        TALLY.transfers_failed_cleanly += 4
         log = rig.log_text()
         assert "drain grace over" in log
 
