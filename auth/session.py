@@ -351,7 +351,7 @@ class RoleSession:
             if self._denied is None
             else "it is not asked again: fix the role, then register the job again"
         )
-        if self._creds is None and self._refreshes == 0:
+        if self._creds is None:
             return CredentialsExpired(
                 f"job {self._job_id}: no credentials for role {self._role_arn} since the daemon "
                 f"started (AssumeRole has not succeeded); last error: {why}; {then}"
@@ -466,9 +466,15 @@ class RoleSession:
         if self._state is SessionState.EXPIRED:
             self._transition(SessionState.ACTIVE)
             log.info("job %s: credentials for role %s again", self._job_id, self._role_arn)
+        first = self._creds is None  # a restored session's first: not a refresh
         creds = self._install(assumed)
-        self._refreshes += 1
         self._last_error = None
+        if first:
+            log.info(
+                "job %s: role assumed, credentials expire at %s", self._job_id, self._expires_at
+            )
+            return creds
+        self._refreshes += 1
         self._observer.refreshed(self._received_at)
         log.info("job %s: credentials refreshed, now expire at %s", self._job_id, self._expires_at)
         return creds

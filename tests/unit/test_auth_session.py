@@ -606,7 +606,9 @@ async def test_a_restored_session_assumes_the_role_in_the_background(
     await settle()
     assert len(sts.calls) == 1 and session.state is SessionState.ACTIVE
     assert await session.current() is sts.issued[0]
-    assert session.status().expires_at == sts.issued[0].expiration
+    status = session.status()
+    assert status.expires_at == sts.issued[0].expiration
+    assert status.refreshes == 0 and not observer.refreshes, "assumed again, not refreshed"
     await session.close()
     assert clock.sleepers == 0
 
