@@ -139,9 +139,12 @@ def test_jobs_survive_a_restart_and_delete_removes_them(
         assert [p.name for p in (state / "jobs").iterdir()] == ["keep.json"]
 
         rig.kill()  # a crash keeps them as well
+        (state / "jobs" / "broken.json").write_bytes(b'{"Version": 1, "JobId": "bro')
         rig.start()
         client = Client(rig.socket, timeout=60)
         assert [j["JobId"] for j in client.list_jobs()] == ["keep"]
+        skipped = [line for line in rig.log_text().splitlines() if "job state file skipped" in line]
+        assert len(skipped) == 1 and "broken.json" in skipped[0], skipped
         with pytest.raises(S3feedError) as gone:
             client.get_job("drop")
         assert gone.value.code == "NoSuchJob"
