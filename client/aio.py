@@ -201,7 +201,11 @@ class AsyncClient:
                 if head is None:
                     data = await loop.sock_recv(sock, 65536)
                     if not data:
-                        raise S3feedError(502, "ShortRead", "the daemon closed the connection")
+                        raise S3feedError(
+                            502,
+                            "ShortRead",
+                            "the daemon closed the connection before answering (restarting?)",
+                        )
                     buf += data
                     continue
                 status, headers, buf = head

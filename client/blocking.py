@@ -304,7 +304,11 @@ class Client:
                 if head is None:
                     data = sock.recv(65536)
                     if not data:
-                        raise S3feedError(502, "ShortRead", "the daemon closed the connection")
+                        raise S3feedError(
+                            502,
+                            "ShortRead",
+                            "the daemon closed the connection before answering (restarting?)",
+                        )
                     buf += data
                     continue
                 status, headers, buf = head

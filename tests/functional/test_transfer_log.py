@@ -199,7 +199,7 @@ async def test_fetch_failed_names_s3s_request_id(rig: Rig, logged: list[dict[str
     assert line["source"] == "s3" and 0 < line["bytes"] < len(DATA)
 
 
-async def test_fetch_cancelled_by_delete_and_by_shutdown(
+async def test_fetch_cancelled_by_delete_and_ended_by_shutdown(
     rig: Rig, logged: list[dict[str, Any]]
 ) -> None:
     release = hold_after_first_range(rig.store)
@@ -212,10 +212,10 @@ async def test_fetch_cancelled_by_delete_and_by_shutdown(
         async with s.post("/v1/jobs/job-1/fetches", json={"Key": "other.ts"}) as r:
             assert r.status == 202
     assert one(logged, kind="fetch", key="clip.ts")["outcome"] == "cancelled"
-    await rig.stop()  # drain_grace 0: the running fetch is cancelled
+    await rig.stop()  # drain_grace 0: the running fetch ends with ShuttingDown
     release.set()
     line = one(logged, kind="fetch", key="other.ts")
-    assert (line["outcome"], line["code"]) == ("cancelled", "Cancelled")
+    assert (line["outcome"], line["code"]) == ("failed", "ShuttingDown")
 
 
 # --- streams on the socket and URL reads -----------------------------------------------

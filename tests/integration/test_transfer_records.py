@@ -2,7 +2,7 @@
 local AWS (docs/design.md, Logs): the JSON lines it writes to stderr hold one
 `"event": "transfer"` record per transfer - a fetch, a socket stream, a
 delivery (`s3feed cat`), a URL read, a fetch that failed when the object
-changed under it, a fetch cancelled by SIGTERM - and one `"event": "request"`
+changed under it, a fetch SIGTERM ended (ShuttingDown) - and one `"event": "request"`
 record per request. The daemon's STS goes through the recording proxy, so
 every secret it was issued is known: none is in the log (`proxied_daemon`
 greps for them when the daemon has stopped).
@@ -95,7 +95,7 @@ def test_each_transfer_and_request_is_one_json_record_without_secrets(
             client.fetch("rec", "changing.bin", wait=True)
         assert changed.value.code == "SourceChanged"
 
-        # A fetch that SIGTERM finds running (drain_grace 0) is cancelled.
+        # A fetch that SIGTERM finds running (drain_grace 0) ends with ShuttingDown.
         rig.s3.add(Fault("latency", match=key_get("held.bin"), after=1, times=None, seconds=30))
         held = client.fetch("rec", "held.bin", wait=False)
         wait_until(
@@ -114,7 +114,7 @@ def test_each_transfer_and_request_is_one_json_record_without_secrets(
                 ("delivery", "changing.bin", "done", "s3"),
                 ("url", "a.bin", "done", "cache"),
                 ("fetch", "changing.bin", "failed", "s3"),
-                ("fetch", "held.bin", "cancelled", "s3"),
+                ("fetch", "held.bin", "failed", "s3"),
             ]
         ), transfers
         for r in transfers:
@@ -122,8 +122,10 @@ def test_each_transfer_and_request_is_one_json_record_without_secrets(
             assert isinstance(r["seconds"], float) and r["seconds"] >= 0
             if r["outcome"] == "done":
                 assert r["bytes"] == len(data), r
-        failed = next(r for r in transfers if r["outcome"] == "failed")
-        assert failed["code"] == "SourceChanged" and failed["error"]
+        failed = {r["key"]: r for r in transfers if r["outcome"] == "failed"}
+        assert failed["changing.bin"]["code"] == "SourceChanged"
+        assert failed["changing.bin"]["error"]
+        assert failed["held.bin"]["code"] == "ShuttingDown"
 
         requests = records(rig, "request")
         uid = os.getuid()

@@ -38,7 +38,7 @@ from s3feed.daemon.cli.exits import (
         (400, "InvalidRequest", 7),
         (404, "NotFound", 7),
         (500, "InternalError", 7),
-        (502, "ShortRead", 7),
+        (502, "ShortRead", 5),  # cut short: the daemon stopped or crashed; a retry gets it whole
         (409, "Cancelled", 7),
     ],
 )

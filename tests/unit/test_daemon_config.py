@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.daemon.config import ConfigError, config_keys, load_config, parse_size
+from s3feed.daemon.config import ApiConfig, ConfigError, config_keys, load_config, parse_size
 from s3feed.transfer.config import GiB, MiB
 
 EXAMPLE = Path(__file__).parents[2] / "systemd" / "s3feed.toml.example"
@@ -142,3 +142,14 @@ def test_access_log_is_on_unless_turned_off(tmp_path: Path) -> None:
     assert load_config(path).api.access_log is True
     path.write_text("[api]\naccess_log = false\n")
     assert load_config(path).api.access_log is False
+
+
+def test_state_dir_absent_is_systemds_empty_is_none_relative_is_refused() -> None:
+    """docs/design.md, Configuration: `[api] state_dir`."""
+    env = {"STATE_DIRECTORY": "/var/lib/s3feed:/var/lib/other"}
+    assert ApiConfig().state_path(env) == Path("/var/lib/s3feed")
+    assert ApiConfig().state_path({}) is None
+    assert ApiConfig(state_dir="").state_path(env) is None
+    assert ApiConfig(state_dir="/srv/s3feed").state_path(env) == Path("/srv/s3feed")
+    with pytest.raises(ValueError, match="absolute"):
+        ApiConfig(state_dir="state")
