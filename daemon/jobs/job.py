@@ -6,7 +6,17 @@ transfer records of its fetches and streams, and the tasks that run its
 fetches. `JobRegistry` (daemon/jobs/registry.py) owns the jobs. Deleting a job (DELETE, idle reaping,
 shutdown) cancels the job's fetch tasks, closes its session (the refresher
 stops, the credentials are dropped), closes its store and unpins its cache
-entries; a failing fetch only fails its own record. Streams run in the API
+entries; a failing fetch only fails its own record.
+
+A job's close and the requests that found it are ordered (docs/design.md,
+Roles and isolation: a job's end): `close` leaves `JobState.LIVE` before its
+first await, so a request that looked the job up before the DELETE and
+resumes after it (a fetch whose HEAD was in flight) can start nothing:
+`start_fetch` raises Cancelled. Then close cancels the fetch tasks and waits
+until every one has settled; only then does it take back the job's pins and
+grants, so no fetch can pin or grant after it. A fetch task cancelled before
+its first step still ends its record `cancelled`, so every `?wait=true`
+waiter is answered. Streams run in the API
 handler's task, not the job's: the job counts them (so an idle job with an
 open stream is not reaped) and a stream finds its job closed the next time
 it asks for credentials.
@@ -22,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import functools
 import itertools
 import logging
 import uuid
@@ -58,6 +70,22 @@ class JobDestination:
     own_session: bool
 
 
+class JobState(enum.Enum):
+    LIVE = "live"
+    CLOSING = "closing"  # close() runs: nothing new starts
+    CLOSED = "closed"
+
+
+_NEXT_STATES = {
+    JobState.LIVE: {JobState.CLOSING},
+    JobState.CLOSING: {JobState.CLOSED},
+    JobState.CLOSED: set(),
+}
+
+# A record whose fetch the job's end stopped (before or while it ran).
+_ENDED = ("Cancelled", "the job was deleted before the fetch finished")
+
+
 def _rfc3339(t: datetime | None) -> str | None:
     if t is None:
         return None
@@ -81,6 +109,7 @@ class Job:
         destination: JobDestination | None = None,
     ) -> None:
         self.job_id = job_id
+        self.state = JobState.LIVE
         self.destination = destination
         self._uploads: set[asyncio.Task[Any]] = set()
         self.tenant = tenant
@@ -109,6 +138,21 @@ class Job:
 
     def may_use(self, uid: int) -> bool:
         return uid == 0 or uid == self.uid or uid in self.encoder_uids
+
+    def _move(self, state: JobState) -> None:
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(f"job {self.job_id}: {self.state} -> {state}")
+        self.state = state
+
+    def check_live(self) -> None:
+        """Cancelled once the job's close began: a request that found the job
+        before its end and resumed after it starts nothing more."""
+        if self.state is not JobState.LIVE:
+            raise ApiError(
+                "Cancelled",
+                f"job {self.job_id!r} ended (deleted, reaped or the daemon stopping) "
+                "while this request ran",
+            )
 
     def touch(self) -> None:
         self.last_used = self._monotonic()
@@ -140,8 +184,11 @@ class Job:
         self.touch()
         self._on_activity()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, record: TransferRecord, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if not record.finished.is_set():  # cancelled before its first step
+            record.error = _ENDED
+            record.move(TransferState.CANCELLED)
         self._on_activity()
 
     def new_record(self, mode: str, key: str, progress: Progress | None = None) -> TransferRecord:
@@ -157,13 +204,16 @@ class Job:
 
     def start_fetch(self, key: str, auth: Authorised) -> TransferRecord:
         """Queue a download into the cache, owned by this job, of what this
-        job's HEAD (`auth`) just allowed."""
+        job's HEAD (`auth`) just allowed. Cancelled when the job is ending:
+        its close takes back pins only after its tasks settled, so none may
+        start now."""
+        self.check_live()
         record = self.new_record("cache", key)
         task = asyncio.create_task(
             self._fetch(record, auth), name=f"fetch {self.job_id} {record.transfer_id}"
         )
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(functools.partial(self._task_done, record))
         return record
 
     async def _fetch(self, record: TransferRecord, auth: Authorised) -> None:
@@ -177,7 +227,7 @@ class Job:
                 progress=record.progress,
             )
         except asyncio.CancelledError:
-            record.error = ("Cancelled", "the job was deleted before the fetch finished")
+            record.error = _ENDED
             record.move(TransferState.CANCELLED)
             raise
         except (AuthError, TransferError) as exc:
@@ -263,22 +313,31 @@ class Job:
             )
 
     async def close(self) -> None:
-        self._connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._connecting
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
+        """End the job (once; a second call returns at once). See the design
+        note for the order: nothing starts, fetches settle, then pins go."""
+        if self.state is not JobState.LIVE:
+            return
+        self._move(JobState.CLOSING)  # before any await: nothing new starts from here
+        try:
+            self._connecting.cancel()
+            for task in self._tasks:  # before any await: a cancelled fetch grants nothing
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        # Uploads abort their multipart uploads while the credentials still work.
-        uploads = list(self._uploads)
-        for task in uploads:
-            task.cancel()
-        if uploads:
-            await asyncio.wait(uploads, timeout=30)
-        self.server.release(self.pin_owner)
+                await self._connecting
+            while self._tasks:  # none is added any more (start_fetch checks)
+                await asyncio.wait(list(self._tasks))
+            # Uploads abort their multipart uploads while the credentials still work.
+            uploads = list(self._uploads)
+            for task in uploads:
+                task.cancel()
+            if uploads:
+                await asyncio.wait(uploads, timeout=30)
+        finally:
+            # Every fetch task is done or cancelled (a cancelled one cannot
+            # grant any more): the job's pins and its uids' access end here.
+            self.server.release(self.pin_owner)
         await self.store.close()
         if self.destination is not None and self.destination.own_session:
             await self.destination.session.close()
         await self.session.close()
+        self._move(JobState.CLOSED)
