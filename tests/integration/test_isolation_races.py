@@ -18,7 +18,8 @@ the delivery completes, byte for byte, after the thaw.
 Descriptors that cannot take the bytes are the caller's error, answered 400
 `InvalidRequest` naming why (never 500): O_DIRECT, a memfd sealed against
 writes or against growing, a file at the file system's size limit (EFBIG), an
-unconnected datagram socket.
+unconnected datagram socket. A Destination overlapping the Source folder is
+refused at registration, 400 naming both.
 """
 
 from __future__ import annotations
@@ -424,3 +425,22 @@ def test_a_descriptor_that_cannot_take_the_bytes_is_the_callers_400(
         os.close(fd)
         shutil.rmtree(tmp)
         client.delete_job(job)
+
+
+def test_a_destination_overlapping_the_source_is_400_naming_both(
+    daemon: Daemon, seaweed: Seaweed
+) -> None:
+    client = Client(str(daemon.socket), timeout=30)
+    source = uri(seaweed.bucket, "masters/")
+    for destination in (uri(seaweed.bucket), uri(seaweed.bucket, "masters/out/")):
+        with pytest.raises(S3feedError) as err:
+            client.create_job(
+                "overlap",
+                TENANT,
+                source,
+                seaweed.role_arn,
+                Destination={"Provider": "AmazonS3", "UriPath": destination},
+            )
+        assert (err.value.status, err.value.code) == (400, "InvalidRequest")
+        assert source in err.value.message and destination in err.value.message
+    assert "overlap" not in {j["JobId"] for j in client.list_jobs()}
