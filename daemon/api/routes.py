@@ -289,8 +289,12 @@ class Api:
             raise ApiError("InvalidRequest", "field 'Key' must be a string")
         # Errors known before any byte moves are answered at once
         # (docs/design.md, Socket API): the access check is one of them.
-        auth = await self.server.authorise(job.store, job.location.key_for(key))
-        record = job.start_fetch(key, auth)
+        try:
+            auth = await self.server.authorise(job.store, job.location.key_for(key))
+        except Exception:
+            job.check_live()  # the job's end closed its session under the HEAD: Cancelled
+            raise
+        record = job.start_fetch(key, auth)  # Cancelled once the job's close began
         if request.query.get("wait", "").lower() not in ("true", "1"):
             # Errors known before any byte moves (no room in the cache...) are
             # answered now; later ones are the fetch document's.
