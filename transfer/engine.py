@@ -14,7 +14,7 @@ Who waits on whom: workers wait on the limiter (round-robin across
 transfers, so a 100-range transfer cannot starve a 1-range one), then on the
 store. A range that fails with TransientError is retried from the first
 byte not yet received, spending one unit of its own `RetryBudget` (each range
-has the transfer's `retries`); when a range's budget is spent the transfer
+has `retries`, and SlowDowns 8 more); when a range's budget is spent the transfer
 fails with S3Unavailable naming the last cause. Before each attempt a range
 waits out the transfer's shared `Backoff` (transfer/retry.py), which every
 transient failure lengthens, so one range told to slow down pauses them all.

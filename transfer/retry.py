@@ -4,14 +4,14 @@ Design note. A transfer (a download or a stream) gives each of its requests
 its own `RetryBudget` of `[transfer] retries`: the HEAD and the part-layout
 probe spend the transfer's budget, each ranged GET a budget of its own
 (`RetryBudget.for_range`), so ranges that fail together do not spend each
-other's retries; a throttling answer (SlowDown) spends a retry only after
-`THROTTLE_ALLOWANCE` of them, the answers it takes the pause to double up to
-its cap, so a range alone in flight (a stream's first) rides out a burst too.
-What they share is the `Backoff`: one "not before" instant
-for the whole transfer (docs/design.md, Transfers: Retries). When S3 tells
-one request to slow down (or fails it in any transient way), no request of
-the transfer starts before that instant, so a burst of SlowDowns across
-parallel ranges pauses the transfer instead of failing it.
+other's retries. A throttling answer (SlowDown) spends a retry only after
+`THROTTLE_ALLOWANCE` of them (the answers it takes the pause to double up to
+its cap), so a range alone in flight, a stream's first, rides out a burst too.
+What the requests share is the `Backoff`: one "not before" instant for the
+whole transfer (docs/design.md, Transfers: Retries). When S3 tells one
+request to slow down (or fails it in any transient way), no request of the
+transfer starts before that instant, so a burst of SlowDowns across parallel
+ranges pauses the transfer instead of failing it.
 
 Who waits on whom: every attempt first waits in `Backoff.wait` (at once when
 no pause is set: no scheduling point, so the first GET leaves as soon as
