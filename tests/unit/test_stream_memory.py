@@ -191,5 +191,6 @@ async def test_a_reader_waiting_when_a_claim_fills_the_window_grows_it() -> None
     after = asyncio.ensure_future(w.claim(2 * MiB, w.end, MiB))
     await settle(10)
     assert after.done() and w.capacity == 2 * MiB
-    reader.cancel()
     w.close()
+    with pytest.raises(RuntimeError, match="window closed"):
+        await reader
