@@ -12,12 +12,14 @@ connection) is the only body memory, so a download costs O(concurrency) x
 
 Who waits on whom: workers wait on the limiter (round-robin across
 transfers, so a 100-range transfer cannot starve a 1-range one), then on the
-store. A range that fails with TransientError is retried after full-jitter
-backoff from the first byte not yet received, spending one unit of the
-transfer's `RetryBudget`; when the budget is spent the transfer fails with
-S3Unavailable naming the last cause. SourceChanged, AccessDenied, NoSuchKey
-and InvalidRange are final at once. A checksum mismatch re-downloads the whole
-object once, then is final.
+store. A range that fails with TransientError is retried from the first
+byte not yet received, spending one unit of its own `RetryBudget` (each range
+has `retries`, and SlowDowns 8 more); when a range's budget is spent the transfer
+fails with S3Unavailable naming the last cause. Before each attempt a range
+waits out the transfer's shared `Backoff` (transfer/retry.py), which every
+transient failure lengthens, so one range told to slow down pauses them all.
+SourceChanged, AccessDenied, NoSuchKey and InvalidRange are final at once. A
+checksum mismatch re-downloads the whole object once, then is final.
 
 Cancellation spreads by ownership: cancelling the download task cancels its
 TaskGroup, hence every worker and its in-flight GET; a worker that fails
@@ -41,13 +43,11 @@ from s3feed.transfer.config import TransferConfig
 from s3feed.transfer.errors import ChecksumMismatch, TransientError
 from s3feed.transfer.observer import NullTransferObserver, TransferObserver
 from s3feed.transfer.progress import Progress, RangeSet
-from s3feed.transfer.retry import RetryBudget, run_workers
+from s3feed.transfer.retry import Backoff, RetryBudget, run_workers
 from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore
 from s3feed.transfer.streammemory import StreamMemory
 
 T = TypeVar("T")
-BACKOFF_BASE = 0.1  # seconds; the n-th consecutive failure waits U(0, base * 2^n)
-BACKOFF_CAP = 20.0
 RANGES_PER_CONNECTION = 4  # a cache fetch's ranges grow only while each connection gets this many
 
 
@@ -185,18 +185,28 @@ class Engine:
         self.limiter = FairLimiter(config.global_concurrency)
         self.stream_memory = StreamMemory(config.stream_memory, self.observer)
 
+    def _backoff(self, budget: RetryBudget) -> Backoff:
+        """The transfer's backoff; a budget that has none yet gets one here."""
+        if budget.backoff is None:
+            budget.backoff = Backoff(self.rng, self.sleep, self.monotonic)
+        return budget.backoff
+
     async def retrying(self, budget: RetryBudget, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run fn, retrying TransientError with full-jitter backoff on `budget`."""
-        attempt = 0
+        """Run fn once the transfer's backoff allows, retrying TransientError
+        on `budget` (docs/design.md, Transfers: Retries)."""
+        backoff = self._backoff(budget)
         while True:
+            await backoff.wait()
+            ticket = backoff.ticket()
             try:
-                return await fn()
+                result = await fn()
             except TransientError as exc:
                 budget.spend(exc)
                 self.observer.range_retry(exc.reason)
-                cap = min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt)
-                attempt += 1
-                await self.sleep(self.rng.uniform(0, cap))
+                backoff.failed(ticket)
+                continue
+            backoff.succeeded(ticket)
+            return result
 
     async def fetch_range(
         self,
@@ -211,7 +221,9 @@ class Engine:
         owner: object,
     ) -> None:
         """GET [start, end] into sink exactly once per byte, retrying from the
-        first byte not yet delivered; holds a limiter slot only while a GET runs."""
+        first byte not yet delivered on a budget of its own (`budget.for_range`,
+        sharing the transfer's backoff); holds a limiter slot only while a GET runs."""
+        self._backoff(budget)
         pos = start
 
         class _Tracking:
@@ -238,7 +250,7 @@ class Engine:
             if pos <= end:
                 raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
 
-        await self.retrying(budget, attempt)
+        await self.retrying(budget.for_range(), attempt)
 
     async def layout(
         self, store: ObjectStore, meta: ObjectMeta, budget: RetryBudget

@@ -110,6 +110,10 @@ class StreamWindow:
             end = start + min(unit, self.capacity, last - start + 1) - 1
             if end + 1 - self.consumed <= self.capacity:
                 self.admitted = max(self.admitted, end)
+                # A reader already waiting for bytes looks again: if this claim
+                # filled the window, the window now holds it back (it may grow
+                # while this range is still being fetched, or retried).
+                self._notify()
                 return end
             await self._wait()
 

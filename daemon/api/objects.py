@@ -11,7 +11,8 @@ fetches. A failure after the headers went out aborts the connection: the
 reader sees a short body (the Content-Length says so), never wrong bytes.
 The record is done when the last byte is handed to the socket, before the
 reader can have it: a reader holding every byte that asks about the job sees
-the stream done.
+the stream done. The headers wait for the first chunk (`first_bytes`), so a
+first S3 request that fails for good answers its own status and document.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from s3feed.daemon.errors import (
     s3_ids,
 )
 from s3feed.daemon.jobs import Job, TransferRecord, TransferState
-from s3feed.transfer import Delivery, InvalidRange, ObjectMeta, ObjectServer
+from s3feed.transfer import Delivery, InvalidRange, ObjectMeta, ObjectServer, first_bytes
 
 log = logging.getLogger("s3feed.stream")
 
@@ -140,7 +141,7 @@ async def stream_object(
         if record.state is TransferState.RUNNING:
             record.fail(exc)
         if not resp.prepared:
-            raise
+            raise  # the answer is the error; the record's log line says why (records.py)
         if request.transport is not None:
             request.transport.abort()
         return resp
@@ -154,8 +155,12 @@ async def _send(
 ) -> None:
     if delivery.length == 0:
         _done(delivery, record)  # the headers are the whole response
+    # The headers wait for the first bytes: a first S3 request that fails for
+    # good is the answer's status, never a 200 cut short (docs/design.md,
+    # Socket API: streams).
+    chunks = await first_bytes(delivery)
     await resp.prepare(request)
-    async for chunk in delivery:
+    async for chunk in chunks:
         if delivery.complete:
             transport = request.transport
             if transport is None or transport.is_closing():

@@ -355,6 +355,8 @@ class FailingObjectStore:
             limit = start + fault.after_bytes - 1
             limit = limit if end is None else min(limit, end)
             await inner.get_range(key, start, limit, sink, if_match=if_match)
+        else:
+            await asyncio.sleep(0)  # S3's error answer takes a round trip: others start meanwhile
         raise TransientError(f"injected {fault.kind}", fault.kind)
 
     async def connect(self) -> None:

@@ -209,7 +209,8 @@ async def test_retry_budget_exhaustion_names_last_cause(fd: int) -> None:
     engine, obs, sleeps = make(retries=4, concurrency=1)
     with pytest.raises(S3Unavailable, match="server_error"):
         await engine.download(store, "k", fd, tenant="t", progress=Progress())
-    assert len(store.gets) == 5 and len(obs.retries) == 4
+    # The three SlowDowns spend the throttling allowance, the errors the 4 retries.
+    assert len(store.gets) == 8 and len(obs.retries) == 7
     assert obs.finished == ["failed"]
     assert sleeps[1] <= 0.2 and sleeps[3] <= 0.8  # capped exponential, full jitter
 

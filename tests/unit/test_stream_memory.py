@@ -14,6 +14,7 @@ from s3feed.transfer.engine import Engine
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.stream import ObjectStream
 from s3feed.transfer.streammemory import MIN_WINDOW, StreamMemory
+from s3feed.transfer.window import StreamWindow
 from tests.fakes.store import FakeObjectStore
 
 
@@ -170,3 +171,26 @@ async def test_a_small_object_asks_for_no_more_than_its_size(size: int) -> None:
         assert s.window is not None and s.window.capacity == max(1, size)
         assert b"".join([c async for c in s]) == data
     assert eng.stream_memory.used == 0
+
+
+async def test_a_reader_waiting_when_a_claim_fills_the_window_grows_it() -> None:
+    """The reader asked for bytes before the next range was claimed; the claim
+    then fills the window while that range is still being fetched (or retried,
+    docs/design.md, Transfers: Retries): the window now holds the reader back,
+    so it grows and the range after it starts."""
+    memory = StreamMemory(16 * MiB, Reported())
+    w = StreamWindow(
+        0, 8 * MiB - 1, MiB, NullTransferObserver(), memory=memory, max_capacity=4 * MiB
+    )
+    assert await w.claim(0, w.end, MiB) == MiB - 1
+    w.put(0, memoryview(bytes(MiB)))
+    assert await w.get() == bytes(MiB)
+    reader = asyncio.ensure_future(w.get())  # the first MiB consumed; waits for more
+    await settle(10)
+    assert await w.claim(MiB, w.end, MiB) == 2 * MiB - 1  # the window is full now
+    after = asyncio.ensure_future(w.claim(2 * MiB, w.end, MiB))
+    await settle(10)
+    assert after.done() and w.capacity == 2 * MiB
+    w.close()
+    with pytest.raises(RuntimeError, match="window closed"):
+        await reader
