@@ -8,7 +8,8 @@
 Both speak HTTP/1.1 over the Unix socket ($S3FEED_SOCKET, default
 /run/s3feed/s3feed.sock). The requests are described once (`_Calls` in
 calls.py); each client only sends them: `Client` in blocking.py, `AsyncClient`
-in aio.py. An error answer raises S3feedError with the server's code and
+in aio.py; `open` gives an object as a seekable file (objectfile.py). An
+error answer raises S3feedError with the server's code and
 message. This package imports nothing of the daemon, so an encoder can use it
 on its own; `s3feed.daemon.client` re-exports it for code written before.
 """
@@ -19,11 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from s3feed.client.blocking import Client
 from s3feed.client.calls import S3feedError, socket_path
+from s3feed.client.objectfile import AsyncObjectFile, ObjectReader
 
 if TYPE_CHECKING:
     from s3feed.client.aio import AsyncClient
 
-__all__ = ["AsyncClient", "Client", "S3feedError", "socket_path"]
+__all__ = [
+    "AsyncClient",
+    "AsyncObjectFile",
+    "Client",
+    "ObjectReader",
+    "S3feedError",
+    "socket_path",
+]
 
 
 def __getattr__(name: str) -> Any:

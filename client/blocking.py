@@ -39,6 +39,7 @@ from s3feed.client.calls import (
     _split_head,
     socket_path,
 )
+from s3feed.client.objectfile import ObjectReader, open_object
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -290,6 +291,12 @@ class Client:
                         break
                     buf += data
                 return _delivered(status, headers, buf)
+
+    def open(self, job_id: str, key: str) -> ObjectReader:
+        """The object as a seekable binary file (an io.BufferedReader with
+        `size` and `etag`), read with ranged GETs on one connection
+        (client/objectfile.py); close it, or use it in a `with`."""
+        return open_object(lambda: _UnixHTTPConnection(self.socket, self.timeout), job_id, key)
 
     @staticmethod
     def _check_length(got: int, expected: int) -> None:
