@@ -680,6 +680,9 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     raw = args.results.with_suffix(".json")
     raw.write_text(json.dumps(facts, indent=1, default=str))
     text = report.render(facts)
+    kept = urls.section_of(args.results.read_text()) if args.results.exists() else ""
+    if kept:  # the URL rows come from their own scenario: a default run keeps them
+        text = text.rstrip("\n") + "\n\n" + kept
     args.results.write_text(text)
     print(text)
     log(f"wrote {args.results} and {raw}")

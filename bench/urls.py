@@ -114,6 +114,9 @@ def ffmpeg(src: str, before: list[str], t0: float, timeout: float) -> dict[str, 
         if proc.returncode is None:
             proc.kill()
             proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     return {
         "first_frame_s": first,
         "total_s": end,
@@ -379,6 +382,15 @@ def render(section: dict[str, Any], started: str, machine: dict[str, Any]) -> st
         " presigned URL's, S3 bytes at most 1.05x the object's size."
     )
     return "\n".join(out) + "\n"
+
+
+def section_of(text: str) -> str:
+    """The "## URLs" section of a results text ("" when it has none)."""
+    start = text.find("\n## URLs\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start + 1 : end + 1 if end >= 0 else len(text)]
 
 
 def upsert(results: Path, section: str) -> None:
