@@ -12,16 +12,16 @@ Design note. Each read is a ranged GET of the object over the Unix socket
 (docs/design.md, Socket API: streams), one connection at a time. A request
 asks for a block from the position: `MIN_BLOCK` after an open or a jump,
 twice the last one (up to `MAX_BLOCK`) while the reader reads in order, so
-an in-order reader has the next bytes on their way as it reads and pays
-one request per `MAX_BLOCK`. The answer is read as the caller reads, never
+an in-order reader pays one request per `MAX_BLOCK`, and the daemon reads
+ahead inside each (its stream window). The answer is read as the caller reads, never
 held whole: memory is the socket's buffers plus `BUFFER` (the blocking
 file's io.BufferedReader). A seek only moves the position; the next read
 settles the open answer: a short jump forward inside it is read through,
 an answer with little left is drained (the connection is kept), any other
 is dropped by closing its connection (the daemon then cancels its
 transfer). The first request (at open) learns the size and ETag; every
-later one carries `If-Match` with that ETag and its answer must name the
-same ETag and size, so an object replaced while open is `SourceChanged`
+later one carries `If-Match` with that ETag (a 412 is taken as a change)
+and its answer must name the same ETag and size, so an object replaced while open is `SourceChanged`
 (409), never bytes of two versions. A body that ends short is `ShortRead`
 (502); nothing is retried, as for `read_object`.
 """
