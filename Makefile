@@ -32,8 +32,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy -p s3feed.auth -p s3feed.client -p s3feed.transfer -p s3feed.daemon
-	$(VENV)/bin/mypy localaws grafana/generate.py tests/fakes
+	$(VENV)/bin/mypy localaws grafana/generate.py tests/fakes tests/functional/client_examples.py
 	$(PY) scripts/check_wheel.py
+	$(VENV)/bin/openapi-spec-validator daemon/openapi.yaml
 	@# every test module imports under its basename: two of one name break `make test` only
 	$(PY) -m pytest --collect-only -q tests > /dev/null
 

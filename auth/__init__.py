@@ -10,7 +10,14 @@ from s3feed.auth.config import StsConfig
 from s3feed.auth.credentials import Credentials, CredentialSource
 from s3feed.auth.errors import AuthError, CodedError, StsUnavailable
 from s3feed.auth.observer import CredentialObserver
-from s3feed.auth.policy import Folder, Outputs, abort_policy, job_policy, outputs_policy
+from s3feed.auth.policy import (
+    Folder,
+    Outputs,
+    abort_policy,
+    job_policy,
+    outputs_policy,
+    role_policy,
+)
 from s3feed.auth.redact import install_secret_redaction
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, CallerIdentity, StsClient
@@ -51,6 +58,7 @@ __all__ = [
     "job_policy",
     "outputs_policy",
     "parse_role_arn",
+    "role_policy",
     "validate_duration",
     "validate_tenant_name",
 ]

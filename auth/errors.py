@@ -11,7 +11,10 @@
     │   ├── AssumeRoleDenied         STS said no: trust policy / ExternalId / permissions
     │   ├── StsUnavailable           STS could not be reached, kept throttling, or refused
     │   │                            the daemon's own credentials (.retryable tells which)
-    │   └── CredentialsExpired       a job's session lapsed with no successful refresh
+    │   └── CredentialsExpired       a job's session has no working credentials (lapsed
+    │       │                        with no successful refresh, or not assumed yet)
+    │       └── SessionClosed        the session was closed; .code is the closer's reason
+    │                                (CredentialsExpired: the job ended; ShuttingDown)
     ├── TransferError            transfer/errors.py: the data path
     └── ApiError                 daemon/errors.py: the API's own decisions
 
@@ -116,3 +119,15 @@ class StsUnavailable(AuthError):
 
 class CredentialsExpired(AuthError):
     code = "CredentialsExpired"
+
+
+class SessionClosed(CredentialsExpired):
+    """The session was closed while a transfer still wanted its credentials.
+
+    `code` is what its closer said: CredentialsExpired when the job ended, or
+    ShuttingDown when the daemon stopped after its drain grace (docs/design.md,
+    Restart and upgrade); the API answers that code."""
+
+    def __init__(self, message: str, *, code: str = "CredentialsExpired") -> None:
+        super().__init__(message)
+        self.code = code

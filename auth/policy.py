@@ -39,6 +39,19 @@ The policies, one per kind of session:
                                          session of a Destination role of its own
     abort_policy(folder)                 AbortLeftovers
 
+and the one document that is not a session's:
+
+    role_policy(source, outputs=, kms_keys=)
+                                         the permissions policy the customer
+                                         attaches to the role (`s3feed iam-policy`):
+                                         the statements of the job's session,
+                                         with KMS narrowed to the named keys
+                                         (none named: no KMS statement). A role
+                                         with it permits every request the
+                                         daemon makes for such a job, since the
+                                         session policies above are built from
+                                         the same statements.
+
 `*`, `?` and `$` in a bucket or folder are written as IAM's fixed policy
 variables `${*}`, `${?}`, `${$}`: IAM reads a bare `*` or `?` as a wildcard
 in Resource ARNs and in StringLike, and `${` as the start of a variable, so
@@ -130,7 +143,10 @@ def _names(folder: Folder) -> _Names:
 
 
 def _allow(
-    sid: str, action: str | list[str], resource: str, condition: dict[str, Any] | None = None
+    sid: str,
+    action: str | list[str],
+    resource: str | list[str],
+    condition: dict[str, Any] | None = None,
 ) -> Statement:
     statement: Statement = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
     if condition is not None:
@@ -143,22 +159,38 @@ def _via_s3(names: _Names) -> dict[str, Any]:
     return {"StringEquals": {"kms:ViaService": names.s3_service}}
 
 
-def _read(source: Folder) -> list[Statement]:
+# Which KMS keys a statement names: None, any key of the partition (a session
+# policy, which only passes on what the role allows); else these key ARNs (a
+# role policy), or no KMS statement at all when the tuple is empty.
+KmsKeys = tuple[str, ...] | None
+
+
+def _kms_resource(n: _Names, keys: KmsKeys) -> str | list[str] | None:
+    if keys is None:
+        return n.kms_keys
+    if not keys:
+        return None
+    return keys[0] if len(keys) == 1 else list(keys)
+
+
+def _read(source: Folder, kms_keys: KmsKeys = None) -> list[Statement]:
     n = _names(source)
     listing = {"StringLike": {"s3:prefix": [n.prefix]}} if n.prefix is not None else None
-    return [
+    statements = [
         _allow("ReadFolder", "s3:GetObject", n.objects),
         _allow("ListFolder", "s3:ListBucket", n.bucket, listing),
-        _allow("DecryptViaS3", "kms:Decrypt", n.kms_keys, _via_s3(n)),
     ]
+    if (keys := _kms_resource(n, kms_keys)) is not None:
+        statements.append(_allow("DecryptViaS3", "kms:Decrypt", keys, _via_s3(n)))
+    return statements
 
 
-def _write(outputs: Outputs) -> list[Statement]:
+def _write(outputs: Outputs, kms_keys: KmsKeys = None) -> list[Statement]:
     n = _names(outputs.folder)
     statements = [_allow("WriteOutputs", list(WRITE_ACTIONS), n.objects)]
-    if outputs.kms:
+    if outputs.kms and (keys := _kms_resource(n, kms_keys)) is not None:
         actions = ["kms:GenerateDataKey", "kms:Decrypt"]
-        statements.append(_allow("EncryptViaS3", actions, n.kms_keys, _via_s3(n)))
+        statements.append(_allow("EncryptViaS3", actions, keys, _via_s3(n)))
     return statements
 
 
@@ -180,6 +212,20 @@ def outputs_policy(outputs: Outputs) -> dict[str, Any]:
 def abort_policy(folder: Folder) -> dict[str, Any]:
     """A recovery session's: abort the multipart uploads left in `folder`, nothing else."""
     return _policy([_allow("AbortLeftovers", "s3:AbortMultipartUpload", _names(folder).objects)])
+
+
+def role_policy(
+    source: Folder | None, *, outputs: Outputs | None = None, kms_keys: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The permissions policy a customer's role needs for jobs reading `source` and
+    writing `outputs` (either may be None: a Destination role of its own needs only
+    the writes). The session policies' statements, with KMS only on `kms_keys`, via S3."""
+    if source is None and outputs is None:
+        raise ValueError("a role policy needs a source or a destination folder")
+    statements = _read(source, kms_keys) if source is not None else []
+    if outputs is not None:
+        statements += _write(outputs, kms_keys)
+    return _policy(statements)
 
 
 def packed(policy: Mapping[str, Any]) -> str:

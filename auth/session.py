@@ -3,22 +3,32 @@
 Design note (concurrency):
 - `RoleSession.assume` makes the first AssumeRole in the caller's task (the
   job registration answers with its outcome), then starts one refresher
-  task per session. Nothing else runs in the background.
+  task per session. `RoleSession.restore` (a job a previous run registered:
+  docs/design.md, Restart and upgrade) starts EXPIRED, with no credentials,
+  and leaves the first AssumeRole to the refresher. Nothing else runs in
+  the background.
 - The refresher sleeps (on the injected clock) until `schedule.refresh_at`,
   refreshes, and loops. Failures it retries with capped exponential backoff
-  and full jitter for as long as the current credentials are valid, with a
-  last attempt at the expiry instant; then the session turns EXPIRED, a
-  terminal state. AccessDenied is never retried: the session keeps its
-  credentials until they expire, then turns EXPIRED.
+  and full jitter while the current credentials are valid, with a last
+  attempt at the expiry instant; then the session turns EXPIRED and the
+  refresher goes on retrying with the same capped backoff, so that the
+  session is ACTIVE again as soon as STS answers (docs/design.md,
+  Credentials). A request that needs credentials while there are none asks
+  STS itself if nobody did for `min_refresh_interval`. AccessDenied is never
+  retried: the session keeps its credentials until they expire, then stays
+  EXPIRED and its refresher ends.
 - Every STS call goes through one single-flight slot, `_inflight`, a task
   that the refresher and `refresh_now` callers (transfer/ after an S3
   ExpiredToken) await through `asyncio.shield`: 100 concurrent callers cause
   one STS call; a cancelled caller does not cancel the others' refresh.
   Credentials younger than `min_refresh_interval` count as just refreshed.
-- `current()` never calls STS: it answers the credentials in hand, waits
-  for an in-flight refresh if they have expired, or raises CredentialsExpired.
+- `current()` answers the credentials in hand; without working ones it joins
+  the in-flight call (or starts one, as above), else raises
+  CredentialsExpired.
 - `close()` cancels the refresher and the in-flight call, awaits both, and
-  drops the credentials; callers still waiting see CredentialsExpired.
+  drops the credentials; callers still waiting, and any later, see
+  SessionClosed with the code the closer gave (CredentialsExpired, or
+  ShuttingDown at the end of a drain).
 - Memory: one Credentials, a few warnings; nothing grows with time.
 
 Least privilege (docs/design.md, Session policy): a `policy` (auth/policy.py)
@@ -47,6 +57,7 @@ from s3feed.auth.errors import (
     CredentialsExpired,
     InvalidInput,
     MaxSessionDurationExceeded,
+    SessionClosed,
 )
 from s3feed.auth.observer import CredentialObserver
 from s3feed.auth.policy import MAX_POLICY_CHARS, packed
@@ -107,6 +118,8 @@ class RoleSession:
         self._denied: AssumeRoleDenied | InvalidInput | None = None
         self._warnings: list[str] = []
         self._next_refresh_at: datetime | None = None
+        self._last_attempt_at: datetime | None = None  # when STS was last asked
+        self._closed_as: tuple[str, str | None] = ("CredentialsExpired", None)
         self._inflight: asyncio.Task[Credentials] | None = None
         self._refresher: asyncio.Task[None] | None = None
 
@@ -131,7 +144,7 @@ class RoleSession:
         SessionPolicyTooLarge), then keep the session fresh in the background
         until `close()`. `policy` (from auth/policy.py) is sent as
         the inline session policy on every AssumeRole of the session."""
-        self = cls(
+        self = cls._build(
             sts,
             job_id=job_id,
             role_arn=role_arn,
@@ -147,25 +160,109 @@ class RoleSession:
         )
         self._check_policy_size()
         self._install(await self._assume_with_fallback())
-        self._refresher = asyncio.get_running_loop().create_task(
-            self._refresh_forever(), name=f"s3feed-refresh-{job_id}"
-        )
+        self._start_refresher()
         return self
+
+    @classmethod
+    def restore(
+        cls,
+        sts: StsClient,
+        *,
+        job_id: str,
+        role_arn: RoleArn,
+        external_id: TenantName,
+        duration: SessionDuration,
+        observer: CredentialObserver,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 60.0,
+        min_refresh_interval: float = 5.0,
+        policy: Mapping[str, Any] | None = None,
+    ) -> RoleSession:
+        """The session of a job a previous run of the daemon registered
+        (docs/design.md, Restart and upgrade). Nothing is raised and nothing
+        awaited: it starts EXPIRED, and its refresher assumes the role at
+        once and retries like a refresh, the failure shown as the status's
+        `last_refresh_error`; a request meanwhile joins that call."""
+        self = cls._build(
+            sts,
+            job_id=job_id,
+            role_arn=role_arn,
+            external_id=external_id,
+            duration=duration,
+            observer=observer,
+            clock=clock,
+            rng=rng,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            min_refresh_interval=min_refresh_interval,
+            policy=policy,
+        )
+        self._transition(SessionState.EXPIRED)
+        try:
+            self._check_policy_size()
+        except InvalidInput as exc:  # the same folder will not fit next time either
+            self._denied = exc
+            self._last_error = str(exc)
+        else:
+            self._start_refresher()
+        return self
+
+    @classmethod
+    def _build(
+        cls,
+        sts: StsClient,
+        *,
+        job_id: str,
+        role_arn: RoleArn,
+        external_id: TenantName,
+        duration: SessionDuration,
+        observer: CredentialObserver,
+        clock: Clock | None,
+        rng: random.Random | None,
+        backoff_base: float,
+        backoff_cap: float,
+        min_refresh_interval: float,
+        policy: Mapping[str, Any] | None,
+    ) -> RoleSession:
+        return cls(
+            sts,
+            job_id=job_id,
+            role_arn=role_arn,
+            external_id=external_id,
+            duration=duration,
+            observer=observer,
+            clock=clock or SystemClock(),
+            rng=rng or random.Random(),
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            min_refresh_interval=min_refresh_interval,
+            policy=policy,
+        )
+
+    def _start_refresher(self) -> None:
+        self._refresher = asyncio.get_running_loop().create_task(
+            self._refresh_forever(), name=f"s3feed-refresh-{self._job_id}"
+        )
 
     # -- CredentialSource ------------------------------------------------------
 
     async def current(self) -> Credentials:
-        creds = self._usable_credentials()
-        if self._clock.now() < self._expires_at:
-            return creds
-        if self._inflight is not None:
-            try:
-                return await self._join(self._inflight)
-            except (AssumeRoleDenied, InvalidInput, CredentialsExpired):
-                pass
-            except Exception as exc:  # StsUnavailable, or a bug below us
-                log.debug("job %s: refresh failed at expiry: %s", self._job_id, exc)
-        raise self._expired_error()
+        if self._state is SessionState.CLOSED:
+            raise self._closed_error()
+        if self._working(self._clock.now()):
+            assert self._creds is not None
+            return self._creds
+        # None that work: join the STS call in flight, or ask STS now unless
+        # it was asked moments ago (docs/design.md, Credentials).
+        try:
+            return await self._refresh("credentials needed", force=False)
+        except (AssumeRoleDenied, InvalidInput, CredentialsExpired):
+            pass
+        except Exception as exc:  # StsUnavailable, or a bug below us
+            log.debug("job %s: refresh failed at expiry: %s", self._job_id, exc)
+        raise self._unusable_error()
 
     async def refresh_now(self, reason: str) -> Credentials:
         return await self._refresh(reason, force=False)
@@ -181,8 +278,10 @@ class RoleSession:
             refreshes=self._refreshes,
             last_refresh_error=self._last_error,
             warnings=tuple(self._warnings),
-            expired=self._state is not SessionState.ACTIVE or self._clock.now() >= self._expires_at,
-            next_refresh_at=self._next_refresh_at if self._state is SessionState.ACTIVE else None,
+            expired=not self._working(self._clock.now()),
+            next_refresh_at=self._next_refresh_at
+            if self._state is not SessionState.CLOSED
+            else None,
             policy=self.policy,
         )
 
@@ -198,9 +297,12 @@ class RoleSession:
     def state(self) -> SessionState:
         return self._state
 
-    async def close(self) -> None:
+    async def close(self, *, code: str = "CredentialsExpired", reason: str | None = None) -> None:
+        """End the session. Whoever asks for its credentials from now on gets
+        SessionClosed with `code` (an API error code) and `reason` as its message."""
         if self._state is SessionState.CLOSED:
             return
+        self._closed_as = (code, reason)
         self._transition(SessionState.CLOSED)
         tasks = [t for t in (self._refresher, self._inflight) if t is not None]
         for task in tasks:
@@ -222,21 +324,42 @@ class RoleSession:
             raise RuntimeError(f"session {self._job_id}: {self._state.value} -> {to.value}")
         self._state = to
 
-    def _usable_credentials(self) -> Credentials:
-        if self._state is SessionState.CLOSED or self._creds is None:
-            raise CredentialsExpired(
-                f"job {self._job_id}: its role session for {self._role_arn} was closed"
-            )
-        if self._state is SessionState.EXPIRED:
-            raise self._expired_error()
-        return self._creds
+    def _working(self, now: datetime) -> bool:
+        """Credentials in hand that have not run out."""
+        return (
+            self._state is SessionState.ACTIVE
+            and self._creds is not None
+            and now < self._expires_at
+        )
+
+    def _closed_error(self) -> SessionClosed:
+        code, reason = self._closed_as
+        return SessionClosed(
+            reason or f"job {self._job_id}: its role session for {self._role_arn} was closed",
+            code=code,
+        )
+
+    def _unusable_error(self) -> CredentialsExpired:
+        if self._state is SessionState.CLOSED:
+            return self._closed_error()
+        return self._expired_error()
 
     def _expired_error(self) -> CredentialsExpired:
         why = self._last_error or "no refresh was attempted"
+        then = (
+            "STS is asked again with backoff: retry"
+            if self._denied is None
+            else "it is not asked again: fix the role, then register the job again"
+        )
+        if self._creds is None:
+            return CredentialsExpired(
+                f"job {self._job_id}: no credentials for role {self._role_arn} since the daemon "
+                f"started (AssumeRole has not succeeded); last error: {why}; {then}"
+            )
         return CredentialsExpired(
             f"job {self._job_id}: the credentials for role {self._role_arn} expired at "
             f"{self._expires_at.isoformat()} with no successful refresh; "
-            f"last refresh error: {why}"
+            f"last refresh error: {why}; {then}"
         )
 
     async def _join(self, task: asyncio.Task[Credentials]) -> Credentials:
@@ -246,29 +369,35 @@ class RoleSession:
         except asyncio.CancelledError:
             me = asyncio.current_task()
             if task.cancelled() and me is not None and not me.cancelling():
-                raise self._usable_error() from None  # close() cancelled the call
+                raise self._unusable_error() from None  # close() cancelled the call
             raise
-
-    def _usable_error(self) -> CredentialsExpired:
-        try:
-            self._usable_credentials()
-        except CredentialsExpired as exc:
-            return exc
-        return self._expired_error()
 
     async def _refresh(self, reason: str, *, force: bool) -> Credentials:
         """Join the in-flight STS call or start one. Unless `force`d (the
         refresher), credentials younger than min_refresh_interval are returned
         as they are: a burst of ExpiredToken answers to requests signed with
-        the previous credentials must not cause a burst of refreshes."""
-        creds = self._usable_credentials()
+        the previous credentials must not cause a burst of refreshes. Without
+        working credentials, STS is asked unless it was asked less than
+        min_refresh_interval ago: requests during an outage do not become a
+        storm of STS calls."""
+        if self._state is SessionState.CLOSED:
+            raise self._closed_error()
         if self._denied is not None:
             raise self._denied
         if self._inflight is None:
-            age = (self._clock.now() - self._received_at).total_seconds()
-            if not force and age < self._min_refresh_interval:
-                return creds
+            now = self._clock.now()
+            if not force and self._working(now):
+                if (now - self._received_at).total_seconds() < self._min_refresh_interval:
+                    assert self._creds is not None
+                    return self._creds
+            elif (
+                not force
+                and self._last_attempt_at is not None
+                and (now - self._last_attempt_at).total_seconds() < self._min_refresh_interval
+            ):
+                raise self._expired_error()
             log.info("job %s: refreshing credentials (%s)", self._job_id, reason)
+            self._last_attempt_at = now
             self._inflight = asyncio.get_running_loop().create_task(
                 self._refresh_once(), name=f"s3feed-assume-{self._job_id}"
             )
@@ -332,56 +461,76 @@ class RoleSession:
                 self._denied = exc
             log.warning("job %s: refreshing role %s failed: %s", self._job_id, self._role_arn, exc)
             raise
-        if self._state is not SessionState.ACTIVE:
-            raise self._usable_error()
+        if self._state is SessionState.CLOSED:
+            raise self._closed_error()
+        if self._state is SessionState.EXPIRED:
+            self._transition(SessionState.ACTIVE)
+            log.info("job %s: credentials for role %s again", self._job_id, self._role_arn)
+        first = self._creds is None  # a restored session's first: not a refresh
         creds = self._install(assumed)
-        self._refreshes += 1
         self._last_error = None
+        if first:
+            log.info(
+                "job %s: role assumed, credentials expire at %s", self._job_id, self._expires_at
+            )
+            return creds
+        self._refreshes += 1
         self._observer.refreshed(self._received_at)
         log.info("job %s: credentials refreshed, now expire at %s", self._job_id, self._expires_at)
         return creds
 
     async def _refresh_forever(self) -> None:
         try:
-            while self._state is SessionState.ACTIVE:
-                self._next_refresh_at = refresh_at(
-                    received_at=self._received_at,
-                    expires_at=self._expires_at,
-                    session_seconds=self._duration,
-                    rng=self._rng,
-                )
-                await self._clock.sleep_until(self._next_refresh_at)
-                await self._refresh_with_retries()
+            while self._state is not SessionState.CLOSED:
+                if self._working(self._clock.now()):
+                    self._next_refresh_at = refresh_at(
+                        received_at=self._received_at,
+                        expires_at=self._expires_at,
+                        session_seconds=self._duration,
+                        rng=self._rng,
+                    )
+                    await self._clock.sleep_until(self._next_refresh_at)
+                if not await self._refresh_with_retries():
+                    self._next_refresh_at = None
+                    return  # refused, and nothing left to use: never retried
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug; keep the job's error visible rather than die silently
             log.exception("job %s: credential refresher stopped", self._job_id)
             self._last_error = self._last_error or "the credential refresher stopped (daemon bug)"
 
-    async def _refresh_with_retries(self) -> None:
-        received_at = self._received_at
+    async def _refresh_with_retries(self) -> bool:
+        """Refresh until it succeeds, someone else's refresh lands, or the role
+        refuses with nothing left to use (-> False)."""
+        held = self._creds
         failures = 0
-        while self._state is SessionState.ACTIVE and self._received_at == received_at:
+        while self._state is not SessionState.CLOSED and self._creds is held:
             if self._denied is None:
                 try:
                     await self._refresh("scheduled", force=True)
-                    return
+                    return True
                 except Exception as exc:
                     if not isinstance(exc, AssumeRoleDenied | InvalidInput):
                         log.debug("job %s: will retry: %s", self._job_id, exc)
             now = self._clock.now()
-            if now >= self._expires_at:
-                self._expire()
-                return
-            if self._denied is not None:
-                await self._clock.sleep_until(self._expires_at)
-                continue
             delay = backoff_delay(failures, self._rng, base=self._backoff[0], cap=self._backoff[1])
+            if self._working(now):
+                if self._denied is not None:
+                    await self._clock.sleep_until(self._expires_at)
+                    continue
+                # The last attempt is at the expiry instant, at the latest.
+                wake = min(now + timedelta(seconds=delay), self._expires_at)
+            else:
+                self._expire()
+                if self._denied is not None:
+                    return False
+                wake = now + timedelta(seconds=delay)  # after an outage: as soon as STS answers
             failures += 1
-            wake = min(now + timedelta(seconds=delay), self._expires_at)
             self._next_refresh_at = wake
             await self._clock.sleep_until(wake)
+        return True
 
     def _expire(self) -> None:
-        self._transition(SessionState.EXPIRED)
-        log.error("%s", self._expired_error().message)
+        if self._state is SessionState.ACTIVE:
+            self._transition(SessionState.EXPIRED)
+            log.error("%s", self._expired_error().message)

@@ -1,8 +1,11 @@
 """A role session's states and the status a job document shows of it.
 
 The state is an enum whose transitions `ALLOWED` lists (auth/session.py
-checks every move): ACTIVE until closed, or EXPIRED when the credentials ran
-out with no successful refresh; both end CLOSED. `SessionStatus` is a frozen
+checks every move): ACTIVE while the session holds credentials that have not
+run out, EXPIRED while it holds none that work (they ran out with no
+successful refresh, or a session restored at start has not been assumed
+yet); a successful AssumeRole makes an EXPIRED session ACTIVE again
+(docs/design.md, Credentials). Both end CLOSED. `SessionStatus` is a frozen
 snapshot that never holds a secret.
 """
 
@@ -16,13 +19,13 @@ from typing import Any
 
 class SessionState(enum.Enum):
     ACTIVE = "active"
-    EXPIRED = "expired"  # hard expiry passed with no successful refresh; terminal
+    EXPIRED = "expired"  # no working credentials; the refresher keeps trying (not AccessDenied)
     CLOSED = "closed"
 
 
 ALLOWED = {
     SessionState.ACTIVE: {SessionState.EXPIRED, SessionState.CLOSED},
-    SessionState.EXPIRED: {SessionState.CLOSED},
+    SessionState.EXPIRED: {SessionState.ACTIVE, SessionState.CLOSED},
     SessionState.CLOSED: set[SessionState](),
 }
 

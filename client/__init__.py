@@ -9,9 +9,11 @@ Both speak HTTP/1.1 over the Unix socket ($S3FEED_SOCKET, default
 /run/s3feed/s3feed.sock). The requests are described once (`_Calls` in
 calls.py); each client only sends them: `Client` in blocking.py, `AsyncClient`
 in aio.py; `open` gives an object as a seekable file (objectfile.py). An
-error answer raises S3feedError with the server's code and
-message. This package imports nothing of the daemon, so an encoder can use it
-on its own; `s3feed.daemon.client` re-exports it for code written before.
+error answer raises S3feedError with the server's code and message. The
+answers are typed (documents.py: TypedDicts, still plain dicts), and
+`create_job` takes a `Destination` and `encoder_uids`. This package imports
+nothing of the daemon, so an encoder can use it on its own;
+`s3feed.daemon.client` re-exports it for code written before.
 """
 
 from __future__ import annotations
@@ -20,6 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 from s3feed.client.blocking import Client
 from s3feed.client.calls import S3feedError, socket_path
+from s3feed.client.documents import (
+    Delivery,
+    Destination,
+    ErrorDetail,
+    Fetch,
+    Health,
+    Job,
+    JobDestination,
+    ObjectInfo,
+    ObjectPage,
+    Policy,
+    Transfer,
+    Upload,
+)
 from s3feed.client.objectfile import AsyncObjectFile, ObjectReader
 
 if TYPE_CHECKING:
@@ -29,8 +45,20 @@ __all__ = [
     "AsyncClient",
     "AsyncObjectFile",
     "Client",
+    "Delivery",
+    "Destination",
+    "ErrorDetail",
+    "Fetch",
+    "Health",
+    "Job",
+    "JobDestination",
+    "ObjectInfo",
+    "ObjectPage",
     "ObjectReader",
+    "Policy",
     "S3feedError",
+    "Transfer",
+    "Upload",
     "socket_path",
 ]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -25,6 +25,17 @@ from s3feed.client.calls import (
     _fd_message,
     _split_head,
     socket_path,
+)
+from s3feed.client.documents import (
+    Delivery,
+    Destination,
+    Fetch,
+    Health,
+    Job,
+    ObjectInfo,
+    ObjectPage,
+    Policy,
+    Upload,
 )
 from s3feed.client.objectfile import AsyncOpening, open_async
 
@@ -77,28 +88,42 @@ class AsyncClient:
         uri_path: str,
         role_arn: str,
         duration: int | None = None,
+        *,
+        destination: Destination | Mapping[str, Any] | None = None,
+        encoder_uids: Iterable[int] | None = None,
         **fields: Any,
-    ) -> Any:
-        call = _Calls.create_job(job_id, tenant, uri_path, role_arn, duration, **fields)
-        return await self._json(call)
+    ) -> Job:
+        """As `Client.create_job`."""
+        call = _Calls.create_job(
+            job_id,
+            tenant,
+            uri_path,
+            role_arn,
+            duration,
+            destination=destination,
+            encoder_uids=encoder_uids,
+            **fields,
+        )
+        return cast(Job, await self._json(call))
 
-    async def list_jobs(self) -> Any:
-        return (await self._json(("GET", "/v1/jobs", None)))["Jobs"]
+    async def list_jobs(self) -> list[Job]:
+        return cast(list[Job], (await self._json(("GET", "/v1/jobs", None)))["Jobs"])
 
-    async def get_job(self, job_id: str) -> Any:
-        return await self._json(_Calls.job(job_id))
+    async def get_job(self, job_id: str) -> Job:
+        return cast(Job, await self._json(_Calls.job(job_id)))
 
     async def delete_job(self, job_id: str) -> None:
         await self._json(_Calls.job(job_id, "DELETE"))
 
     async def list_objects_page(
         self, job_id: str, prefix: str = "", max_keys: int | None = None, token: str | None = None
-    ) -> Any:
-        return await self._json(_Calls.list_objects(job_id, prefix, max_keys, token))
+    ) -> ObjectPage:
+        call = _Calls.list_objects(job_id, prefix, max_keys, token)
+        return cast(ObjectPage, await self._json(call))
 
     async def iter_objects(
         self, job_id: str, prefix: str = "", max_keys: int | None = None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[ObjectInfo]:
         token = None
         while True:
             page = await self.list_objects_page(job_id, prefix, max_keys, token)
@@ -108,24 +133,24 @@ class AsyncClient:
             if token is None:
                 return
 
-    async def list_objects(self, job_id: str, prefix: str = "") -> list[Any]:
+    async def list_objects(self, job_id: str, prefix: str = "") -> list[ObjectInfo]:
         return [obj async for obj in self.iter_objects(job_id, prefix)]
 
-    async def fetch(self, job_id: str, key: str, wait: bool = True) -> Any:
-        return await self._json(_Calls.fetch(job_id, key, wait))
+    async def fetch(self, job_id: str, key: str, wait: bool = True) -> Fetch:
+        return cast(Fetch, await self._json(_Calls.fetch(job_id, key, wait)))
 
-    async def get_fetch(self, job_id: str, fetch_id: str) -> Any:
-        return await self._json(_Calls.get_fetch(job_id, fetch_id))
+    async def get_fetch(self, job_id: str, fetch_id: str) -> Fetch:
+        return cast(Fetch, await self._json(_Calls.get_fetch(job_id, fetch_id)))
 
     async def cancel_fetch(self, job_id: str, fetch_id: str) -> None:
         await self._json(_Calls.get_fetch(job_id, fetch_id, "DELETE"))
 
-    async def trust_policy(self, tenant: str) -> Any:
+    async def trust_policy(self, tenant: str) -> Policy:
         query = urlencode({"TenantName": tenant})
-        return await self._json(("GET", f"/v1/trust-policy?{query}", None))
+        return cast(Policy, await self._json(("GET", f"/v1/trust-policy?{query}", None)))
 
-    async def health(self) -> Any:
-        return await self._json(("GET", "/healthz", None))
+    async def health(self) -> Health:
+        return cast(Health, await self._json(("GET", "/healthz", None)))
 
     async def put(
         self,
@@ -134,7 +159,7 @@ class AsyncClient:
         data: bytes | BinaryIO | AsyncIterator[bytes],
         *,
         content_type: str | None = None,
-    ) -> Any:
+    ) -> Upload:
         """Upload `data` as the job's output `key` (see Client.put)."""
         headers = {"Content-Type": content_type} if content_type else None
         async with self.session.put(
@@ -143,7 +168,7 @@ class AsyncClient:
             raw = await resp.read()
             if resp.status >= 400:
                 raise _error(resp.status, raw)
-            return orjson.loads(raw)
+            return cast(Upload, orjson.loads(raw))
 
     async def read_object(
         self, job_id: str, key: str, byte_range: str | None = None
@@ -166,7 +191,9 @@ class AsyncClient:
         `f = await client.open(job, key)` and `await f.close()`."""
         return open_async(self.session, job_id, key)
 
-    async def deliver(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> Any:
+    async def deliver(
+        self, job_id: str, key: str, fd: int, byte_range: str | None = None
+    ) -> Delivery:
         """As `Client.deliver`: the daemon writes the object into `fd` itself.
         Uses its own connection (aiohttp cannot pass descriptors)."""
         loop = asyncio.get_running_loop()
@@ -181,7 +208,11 @@ class AsyncClient:
                 if head is None:
                     data = await loop.sock_recv(sock, 65536)
                     if not data:
-                        raise S3feedError(502, "ShortRead", "the daemon closed the connection")
+                        raise S3feedError(
+                            502,
+                            "ShortRead",
+                            "the daemon closed the connection before answering (restarting?)",
+                        )
                     buf += data
                     continue
                 status, headers, buf = head
@@ -204,6 +235,6 @@ class AsyncClient:
                     if not data:
                         break
                     buf += data
-                return _delivered(status, headers, buf)
+                return cast(Delivery, _delivered(status, headers, buf))
         finally:
             sock.close()

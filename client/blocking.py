@@ -19,8 +19,8 @@ import fcntl
 import http.client
 import os
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -38,6 +38,17 @@ from s3feed.client.calls import (
     _fd_message,
     _split_head,
     socket_path,
+)
+from s3feed.client.documents import (
+    Delivery,
+    Destination,
+    Fetch,
+    Health,
+    Job,
+    ObjectInfo,
+    ObjectPage,
+    Policy,
+    Upload,
 )
 from s3feed.client.objectfile import ObjectReader, open_object
 
@@ -105,7 +116,7 @@ class Client:
         *,
         content_type: str | None = None,
         progress: Progress = lambda sent: None,
-    ) -> Any:
+    ) -> Upload:
         """Upload `data` (bytes, an open file or descriptor, a pipe) as the
         job's output `key`; -> {"Key", "Bucket", "ETag", "Size", "Checksum"}."""
         conn = _UnixHTTPConnection(self.socket, self.timeout)
@@ -130,7 +141,7 @@ class Client:
             body = resp.read()
             if resp.status >= 400:
                 raise _error(resp.status, body)
-            return orjson.loads(body)
+            return cast(Upload, orjson.loads(body))
         finally:
             conn.close()
 
@@ -151,29 +162,44 @@ class Client:
         uri_path: str,
         role_arn: str,
         duration: int | None = None,
+        *,
+        destination: Destination | Mapping[str, Any] | None = None,
+        encoder_uids: Iterable[int] | None = None,
         **fields: Any,
-    ) -> Any:
-        """`fields` are further top-level fields of the job body."""
-        return self._json(_Calls.create_job(job_id, tenant, uri_path, role_arn, duration, **fields))
+    ) -> Job:
+        """Register a job (its role is assumed now); `destination` is where
+        `put` uploads, `encoder_uids` the uids that may use the job besides
+        this one. `fields` are further top-level fields of the body, as they are."""
+        call = _Calls.create_job(
+            job_id,
+            tenant,
+            uri_path,
+            role_arn,
+            duration,
+            destination=destination,
+            encoder_uids=encoder_uids,
+            **fields,
+        )
+        return cast(Job, self._json(call))
 
-    def list_jobs(self) -> Any:
-        return self._json(("GET", "/v1/jobs", None))["Jobs"]
+    def list_jobs(self) -> list[Job]:
+        return cast(list[Job], self._json(("GET", "/v1/jobs", None))["Jobs"])
 
-    def get_job(self, job_id: str) -> Any:
-        return self._json(_Calls.job(job_id))
+    def get_job(self, job_id: str) -> Job:
+        return cast(Job, self._json(_Calls.job(job_id)))
 
     def delete_job(self, job_id: str) -> None:
         self._json(_Calls.job(job_id, "DELETE"))
 
     def list_objects_page(
         self, job_id: str, prefix: str = "", max_keys: int | None = None, token: str | None = None
-    ) -> Any:
+    ) -> ObjectPage:
         """One page: {"Objects": [...], "NextContinuationToken"?: "..."}."""
-        return self._json(_Calls.list_objects(job_id, prefix, max_keys, token))
+        return cast(ObjectPage, self._json(_Calls.list_objects(job_id, prefix, max_keys, token)))
 
     def iter_objects(
         self, job_id: str, prefix: str = "", max_keys: int | None = None
-    ) -> Iterator[Any]:
+    ) -> Iterator[ObjectInfo]:
         """Every object under `prefix`, one page in memory at a time."""
         token = None
         while True:
@@ -183,26 +209,28 @@ class Client:
             if token is None:
                 return
 
-    def list_objects(self, job_id: str, prefix: str = "") -> list[Any]:
+    def list_objects(self, job_id: str, prefix: str = "") -> list[ObjectInfo]:
         """Every object under `prefix`, all pages, as one list."""
         return list(self.iter_objects(job_id, prefix))
 
-    def fetch(self, job_id: str, key: str, wait: bool = True) -> Any:
-        return self._json(_Calls.fetch(job_id, key, wait))
+    def fetch(self, job_id: str, key: str, wait: bool = True) -> Fetch:
+        """Download `key` into the cache; with `wait`, once done (`Path` set)."""
+        return cast(Fetch, self._json(_Calls.fetch(job_id, key, wait)))
 
-    def get_fetch(self, job_id: str, fetch_id: str) -> Any:
-        return self._json(_Calls.get_fetch(job_id, fetch_id))
+    def get_fetch(self, job_id: str, fetch_id: str) -> Fetch:
+        return cast(Fetch, self._json(_Calls.get_fetch(job_id, fetch_id)))
 
     def cancel_fetch(self, job_id: str, fetch_id: str) -> None:
         """End this fetch (`cancelled`); its download stops unless another
         fetch waits for the same object."""
         self._json(_Calls.get_fetch(job_id, fetch_id, "DELETE"))
 
-    def trust_policy(self, tenant: str) -> Any:
-        return self._json(("GET", f"/v1/trust-policy?{urlencode({'TenantName': tenant})}", None))
+    def trust_policy(self, tenant: str) -> Policy:
+        query = urlencode({"TenantName": tenant})
+        return cast(Policy, self._json(("GET", f"/v1/trust-policy?{query}", None)))
 
-    def health(self) -> Any:
-        return self._json(("GET", "/healthz", None))
+    def health(self) -> Health:
+        return cast(Health, self._json(("GET", "/healthz", None)))
 
     @contextlib.contextmanager
     def _object(
@@ -258,7 +286,7 @@ class Client:
             self._check_length(got, expected)
             return got
 
-    def deliver(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> Any:
+    def deliver(self, job_id: str, key: str, fd: int, byte_range: str | None = None) -> Delivery:
         """The daemon writes the object into `fd` itself (a pipe, file or socket
         open for writing, passed with SCM_RIGHTS); the bytes never pass through
         this process. Returns `{"Key", "ETag", "Size", "Length", "Source",
@@ -277,7 +305,11 @@ class Client:
                 if head is None:
                     data = sock.recv(65536)
                     if not data:
-                        raise S3feedError(502, "ShortRead", "the daemon closed the connection")
+                        raise S3feedError(
+                            502,
+                            "ShortRead",
+                            "the daemon closed the connection before answering (restarting?)",
+                        )
                     buf += data
                     continue
                 status, headers, buf = head
@@ -290,7 +322,7 @@ class Client:
                     if not data:
                         break
                     buf += data
-                return _delivered(status, headers, buf)
+                return cast(Delivery, _delivered(status, headers, buf))
 
     def open(self, job_id: str, key: str) -> ObjectReader:
         """The object as a seekable binary file (an io.BufferedReader with

@@ -7,13 +7,13 @@ from __future__ import annotations
 import array
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
 
-if TYPE_CHECKING:
-    pass  # imported when an AsyncClient opens: the CLI starts faster without it
+from s3feed.client.documents import Destination
 
 DEFAULT_SOCKET = "/run/s3feed/s3feed.sock"
 READ_CHUNK = 1024 * 1024
@@ -79,8 +79,13 @@ class _Calls:
         uri_path: str,
         role_arn: str,
         duration: int | None = None,
+        *,
+        destination: Destination | Mapping[str, Any] | None = None,
+        encoder_uids: Iterable[int] | None = None,
         **fields: Any,
     ) -> Call:
+        """`fields` are further top-level fields of the body, as they are (the
+        way `Destination` and `EncoderUids` were given before 0.3)."""
         source: dict[str, Any] = {
             "Provider": "AmazonS3",
             "UriPath": uri_path,
@@ -88,7 +93,17 @@ class _Calls:
         }
         if duration is not None:
             source["RoleSessionDurationInSeconds"] = duration
-        body = {"JobId": job_id, "TenantName": tenant, "Source": source, **fields}
+        body: dict[str, Any] = {"JobId": job_id, "TenantName": tenant, "Source": source}
+        if encoder_uids is not None:
+            body["EncoderUids"] = sorted(set(encoder_uids))
+        if destination is not None:
+            body["Destination"] = (
+                destination.body() if isinstance(destination, Destination) else dict(destination)
+            )
+        for name, value in fields.items():
+            if name in body:
+                raise TypeError(f"{name} given twice")
+            body[name] = value
         return "POST", "/v1/jobs", body
 
     @staticmethod

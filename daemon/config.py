@@ -57,16 +57,27 @@ class ApiConfig:
     # Groups whose members may create and delete jobs; () = every client may.
     controller_groups: tuple[str, ...] = ()
     header_timeout: float = 10.0  # a request head must arrive within this (docs/design.md, Limits)
-    # Where the upload journal lives (docs/design.md, Outputs); None: systemd's
-    # $STATE_DIRECTORY, else no journal (uploads are then not recovered after a crash).
-    state_dir: Path | None = None
+    # Where the upload journal and the saved jobs live (docs/design.md, Outputs;
+    # Restart and upgrade). None (absent): systemd's $STATE_DIRECTORY, else none;
+    # "": none (uploads not recovered after a crash, jobs not kept over a restart).
+    state_dir: str | None = None
     # The loopback HTTP listener of URLs for encoders (docs/design.md, URLs for
     # encoders): "HOST:PORT" on 127.0.0.0/8 or [::1]; "" (the default) = off.
     http_listen: str = ""
 
+    def state_path(self, environ: Mapping[str, str]) -> Path | None:
+        """The state directory: `state_dir`, or when absent the first of
+        systemd's $STATE_DIRECTORY; None when there is none."""
+        if self.state_dir is not None:
+            return Path(self.state_dir) if self.state_dir else None
+        given = environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(given) if given else None
+
     def __post_init__(self) -> None:
         if self.http_listen:
             loopback_host_port(self.http_listen)  # raises with what to write
+        if self.state_dir and not Path(self.state_dir).is_absolute():
+            raise ValueError(f'state_dir must be an absolute path or ""; got {self.state_dir!r}')
         if not 0 <= self.socket_mode <= 0o777:
             raise ValueError('must be an octal file mode such as 0o660 or "0660"')
         if self.job_idle_ttl <= 0 or self.drain_grace < 0:
@@ -200,7 +211,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
             "drain_grace": _seconds,
             "controller_groups": _str_list,
             "header_timeout": _seconds,
-            "state_dir": _path,
+            "state_dir": _str,
             "http_listen": _str,
         },
     ),

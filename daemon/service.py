@@ -4,9 +4,11 @@ Design note. Everything runs on one event loop (uvloop). The daemon owns, in
 order of construction: the STS client, the shared S3 clients, the engine
 (global concurrency), the cache, the job registry, the identity, and two
 aiohttp runners (the API on the Unix socket, /metrics on TCP). A background
-task reaps idle jobs. SIGTERM: stop accepting, give running fetches and
-streams `drain_grace` seconds, then cancel what is left, close everything in
-reverse order, remove the socket file if we created it, exit 0. SIGHUP
+task reaps idle jobs. With a state directory, the jobs a previous run saved
+are live again before the API answers (daemon/jobs/state.py). SIGTERM: stop
+accepting, give running fetches and streams `drain_grace` seconds, then end
+what is left with ShuttingDown, close everything in reverse order (the saved
+jobs stay saved), remove the socket file if we created it, exit 0. SIGHUP
 re-reads the configuration and applies what can change safely (the job idle
 TTL and drain grace); everything else is logged as needing a restart.
 """
@@ -47,7 +49,7 @@ from s3feed.daemon.api import (
 )
 from s3feed.daemon.config import Config, ConfigError, load_config, loopback_host_port
 from s3feed.daemon.identity import DaemonIdentity
-from s3feed.daemon.jobs import JobRegistry
+from s3feed.daemon.jobs import JobRegistry, JobState
 from s3feed.daemon.metrics import Metrics
 from s3feed.transfer import Engine, ObjectServer
 from s3feed.transfer.cache import AclUnsupported, Cache
@@ -130,7 +132,9 @@ class Daemon:
             controllers = Controllers(config.api.controller_groups)
         except ValueError as exc:
             raise ConfigError(f"[api] controller_groups: {exc}") from None
+        state_dir = config.api.state_path(os.environ)
         self.registry = JobRegistry(
+            state=JobState(state_dir / "jobs" if state_dir else None),
             sts=self.sts,
             s3_clients=self.s3_clients,
             server=self.server,
@@ -141,11 +145,6 @@ class Daemon:
             jobs_changed=self.metrics.jobs_active.set,
         )
         self.identity = DaemonIdentity(self.sts)
-        state_dir = config.api.state_dir or (
-            Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-            if os.environ.get("STATE_DIRECTORY")
-            else None
-        )
         self.upload_journal = UploadJournal(state_dir / "uploads.json" if state_dir else None)
         self._make_uploader = make_uploader
         self.limits = UidLimits(config.limits, refused=self.metrics.limit_refused)
@@ -200,6 +199,8 @@ class Daemon:
         if self._own_sts:
             await self.sts.start()  # type: ignore[attr-defined]
         await self.cache.start()
+        # Before the API answers: a saved job is never NoSuchJob to its encoder.
+        await self.registry.restore(await self.registry.state.load(self.config.s3))
         api_runner = await self._api_runner(self.api.app())
         if listen_socket is None:
             listen_socket = bind_unix_socket(self.config.api.socket, self.config.api.socket_mode)
@@ -342,7 +343,7 @@ class Daemon:
             for site in list(runner.sites):
                 await site.stop()
         if not await self.registry.drain(self.config.api.drain_grace):
-            log.warning("drain grace over: cancelling the transfers still running")
+            log.warning("drain grace over: ending the transfers still running with ShuttingDown")
         if self._recovery is not None:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -352,7 +353,7 @@ class Daemon:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self.registry.close()
+        await self.registry.close(shutting_down=True)
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -263,6 +263,14 @@ async def put_output(
         )
     except asyncio.CancelledError:
         outcome = "cancelled"
+        ending = job.ending
+        if ending is not None and task.uncancel() == 0:
+            # The daemon's drain grace is over (docs/design.md, Restart and
+            # upgrade): the upload was aborted, and the encoder hears why.
+            outcome = "failed"
+            record.error = ending
+            record.move(TransferState.FAILED)
+            raise ApiError(*ending) from None
         record.error = ("Cancelled", "the job was deleted or the daemon stopped during the upload")
         record.move(TransferState.CANCELLED)
         raise

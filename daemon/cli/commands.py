@@ -21,8 +21,18 @@ from urllib.parse import quote
 
 import orjson
 
-from s3feed.client import Client, S3feedError
-from s3feed.daemon.cli.exits import EXIT_ERROR, EXIT_OK, EXIT_USAGE, CliError, Interrupted
+from s3feed.client import Client, Destination, Fetch, Job, S3feedError, Upload
+from s3feed.daemon.cli.exits import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_RETRY,
+    EXIT_USAGE,
+    CliError,
+    Interrupted,
+    exit_code,
+    for_cli,
+    local_error,
+)
 from s3feed.daemon.cli.moovcheck import MoovCheck, pump
 
 
@@ -48,26 +58,49 @@ def parse_uid(value: str) -> int:
         raise argparse.ArgumentTypeError(f"no user {value!r} on this host") from None
 
 
-def _job_line(job: dict[str, Any]) -> str:
+def _job_line(job: Job) -> str:
     return (
         f"{job['JobId']}\t{job['TenantName']}\ts3://{job['Bucket']}/{job['Prefix']}\t"
         f"expires {job['CredentialsExpireAt']}\trefreshes {job['Refreshes']}"
     )
 
 
-def job_create_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """Top-level fields of the job body beyond JobId, TenantName and Source;
-    an option added to `job create` adds its field here."""
-    fields: dict[str, Any] = {}
-    if args.encoder_uid:
-        fields["EncoderUids"] = sorted(set(args.encoder_uid))
-    return fields
+def job_destination(args: argparse.Namespace) -> Destination | None:
+    """The job's Destination from `job create`'s options; usage errors for the
+    options that mean nothing without one."""
+    if args.destination is None:
+        given = [
+            option
+            for option, value in (
+                ("--destination-role", args.destination_role),
+                ("--sse", args.sse),
+                ("--sse-kms-key-id", args.sse_kms_key_id),
+            )
+            if value is not None
+        ]
+        if given:
+            raise CliError("Usage", f"{given[0]} needs --destination URI", EXIT_USAGE)
+        return None
+    if args.sse_kms_key_id is not None and args.sse != "aws:kms":
+        raise CliError("Usage", "--sse-kms-key-id needs --sse aws:kms", EXIT_USAGE)
+    return Destination(
+        args.destination,
+        role_arn=args.destination_role,
+        server_side_encryption=args.sse,
+        kms_key_id=args.sse_kms_key_id,
+    )
 
 
 def cmd_job(args: argparse.Namespace, client: Client) -> int:
     if args.action == "create":
         doc = client.create_job(
-            args.job, args.tenant, args.uri, args.role, args.duration, **job_create_fields(args)
+            args.job,
+            args.tenant,
+            args.uri,
+            args.role,
+            args.duration,
+            destination=job_destination(args),
+            encoder_uids=args.encoder_uid or None,
         )
     elif args.action == "list":
         jobs = client.list_jobs()
@@ -105,11 +138,12 @@ def cmd_ls(args: argparse.Namespace, client: Client) -> int:
         out.write("\n  ]\n}\n")
         return EXIT_OK
     for obj in objects:
-        print(f"{obj['LastModified']}\t{obj['Size']:>14}\t{obj['Key']}")
+        size = _human(obj["Size"]) if args.human_readable else str(obj["Size"])
+        print(f"{obj['LastModified']}\t{size:>14}\t{obj['Key']}")
     return EXIT_OK
 
 
-def _progress_line(doc: dict[str, Any]) -> str:
+def _progress_line(doc: Fetch) -> str:
     done, size, rate = doc["BytesDone"], doc.get("SizeBytes") or 0, doc.get("BytesPerSecond") or 0
     width = 30
     filled = int(width * done / size) if size else 0
@@ -277,7 +311,128 @@ def _cat_watched(args: argparse.Namespace, client: Client, out: int, deliver: bo
     return EXIT_OK
 
 
+def _put_line(doc: Upload) -> str:
+    algorithm, value = next(iter(doc["Checksum"].items()), ("", ""))
+    return (
+        f"s3://{doc['Bucket']}/{doc['Key']}\t{doc['Size']}\t{doc['ETag']}\t"
+        f"{algorithm} {value}".rstrip()
+    )
+
+
+def _files_under(top: Path) -> list[Path]:
+    """Every regular file under `top` (symbolic links to files too), in name order."""
+    found = []
+    for root, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root, name)
+            if path.is_file():
+                found.append(path)
+    return found
+
+
+def _worst(codes: list[int]) -> int:
+    """The exit code of a batch: a failure worth retrying (5) only when every
+    failure is one, else the highest of the others."""
+    return max(codes, key=lambda code: (code != EXIT_RETRY, code), default=EXIT_OK)
+
+
+def cmd_put_recursive(args: argparse.Namespace, client: Client) -> int:
+    """Every file under a directory, `--parallel` uploads at once, each to
+    PREFIX + its path under the directory. Content-Type: the daemon's guess from
+    the key's extension (docs/design.md, URLs for encoders: Output Content-Type)."""
+    import queue
+    import threading
+
+    top = Path(args.file or "")
+    if not args.file or not top.is_dir():
+        raise CliError("Usage", f"--recursive needs a directory, not {args.file!r}", EXIT_USAGE)
+    if args.content_type:
+        raise CliError(
+            "Usage", "--content-type is one type for one file: not with --recursive", EXIT_USAGE
+        )
+    if args.parallel < 1:
+        raise CliError("Usage", "--parallel must be at least 1", EXIT_USAGE)
+    prefix = args.key if args.key.endswith("/") or not args.key else args.key + "/"
+    files = _files_under(top)
+    todo: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+    done: queue.SimpleQueue[tuple[Path, str, Any, S3feedError | OSError | None]] = (
+        queue.SimpleQueue()
+    )
+    for path in files:
+        todo.put(path)
+
+    def worker() -> None:
+        while (path := todo.get()) is not None:
+            key = prefix + path.relative_to(top).as_posix()
+            try:
+                with path.open("rb") as f:
+                    done.put((path, key, client.put(args.job, key, f), None))
+            except (S3feedError, OSError) as exc:
+                done.put((path, key, None, exc))
+            except BaseException as exc:  # a bug: reported by the main thread
+                done.put((path, key, None, OSError(str(exc))))
+
+    # Daemon threads: Ctrl-C ends the process at once; an upload whose body it
+    # cut off is aborted by the daemon (docs/design.md, CLI).
+    workers = [
+        threading.Thread(target=worker, daemon=True) for _ in range(min(args.parallel, len(files)))
+    ]
+    for thread in workers:
+        todo.put(None)
+        thread.start()
+    started = time.monotonic()
+    uploaded: list[Any] = []
+    failed: list[dict[str, Any]] = []
+    codes: list[int] = []
+    for _ in files:
+        try:
+            path, key, doc, error = done.get()
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted after {len(uploaded)} of {len(files)} files: an upload cut "
+                "off mid-body is aborted (nothing at its key); one sent whole may still land"
+            ) from None
+        if error is None:
+            uploaded.append(doc)
+            if not args.json:
+                print(_put_line(doc), flush=True)
+            continue
+        if isinstance(error, S3feedError):
+            code, message, exit_ = (
+                error.code,
+                for_cli(error.code, error.message),
+                exit_code(error.status, error.code),
+            )
+        else:
+            local = local_error(error, client.socket)
+            code, message, exit_ = local.code, local.message, local.exit_code
+        codes.append(exit_)
+        failed.append({"File": str(path), "Key": key, "Error": {"Code": code, "Message": message}})
+        if not args.json:
+            sys.stderr.write(f"s3feed: {path}: {code}: {' '.join(message.split())}\n")
+    seconds = time.monotonic() - started
+    size = sum(doc["Size"] for doc in uploaded)
+    if args.json:
+        _print_json({"Uploaded": uploaded, "Failed": failed})
+    else:
+        summary = (
+            f"{len(uploaded)} of {len(files)} files uploaded, {_human(size)} in {seconds:.1f} s"
+        )
+        print(summary + (f"; {len(failed)} failed" if failed else ""), file=sys.stderr)
+    return _worst(codes)
+
+
 def cmd_put(args: argparse.Namespace, client: Client) -> int:
+    if args.recursive:
+        return cmd_put_recursive(args, client)
+    if args.file and os.path.isdir(args.file):
+        raise CliError(
+            "Usage",
+            f"{args.file} is a directory: upload every file under it with "
+            f"`s3feed put {args.job} PREFIX {args.file} --recursive`",
+            EXIT_USAGE,
+        )
     show = sys.stderr.isatty() and not args.json
     started = time.monotonic()
 
@@ -311,11 +466,7 @@ def cmd_put(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         _print_json(doc)
     else:
-        algorithm, value = next(iter(doc["Checksum"].items()), ("", ""))
-        print(
-            f"s3://{doc['Bucket']}/{doc['Key']}\t{doc['Size']}\t{doc['ETag']}\t"
-            f"{algorithm} {value}".rstrip()
-        )
+        print(_put_line(doc))
     return EXIT_OK
 
 
@@ -352,6 +503,41 @@ def cmd_url(args: argparse.Namespace, client: Client) -> int:
 
 def cmd_trust_policy(args: argparse.Namespace, client: Client) -> int:
     _print_json(client.trust_policy(args.tenant))
+    return EXIT_OK
+
+
+def cmd_iam_policy(args: argparse.Namespace) -> int:
+    """The permissions policy of a customer's role, from the statements the
+    daemon's session policies are built of (docs/design.md, Session policy)."""
+    from s3feed.auth import CodedError, Outputs, role_policy
+    from s3feed.transfer import S3Config, parse_uri_path
+
+    if args.source is None and args.destination is None:
+        raise CliError(
+            "Usage", "iam-policy needs --source URI, --destination URI or both", EXIT_USAGE
+        )
+    for key in args.kms_key:
+        parts = key.split(":", 5)
+        if (
+            len(parts) != 6
+            or parts[0] != "arn"
+            or parts[2] != "kms"
+            or not (parts[5].startswith("key/") and len(parts[5]) > 4)
+        ):
+            raise CliError(
+                "Usage",
+                f"--kms-key {key!r} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID; "
+                "an alias ARN cannot name a key in a policy's Resource)",
+                EXIT_USAGE,
+            )
+    s3 = S3Config()
+    try:
+        source = parse_uri_path(args.source, s3) if args.source is not None else None
+        dest = parse_uri_path(args.destination, s3) if args.destination is not None else None
+    except CodedError as exc:  # InvalidUriPath: its message names the accepted forms
+        raise CliError(exc.code, exc.message, exit_code(400, exc.code)) from None
+    outputs = Outputs(dest, kms=bool(args.kms_key)) if dest is not None else None
+    _print_json(role_policy(source, outputs=outputs, kms_keys=tuple(args.kms_key)))
     return EXIT_OK
 
 

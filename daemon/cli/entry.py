@@ -3,13 +3,17 @@
     s3feed serve [--config PATH]
     s3feed config check [PATH]
     s3feed job create JOB --tenant T --uri URI --role ARN [--duration S]
+                      [--encoder-uid U]... [--destination URI [--destination-role ARN]
+                      [--sse AES256|aws:kms [--sse-kms-key-id ID]]]
     s3feed job list | show JOB | delete JOB
-    s3feed ls JOB [PREFIX]
+    s3feed ls JOB [PREFIX] [-h]
     s3feed fetch JOB KEY            prints the cached file's path
     s3feed cat JOB KEY [--range A-B] > out   (| ffmpeg -i pipe:0)
     s3feed put JOB KEY [FILE|-]      upload an output (ffmpeg ... pipe:1 | s3feed put JOB K -)
+    s3feed put JOB PREFIX DIR --recursive    every file under DIR, in parallel
     s3feed status
     s3feed trust-policy TENANT
+    s3feed iam-policy --source URI [--destination URI] [--kms-key ARN]...
 
 `--json` (anywhere on the line) prints the server's documents as they are,
 for scripts; errors are then the JSON error document on stderr. Otherwise an
@@ -35,6 +39,7 @@ from s3feed.daemon.cli.commands import (
     cmd_cat,
     cmd_config_check,
     cmd_fetch,
+    cmd_iam_policy,
     cmd_job,
     cmd_ls,
     cmd_put,
@@ -52,6 +57,7 @@ from s3feed.daemon.cli.exits import (
     CliError,
     Interrupted,
     exit_code,
+    for_cli,
     local_error,
     report,
     stdout_closed,
@@ -93,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the server's JSON documents (and errors as JSON on stderr)",
     )
 
-    def sub_parser(group: Any, name: str, help: str) -> argparse.ArgumentParser:
+    def sub_parser(
+        group: Any, name: str, help: str, add_help: bool = True
+    ) -> argparse.ArgumentParser:
         return group.add_parser(  # type: ignore[no-any-return]
             name,
             help=help,
@@ -101,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            add_help=add_help,
         )
 
     p = _Parser(
@@ -135,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help in (("show", "a job's document"), ("delete", "end a job")):
         sub_parser(jsub, name, help).add_argument("job", help="the JobId")
 
-    ls = sub_parser(sub, "ls", "list objects under a job's folder")
+    # -h is ls's human sizes, as for ls(1) and du(1); --help still helps.
+    ls = sub_parser(sub, "ls", "list objects under a job's folder", add_help=False)
+    ls.add_argument("--help", action="help", help="show this help message and exit")
+    ls.add_argument(
+        "-h", "--human-readable", action="store_true", help="sizes as 1.5 MiB, not bytes"
+    )
     ls.add_argument("job", help="the JobId")
     ls.add_argument("prefix", nargs="?", help="only keys starting with this (relative to the job)")
     ls.add_argument(
@@ -156,9 +170,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     put = sub_parser(sub, "put", "upload an output to the job's Destination")
     put.add_argument("job", help="the JobId")
-    put.add_argument("key", help="the output's key, relative to the destination folder")
-    put.add_argument("file", nargs="?", help="the file to upload; - or none: standard input")
-    put.add_argument("--content-type", help="the object's Content-Type")
+    put.add_argument(
+        "key",
+        help="the output's key, relative to the destination folder (with --recursive: "
+        "the prefix every file's path under DIR is appended to)",
+    )
+    put.add_argument(
+        "file",
+        nargs="?",
+        help="the file to upload; - or none: standard input (with --recursive: the directory)",
+    )
+    put.add_argument(
+        "--content-type",
+        help="the object's Content-Type (default: from the key's extension, "
+        ".m3u8 application/vnd.apple.mpegurl, .ts video/mp2t, ...)",
+    )
+    put.add_argument(
+        "-r",
+        "--recursive",
+        action="store_true",
+        help="upload every file under the directory FILE, several at a time; prints a "
+        "summary line and exits with the code of the worst failure",
+    )
+    put.add_argument(
+        "--parallel",
+        type=int,
+        default=4,
+        metavar="N",
+        help="with --recursive: uploads at once (default 4; the daemon allows "
+        "[limits] uploads_per_uid, 8, per user)",
+    )
     u = sub_parser(sub, "url", "the URL of an object (or output) on the loopback listener")
     u.add_argument("job", help="the JobId")
     u.add_argument("key", help="the key, relative to the job's folder (--output: its destination)")
@@ -168,6 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub_parser(sub, "status", "the daemon's health and summary")
     t = sub_parser(sub, "trust-policy", "the trust policy a tenant's role needs")
     t.add_argument("tenant", help="the TenantName (the role's sts:ExternalId)")
+    ip = sub_parser(
+        sub,
+        "iam-policy",
+        "the permissions policy a customer's role needs (beside trust-policy); "
+        "printed here, no daemon needed",
+    )
+    ip.add_argument("--source", metavar="URI", help="the jobs' source UriPath (read, list)")
+    ip.add_argument(
+        "--destination", metavar="URI", help="the jobs' Destination UriPath (write outputs)"
+    )
+    ip.add_argument(
+        "--kms-key",
+        action="append",
+        default=[],
+        metavar="ARN",
+        help="a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID) that encrypts sources or "
+        "outputs (SSE-KMS); allowed only through S3; repeatable. None: no KMS permission",
+    )
     return p
 
 
@@ -186,6 +245,24 @@ def add_job_create_arguments(jc: argparse.ArgumentParser) -> None:
         default=[],
         metavar="UID|USER",
         help="a uid (or user name) that may use the job besides you; repeatable",
+    )
+    jc.add_argument(
+        "--destination",
+        metavar="URI",
+        help="Destination UriPath: where `s3feed put` uploads outputs",
+    )
+    jc.add_argument(
+        "--destination-role",
+        metavar="ARN",
+        help="the Destination's RoleArnToAssume (default: --role)",
+    )
+    jc.add_argument(
+        "--sse",
+        choices=["AES256", "aws:kms"],
+        help="the Destination's ServerSideEncryption",
+    )
+    jc.add_argument(
+        "--sse-kms-key-id", metavar="ID", help="the Destination's SSEKMSKeyId (with --sse aws:kms)"
     )
 
 
@@ -216,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "config":
             return cmd_config_check(args)
+        if args.command == "iam-policy":
+            return cmd_iam_policy(args)
         client = Client(args.socket)
         try:
             return COMMANDS[args.command](args, client)
@@ -228,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 return EXIT_OK
             raise local_error(exc, client.socket) from None
     except S3feedError as exc:
-        report(exc.code, exc.message, exc.document, as_json)
+        report(exc.code, for_cli(exc.code, exc.message), exc.document, as_json)
         return exit_code(exc.status, exc.code)
     except CliError as exc:
         error = {"Error": {"Code": exc.code, "Message": exc.message}}

@@ -26,9 +26,18 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 NOT_FOUND_CODES = frozenset({"NoSuchJob", "NoSuchKey", "NoSuchFetch"})
 DENIED_CODES = frozenset({"AccessDenied", "AssumeRoleDenied", "Forbidden"})
 # Besides every 503: these are 503s too, named for a fetch document's Error,
-# which comes without a status.
+# which comes without a status; and ShortRead, the client's name for a stream
+# or answer the daemon cut short (it stopped or crashed, or S3 failed after the
+# headers: docs/design.md, CLI), which a retry gets whole.
 RETRY_CODES = frozenset(
-    {"LimitExceeded", "S3Unavailable", "StsUnavailable", "CredentialsExpired", "ShuttingDown"}
+    {
+        "LimitExceeded",
+        "S3Unavailable",
+        "StsUnavailable",
+        "CredentialsExpired",
+        "ShuttingDown",
+        "ShortRead",
+    }
 )
 CHANGED_CODES = frozenset({"SourceChanged"})
 
@@ -39,7 +48,8 @@ exit codes:
   3    not found: NoSuchJob, NoSuchKey, NoSuchFetch
   4    denied: AccessDenied, AssumeRoleDenied, Forbidden, or no permission on the socket
   5    temporary, retry: a 503 (S3Unavailable, StsUnavailable, ShuttingDown, ...),
-       LimitExceeded, or the daemon restarting (connection refused or closed)
+       LimitExceeded, the daemon restarting (connection refused or closed), or a
+       stream cut short (ShortRead)
   6    the source changed during the transfer (SourceChanged)
   7    any other error (the message says which)
   130  interrupted (Ctrl-C); `fetch` cancels its fetch first
@@ -147,6 +157,25 @@ def stdout_closed() -> bool:
         return any(events & select.POLLERR for _, events in poll.poll(0))
     except (OSError, ValueError):
         return False
+
+
+# The daemon's messages speak to API callers; where one names an API route,
+# a CLI user is told the command instead (by code: the phrase, its CLI form).
+# `--json` prints the server's document as it is.
+CLI_WORDING = {
+    "NoSuchJob": ("list them with GET /v1/jobs", "list them with `s3feed job list`"),
+    "JobExists": ("DELETE it first", "delete it first (`s3feed job delete`)"),
+    "NoDestination": (
+        "register the job with one",
+        "register the job with one (`s3feed job create ... --destination URI`)",
+    ),
+}
+
+
+def for_cli(code: str, message: str) -> str:
+    """`message` as a CLI user reads it: commands where the daemon names routes."""
+    api, cli = CLI_WORDING.get(code, ("", ""))
+    return message.replace(api, cli) if api else message
 
 
 def report(code: str, message: str, document: Any, as_json: bool) -> None:

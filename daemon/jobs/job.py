@@ -79,6 +79,7 @@ class Job:
         encoder_uids: frozenset[int] = frozenset(),
         on_activity: Callable[[], None] = lambda: None,
         destination: JobDestination | None = None,
+        created_at: datetime | None = None,  # a restored job's first registration
     ) -> None:
         self.job_id = job_id
         self.destination = destination
@@ -90,7 +91,9 @@ class Job:
         self.store = store
         self.server = server
         self.encoder_uids = encoder_uids
-        self.created_at = datetime.now(UTC)
+        self.created_at = created_at or datetime.now(UTC)
+        # Why a fetch still running ends (code, message), set when the job closes.
+        self._ending = ("Cancelled", "the job was deleted before the fetch finished")
         self._monotonic = monotonic
         self.last_used = monotonic()
         self.pin_owner = f"{job_id}#{uuid.uuid4().hex[:12]}"
@@ -112,6 +115,12 @@ class Job:
 
     def touch(self) -> None:
         self.last_used = self._monotonic()
+
+    @property
+    def ending(self) -> tuple[str, str] | None:
+        """(ShuttingDown, message) once the daemon closed the job at the end of
+        its drain grace (what still runs answers that), else None."""
+        return self._ending if self._ending[0] == "ShuttingDown" else None
 
     @property
     def busy(self) -> bool:
@@ -177,8 +186,10 @@ class Job:
                 progress=record.progress,
             )
         except asyncio.CancelledError:
-            record.error = ("Cancelled", "the job was deleted before the fetch finished")
-            record.move(TransferState.CANCELLED)
+            record.error = self._ending
+            record.move(
+                TransferState.CANCELLED if self._ending[0] == "Cancelled" else TransferState.FAILED
+            )
             raise
         except (AuthError, TransferError) as exc:
             record.fail(exc)
@@ -262,7 +273,15 @@ class Job:
                 extra={"job_id": self.job_id, "tenant": self.tenant},
             )
 
-    async def close(self) -> None:
+    async def close(self, *, shutting_down: bool = False) -> None:
+        """End the job. `shutting_down`: the daemon stops after its drain grace,
+        and what still runs ends with ShuttingDown (docs/design.md, Restart and
+        upgrade), not as a job deleted."""
+        if shutting_down:
+            self._ending = (
+                "ShuttingDown",
+                "the daemon is shutting down and its drain grace is over; retry once it is back",
+            )
         self._connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._connecting
@@ -279,6 +298,7 @@ class Job:
             await asyncio.wait(uploads, timeout=30)
         self.server.release(self.pin_owner)
         await self.store.close()
+        code, reason = self._ending if shutting_down else ("CredentialsExpired", None)
         if self.destination is not None and self.destination.own_session:
-            await self.destination.session.close()
-        await self.session.close()
+            await self.destination.session.close(code=code, reason=reason)
+        await self.session.close(code=code, reason=reason)

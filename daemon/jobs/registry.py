@@ -9,6 +9,13 @@ Who may see a job (docs/design.md, Roles and isolation): its creator, its
 its fetches and waits for them (daemon/jobs/job.py), so delete, reap and close
 return once the job's tasks are gone. `drain` waits on an event each job sets
 when a fetch or stream ends, never on a timer.
+
+With a state directory (daemon/jobs/state.py; docs/design.md, Restart and
+upgrade) a registered job's definition is saved before its 201, removed
+when it ends by DELETE or reaping, and kept when the daemon stops: `restore`
+makes those jobs live again at the next start, their sessions assumed in
+the background (auth/session.py `RoleSession.restore`). `close(shutting_down=True)`
+ends what still runs with ShuttingDown.
 """
 
 from __future__ import annotations
@@ -17,11 +24,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
-from s3feed.auth import CredentialObserver, RoleSession, StsClient, job_policy, outputs_policy
+from s3feed.auth import (
+    CredentialObserver,
+    RoleArn,
+    RoleSession,
+    SessionDuration,
+    StsClient,
+    job_policy,
+    outputs_policy,
+)
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs.job import Job, JobDestination
 from s3feed.daemon.jobs.request import JobRequest
+from s3feed.daemon.jobs.state import JobState, SavedJob
 from s3feed.transfer import ObjectServer, ObjectStore, S3Location, TransferObserver
 from s3feed.transfer.s3 import S3Client, S3ObjectStore, S3Uploader
 from s3feed.transfer.upload import UploadClient
@@ -42,8 +60,10 @@ class JobRegistry:
         make_uploader: Callable[[S3Location, RoleSession], UploadClient] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         jobs_changed: Callable[[int], None] = lambda count: None,
+        state: JobState | None = None,
     ) -> None:
         self._sts = sts
+        self.state = state or JobState(None)
         self._jobs_changed = jobs_changed
         self._s3_clients = s3_clients
         self.server = server
@@ -75,72 +95,115 @@ class JobRegistry:
     async def create(self, request: JobRequest, *, uid: int) -> Job:
         """Register the job `uid` asked for; `request` was parsed at the API
         (daemon/jobs/request.py) and is used as it is."""
-        location = request.location
         if request.job_id in self._jobs or request.job_id in self._reserved:
             raise ApiError(
                 "JobExists",
                 f"a job {request.job_id!r} is live; DELETE it first or use another JobId",
             )
         self._reserved.add(request.job_id)
-        dest = request.destination
-        shared = dest is not None and dest.role_arn == request.role_arn
-        second: RoleSession | None = None
         try:
-            session = await RoleSession.assume(
-                self._sts,
-                job_id=request.job_id,
-                role_arn=request.role_arn,
-                external_id=request.tenant,
-                duration=request.duration,
-                observer=self._credential_observer,
-                # Least privilege (docs/design.md, Session policy): the job's
-                # credentials read its folder only, whatever the role allows.
-                policy=job_policy(
-                    location, outputs=dest.outputs if dest is not None and shared else None
-                ),
-            )
-            destination = None
-            if dest is not None:
-                try:
-                    if not shared:
-                        second = await RoleSession.assume(
-                            self._sts,
-                            job_id=f"{request.job_id}.outputs",
-                            role_arn=dest.role_arn,
-                            external_id=request.tenant,
-                            duration=dest.duration,
-                            observer=self._credential_observer,
-                            policy=outputs_policy(dest.outputs),
-                        )
-                except BaseException:
-                    await session.close()
-                    raise
-                dest_session = second or session
-                destination = JobDestination(
-                    dest,
-                    dest_session,
-                    self._make_uploader(dest.location, dest_session),
-                    own_session=second is not None,
-                )
-            job = Job(
-                job_id=request.job_id,
-                tenant=request.tenant,
-                uid=uid,
-                location=location,
-                session=session,
-                store=self._make_store(location, session),
-                server=self.server,
-                monotonic=self._monotonic,
-                encoder_uids=request.encoder_uids,
-                on_activity=self._activity.set,
-                destination=destination,
-            )
+            job = await self._open(request, uid=uid, restored=None)
             self._jobs[job.job_id] = job
             self._jobs_changed(len(self._jobs))
         finally:
             self._reserved.discard(request.job_id)
         log.info("job registered", extra={"job_id": job.job_id, "tenant": job.tenant})
+        await self.state.save(request, uid=uid, created_at=job.created_at)
         return job
+
+    async def restore(self, saved: list[SavedJob]) -> None:
+        """Make the jobs a previous run saved live again (docs/design.md, Restart
+        and upgrade). No STS call is awaited: each session assumes its role in
+        the background, and a job whose role cannot be assumed stays listed
+        with LastRefreshError."""
+        for entry in saved:
+            if entry.request.job_id in self._jobs:
+                continue
+            try:
+                job = await self._open(entry.request, uid=entry.uid, restored=entry.created_at)
+            except Exception as exc:  # one job must not stop the start
+                log.error(
+                    "job not restored",
+                    extra={"job_id": entry.request.job_id, "error": f"{type(exc).__name__}: {exc}"},
+                )
+                continue
+            self._jobs[job.job_id] = job
+            log.info("job restored", extra={"job_id": job.job_id, "tenant": job.tenant})
+        self._jobs_changed(len(self._jobs))
+
+    async def _open(self, request: JobRequest, *, uid: int, restored: datetime | None) -> Job:
+        """The job's sessions, store and uploader: assumed now, or (`restored`,
+        its first CreatedAt) in the background."""
+        location = request.location
+        dest = request.destination
+        shared = dest is not None and dest.role_arn == request.role_arn
+
+        async def session_for(
+            job_id: str, role: RoleArn, duration: SessionDuration, policy: dict[str, Any]
+        ) -> RoleSession:
+            if restored is not None:
+                return RoleSession.restore(
+                    self._sts,
+                    job_id=job_id,
+                    role_arn=role,
+                    external_id=request.tenant,
+                    duration=duration,
+                    observer=self._credential_observer,
+                    policy=policy,
+                )
+            return await RoleSession.assume(
+                self._sts,
+                job_id=job_id,
+                role_arn=role,
+                external_id=request.tenant,
+                duration=duration,
+                observer=self._credential_observer,
+                policy=policy,
+            )
+
+        # Least privilege (docs/design.md, Session policy): the job's
+        # credentials read its folder only, whatever the role allows.
+        session = await session_for(
+            request.job_id,
+            request.role_arn,
+            request.duration,
+            job_policy(location, outputs=dest.outputs if dest is not None and shared else None),
+        )
+        destination = None
+        if dest is not None:
+            second: RoleSession | None = None
+            try:
+                if not shared:
+                    second = await session_for(
+                        f"{request.job_id}.outputs",
+                        dest.role_arn,
+                        dest.duration,
+                        outputs_policy(dest.outputs),
+                    )
+            except BaseException:
+                await session.close()
+                raise
+            dest_session = second or session
+            destination = JobDestination(
+                dest,
+                dest_session,
+                self._make_uploader(dest.location, dest_session),
+                own_session=second is not None,
+            )
+        return Job(
+            job_id=request.job_id,
+            tenant=request.tenant,
+            uid=uid,
+            location=location,
+            session=session,
+            store=self._make_store(location, session),
+            server=self.server,
+            monotonic=self._monotonic,
+            encoder_uids=request.encoder_uids,
+            on_activity=self._activity.set,
+            destination=destination,
+            created_at=restored,
+        )
 
     def get(self, uid: int, job_id: str) -> Job:
         """The job, if `uid` may use it (its creator, its encoders, root)."""
@@ -165,7 +228,9 @@ class JobRegistry:
             )
         del self._jobs[job_id]
         self._jobs_changed(len(self._jobs))
+        removed = self.state.remove(job_id)  # handed over now: no await before close
         await job.close()
+        await removed
         log.info("job deleted", extra={"job_id": job_id, "tenant": job.tenant})
 
     async def reap_idle(self, ttl: float) -> list[str]:
@@ -180,8 +245,10 @@ class JobRegistry:
             del self._jobs[job.job_id]
             self._jobs_changed(len(self._jobs))
             reaped.append(job.job_id)
+            removed = self.state.remove(job.job_id)
             try:
                 await job.close()
+                await removed
             except Exception:
                 log.exception(
                     "idle job reaped; closing it failed",
@@ -203,8 +270,12 @@ class JobRegistry:
             return False
         return True
 
-    async def close(self) -> None:
+    async def close(self, *, shutting_down: bool = False) -> None:
+        """End every job; their saved definitions stay for the next start.
+        `shutting_down`: what still runs ends with ShuttingDown (503), not as
+        if the job had been deleted (docs/design.md, Restart and upgrade)."""
         jobs, self._jobs = list(self._jobs.values()), {}
         self._jobs_changed(0)
         for job in jobs:
-            await job.close()
+            await job.close(shutting_down=shutting_down)
+        self.state.close()

@@ -1,7 +1,8 @@
 """The whole daemon in-process, over a real Unix socket, with fake S3 and STS.
 
 `harness` starts a `Daemon` on a socket in a fresh directory, with the fake
-STS of auth/ and one `FakeObjectStore` per bucket (tests/fakes/store.py),
+STS of auth/, one `FakeObjectStore` per bucket (tests/fakes/store.py) and
+one `FakeUploadStore` per destination bucket (tests/fakes/upload.py),
 and checks every answer it gives against daemon/openapi.yaml (harness.py).
 """
 
@@ -24,6 +25,7 @@ from s3feed.daemon.service import Daemon
 from s3feed.transfer.config import CacheConfig, MiB, S3Config, TransferConfig
 from tests.fakes.store import FakeObjectStore
 from tests.fakes.sts import FakeSts
+from tests.fakes.upload import FakeUploadStore
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
@@ -84,11 +86,16 @@ async def harness(
             location.bucket, FakeObjectStore(bucket=location.bucket, endpoint="fake://s3")
         )
 
-    daemon = Daemon(config, sts=sts, make_store=make_store)
+    uploads: dict[str, FakeUploadStore] = {}
+
+    def make_uploader(location: Any, session: Any) -> FakeUploadStore:
+        return uploads.setdefault(location.bucket, FakeUploadStore(bucket=location.bucket))
+
+    daemon = Daemon(config, sts=sts, make_store=make_store, make_uploader=make_uploader)
     await daemon.start()
     connector = aiohttp.UnixConnector(path=str(config.api.socket))
     async with aiohttp.ClientSession(connector=connector, base_url="http://localhost") as session:
-        h = Harness(daemon, str(config.api.socket), sts, stores, session)
+        h = Harness(daemon, str(config.api.socket), sts, stores, session, uploads)
         h.store()
         try:
             yield h

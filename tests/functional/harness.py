@@ -13,34 +13,58 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jsonschema
 import orjson
 import yaml
+from openapi_schema_validator import OAS30ReadValidator, oas30_format_checker
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4
 
 from s3feed.daemon.service import Daemon
 from tests.fakes.store import FakeObjectStore
 from tests.fakes.sts import FakeSts
+from tests.fakes.upload import FakeUploadStore
 
 OPENAPI = yaml.safe_load((Path(__file__).parents[2] / "daemon" / "openapi.yaml").read_text())
 ACME_ROLE = "arn:aws:iam::123456789012:role/acme-reader"
 ACME_URI = "https://acme-media.s3.eu-west-1.amazonaws.com/sources/"
 
 
-def _resolve(node: Any) -> Any:
-    """OpenAPI 3.0 schema -> JSON Schema: inline $refs, nullable -> type list."""
-    if isinstance(node, dict):
-        if "$ref" in node:
-            target: Any = OPENAPI
-            for part in node["$ref"].lstrip("#/").split("/"):
-                target = target[part]
-            return _resolve(target)
-        out = {k: _resolve(v) for k, v in node.items() if k not in ("nullable", "example")}
-        if node.get("nullable") and "type" in out:
-            out["type"] = [out["type"], "null"]
-        return out
-    if isinstance(node, list):
-        return [_resolve(v) for v in node]
-    return node
+# The whole document as one resource, so the schemas' own `#/components/...`
+# references resolve as any OpenAPI tool resolves them.
+_DOC_URI = "urn:s3feed:openapi"
+_REGISTRY: Registry[Any] = Registry().with_resource(
+    _DOC_URI, Resource.from_contents(OPENAPI, default_specification=DRAFT4)
+)
+
+
+def _json_schema_pointer(template: str, method: str, status: str) -> str | None:
+    """Where the JSON body's schema of this answer is in the document (after a
+    response `$ref`), or None when the answer has no JSON body."""
+    escaped = template.replace("~", "~0").replace("/", "~1")
+    pointer = f"/paths/{escaped}/{method}/responses/{status}"
+    response = OPENAPI["paths"][template][method]["responses"][status]
+    if "$ref" in response:
+        pointer = response["$ref"].removeprefix("#")
+        response = OPENAPI
+        for part in pointer.strip("/").split("/"):
+            response = response[part]
+    if "application/json" not in response.get("content", {}):
+        return None
+    return f"{pointer}/content/application~1json/schema"
+
+
+def check_json(body: Any, template: str, method: str, status: str) -> None:
+    """`body` against the answer's schema, by an OpenAPI 3.0 validator (nullable,
+    formats, references as the document means them)."""
+    pointer = _json_schema_pointer(template, method, status)
+    if pointer is None:
+        return
+    validator = OAS30ReadValidator(
+        {"$ref": f"{_DOC_URI}#{pointer}"},
+        registry=_REGISTRY,
+        format_checker=oas30_format_checker,
+    )
+    validator.validate(body)
 
 
 def _template(path: str) -> str | None:
@@ -81,6 +105,7 @@ class Harness:
     sts: FakeSts
     stores: dict[str, FakeObjectStore]
     session: aiohttp.ClientSession
+    uploads: dict[str, FakeUploadStore] = field(default_factory=dict)  # by destination bucket
     seen: set[tuple[str, str, int]] = field(default_factory=set)
 
     def store(self, bucket: str = "acme-media") -> FakeObjectStore:
@@ -113,10 +138,8 @@ class Harness:
         responses = operation["responses"]
         assert str(answer.status) in responses, f"{method} {template} answered {answer.status}"
         self.seen.add((method, template, answer.status))
-        spec = _resolve(responses[str(answer.status)])
-        content = spec.get("content", {})
-        if "application/json" in content:
-            jsonschema.validate(answer.json, content["application/json"]["schema"])
+        if _json_schema_pointer(template, method.lower(), str(answer.status)) is not None:
+            check_json(answer.json, template, method.lower(), str(answer.status))
 
     async def create_job(
         self, job_id: str = "job-1", tenant: str = "acme-films", **source: Any

@@ -32,6 +32,7 @@ from s3feed.auth.policy import (
     job_policy,
     outputs_policy,
     packed,
+    role_policy,
 )
 
 
@@ -409,6 +410,120 @@ CASES: list[tuple[str, Callable[[], dict[str, Any]], dict[str, Any]]] = [
         },
     ),
 ]
+
+
+KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+KEY_US = "arn:aws:kms:us-east-1:123456789012:key/abcd"
+
+# The customer's role policy (`s3feed iam-policy`): the same statements, KMS on
+# the named keys only, and no KMS statement when none is named.
+ROLE_CASES: list[tuple[str, Callable[[], dict[str, Any]], dict[str, Any]]] = [
+    (
+        "role reading a folder, no KMS key named: no KMS statement",
+        lambda: role_policy(MEDIA),
+        {"Version": "2012-10-17", "Statement": MEDIA_READ[:2]},
+    ),
+    (
+        "role reading and writing, SSE-KMS with one key: the key, via S3 only",
+        lambda: role_policy(MEDIA, outputs=Outputs(OUT_US, kms=True), kms_keys=(KEY,)),
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                *MEDIA_READ[:2],
+                {**MEDIA_READ[2], "Resource": KEY},
+                {
+                    "Sid": "WriteOutputs",
+                    "Effect": "Allow",
+                    "Action": WRITE,
+                    "Resource": "arn:aws:s3:::out-us/*",
+                },
+                {
+                    "Sid": "EncryptViaS3",
+                    "Effect": "Allow",
+                    "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+                    "Resource": KEY,
+                    "Condition": {"StringEquals": {"kms:ViaService": "s3.us-east-1.amazonaws.com"}},
+                },
+            ],
+        },
+    ),
+    (
+        "a Destination role of its own, two keys",
+        lambda: role_policy(None, outputs=Outputs(OUT, kms=True), kms_keys=(KEY, KEY_US)),
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "WriteOutputs",
+                    "Effect": "Allow",
+                    "Action": WRITE,
+                    "Resource": "arn:aws:s3:::out/renditions/*",
+                },
+                {
+                    "Sid": "EncryptViaS3",
+                    "Effect": "Allow",
+                    "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+                    "Resource": [KEY, KEY_US],
+                    "Condition": {"StringEquals": {"kms:ViaService": "s3.eu-west-1.amazonaws.com"}},
+                },
+            ],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"), [c[1:] for c in ROLE_CASES], ids=[c[0] for c in ROLE_CASES]
+)
+def test_each_role_gets_exactly_this_policy(
+    build: Callable[[], dict[str, Any]], expected: dict[str, Any]
+) -> None:
+    assert packed(build()) == packed(expected)
+
+
+def _grants(policy: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """(action, resource, condition) of every Allow, one per action and resource."""
+    out = set()
+    for s in policy["Statement"]:
+        assert s["Effect"] == "Allow"
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        resources = s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]]
+        condition = json.dumps(s.get("Condition"), sort_keys=True)
+        out |= {(a, r, condition) for a in actions for r in resources}
+    return out
+
+
+@pytest.mark.parametrize("source", [MEDIA, WHOLE_MEDIA, CN, WILD])
+@pytest.mark.parametrize("dest", [None, OUT, MEDIA_OUT, OUT_US, CN_OUT])
+@pytest.mark.parametrize("kms", [False, True])
+def test_a_role_with_its_policy_permits_what_every_session_of_its_jobs_asks(
+    source: At, dest: At | None, kms: bool
+) -> None:
+    """Each (action, resource, condition) a session policy allows is allowed by the
+    role policy too, with the S3 resources and conditions as they are and KMS on
+    the named key instead of any key; the role allows nothing else."""
+    key = "arn:aws:kms:eu-west-1:123456789012:key/k"
+    outputs = Outputs(dest, kms=kms) if dest is not None else None
+
+    def narrowed(session: dict[str, Any], keys: tuple[str, ...]) -> set[tuple[str, str, str]]:
+        return {
+            (a, key if r.endswith(":kms:*:*:key/*") else r, c)
+            for a, r, c in _grants(session)
+            if keys or not a.startswith("kms:")
+        }
+
+    for keys in ((key,), ()):
+        role = role_policy(source, outputs=outputs, kms_keys=keys)
+        assert _grants(role) == narrowed(job_policy(source, outputs=outputs), keys)
+        if outputs is not None:
+            # A Destination role of its own: what its second session asks.
+            own = role_policy(None, outputs=outputs, kms_keys=keys)
+            assert _grants(own) == narrowed(outputs_policy(outputs), keys)
+
+
+def test_a_role_policy_needs_a_folder() -> None:
+    with pytest.raises(ValueError):
+        role_policy(None)
 
 
 @pytest.mark.parametrize(("build", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -20,6 +20,7 @@ from s3feed.auth.errors import (
     AssumeRoleDenied,
     CredentialsExpired,
     MaxSessionDurationExceeded,
+    SessionClosed,
     SessionPolicyTooLarge,
     StsUnavailable,
 )
@@ -267,9 +268,13 @@ async def test_old_credentials_serve_while_refresh_fails_then_recover(
 
 
 @pytest.mark.parametrize("error", [FakeSts.server_error(), FakeSts.network_error()])
-async def test_hard_expiry_without_a_successful_refresh(
+async def test_expiry_during_an_outage_then_new_credentials_once_sts_answers(
     error: StsUnavailable, open_session: Opener, sts: FakeSts, clock: FakeClock
 ) -> None:
+    """docs/design.md, Credentials: an outage longer than the credentials' life
+    leaves the session EXPIRED (requests get CredentialsExpired, 503), the
+    refresher goes on with capped backoff, and the first answer of STS makes
+    it ACTIVE again: nothing registers the job again."""
     session = await open_session(900, job_id="enc-42")
     expiry = sts.issued[0].expiration
     assert expiry is not None
@@ -283,13 +288,54 @@ async def test_hard_expiry_without_a_successful_refresh(
         await session.current()
     message = info.value.message
     assert "enc-42" in message and ROLE in message and error.message in message
-    with pytest.raises(CredentialsExpired):
+    assert "retry" in message
+    with pytest.raises(CredentialsExpired):  # STS was asked at this instant: not again
         await session.refresh_now("ExpiredToken")
-    calls = len(sts.calls)
+    assert sts.calls[-1].at == expiry
     await clock.advance(3600)
-    assert len(sts.calls) == calls, "an expired session must stop calling STS"
-    assert session.status().expired
-    assert clock.sleepers == 0
+    outage = [c for c in sts.calls if c.at > expiry]
+    assert len(outage) >= 60, "the refresher goes on asking while STS is down"
+    gaps = [
+        (b.at - a.at).total_seconds() for a, b in pairwise([sts.calls[-len(outage) - 1], *outage])
+    ]
+    assert max(gaps) <= 60
+    assert session.status().expired and session.status().refreshes == 0
+
+    sts.fail_always(None)
+    calls = len(sts.calls)
+    await run_until_calls(clock, sts, calls + 1)
+    assert session.state is SessionState.ACTIVE
+    assert await session.current() is sts.issued[-1]
+    status = session.status()
+    assert not status.expired and status.refreshes == 1 and status.last_refresh_error is None
+    assert clock.sleepers == 1, "the refresher sleeps until the next scheduled refresh"
+
+
+async def test_a_request_during_an_outage_asks_sts_itself_at_most_every_5_s(
+    open_session: Opener, sts: FakeSts, clock: FakeClock
+) -> None:
+    """Once STS answers again, a request that needs credentials gets them at
+    once, not after the refresher's backoff (up to 60 s)."""
+    session = await open_session(900)
+    expiry = sts.issued[0].expiration
+    assert expiry is not None
+    sts.fail_always(FakeSts.throttling())
+    await clock.advance_to(expiry + timedelta(seconds=600))  # backoff near its cap now
+    await run_until_calls(clock, sts, len(sts.calls) + 1)  # the refresher asks, STS fails
+    sts.fail_always(None)
+    last = sts.calls[-1].at
+    assert clock.now() == last
+    calls = len(sts.calls)
+    with pytest.raises(CredentialsExpired):  # STS was asked this instant: not again yet
+        await session.current()
+    assert len(sts.calls) == calls
+    wake = session.status().next_refresh_at
+    asked_at = last + timedelta(seconds=5)
+    assert wake is not None and wake > asked_at, "the refresher would not have asked by then"
+    await clock.advance_to(asked_at)
+    assert await session.current() is sts.issued[-1]
+    assert len(sts.calls) == calls + 1 and sts.calls[-1].at == asked_at
+    assert session.state is SessionState.ACTIVE
 
 
 async def test_access_denied_on_refresh_is_not_retried(
@@ -309,7 +355,9 @@ async def test_access_denied_on_refresh_is_not_retried(
     await clock.advance_to(old.expiration)
     with pytest.raises(CredentialsExpired, match="AccessDenied"):
         await session.current()
+    await clock.advance(3600)
     assert len(sts.calls) == 2
+    assert clock.sleepers == 0, "a refused session's refresher ends once nothing is left"
 
 
 async def test_first_assume_denied_raises_and_leaves_nothing_running(
@@ -517,6 +565,86 @@ async def test_close_stops_everything_and_waiting_callers_get_a_clear_error(
     assert observer.expiries[-1] == ("job-1", None)
     await session.close()
     assert clock.sleepers == 0
+
+
+async def test_close_with_a_reason_gives_its_code_to_every_caller(
+    open_session: Opener, sts: FakeSts, clock: FakeClock
+) -> None:
+    session = await open_session(3600)
+    await clock.advance(60)
+    sts.gate = asyncio.Event()
+    waiting = asyncio.create_task(session.refresh_now("ExpiredToken"))
+    await settle()
+    await session.close(code="ShuttingDown", reason="the daemon is shutting down")
+    for call in (waiting, session.current()):
+        with pytest.raises(SessionClosed, match="shutting down") as info:
+            await call
+        assert info.value.code == "ShuttingDown"
+
+
+# -- a session restored at start (docs/design.md, Restart and upgrade) -------------
+
+
+def restore(sts: FakeSts, clock: FakeClock, observer: RecordingObserver) -> RoleSession:
+    return RoleSession.restore(
+        sts,
+        job_id="job-r",
+        role_arn=ROLE_ARN,
+        external_id=TENANT,
+        duration=900,  # type: ignore[arg-type]
+        observer=observer,
+        clock=clock,
+        rng=random.Random(7),
+    )
+
+
+async def test_a_restored_session_assumes_the_role_in_the_background(
+    sts: FakeSts, clock: FakeClock, observer: RecordingObserver
+) -> None:
+    session = restore(sts, clock, observer)
+    assert session.state is SessionState.EXPIRED and not sts.calls
+    await settle()
+    assert len(sts.calls) == 1 and session.state is SessionState.ACTIVE
+    assert await session.current() is sts.issued[0]
+    status = session.status()
+    assert status.expires_at == sts.issued[0].expiration
+    assert status.refreshes == 0 and not observer.refreshes, "assumed again, not refreshed"
+    await session.close()
+    assert clock.sleepers == 0
+
+
+async def test_a_restored_session_sts_cannot_serve_is_retried_like_a_refresh(
+    sts: FakeSts, clock: FakeClock, observer: RecordingObserver
+) -> None:
+    sts.fail_always(FakeSts.server_error())
+    session = restore(sts, clock, observer)
+    await settle()
+    status = session.status()
+    assert status.expired and status.last_refresh_error is not None
+    assert "InternalFailure" in status.last_refresh_error
+    with pytest.raises(CredentialsExpired, match="since the daemon started"):
+        await session.current()
+    await run_until_calls(clock, sts, 5)
+    sts.fail_always(None)
+    await run_until_calls(clock, sts, 6)
+    assert await session.current() is sts.issued[0]
+    assert session.status().last_refresh_error is None
+    await session.close()
+    assert clock.sleepers == 0
+
+
+async def test_a_restored_session_the_role_refuses_is_not_retried(
+    sts: FakeSts, clock: FakeClock, observer: RecordingObserver
+) -> None:
+    sts.trusted_external_ids[ROLE] = "someone-else"
+    session = restore(sts, clock, observer)
+    await settle()
+    assert "AccessDenied" in (session.status().last_refresh_error or "")
+    assert clock.sleepers == 0 and len(sts.calls) == 1
+    with pytest.raises(CredentialsExpired, match="not asked again"):
+        await session.current()
+    assert len(sts.calls) == 1
+    await session.close()
 
 
 async def test_no_secret_in_status_logs_or_errors(

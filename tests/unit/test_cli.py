@@ -38,7 +38,7 @@ from s3feed.daemon.cli.exits import (
         (400, "InvalidRequest", 7),
         (404, "NotFound", 7),
         (500, "InternalError", 7),
-        (502, "ShortRead", 7),
+        (502, "ShortRead", 5),  # cut short: the daemon stopped or crashed; a retry gets it whole
         (409, "Cancelled", 7),
     ],
 )
@@ -115,3 +115,47 @@ def test_usage_errors_raise_not_exit(capsys: pytest.CaptureFixture[str]) -> None
     assert e.value.exit_code == 1
     assert main(["job", "show"]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("codes", "worst"),
+    [([], 0), ([5], 5), ([5, 5], 5), ([5, 3], 3), ([4, 5, 3], 4), ([6, 7, 5], 7), ([1, 5], 1)],
+)
+def test_a_batch_exits_with_its_worst_failure_retry_only_when_all_are(
+    codes: list[int], worst: int
+) -> None:
+    from s3feed.daemon.cli.commands import _worst
+
+    assert _worst(codes) == worst
+
+
+def test_messages_name_the_cli_command_not_the_route() -> None:
+    from s3feed.daemon.cli.exits import for_cli
+
+    said = "no job 'x' for this caller; list them with GET /v1/jobs"
+    assert (
+        for_cli("NoSuchJob", said) == "no job 'x' for this caller; list them with `s3feed job list`"
+    )
+    assert for_cli("NoSuchKey", said) == said  # by code only
+
+
+def test_iam_policy_prints_the_role_policy(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from s3feed.auth import Outputs, role_policy
+    from s3feed.transfer import S3Config, parse_uri_path
+
+    src = "https://acme-sources.s3.eu-west-1.amazonaws.com/masters/"
+    dst = "https://acme-out.s3.us-east-1.amazonaws.com/job-1/"
+    key = "arn:aws:kms:us-east-1:272758771130:key/abcd"
+    argv = ["iam-policy", "--source", src, "--destination", dst, "--kms-key", key]
+    assert main(argv) == 0
+    expected = role_policy(
+        parse_uri_path(src, S3Config()),
+        outputs=Outputs(parse_uri_path(dst, S3Config()), kms=True),
+        kms_keys=(key,),
+    )
+    assert json.loads(capsys.readouterr().out) == expected
+    assert main(["iam-policy", "--source", src, "--kms-key", "alias/x"]) == 1
+    assert "not a KMS key ARN" in capsys.readouterr().err
+    assert main(["iam-policy"]) == 1

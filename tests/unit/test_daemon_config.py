@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.daemon.config import ConfigError, config_keys, load_config, parse_size
+from s3feed.daemon.config import ApiConfig, ConfigError, config_keys, load_config, parse_size
 from s3feed.transfer.config import GiB, MiB
 
 EXAMPLE = Path(__file__).parents[2] / "systemd" / "s3feed.toml.example"
@@ -133,3 +133,14 @@ def test_the_largest_cache_range_follows_the_part_size_unless_set(tmp_path: Path
     assert load_config(path).transfer.max_range == 4 * 64 * MiB  # not refused as < part
     path.write_text("[transfer]\nmax_range = '16MiB'\n")
     assert load_config(path).transfer.max_range == 16 * MiB
+
+
+def test_state_dir_absent_is_systemds_empty_is_none_relative_is_refused() -> None:
+    """docs/design.md, Configuration: `[api] state_dir`."""
+    env = {"STATE_DIRECTORY": "/var/lib/s3feed:/var/lib/other"}
+    assert ApiConfig().state_path(env) == Path("/var/lib/s3feed")
+    assert ApiConfig().state_path({}) is None
+    assert ApiConfig(state_dir="").state_path(env) is None
+    assert ApiConfig(state_dir="/srv/s3feed").state_path(env) == Path("/srv/s3feed")
+    with pytest.raises(ValueError, match="absolute"):
+        ApiConfig(state_dir="state")
