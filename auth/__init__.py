@@ -21,6 +21,7 @@ from s3feed.auth.policy import (
 from s3feed.auth.redact import install_secret_redaction
 from s3feed.auth.session import RoleSession
 from s3feed.auth.sts import AioStsClient, CallerIdentity, StsClient
+from s3feed.auth.stserrors import OWN_CREDENTIALS_CODES
 from s3feed.auth.validate import (
     RoleArn,
     SessionDuration,
@@ -32,6 +33,7 @@ from s3feed.auth.validate import (
 )
 
 __all__ = [
+    "OWN_CREDENTIALS_CODES",
     "AioStsClient",
     "AuthError",
     "CallerIdentity",

@@ -44,6 +44,11 @@ _OWN_CREDENTIALS_REFUSED = {
     "IncompleteSignature",
     "MissingAuthenticationToken",
 }
+# The codes by which STS (or botocore) says the daemon's own credentials are
+# missing, refused or expired: no job's role is to blame (daemon/identity.py).
+OWN_CREDENTIALS_CODES = frozenset(
+    _OWN_CREDENTIALS_REFUSED | _OWN_CREDENTIALS_EXPIRED | {"NoCredentials"}
+)
 
 
 def denied(role_arn: str, external_id: str, principal: str | None, detail: str) -> AssumeRoleDenied:

@@ -33,6 +33,7 @@ from s3feed.client.documents import (
     ObjectInfo,
     ObjectPage,
     Policy,
+    Problem,
     Transfer,
     Upload,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "ObjectPage",
     "ObjectReader",
     "Policy",
+    "Problem",
     "S3feedError",
     "Transfer",
     "Upload",

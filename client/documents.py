@@ -138,8 +138,14 @@ class Delivery(TypedDict):
     ContentRange: NotRequired[str]
 
 
+class Problem(TypedDict):
+    Code: str
+    Message: str
+
+
 class Health(TypedDict):
-    Status: Literal["ok"]
+    Status: Literal["ok", "degraded"]
+    Problems: list[Problem]
     Principal: str | None
     Jobs: int
     Transfers: int

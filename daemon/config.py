@@ -64,6 +64,8 @@ class ApiConfig:
     # The loopback HTTP listener of URLs for encoders (docs/design.md, URLs for
     # encoders): "HOST:PORT" on 127.0.0.0/8 or [::1]; "" (the default) = off.
     http_listen: str = ""
+    # One "event": "request" log record per API request (docs/design.md, Logs).
+    access_log: bool = True
 
     def state_path(self, environ: Mapping[str, str]) -> Path | None:
         """The state directory: `state_dir`, or when absent the first of
@@ -195,6 +197,12 @@ def _int(value: object) -> int:
     return value
 
 
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} must be true or false")
+    return value
+
+
 def _path(value: object) -> Path:
     return Path(_str(value))
 
@@ -213,6 +221,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
             "header_timeout": _seconds,
             "state_dir": _str,
             "http_listen": _str,
+            "access_log": _bool,
         },
     ),
     "metrics": (MetricsConfig, {"listen": _str}),

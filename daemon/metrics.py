@@ -4,7 +4,8 @@
 and transfer/ (TransferObserver); those packages never import
 prometheus_client. The dashboards and alert rules in grafana/ use only the
 names defined here. No per-job labels: `tenant`, `mode`, `op`, `reason`,
-`outcome` and `code` are the only label dimensions. Label values that can
+`outcome`, `code`, `limit` and `route` (a route template) are the only label
+dimensions. Label values that can
 be known in advance are exported at 0 from the start, so rate() and absent()
 behave from the first scrape.
 """
@@ -44,6 +45,9 @@ S3_OPS = (
 # Time to first byte and request latency on loopback are milliseconds; on
 # AWS tens of milliseconds to seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# The event loop's lag: under a millisecond when idle; the watchdog kills
+# the daemon at 20 s (docs/design.md, Configuration: under systemd).
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
 
@@ -206,6 +210,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.api_requests = Counter(
+            "s3feed_api_requests",
+            "API requests answered on both listeners, by route template and status code;"
+            " route 'connection' counts connections the guard refused before a request.",
+            ["route", "code"],
+            registry=r,
+        )
+        self.event_loop_lag = Histogram(
+            "s3feed_event_loop_lag_seconds",
+            "How late the event loop ran a timer: time every request, transfer and"
+            " watchdog ping waited behind other work.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
         self._export_zeroes()
 
     def _export_zeroes(self) -> None:
@@ -274,6 +292,16 @@ class Metrics:
 
     def stream_buffered(self, delta: int) -> None:
         self.stream_buffered_bytes.inc(delta)
+
+    def api_request(self, route: str, status: int) -> None:
+        """One answer; `route` is a route template (bounded), never the raw path."""
+        self.api_requests.labels(route, str(status)).inc()
+
+    def connection_refused(self, status: int) -> None:
+        self.api_requests.labels("connection", str(status)).inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        self.event_loop_lag.observe(seconds)
 
     def limit_refused(self, key: str) -> None:
         self.limit_refusals.labels(key).inc()

@@ -3,12 +3,13 @@
 Design note. Everything runs on one event loop (uvloop). The daemon owns, in
 order of construction: the STS client, the shared S3 clients, the engine
 (global concurrency), the cache, the job registry, the identity, and two
-aiohttp runners (the API on the Unix socket, /metrics on TCP). A background
-task reaps idle jobs. With a state directory, the jobs a previous run saved
-are live again before the API answers (daemon/jobs/state.py). SIGTERM: stop
-accepting, give running fetches and streams `drain_grace` seconds, then end
-what is left with ShuttingDown, close everything in reverse order (the saved
-jobs stay saved), remove the socket file if we created it, exit 0. SIGHUP
+aiohttp runners (the API on the Unix socket, /metrics on TCP). Background
+tasks reap idle jobs and measure the loop's lag (daemon/looplag.py). With a
+state directory, the jobs a previous run saved are live again before the API
+answers (daemon/jobs/state.py). SIGTERM: stop accepting, give running fetches
+and streams `drain_grace` seconds, then end what is left with ShuttingDown,
+close everything in reverse order (the saved jobs stay saved), remove the
+socket file if we created it, exit 0. SIGHUP
 re-reads the configuration and applies what can change safely (the job idle
 TTL and drain grace); everything else is logged as needing a restart.
 """
@@ -38,18 +39,21 @@ from s3feed.auth import AioStsClient, StsClient
 from s3feed.daemon import allocator, systemd
 from s3feed.daemon.api import (
     KEEPALIVE_TIMEOUT,
-    Answered,
     Api,
     Controllers,
     GuardedServer,
     OutputsConfig,
+    RequestRecorder,
     UidLimits,
     UploadJournal,
     abort_leftovers,
+    access_log_class,
+    quiet_malformed_requests,
 )
 from s3feed.daemon.config import Config, ConfigError, load_config, loopback_host_port
-from s3feed.daemon.identity import DaemonIdentity
+from s3feed.daemon.identity import DaemonIdentity, OwnCredentials
 from s3feed.daemon.jobs import JobRegistry, JobState
+from s3feed.daemon.looplag import LoopLag
 from s3feed.daemon.metrics import Metrics
 from s3feed.transfer import Engine, ObjectServer
 from s3feed.transfer.cache import AclUnsupported, Cache
@@ -132,19 +136,19 @@ class Daemon:
             controllers = Controllers(config.api.controller_groups)
         except ValueError as exc:
             raise ConfigError(f"[api] controller_groups: {exc}") from None
+        self.identity = DaemonIdentity(self.sts)
         state_dir = config.api.state_path(os.environ)
         self.registry = JobRegistry(
             state=JobState(state_dir / "jobs" if state_dir else None),
             sts=self.sts,
             s3_clients=self.s3_clients,
             server=self.server,
-            credential_observer=self.metrics,
+            credential_observer=OwnCredentials(self.metrics, self.identity),
             transfer_observer=self.metrics,
             make_store=make_store,
             make_uploader=make_uploader,
             jobs_changed=self.metrics.jobs_active.set,
         )
-        self.identity = DaemonIdentity(self.sts)
         self.upload_journal = UploadJournal(state_dir / "uploads.json" if state_dir else None)
         self._make_uploader = make_uploader
         self.limits = UidLimits(config.limits, refused=self.metrics.limit_refused)
@@ -178,6 +182,7 @@ class Daemon:
         self._created_socket: Path | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._trimmer: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.socket_path: Path | None = None
 
@@ -201,7 +206,8 @@ class Daemon:
         await self.cache.start()
         # Before the API answers: a saved job is never NoSuchJob to its encoder.
         await self.registry.restore(await self.registry.state.load(self.config.s3))
-        api_runner = await self._api_runner(self.api.app())
+        quiet_malformed_requests()
+        api_runner = await self._api_runner(self.api.app(), "socket")
         if listen_socket is None:
             listen_socket = bind_unix_socket(self.config.api.socket, self.config.api.socket_mode)
             self._created_socket = self.config.api.socket
@@ -226,12 +232,14 @@ class Daemon:
             listen_socket,
             limits=self.limits,
             header_timeout=self.config.api.header_timeout,
+            refused=self.metrics.connection_refused,
         )
         await self._api_server.start()
         if self.config.api.http_listen:
             await self._start_urls(self.config.api.http_listen)
         self._reaper = asyncio.create_task(self._reap_idle(), name="reaper")
         self._trimmer = asyncio.create_task(_give_back_memory(), name="trimmer")
+        self._lag = asyncio.create_task(LoopLag(self.metrics.loop_lag).run(), name="loop lag")
         if self.upload_journal.entries:
             self._recovery = asyncio.create_task(self._abort_leftovers(), name="upload recovery")
         asyncio.create_task(self.identity.try_learn(), name="identity")  # noqa: RUF006
@@ -244,13 +252,16 @@ class Daemon:
             },
         )
 
-    async def _api_runner(self, app: web.Application) -> web.AppRunner:
-        """A runner for an API listener (the socket's or the URLs'), set up."""
+    async def _api_runner(self, app: web.Application, listener: str) -> web.AppRunner:
+        """A runner for an API listener ("socket" or "url"), set up."""
+        recorder = RequestRecorder(listener, self.config.api.access_log, self.metrics.api_request)
         runner = web.AppRunner(
             app,
             handle_signals=False,
-            access_log=ACCESS_LOG,  # Answered counts answers; it writes no record
-            access_log_class=Answered,
+            # Counts answers for the guard and the metric; logs them with
+            # [api] access_log (daemon/api/accesslog.py).
+            access_log=ACCESS_LOG,
+            access_log_class=access_log_class(recorder),
             # Handlers still running after our own drain are streams whose job
             # was just closed: they end at once, so a short shutdown timeout.
             shutdown_timeout=5.0,
@@ -276,9 +287,13 @@ class Daemon:
                 f"[api] http_listen: cannot listen on {listen}: {exc.strerror}"
             ) from None
         sock.setblocking(False)
-        runner = await self._api_runner(self.api.url_app())
+        runner = await self._api_runner(self.api.url_app(), "url")
         self._url_server = GuardedServer(
-            runner, sock, limits=self.limits, header_timeout=self.config.api.header_timeout
+            runner,
+            sock,
+            limits=self.limits,
+            header_timeout=self.config.api.header_timeout,
+            refused=self.metrics.connection_refused,
         )
         await self._url_server.start()
         bound_host, bound_port = sock.getsockname()[:2]
@@ -348,7 +363,7 @@ class Daemon:
             self._recovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._recovery
-        for task in (self._reaper, self._trimmer):
+        for task in (self._reaper, self._trimmer, self._lag):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

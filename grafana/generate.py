@@ -724,6 +724,71 @@ ROWS = [
         ),
     ),
     row(
+        "API and event loop",
+        timeseries(
+            title="Event loop lag by host",
+            description=(
+                "How late the daemon's one event loop ran a timer (observed every 0.5 s), p99 "
+                "and median. Every request, transfer and watchdog ping "
+                "waits this long; above 1 s (red) clients see stalls, and at 20 s systemd's "
+                "watchdog restarts the daemon. Alert S3feedEventLoopLag."
+            ),
+            w=8,
+            h=8,
+            unit="s",
+            steps=[("green", None), ("orange", 0.25), ("red", 1)],
+            thresholds_style="line",
+            targets=[
+                Target(
+                    "p99 {{instance}}",
+                    "histogram_quantile(0.99, sum by (instance, le) "
+                    "(rate(s3feed_event_loop_lag_seconds_bucket{$SEL}[$__rate_interval])))",
+                ),
+                Target(
+                    "median {{instance}}",
+                    "histogram_quantile(0.5, sum by (instance, le) "
+                    "(rate(s3feed_event_loop_lag_seconds_bucket{$SEL}[$__rate_interval])))",
+                ),
+            ],
+        ),
+        timeseries(
+            title="API requests by route",
+            description=(
+                "Requests answered per second on both listeners (the socket and the URL "
+                "listener), by route template; 'malformed' are requests the HTTP parser refused, "
+                "'unmatched' paths no route serves, 'connection' connections the guard refused."
+            ),
+            w=8,
+            h=8,
+            unit="reqps",
+            targets=[
+                Target(
+                    "{{route}}",
+                    "sum by (route) (rate(s3feed_api_requests_total{$SEL}[$__rate_interval]))",
+                )
+            ],
+        ),
+        timeseries(
+            title="API refusals and errors by code",
+            description=(
+                "Answers with a 4xx or 5xx status per second, by code: 429 LimitExceeded, 403 "
+                "Forbidden/AccessDenied, 404 NoSuchJob/NoSuchKey, 507 InsufficientStorage, 503 "
+                "StsUnavailable/S3Unavailable/CredentialsExpired. The log's request records "
+                '("event": "request") name the path and uid.'
+            ),
+            w=8,
+            h=8,
+            unit="reqps",
+            targets=[
+                Target(
+                    "{{code}}",
+                    'sum by (code) (rate(s3feed_api_requests_total{$SEL, code=~"[45].."}'
+                    "[$__rate_interval]))",
+                )
+            ],
+        ),
+    ),
+    row(
         "Credentials",
         timeseries(
             title="Time to earliest credential expiry by host",

@@ -184,8 +184,15 @@ class HandedTransport(asyncio.Transport):
 class ConnectionGuard(asyncio.Protocol):
     """One connection's slot and head timer, in front of `inner` (aiohttp's handler)."""
 
-    def __init__(self, inner: asyncio.Protocol, limits: UidLimits, header_timeout: float) -> None:
+    def __init__(
+        self,
+        inner: asyncio.Protocol,
+        limits: UidLimits,
+        header_timeout: float,
+        refused: Callable[[int], None] = lambda status: None,
+    ) -> None:
         self._inner = inner
+        self._refused_hook = refused  # counts the answers given without aiohttp
         self._limits = limits
         self._header_timeout = header_timeout
         self._loop = asyncio.get_running_loop()
@@ -239,6 +246,7 @@ class ConnectionGuard(asyncio.Protocol):
         self._refused = True
         self._framing = None
         self._transport.write(_refusal(exc))
+        self._refused_hook(STATUS_BY_CODE[exc.code])
         self._timer = self._loop.call_later(REFUSED_LINGER, self._transport.close)
 
     def data_received(self, data: bytes) -> None:
@@ -394,7 +402,9 @@ class GuardedServer:
         limits: UidLimits,
         header_timeout: float,
         backlog: int = 1024,
+        refused: Callable[[int], None] = lambda status: None,
     ) -> None:
+        self._refused = refused  # (status): a connection answered and closed by its guard
         self._runner = runner
         self._sock = sock
         self._limits = limits
@@ -408,7 +418,7 @@ class GuardedServer:
             raise RuntimeError("GuardedServer needs a runner that was set up")
 
         def guard() -> ConnectionGuard:
-            return ConnectionGuard(handlers(), self._limits, self._header_timeout)
+            return ConnectionGuard(handlers(), self._limits, self._header_timeout, self._refused)
 
         self._server = await asyncio.get_running_loop().create_server(
             guard, sock=self._sock, backlog=self._backlog

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import array
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import re
 import socket
-import stat
 
 import orjson
 from aiohttp import web
 
+from s3feed.daemon.api.descriptors import FdWriter, ready
 from s3feed.daemon.errors import (
     STATUS_BY_CODE,
     ApiError,
@@ -103,8 +101,10 @@ def _object_response(
 
 
 async def stream_object(
-    request: web.Request, job: Job, key: str, server: ObjectServer
+    request: web.Request, job: Job, key: str, server: ObjectServer, *, kind: str = "stream"
 ) -> web.StreamResponse:
+    """`kind`: the log's name for it, "stream" on the socket, "url" on the
+    loopback listener (docs/design.md, Logs)."""
     delivery = await server.open(
         job.store,
         job.location.key_for(key),
@@ -114,7 +114,8 @@ async def stream_object(
     resp = _object_response(delivery.meta, delivery.first, delivery.last, partial=delivery.partial)
     resp.headers["X-S3feed-Source"] = delivery.source
 
-    record = job.new_record("stream", key, delivery.progress)
+    record = job.new_record("stream", key, delivery.progress, kind=kind)
+    record.source = delivery.source
     record.move(TransferState.RUNNING)
     job.stream_opened()
     try:
@@ -140,7 +141,6 @@ async def stream_object(
             record.fail(exc)
         if not resp.prepared:
             raise
-        _log_failure("stream aborted after headers", job, key, describe(exc)[1], record)
         if request.transport is not None:
             request.transport.abort()
         return resp
@@ -170,20 +170,6 @@ def _done(delivery: Delivery, record: TransferRecord) -> None:
     _settle(record, TransferState.DONE)
 
 
-def _log_failure(what: str, job: Job, key: str, code: str, record: TransferRecord) -> None:
-    log.warning(
-        what,
-        extra={
-            "job_id": job.job_id,
-            "tenant": job.tenant,
-            "key": key,
-            "code": code,
-            "request_id": record.error_ids.get("RequestId"),
-            "host_id": record.error_ids.get("HostId"),
-        },
-    )
-
-
 def _settle(
     record: TransferRecord, state: TransferState, error: tuple[str, str] | None = None
 ) -> None:
@@ -198,26 +184,6 @@ def _settle(
 # --- Delivery into the caller's own descriptor (docs/design.md, Socket API: deliveries) ---
 
 FD_WAIT = "HTTP/1.1 100 Continue\r\n\r\n"
-PIPE_SIZE = 1024 * 1024  # the encoder wakes once per MiB, not per 64 KiB
-
-
-def check_output_fd(fd: int) -> None:
-    """A regular file, or a pipe/FIFO/socket, open for writing; else ApiError 400.
-
-    The fd is the caller's own (it came over its connection), so the daemon
-    writes only where the caller already could (docs/design.md, Socket API: deliveries)."""
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-        kind = (
-            "a directory" if stat.S_ISDIR(mode) else "neither a regular file, a pipe nor a socket"
-        )
-        raise ApiError(
-            "InvalidRequest",
-            f"the passed descriptor is {kind}; pass a file, pipe or socket open for writing",
-        )
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    if flags & getattr(os, "O_PATH", 0) or (flags & os.O_ACCMODE) not in (os.O_WRONLY, os.O_RDWR):
-        raise ApiError("InvalidRequest", "the passed descriptor is not open for writing")
 
 
 async def receive_fd(request: web.Request, timeout: float) -> int:
@@ -243,7 +209,7 @@ async def receive_fd(request: web.Request, timeout: float) -> int:
                     data, ancdata, flags, _ = sock.recvmsg(1, socket.CMSG_SPACE(4 * SCM_MAX_FDS))
                     break
                 except BlockingIOError:
-                    await _ready(loop, sock.fileno(), reading=True)
+                    await ready(loop, sock.fileno(), reading=True)
         fds: list[int] = []
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -269,65 +235,6 @@ async def receive_fd(request: web.Request, timeout: float) -> int:
 SCM_MAX_FDS = 4  # room to see (and refuse) a few extra fds
 
 
-async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, reading: bool) -> None:
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    (loop.add_reader if reading else loop.add_writer)(fd, wake)
-    try:
-        await fut
-    finally:
-        (loop.remove_reader if reading else loop.remove_writer)(fd)
-
-
-class FdWriter:
-    """Writes chunks into a descriptor without blocking the loop: O_NONBLOCK
-    on the descriptor (its open file description; the original flags are put
-    back at the end), write(2) until EAGAIN, then wait for writability. EPIPE
-    (the reader closed its end) raises OutputClosed."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.written = 0
-        self._loop = asyncio.get_running_loop()
-        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        self._pollable = not stat.S_ISREG(os.fstat(fd).st_mode)
-        if self._pollable:
-            fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_NONBLOCK)
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                with contextlib.suppress(OSError):
-                    if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
-                        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-
-    async def write(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
-                await _ready(self._loop, self.fd, reading=False)
-                continue
-            except BrokenPipeError:
-                raise OutputClosed(
-                    f"the output's reader closed it after {self.written} bytes"
-                ) from None
-            except ConnectionResetError:
-                raise OutputClosed(
-                    f"the output's peer reset it after {self.written} bytes"
-                ) from None
-            view = view[n:]
-            self.written += n
-
-    def close(self) -> None:
-        if self._pollable:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
-        os.close(self.fd)
-
-
 async def deliver_object(
     request: web.Request, job: Job, key: str, server: ObjectServer, fd_timeout: float
 ) -> web.Response:
@@ -342,18 +249,14 @@ async def deliver_object(
         fd = await receive_fd(request, fd_timeout)
     except ApiError as exc:
         return _answer(error_body(exc.code, exc.message), STATUS_BY_CODE[exc.code])
-    writer: FdWriter | None = None
+    writer = FdWriter(fd)  # owns the descriptor from here on
     try:
-        check_output_fd(fd)
-        writer = FdWriter(fd)
+        await writer.check()
         return await _deliver(request, job, key, server, writer)
     except ApiError as exc:
         return _answer(error_body(exc.code, exc.message, Delivered=0), STATUS_BY_CODE[exc.code])
     finally:
-        if writer is not None:
-            writer.close()  # the pipe's reader sees EOF (or a short file) now
-        else:
-            os.close(fd)
+        writer.close()  # the pipe's reader sees EOF (or a short file) now
 
 
 async def _deliver(
@@ -381,7 +284,8 @@ async def _deliver(
     }
     if delivery.partial:
         doc["ContentRange"] = f"bytes {delivery.first}-{delivery.last}/{meta.size}"
-    record = job.new_record("stream", key, delivery.progress)
+    record = job.new_record("stream", key, delivery.progress, kind="delivery")
+    record.source = delivery.source
     record.move(TransferState.RUNNING)
     job.stream_opened()
     try:
@@ -409,7 +313,6 @@ async def _deliver(
             status, code, message, headers = describe(exc)
             if record.state is TransferState.RUNNING:
                 record.fail(exc)
-            _log_failure("delivery failed", job, key, code, record)
             body = error_body(code, message, record.error_ids, Delivered=writer.written)
             return _answer(body, status, headers)
     finally:

@@ -227,6 +227,7 @@ async def put_output(
         )
     full_key = dest.request.location.key_for(key)
     record = job.new_record("upload", key)
+    record.source = "s3"  # the far end of an upload (docs/design.md, Logs)
     record.progress.size = request.content_length
     record.progress.started = time.monotonic()
     record.progress.moving.set()
@@ -275,16 +276,7 @@ async def put_output(
         record.move(TransferState.CANCELLED)
         raise
     except Exception as exc:
-        record.fail(exc)
-        log.warning(
-            "upload failed",
-            extra={
-                "job_id": job.job_id,
-                "tenant": job.tenant,
-                "key": key,
-                "code": record.error[0] if record.error else None,
-            },
-        )
+        record.fail(exc)  # its log record says why (daemon/jobs/records.py)
         raise
     else:
         outcome = "success"

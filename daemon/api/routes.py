@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from s3feed.auth import validate_tenant_name
+from s3feed.daemon.api.accesslog import remember_caller
 from s3feed.daemon.api.connections import caller
 from s3feed.daemon.api.limits import UidLimits
 from s3feed.daemon.api.objects import deliver_object, head_object, stream_object
@@ -43,6 +44,10 @@ from s3feed.transfer.upload import UploadConfig, UploadMemory
 log = logging.getLogger("s3feed.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# What an object read on this listener is in the log: "stream" on the socket,
+# "url" on the loopback listener (docs/design.md, Logs).
+READS = web.AppKey("reads", str)
 
 
 def json_response(
@@ -135,7 +140,8 @@ class Api:
         self.summary = summary
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors], client_max_size=self.max_body)
+        app = web.Application(middlewares=[remember_caller, _errors], client_max_size=self.max_body)
+        app[READS] = "stream"
         r = app.router
         r.add_post("/v1/jobs", self.create_job)
         r.add_get("/v1/jobs", self.list_jobs)
@@ -160,7 +166,10 @@ class Api:
         """The loopback listener's routes (docs/design.md, URLs for encoders): an
         object's bytes and an output's upload, nothing else; every other path or
         method is 404 NotFound."""
-        app = web.Application(middlewares=[_errors, _only_routes], client_max_size=self.max_body)
+        app = web.Application(
+            middlewares=[remember_caller, _errors, _only_routes], client_max_size=self.max_body
+        )
+        app[READS] = "url"
         r = app.router
         r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object, allow_head=False)
         r.add_head("/v1/jobs/{JobId}/objects/{Key:.+}", self.head_object)
@@ -250,7 +259,9 @@ class Api:
         uid = peer_uid(request)
         job = self.registry.get(uid, request.match_info["JobId"])
         with self.limits.stream(uid):
-            return await stream_object(request, job, request.match_info["Key"], self.server)
+            return await stream_object(
+                request, job, request.match_info["Key"], self.server, kind=request.app[READS]
+            )
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
         """HEAD: a GET's status and headers, after the same access check; no bytes move."""
@@ -278,8 +289,12 @@ class Api:
             raise ApiError("InvalidRequest", "field 'Key' must be a string")
         # Errors known before any byte moves are answered at once
         # (docs/design.md, Socket API): the access check is one of them.
-        auth = await self.server.authorise(job.store, job.location.key_for(key))
-        record = job.start_fetch(key, auth)
+        try:
+            auth = await self.server.authorise(job.store, job.location.key_for(key))
+        except Exception:
+            job.check_live()  # the job's end closed its session under the HEAD: Cancelled
+            raise
+        record = job.start_fetch(key, auth)  # Cancelled once the job's close began
         if request.query.get("wait", "").lower() not in ("true", "1"):
             # Errors known before any byte moves (no room in the cache...) are
             # answered now; later ones are the fetch document's.
@@ -336,8 +351,33 @@ class Api:
         if known is None:
             await self.identity.try_learn()
             known = self.identity.known
+        # Degraded, not down (still 200): the daemon serves what it can, and a
+        # restart would not mend its credentials (docs/design.md, Socket API).
+        problems = []
+        if known is None:
+            problems.append(
+                {
+                    "Code": "StsUnavailable",
+                    "Message": self.identity.problem
+                    or "the daemon has not learned its own AWS identity yet",
+                }
+            )
+        elif self.identity.refused is not None:
+            problems.append(
+                {
+                    "Code": "StsUnavailable",
+                    "Message": f"STS refused the daemon's own AWS credentials in the last "
+                    f"AssumeRole ({self.identity.refused}); check the service's credentials "
+                    "(instance profile, environment)",
+                }
+            )
         return json_response(
-            {"Status": "ok", "Principal": known.arn if known else None, **self.summary()}
+            {
+                "Status": "degraded" if problems else "ok",
+                "Problems": problems,
+                "Principal": known.arn if known else None,
+                **self.summary(),
+            }
         )
 
 

@@ -471,14 +471,20 @@ def cmd_put(args: argparse.Namespace, client: Client) -> int:
 
 
 def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    """Exit 0 when the daemon is ok; degraded (its own credentials broken) is
+    the exit of StsUnavailable, 5 (docs/design.md, CLI)."""
     health = client.health()
+    ok = health.get("Status") == "ok"
     if args.json:
         _print_json(health)
-        return EXIT_OK
-    print(f"principal: {health.get('Principal')}")
+        return EXIT_OK if ok else EXIT_RETRY
+    print(f"status: {health.get('Status')}")
+    for problem in health.get("Problems", []):
+        print(f"  {problem.get('Code')}: {problem.get('Message')}")
+    print(f"principal: {health.get('Principal') or 'unknown'}")
     print(f"jobs: {health['Jobs']}  transfers: {health['Transfers']}")
     print(f"cache: {_human(health['CacheSizeBytes'])} of {_human(health['CacheCapacityBytes'])}")
-    return EXIT_OK
+    return EXIT_OK if ok else EXIT_RETRY
 
 
 def cmd_url(args: argparse.Namespace, client: Client) -> int:

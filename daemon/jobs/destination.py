@@ -95,6 +95,30 @@ def parse_destination(
     return DestinationRequest(location, role, duration, _encryption(value))
 
 
+def check_apart(source: S3Location, destination: S3Location) -> None:
+    """InvalidRequest when one folder contains the other in the same bucket
+    (docs/design.md, Outputs): the job's outputs could overwrite its sources,
+    or its sources be read back from its outputs."""
+    if (source.partition, source.bucket) != (destination.partition, destination.bucket):
+        return
+    src, dst = source.prefix, destination.prefix
+    if not (src.startswith(dst) or dst.startswith(src)):
+        return
+    where = f"s3://{source.bucket}/"
+    if src == dst:
+        how = f"is the Source folder ({where}{src})"
+    elif src.startswith(dst):
+        how = f"({where}{dst}) contains the Source folder ({where}{src})"
+    else:
+        how = f"({where}{dst}) is inside the Source folder ({where}{src})"
+    raise ApiError(
+        "InvalidRequest",
+        f"Destination.UriPath {destination.uri} {how}, given as Source.UriPath "
+        f"{source.uri}: outputs could overwrite the job's sources; give the Destination a "
+        "folder beside the Source's, e.g. renditions/ next to masters/",
+    )
+
+
 def _encryption(value: Mapping[str, Any]) -> Encryption:
     algorithm = value.get("ServerSideEncryption")
     key_id = value.get("SSEKMSKeyId")

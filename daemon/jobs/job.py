@@ -6,7 +6,17 @@ transfer records of its fetches and streams, and the tasks that run its
 fetches. `JobRegistry` (daemon/jobs/registry.py) owns the jobs. Deleting a job (DELETE, idle reaping,
 shutdown) cancels the job's fetch tasks, closes its session (the refresher
 stops, the credentials are dropped), closes its store and unpins its cache
-entries; a failing fetch only fails its own record. Streams run in the API
+entries; a failing fetch only fails its own record.
+
+A job's close and the requests that found it are ordered (docs/design.md,
+Roles and isolation: a job's end): `close` leaves `JobState.LIVE` before its
+first await, so a request that looked the job up before the DELETE and
+resumes after it (a fetch whose HEAD was in flight) can start nothing:
+`start_fetch` raises Cancelled. Then close cancels the fetch tasks and waits
+until every one has settled; only then does it take back the job's pins and
+grants, so no fetch can pin or grant after it. A fetch task cancelled before
+its first step still ends its record `cancelled`, so every `?wait=true`
+waiter is answered. Streams run in the API
 handler's task, not the job's: the job counts them (so an idle job with an
 open stream is not reaped) and a stream finds its job closed the next time
 it asks for credentials.
@@ -22,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import functools
 import itertools
 import logging
 import uuid
@@ -58,6 +70,21 @@ class JobDestination:
     own_session: bool
 
 
+class JobState(enum.Enum):
+    LIVE = "live"
+    CLOSING = "closing"  # close() runs: nothing new starts
+    CLOSED = "closed"
+
+
+_NEXT_STATES = {
+    JobState.LIVE: {JobState.CLOSING},
+    JobState.CLOSING: {JobState.CLOSED},
+    JobState.CLOSED: set(),
+}
+
+# A record whose fetch the job's end stopped (before or while it ran).
+
+
 def _rfc3339(t: datetime | None) -> str | None:
     if t is None:
         return None
@@ -82,6 +109,7 @@ class Job:
         created_at: datetime | None = None,  # a restored job's first registration
     ) -> None:
         self.job_id = job_id
+        self.state = JobState.LIVE
         self.destination = destination
         self._uploads: set[asyncio.Task[Any]] = set()
         self.tenant = tenant
@@ -112,6 +140,21 @@ class Job:
 
     def may_use(self, uid: int) -> bool:
         return uid == 0 or uid == self.uid or uid in self.encoder_uids
+
+    def _move(self, state: JobState) -> None:
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(f"job {self.job_id}: {self.state} -> {state}")
+        self.state = state
+
+    def check_live(self) -> None:
+        """Cancelled once the job's close began: a request that found the job
+        before its end and resumed after it starts nothing more."""
+        if self.state is not JobState.LIVE:
+            raise ApiError(
+                "Cancelled",
+                f"job {self.job_id!r} ended (deleted, reaped or the daemon stopping) "
+                "while this request ran",
+            )
 
     def touch(self) -> None:
         self.last_used = self._monotonic()
@@ -149,13 +192,35 @@ class Job:
         self.touch()
         self._on_activity()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, record: TransferRecord, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        if not record.finished.is_set():  # cancelled before its first step
+            self._end(record)
         self._on_activity()
 
-    def new_record(self, mode: str, key: str, progress: Progress | None = None) -> TransferRecord:
+    def _end(self, record: TransferRecord) -> None:
+        """A fetch cut short by the job's end: Cancelled when the job was
+        deleted, ShuttingDown (failed) after the drain grace."""
+        record.error = self._ending
+        record.move(
+            TransferState.CANCELLED if self._ending[0] == "Cancelled" else TransferState.FAILED
+        )
+
+    def new_record(
+        self, mode: str, key: str, progress: Progress | None = None, *, kind: str = ""
+    ) -> TransferRecord:
+        """`kind` names it in the log (docs/design.md, Logs); "" = by `mode`."""
         self._forget_old_records()
-        record = TransferRecord(f"{mode[0]}{next(self._ids)}", mode, key, progress or Progress())
+        record = TransferRecord(
+            f"{mode[0]}{next(self._ids)}",
+            mode,
+            key,
+            progress or Progress(),
+            job_id=self.job_id,
+            tenant=self.tenant,
+            kind=kind,
+            clock=self._monotonic,
+        )
         self.transfers[record.transfer_id] = record
         return record
 
@@ -166,13 +231,16 @@ class Job:
 
     def start_fetch(self, key: str, auth: Authorised) -> TransferRecord:
         """Queue a download into the cache, owned by this job, of what this
-        job's HEAD (`auth`) just allowed."""
+        job's HEAD (`auth`) just allowed. Cancelled when the job is ending:
+        its close takes back pins only after its tasks settled, so none may
+        start now."""
+        self.check_live()
         record = self.new_record("cache", key)
         task = asyncio.create_task(
             self._fetch(record, auth), name=f"fetch {self.job_id} {record.transfer_id}"
         )
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(functools.partial(self._task_done, record))
         return record
 
     async def _fetch(self, record: TransferRecord, auth: Authorised) -> None:
@@ -186,24 +254,10 @@ class Job:
                 progress=record.progress,
             )
         except asyncio.CancelledError:
-            record.error = self._ending
-            record.move(
-                TransferState.CANCELLED if self._ending[0] == "Cancelled" else TransferState.FAILED
-            )
+            self._end(record)
             raise
         except (AuthError, TransferError) as exc:
-            record.fail(exc)
-            log.warning(
-                "fetch failed",
-                extra={
-                    "job_id": self.job_id,
-                    "tenant": self.tenant,
-                    "key": record.key,
-                    "code": record.error[0] if record.error else None,
-                    "request_id": record.error_ids.get("RequestId"),
-                    "host_id": record.error_ids.get("HostId"),
-                },
-            )
+            record.fail(exc)  # its log record says why (records.py)
         except Exception as exc:
             record.fail(exc)
             log.exception("fetch crashed", extra={"job_id": self.job_id, "tenant": self.tenant})
@@ -233,10 +287,6 @@ class Job:
             record.move(TransferState.CANCELLED)
         if record.state is TransferState.CANCELLED:
             record.error = ("Cancelled", f"fetch {fetch_id} was cancelled (DELETE)")
-            log.info(
-                "fetch cancelled",
-                extra={"job_id": self.job_id, "tenant": self.tenant, "key": record.key},
-            )
         return record
 
     def document(self) -> dict[str, Any]:
@@ -274,31 +324,40 @@ class Job:
             )
 
     async def close(self, *, shutting_down: bool = False) -> None:
-        """End the job. `shutting_down`: the daemon stops after its drain grace,
-        and what still runs ends with ShuttingDown (docs/design.md, Restart and
-        upgrade), not as a job deleted."""
+        """End the job (once; a second call returns at once). See the design
+        note for the order: nothing starts, fetches settle, then pins go.
+        `shutting_down`: the daemon stops after its drain grace, and what still
+        runs ends with ShuttingDown (docs/design.md, Restart and upgrade), not
+        as a job deleted."""
+        if self.state is not JobState.LIVE:
+            return
         if shutting_down:
             self._ending = (
                 "ShuttingDown",
                 "the daemon is shutting down and its drain grace is over; retry once it is back",
             )
-        self._connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._connecting
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
+        self._move(JobState.CLOSING)  # before any await: nothing new starts from here
+        try:
+            self._connecting.cancel()
+            for task in self._tasks:  # before any await: a cancelled fetch grants nothing
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
-        # Uploads abort their multipart uploads while the credentials still work.
-        uploads = list(self._uploads)
-        for task in uploads:
-            task.cancel()
-        if uploads:
-            await asyncio.wait(uploads, timeout=30)
-        self.server.release(self.pin_owner)
+                await self._connecting
+            while self._tasks:  # none is added any more (start_fetch checks)
+                await asyncio.wait(list(self._tasks))
+            # Uploads abort their multipart uploads while the credentials still work.
+            uploads = list(self._uploads)
+            for task in uploads:
+                task.cancel()
+            if uploads:
+                await asyncio.wait(uploads, timeout=30)
+        finally:
+            # Every fetch task is done or cancelled (a cancelled one cannot
+            # grant any more): the job's pins and its uids' access end here.
+            self.server.release(self.pin_owner)
         await self.store.close()
         code, reason = self._ending if shutting_down else ("CredentialsExpired", None)
         if self.destination is not None and self.destination.own_session:
             await self.destination.session.close(code=code, reason=reason)
         await self.session.close(code=code, reason=reason)
+        self._move(JobState.CLOSED)

@@ -4,6 +4,9 @@ What runs where: everything runs on the event loop, in the API handler's task
 (create, get, delete) or the reaper's (reap_idle); the registry starts no task
 of its own. A JobId is reserved before the AssumeRole call, so two concurrent
 registrations of one id cannot both succeed; a failed AssumeRole frees it.
+After the AssumeRole, S3 is asked once per bucket whether it answers in the
+UriPath's region (daemon/jobs/regions.py); a wrong region fails the
+registration with its sessions closed.
 Who may see a job (docs/design.md, Roles and isolation): its creator, its
 `EncoderUids` and root; everyone else gets NoSuchJob. Closing a job cancels
 its fetches and waits for them (daemon/jobs/job.py), so delete, reap and close
@@ -38,6 +41,7 @@ from s3feed.auth import (
 )
 from s3feed.daemon.errors import ApiError
 from s3feed.daemon.jobs.job import Job, JobDestination
+from s3feed.daemon.jobs.regions import RegionCheck
 from s3feed.daemon.jobs.request import JobRequest
 from s3feed.daemon.jobs.state import JobState, SavedJob
 from s3feed.transfer import ObjectServer, ObjectStore, S3Location, TransferObserver
@@ -74,6 +78,7 @@ class JobRegistry:
         self._monotonic = monotonic
         self._jobs: dict[str, Job] = {}
         self._reserved: set[str] = set()
+        self._regions = RegionCheck()  # one request per new bucket (daemon/jobs/regions.py)
         self._activity = asyncio.Event()  # set when a job's fetch or stream ends
 
     def _real_store(self, location: S3Location, session: RoleSession) -> ObjectStore:
@@ -190,13 +195,23 @@ class JobRegistry:
                 self._make_uploader(dest.location, dest_session),
                 own_session=second is not None,
             )
+        store = self._make_store(location, session)
+        if restored is None:  # a registration: a bucket in another region is its 400
+            try:
+                await self._regions.check(store, location)
+            except BaseException:
+                await store.close()
+                if destination is not None and destination.own_session:
+                    await destination.session.close()
+                await session.close()
+                raise
         return Job(
             job_id=request.job_id,
             tenant=request.tenant,
             uid=uid,
             location=location,
             session=session,
-            store=self._make_store(location, session),
+            store=store,
             server=self.server,
             monotonic=self._monotonic,
             encoder_uids=request.encoder_uids,

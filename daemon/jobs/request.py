@@ -25,7 +25,7 @@ from s3feed.auth import (
     validate_tenant_name,
 )
 from s3feed.daemon.errors import ApiError
-from s3feed.daemon.jobs.destination import DestinationRequest, parse_destination
+from s3feed.daemon.jobs.destination import DestinationRequest, check_apart, parse_destination
 from s3feed.daemon.jobs.destination import check_envelope as check_destination
 from s3feed.transfer import S3Config, S3Location, parse_uri_path
 
@@ -96,6 +96,7 @@ def parse_job_request(body: object, s3: S3Config) -> JobRequest:
         destination = parse_destination(
             body["Destination"], s3, source_role=role, source_duration=duration
         )
+        check_apart(location, destination.location)
     tenant = validate_tenant_name(body["TenantName"])
     encoders = parse_encoder_uids(body.get("EncoderUids", []))
     return JobRequest(job_id, tenant, location, role, duration, encoders, destination)

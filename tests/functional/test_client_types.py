@@ -20,6 +20,7 @@ from s3feed.client import (
     JobDestination,
     ObjectInfo,
     ObjectPage,
+    Problem,
     Transfer,
     Upload,
 )
@@ -46,6 +47,8 @@ SCHEMAS = {
     Delivery: "/paths/~1v1~1jobs~1{JobId}~1objects~1{Key}/post/responses/200/content/"
     "application~1json/schema",
     Health: "/paths/~1healthz/get/responses/200/content/application~1json/schema",
+    Problem: "/paths/~1healthz/get/responses/200/content/application~1json/schema/"
+    "properties/Problems/items",
 }
 
 

@@ -217,6 +217,13 @@ async def test_connections_per_uid(
     assert result["closed"]
     assert result["again"] == 200
     assert (await h.request("GET", "/healthz")).status == 200  # root has its own count
+    # Refused before a request: counted under the route "connection" (docs/design.md, Metrics).
+    assert (
+        h.daemon.metrics.registry.get_sample_value(
+            "s3feed_api_requests_total", {"route": "connection", "code": "429"}
+        )
+        == 1
+    )
 
 
 def head_timeouts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -21,6 +21,7 @@ def test_answers_are_checked_as_openapi_means_them() -> None:
     """The check is a real validator: references, nullable, formats, enums."""
     health = {
         "Status": "ok",
+        "Problems": [],
         "Principal": None,  # nullable
         "Jobs": 0,
         "Transfers": 0,
@@ -31,6 +32,8 @@ def test_answers_are_checked_as_openapi_means_them() -> None:
     check_json(health, "/healthz", "get", "200")
     with pytest.raises(ValidationError):
         check_json({**health, "Jobs": None}, "/healthz", "get", "200")  # not nullable
+    with pytest.raises(ValidationError):  # an enum
+        check_json({**health, "Status": "fine"}, "/healthz", "get", "200")
     check_json({"Error": {"Code": "NoSuchJob", "Message": "m"}}, "/v1/jobs/{JobId}", "get", "404")
     with pytest.raises(ValidationError):  # through $ref to responses, then to schemas
         check_json({"Error": {"Code": "Nope", "Message": "m"}}, "/v1/jobs/{JobId}", "get", "404")

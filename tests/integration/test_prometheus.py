@@ -286,3 +286,8 @@ def exercise(m: Metrics) -> None:
     m.bytes_sent("acme-films", 5 << 20)
     m.upload_part(0.05)
     m.upload_finished("success", 0.3)
+    m.api_request("/v1/jobs/{JobId}/objects/{Key}", 200)
+    m.api_request("/v1/jobs/{JobId}/fetches", 507)
+    m.connection_refused(429)
+    m.loop_lag(0.0004)
+    m.loop_lag(1.3)

@@ -51,6 +51,7 @@ def test_bad_sizes(bad: object) -> None:
         ("[metrics]\nlisten = 'localhost'\n", "[metrics]"),
         ("[s3]\nendpoint_url = 'ftp://x'\n", "[s3]"),
         ("[s3]\naddressing = 'sideways'\n", "[s3]"),
+        ("[api]\naccess_log = 'yes'\n", "[api] access_log"),
         ("api = 3\n", "[api] must be a table"),
         ("[api\n", "not valid TOML"),
     ],
@@ -133,6 +134,14 @@ def test_the_largest_cache_range_follows_the_part_size_unless_set(tmp_path: Path
     assert load_config(path).transfer.max_range == 4 * 64 * MiB  # not refused as < part
     path.write_text("[transfer]\nmax_range = '16MiB'\n")
     assert load_config(path).transfer.max_range == 16 * MiB
+
+
+def test_access_log_is_on_unless_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text("[api]\n")
+    assert load_config(path).api.access_log is True
+    path.write_text("[api]\naccess_log = false\n")
+    assert load_config(path).api.access_log is False
 
 
 def test_state_dir_absent_is_systemds_empty_is_none_relative_is_refused() -> None:

@@ -197,3 +197,72 @@ def test_destination_is_checked_in_the_documented_order() -> None:
     body = {**body, "JobId": "ok", "Destination": {"Provider": "AmazonS3", "UriPath": "s3://b/"}}
     with pytest.raises(InvalidUriPath):
         parse_job_request(body, S3Config())
+
+
+@pytest.mark.parametrize(
+    ("source", "destination", "apart"),
+    [
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            "https://bbb.s3.eu-west-1.amazonaws.com/",
+            False,
+        ),
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            False,
+        ),
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/out/",
+            False,
+        ),
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/",
+            "https://bbb.s3.eu-west-1.amazonaws.com/out/",
+            False,
+        ),
+        # the same bucket through another region's endpoint is the same bucket
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            "https://bbb.s3.us-east-1.amazonaws.com/",
+            False,
+        ),
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            "https://bbb.s3.eu-west-1.amazonaws.com/out/",
+            True,
+        ),
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            "https://bbb.s3.eu-west-1.amazonaws.com/in2/",
+            True,
+        ),
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/in/",
+            "https://ccc.s3.eu-west-1.amazonaws.com/",
+            True,
+        ),
+        (
+            "https://bbb.s3.eu-west-1.amazonaws.com/",
+            "https://ccc.s3.eu-west-1.amazonaws.com/",
+            True,
+        ),
+    ],
+)
+def test_a_destination_overlapping_the_source_is_refused_naming_both(
+    source: str, destination: str, apart: bool
+) -> None:
+    body = {
+        "JobId": "j1",
+        "TenantName": "acme",
+        "Source": {"Provider": "AmazonS3", "UriPath": source, "RoleArnToAssume": ROLE},
+        "Destination": {"Provider": "AmazonS3", "UriPath": destination},
+    }
+    if apart:
+        assert parse_job_request(body, S3Config()).destination is not None
+        return
+    with pytest.raises(ApiError) as err:
+        parse_job_request(body, S3Config())
+    assert err.value.code == "InvalidRequest"
+    assert source in err.value.message and destination in err.value.message

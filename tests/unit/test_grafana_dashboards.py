@@ -212,6 +212,7 @@ def test_overview_rows_cover_what_operators_need() -> None:
         "Stream buffer",
         "Cache",
         "Outputs",
+        "API and event loop",
         "Credentials",
     ]
     exprs = " ".join(t["expr"] for p in query_panels(d) for t in p["targets"])
@@ -226,6 +227,9 @@ def test_overview_rows_cover_what_operators_need() -> None:
         "s3feed_cache_evictions_total",
         "s3feed_credentials_earliest_expiry_timestamp_seconds",
         "sum by (code) (rate(s3feed_credential_refresh_failures_total",
+        "(rate(s3feed_event_loop_lag_seconds_bucket",
+        "sum by (route) (rate(s3feed_api_requests_total",
+        "sum by (code) (rate(s3feed_api_requests_total",
         "sum by (code) (rate(s3feed_assume_role_failures_total",
         "sum by (instance) (rate(s3feed_sent_bytes_total",
         "sum by (outcome) (rate(s3feed_uploads_total",
