@@ -58,7 +58,7 @@ from typing import Any
 from s3feed.client import Client
 from s3feed.transfer.config import TransferConfig
 
-from . import peers, report, s3feedd
+from . import peers, report, s3feedd, urls
 from .measure import Sample, loadavg, proc_cpu, proc_status_kib, run_pipeline, wait_quiet
 from .peers import Contender, Ctx
 from .store import Store, head, own_seaweed, reference, upload
@@ -179,7 +179,10 @@ def run_one(contender: Contender, ctx: Ctx, store: Store, exact: bool) -> dict[s
 
 @contextlib.contextmanager
 def daemon_with_job(
-    store: Store, ctx: Ctx, transfer: dict[str, Any] | None = None
+    store: Store,
+    ctx: Ctx,
+    transfer: dict[str, Any] | None = None,
+    api: dict[str, Any] | None = None,
 ) -> Iterator[s3feedd.Daemon]:
     with s3feedd.running(
         store,
@@ -187,6 +190,7 @@ def daemon_with_job(
         {**ctx.transfer, **(transfer or {})},
         endpoint_url=ctx.endpoint_url if ctx.ca_bundle else None,
         ca_bundle=ctx.ca_bundle,
+        api=api,
     ) as d:
         client = Client(str(d.socket))
         uri = s3feedd.job_uri(store, "bench/")
@@ -582,6 +586,14 @@ def build_parser() -> argparse.ArgumentParser:
         " throwaway CA every contender is told to trust; s3feed's rows only if its"
         " configuration takes [s3] ca_bundle)",
     )
+    p.add_argument(
+        "--scenario",
+        choices=["default", "urls"],
+        default="default",
+        help="default: the suites above; urls: only ffmpeg on a moov-at-end MP4 through"
+        " `s3feed url`, a presigned URL and fetch-then-ffmpeg (bench/urls.py), written into"
+        ' the results\' "URLs" section',
+    )
     p.add_argument("--work", type=Path, default=WORK, help="scratch (default bench/.work)")
     p.add_argument(
         "--results", type=Path, default=RESULTS, help="markdown report (default bench/RESULTS.md)"
@@ -591,6 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     """The whole benchmark; with `store`, on that SeaweedFS instead of a new one."""
+    if args.scenario == "urls":
+        return run_urls(args, store)
     peers.install()
     args.work.mkdir(parents=True, exist_ok=True)
     facts: dict[str, Any] = {
@@ -666,9 +680,57 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     raw = args.results.with_suffix(".json")
     raw.write_text(json.dumps(facts, indent=1, default=str))
     text = report.render(facts)
+    kept = urls.section_of(args.results.read_text()) if args.results.exists() else ""
+    if kept:  # the URL rows come from their own scenario: a default run keeps them
+        text = text.rstrip("\n") + "\n\n" + kept
     args.results.write_text(text)
     print(text)
     log(f"wrote {args.results} and {raw}")
+    return facts
+
+
+def run_urls(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
+    """`--scenario urls`: the URL rows over plain HTTP and, with --https, over
+    HTTPS; their raw figures in RESULTS-urls.json beside the results, their
+    section ("## URLs") put into the results file in place of the old one."""
+    args.work.mkdir(parents=True, exist_ok=True)
+    facts: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_start": loadavg(),
+        "machine": machine(args.work),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            log("starting SeaweedFS")
+            store = stack.enter_context(own_seaweed(args.work, https=args.https))
+        base = prepare_ctx(store, args, args.work / "unused", "bench/unused", 0)
+        ctx = urls.prepare(store, base, args.work, args.size, args.upload_part_size)
+        protocols = {"plain HTTP": ctx}
+        if args.https:
+            if store.https_endpoint_url is None or store.ca_bundle is None:
+                raise SystemExit("--https needs a SeaweedFS with its HTTPS port (own_seaweed)")
+            protocols["HTTPS"] = dataclasses.replace(
+                ctx, endpoint_url=store.https_endpoint_url, ca_bundle=store.ca_bundle
+            )
+        results: dict[str, Any] = {}
+        for proto, pctx in protocols.items():
+            log(f"URLs over {proto}: {pctx.key}, {pctx.size} bytes")
+
+            def daemon(c: Ctx, api: dict[str, Any], store: Store = store) -> Any:
+                return daemon_with_job(store, c, api=api)
+
+            results[proto] = urls.suite(pctx, store, args.runs, daemon, log)
+        facts["urls"] = results
+    facts["loadavg_end"] = loadavg()
+    facts["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    args.results.with_name(args.results.stem + "-urls.json").write_text(
+        json.dumps(facts, indent=1, default=str)
+    )
+    section = urls.render(results, facts["started"], facts["machine"])
+    urls.upsert(args.results, section)
+    print(section)
+    log(f"wrote the URLs section of {args.results}")
     return facts
 
 
@@ -717,6 +779,11 @@ def prepare(store: Store, args: argparse.Namespace, size: int | None = None) -> 
     key = f"bench/main-{size}.bin"
     log(f"uploading {key} ({size} bytes, {args.upload_part_size} byte parts)")
     upload(store, key, ref, args.upload_part_size)
+    return prepare_ctx(store, args, ref, key, size)
+
+
+def prepare_ctx(store: Store, args: argparse.Namespace, ref: Path, key: str, size: int) -> Ctx:
+    """The context of a run reading `key` with a fresh reader-role session."""
     creds = store.reader_session()
     return Ctx(
         endpoint_url=store.endpoint_url,

@@ -46,6 +46,7 @@ def running(
     *,
     endpoint_url: str | None = None,
     ca_bundle: Path | None = None,
+    api: dict[str, Any] | None = None,
 ) -> Iterator[Daemon]:
     """A fresh daemon; with `endpoint_url` and `ca_bundle`, S3 and STS over HTTPS
     trusting that CA (`[s3] ca_bundle`, `[sts] ca_bundle`: see `supports_ca_bundle`)."""
@@ -53,6 +54,8 @@ def running(
         endpoint_url or store.endpoint_url, store.region, store.daemon_key_id, store.daemon_secret
     )
     overrides: dict[str, dict[str, Any]] = {"transfer": dict(transfer or {}), "cache": CACHE}
+    if api:
+        overrides["api"] = dict(api)  # e.g. http_listen for the URL rows
     if ca_bundle is not None:
         overrides["s3"] = {"ca_bundle": ca_bundle}
         overrides["sts"] = {"ca_bundle": ca_bundle}

@@ -8,10 +8,11 @@
 Both speak HTTP/1.1 over the Unix socket ($S3FEED_SOCKET, default
 /run/s3feed/s3feed.sock). The requests are described once (`_Calls` in
 calls.py); each client only sends them: `Client` in blocking.py, `AsyncClient`
-in aio.py. An error answer raises S3feedError with the server's code and
-message. The answers are typed (documents.py: TypedDicts, still plain dicts),
-and `create_job` takes a `Destination` and `encoder_uids`. This package
-imports nothing of the daemon, so an encoder can use it on its own;
+in aio.py; `open` gives an object as a seekable file (objectfile.py). An
+error answer raises S3feedError with the server's code and message. The
+answers are typed (documents.py: TypedDicts, still plain dicts), and
+`create_job` takes a `Destination` and `encoder_uids`. This package imports
+nothing of the daemon, so an encoder can use it on its own;
 `s3feed.daemon.client` re-exports it for code written before.
 """
 
@@ -36,12 +37,14 @@ from s3feed.client.documents import (
     Transfer,
     Upload,
 )
+from s3feed.client.objectfile import AsyncObjectFile, ObjectReader
 
 if TYPE_CHECKING:
     from s3feed.client.aio import AsyncClient
 
 __all__ = [
     "AsyncClient",
+    "AsyncObjectFile",
     "Client",
     "Delivery",
     "Destination",
@@ -52,6 +55,7 @@ __all__ = [
     "JobDestination",
     "ObjectInfo",
     "ObjectPage",
+    "ObjectReader",
     "Policy",
     "Problem",
     "S3feedError",

@@ -37,6 +37,7 @@ from s3feed.client.documents import (
     Policy,
     Upload,
 )
+from s3feed.client.objectfile import AsyncOpening, open_async
 
 
 class AsyncClient:
@@ -183,6 +184,12 @@ class AsyncClient:
                     yield chunk
             except ClientPayloadError as exc:
                 raise S3feedError(502, "ShortRead", f"stream ended early: {exc}") from None
+
+    def open(self, job_id: str, key: str) -> AsyncOpening:
+        """The object as a seekable file with async `read` and `seek`
+        (client/objectfile.py): `async with client.open(job, key) as f`, or
+        `f = await client.open(job, key)` and `await f.close()`."""
+        return open_async(self.session, job_id, key)
 
     async def deliver(
         self, job_id: str, key: str, fd: int, byte_range: str | None = None

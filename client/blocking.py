@@ -50,6 +50,7 @@ from s3feed.client.documents import (
     Policy,
     Upload,
 )
+from s3feed.client.objectfile import ObjectReader, open_object
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -322,6 +323,12 @@ class Client:
                         break
                     buf += data
                 return cast(Delivery, _delivered(status, headers, buf))
+
+    def open(self, job_id: str, key: str) -> ObjectReader:
+        """The object as a seekable binary file (an io.BufferedReader with
+        `size` and `etag`), read with ranged GETs on one connection
+        (client/objectfile.py); close it, or use it in a `with`."""
+        return open_object(lambda: _UnixHTTPConnection(self.socket, self.timeout), job_id, key)
 
     @staticmethod
     def _check_length(got: int, expected: int) -> None:

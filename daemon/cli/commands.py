@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import fcntl
 import os
 import pwd
+import shlex
 import signal
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +33,7 @@ from s3feed.daemon.cli.exits import (
     for_cli,
     local_error,
 )
+from s3feed.daemon.cli.moovcheck import MoovCheck, pump
 
 
 def _print_json(doc: Any) -> None:
@@ -219,8 +223,11 @@ def _passable(fd: int) -> bool:
 def cmd_cat(args: argparse.Namespace, client: Client) -> int:
     sys.stdout.flush()
     out = sys.stdout.fileno()
+    deliver = _passable(out) and not args.through_socket
+    if _watch_moov(out, args.range):
+        return _cat_watched(args, client, out, deliver)
     try:
-        if _passable(out) and not args.through_socket:
+        if deliver:
             # The daemon writes into our stdout itself (docs/design.md, Socket
             # API: deliveries); we leave it alone until the answer.
             try:
@@ -232,8 +239,75 @@ def cmd_cat(args: argparse.Namespace, client: Client) -> int:
             return EXIT_OK
         client.copy_object(args.job, args.key, out, args.range)
     except BrokenPipeError:  # the reader (e.g. ffprobe) had enough
-        # Keep Python's exit flush from failing on the closed pipe.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
+    return EXIT_OK
+
+
+def _quiet_stdout() -> None:
+    # Keep Python's exit flush from failing on the closed pipe.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _watch_moov(out: int, byte_range: str | None) -> bool:
+    """Whether `cat` looks for an MP4/MOV index after its media: for readers
+    that cannot seek (anything but a regular file), when the bytes start at 0."""
+    if byte_range is not None and byte_range.partition("-")[0].strip() not in ("0",):
+        return False
+    try:
+        return not stat.S_ISREG(os.fstat(out).st_mode)
+    except OSError:
+        return False
+
+
+def _cat_watched(args: argparse.Namespace, client: Client, out: int, deliver: bool) -> int:
+    """`cat` through a pipe of our own, so that the box headers are seen as
+    the bytes pass (daemon/cli/moovcheck.py): the daemon delivers into it (or
+    the stream is spliced into it) in a thread, this one moves it on to stdout."""
+    source, sink = os.pipe()
+    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
+        fcntl.fcntl(sink, fcntl.F_SETPIPE_SZ, 1024 * 1024)
+    failed: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            if deliver:
+                client.deliver(args.job, args.key, sink, args.range)
+            else:
+                client.copy_object(args.job, args.key, sink, args.range)
+        except BaseException as exc:
+            failed.append(exc)
+        finally:
+            os.close(sink)  # with the daemon's copy closed too: the pipe's end
+
+    def verdict(late: bool) -> None:
+        if late:
+            command = f"s3feed url {shlex.quote(args.job)} {shlex.quote(args.key)}"
+            print(
+                f"s3feed: warning: {args.key} is an MP4/MOV with its index (moov) after its "
+                f"media (mdat): a reader of a pipe cannot seek back to the media and may get "
+                f"no frames; give it the URL of `{command}` instead",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    feeder = threading.Thread(target=feed, name="cat-feed", daemon=True)
+    feeder.start()
+    reader_left = False
+    try:
+        pump(source, out, MoovCheck(), verdict)
+    except BrokenPipeError:  # the reader (e.g. ffprobe) had enough
+        reader_left = True
+        _quiet_stdout()
+    finally:
+        os.close(source)  # the daemon's writes (or the splice) fail now, if any are left
+    feeder.join()
+    for exc in failed:
+        if reader_left and (
+            isinstance(exc, BrokenPipeError)
+            or (isinstance(exc, S3feedError) and exc.code == "OutputClosed")
+        ):
+            continue  # it failed because we stopped reading
+        raise exc
     return EXIT_OK
 
 

@@ -26,9 +26,9 @@ from bench import run as bench_run
 from bench.store import Store
 
 
-@pytest.mark.timeout(600)  # the first run installs the peers
-def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: Path) -> None:
-    store = Store(
+def session_store(seaweed: Seaweed) -> Store:
+    """The session's SeaweedFS as the benchmark's Store."""
+    return Store(
         endpoint_url=seaweed.endpoint_url,
         region=seaweed.region,
         admin_key_id=seaweed.admin_access_key_id,
@@ -39,6 +39,11 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
         bucket=seaweed.bucket,
         server_pgid=seaweed.pid,
     )
+
+
+@pytest.mark.timeout(600)  # the first run installs the peers
+def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: Path) -> None:
+    store = session_store(seaweed)
     results = tmp_path / "RESULTS.md"
     args = bench_run.build_parser().parse_args(
         [
@@ -102,4 +107,34 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
     assert "## Uploads from a pipe (`cat REF |`), plain HTTP" in text
     assert "## Targets (issues 8, 13, 14)" in text
     assert "## Streams at once (stream memory)" in text
+    assert "## URLs" not in text  # a default run writes none (and keeps one it finds)
     assert json.loads(results.with_suffix(".json").read_text())["object"]["size"] == 12 << 20
+
+
+@pytest.mark.timeout(600)
+def test_urls_scenario_runs_every_row(seaweed: Seaweed, tmp_path: Path) -> None:
+    """`--scenario urls` on a tiny moov-at-end MP4: every row once after the
+    warm-up, ffmpeg's first frame seen, S3 bytes counted, the section put
+    into the results file beside what it held."""
+    store = session_store(seaweed)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n## URLs\n\nold figures\n\n## Uploads\n\nkept\n")
+    argv = ["--scenario", "urls", "--size", "6MiB", "--upload-part-size", "5MiB", "--runs", "1"]
+    argv += ["--work", str(tmp_path / "work"), "--results", str(results)]
+    args = bench_run.build_parser().parse_args(argv)
+    facts = bench_run.run(args, store=store)
+
+    [(proto, data)] = facts["urls"].items()
+    assert proto == "plain HTTP"
+    rows = data["rows"]
+    assert not [(r["name"], r["round"], r["error"]) for r in rows if r["error"]]
+    assert sorted((r["round"], r["name"]) for r in rows) == sorted(
+        (n, name) for n in (0, 1) for name in bench_run.urls.ROWS
+    )
+    assert all(r["first_frame_s"] and r["total_s"] >= r["first_frame_s"] for r in rows)
+    assert all(r["s3_bytes"] >= data["size"] * 0.9 for r in rows), "S3 bytes counted"
+    text = results.read_text()
+    assert "old figures" not in text and "## Uploads\n\nkept" in text
+    assert text.count("## URLs") == 1 and "| s3feed url |" in text
+    raw = json.loads(results.with_name("RESULTS-urls.json").read_text())
+    assert raw["urls"]["plain HTTP"]["size"] == data["size"]
