@@ -7,9 +7,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # openssl: the HTTPS tests' throwaway CA; gcc, libc6-dev: the benchmark's consumer
 # (bench/consume.c), which the bench smoke test builds; util-linux and passwd (setpriv,
-# unshare, useradd) are in every Debian. dpkg-dev, binutils: the package test builds the
-# .deb (dpkg-shlibdeps, strip).
-DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv openssl gcc libc6-dev dpkg-dev binutils
+# unshare, useradd) are in every Debian. dpkg-dev, binutils, lintian: the package test
+# builds the .deb (dpkg-shlibdeps, strip) and checks it.
+DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv openssl gcc libc6-dev dpkg-dev binutils lintian
 
 # make deb: dpkg-shlibdeps (dpkg-dev), strip (binutils), lintian.
 DEB_PACKAGES := dpkg-dev binutils lintian python3-venv

@@ -21,7 +21,8 @@ shows:
 - `dpkg -i` of the next revision restarts the running service (a new
   MainPID), keeps the socket enabled and listening, keeps the admin's config,
   and the daemon serves a new job;
-- `dpkg --purge` stops and removes everything it installed.
+- `dpkg --purge` stops and removes everything it installed;
+- lintian reports no error or warning (as `make deb` requires).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -297,3 +299,16 @@ def test_install_run_a_job_upgrade_and_purge(
     ):
         assert not (m.root / path.lstrip("/")).exists(), path
     assert m.run("dpkg-query", "-W", "s3feed").returncode != 0
+
+
+def test_lintian_reports_no_error_or_warning(debs: list[Path]) -> None:
+    lintian = shutil.which("lintian")
+    if lintian is None:
+        pytest.fail("lintian not found: install the Debian package lintian (make debian-packages)")
+    result = subprocess.run(
+        [lintian, "--fail-on", "error,warning", str(debs[0])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
