@@ -7,10 +7,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # openssl: the HTTPS tests' throwaway CA; gcc, libc6-dev: the benchmark's consumer
 # (bench/consume.c), which the bench smoke test builds; util-linux and passwd (setpriv,
-# unshare, useradd) are in every Debian.
-DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv openssl gcc libc6-dev
+# unshare, useradd) are in every Debian. dpkg-dev, binutils, lintian: the package test
+# builds the .deb (dpkg-shlibdeps, strip) and checks it.
+DEBIAN_PACKAGES := ffmpeg prometheus curl systemd systemd-container python3-venv openssl gcc libc6-dev dpkg-dev binutils lintian
 
-.PHONY: demo dashboards test check lint unit functional integration local-aws-start local-aws-stop bench clean
+# make deb: dpkg-shlibdeps (dpkg-dev), strip (binutils), lintian.
+DEB_PACKAGES := dpkg-dev binutils lintian python3-venv
+
+.PHONY: demo dashboards test check lint unit functional integration local-aws-start local-aws-stop bench clean dist deb
 
 $(VENV)/.installed: pyproject.toml
 	scripts/bootstrap-venv $(PYTHON) $(VENV)
@@ -61,6 +65,19 @@ integration: $(VENV)/.installed debian-packages
 # local SeaweedFS; writes bench/RESULTS.md. make bench BENCH_ARGS="--size 1GiB"
 bench: $(VENV)/.installed debian-packages
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# The wheel and the sdist, in dist/.
+dist: $(VENV)/.installed
+	rm -f dist/s3feed-*.whl dist/s3feed-*.tar.gz
+	$(PY) -m build --outdir dist .
+
+# The Debian package, in dist/ (README.md, Install): s3feed in a virtualenv under
+# /usr/lib/s3feed, from the wheel above; lintian must report no error or warning.
+deb: dist
+	scripts/debian-packages $(DEB_PACKAGES)
+	rm -f dist/s3feed_*.deb
+	$(PY) scripts/build_deb.py --wheel dist/s3feed-*-py3-none-any.whl --out dist
+	lintian --fail-on error,warning dist/s3feed_*.deb
 
 clean:
 	-$(PY) scripts/local_aws.py stop

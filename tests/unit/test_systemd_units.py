@@ -140,3 +140,22 @@ def test_sysusers_snippet_parses(tmp_path: Path) -> None:
     assert result.returncode == 0, output
     assert "Creating user 's3feed'" in output, output
     assert "Creating group 's3feed-clients'" in output, output
+
+
+def test_tmpfiles_snippet_makes_the_directories_as_the_unit_keeps_them() -> None:
+    """systemd re-owns a CacheDirectory= tree whose owner differs from User=/Group=:
+    the snippet must give the same owner and mode, or every start would re-own the cache."""
+    service = (SYSTEMD_DIR / "s3feed.service").read_text()
+    settings = dict(re.findall(r"^(\w+)=(.*)$", service, re.M))
+    made = {
+        fields[1]: fields[2:5]
+        for line in (SYSTEMD_DIR / "tmpfiles.d/s3feed.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+        for fields in [line.split()]
+        if fields[0] == "d"
+    }
+    owner = [settings["User"], settings["Group"]]
+    assert made == {
+        f"/var/cache/{settings['CacheDirectory']}": [settings["CacheDirectoryMode"], *owner],
+        f"/var/lib/{settings['StateDirectory']}": [settings["StateDirectoryMode"], *owner],
+    }
