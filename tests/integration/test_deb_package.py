@@ -20,7 +20,7 @@ shows:
   (`s3feed cat`) and probed through its URL (ffprobe) by its encoder uid;
 - `dpkg -i` of the next revision restarts the running service (a new
   MainPID), keeps the socket enabled and listening, keeps the admin's config,
-  and the daemon serves a new job;
+  and the daemon serves the job registered before it and a new one;
 - `dpkg --purge` stops and removes everything it installed;
 - lintian reports no error or warning (as `make deb` requires).
 """
@@ -170,8 +170,11 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def run_a_job(m: Machine, local_aws: LocalAws, bucket: TestBucket, media: Path) -> None:
-    """The agent creates a job for the encoder, who fetches, streams and probes."""
+def run_a_job(
+    m: Machine, local_aws: LocalAws, bucket: TestBucket, media: Path, *, keep: bool = False
+) -> tuple[str, str, str]:
+    """The agent creates a job for the encoder, who fetches, streams and probes;
+    then deletes it, unless `keep`. Returns the job, the key and its sha256."""
     key = f"in/{secrets.token_hex(3)}/ep1.mp4"
     bucket.put(key, media)
     job = f"deb-{secrets.token_hex(4)}"
@@ -203,7 +206,9 @@ def run_a_job(m: Machine, local_aws: LocalAws, bucket: TestBucket, media: Path) 
     assert "mp4" in user_ok(m, "encoder", "bash", "-o", "pipefail", "-c", probe)
     # A uid outside the job: its path opens nothing, the job does not exist for it.
     assert user(m, "stranger", "cat", path).returncode != 0
-    user_ok(m, "agent", "s3feed", "job", "delete", job)
+    if not keep:
+        user_ok(m, "agent", "s3feed", "job", "delete", job)
+    return job, name, want
 
 
 def test_install_run_a_job_upgrade_and_purge(
@@ -268,7 +273,7 @@ def test_install_run_a_job_upgrade_and_purge(
     m.ok("systemctl", "restart", "s3feed.service")
 
     assert local_aws.media_mp4_path is not None, "scripts/local_aws.py install makes the media"
-    run_a_job(m, local_aws, bucket, local_aws.media_mp4_path)
+    kept, kept_key, kept_sha = run_a_job(m, local_aws, bucket, local_aws.media_mp4_path, keep=True)
     assert user(m, "stranger", "s3feed", "status").returncode == 4  # not in s3feed-clients
 
     # Upgrade in place: the running daemon is restarted, the socket never left.
@@ -282,6 +287,12 @@ def test_install_run_a_job_upgrade_and_purge(
     assert m.show("s3feed.socket", "ActiveState")["ActiveState"] == "active"
     assert socket_state(m) == ["660", "s3feed", "s3feed-clients"]
     assert (m.root / "etc/s3feed/s3feed.toml").read_text() == config  # the admin's, kept
+    # The job registered before the upgrade lives on (its state in /var/lib/s3feed).
+    streamed = user_ok(
+        m, "encoder", "bash", "-o", "pipefail", "-c", f"s3feed cat {kept} {kept_key} | sha256sum"
+    )
+    assert streamed.split()[0] == kept_sha
+    user_ok(m, "agent", "s3feed", "job", "delete", kept)
     run_a_job(m, local_aws, bucket, local_aws.media_mp4_path)
 
     # Purge: nothing of the package is left running or on disk.
