@@ -103,16 +103,21 @@ def _object_response(
 
 
 async def stream_object(
-    request: web.Request, job: Job, key: str, server: ObjectServer
+    request: web.Request,
+    job: Job,
+    key: str,
+    server: ObjectServer,
+    *,
+    through_cache: bool = False,
 ) -> web.StreamResponse:
     delivery = await server.open(
         job.store,
         job.location.key_for(key),
         tenant=job.tenant,
         choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
+        through_cache=through_cache,
     )
     resp = _object_response(delivery.meta, delivery.first, delivery.last, partial=delivery.partial)
-    resp.headers["X-S3feed-Source"] = delivery.source
 
     record = job.new_record("stream", key, delivery.progress)
     record.move(TransferState.RUNNING)
@@ -154,6 +159,7 @@ async def _send(
 ) -> None:
     if delivery.length == 0:
         _done(delivery, record)  # the headers are the whole response
+    resp.headers["X-S3feed-Source"] = delivery.source  # of the first bytes: they are in hand
     await resp.prepare(request)
     async for chunk in delivery:
         if delivery.complete:

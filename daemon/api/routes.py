@@ -162,7 +162,7 @@ class Api:
         method is 404 NotFound."""
         app = web.Application(middlewares=[_errors, _only_routes], client_max_size=self.max_body)
         r = app.router
-        r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.get_object, allow_head=False)
+        r.add_get("/v1/jobs/{JobId}/objects/{Key:.+}", self.read_object, allow_head=False)
         r.add_head("/v1/jobs/{JobId}/objects/{Key:.+}", self.head_object)
         r.add_put(
             "/v1/jobs/{JobId}/outputs/{Key:.+}", self.put_output, expect_handler=expect_handler
@@ -251,6 +251,16 @@ class Api:
         job = self.registry.get(uid, request.match_info["JobId"])
         with self.limits.stream(uid):
             return await stream_object(request, job, request.match_info["Key"], self.server)
+
+    async def read_object(self, request: web.Request) -> web.StreamResponse:
+        """A URL read: a stream whose bytes from S3 stay in the cache (docs/design.md,
+        URLs for encoders: Reads)."""
+        uid = peer_uid(request)
+        job = self.registry.get(uid, request.match_info["JobId"])
+        with self.limits.stream(uid):
+            return await stream_object(
+                request, job, request.match_info["Key"], self.server, through_cache=True
+            )
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:
         """HEAD: a GET's status and headers, after the same access check; no bytes move."""
