@@ -183,6 +183,7 @@ class Delivery:
         self._through_cache = through_cache
         self._read_rec = reader.entry.rec if reader is not None else None
         self.from_cache = self.from_s3 = 0  # a read's bytes, once it is closed
+        self.first_source = self._planned()
         self._read: AsyncIterator[bytes] | None = None
         self._head: bytes | None = None  # a read's first chunk, in hand before the headers
         self._stream: ObjectStream | None = None
@@ -235,6 +236,18 @@ class Delivery:
             if reader is not None:
                 self.from_cache, self.from_s3 = reader.from_cache, reader.from_s3
                 await reader.close()
+
+    def _planned(self) -> str:
+        """Where the bytes will come from, as far as is known before any moves:
+        "cache", "s3", or "mixed" (a partial entry holds some of them)."""
+        if self._cached is not None:
+            return "cache"
+        if self._read_rec is None:
+            return "s3"
+        present = sum(e - s + 1 for s, e in self._read_rec.ranges.overlap(self.first, self.last))
+        if present == 0:
+            return "s3"
+        return "cache" if present == self.length else "mixed"
 
     @property
     def source(self) -> str:

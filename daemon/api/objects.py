@@ -159,7 +159,7 @@ async def _send(
 ) -> None:
     if delivery.length == 0:
         _done(delivery, record)  # the headers are the whole response
-    resp.headers["X-S3feed-Source"] = delivery.source  # of the first bytes: they are in hand
+    resp.headers["X-S3feed-Source"] = delivery.first_source
     await resp.prepare(request)
     async for chunk in delivery:
         if delivery.complete:

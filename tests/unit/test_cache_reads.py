@@ -302,3 +302,29 @@ async def test_a_fetch_during_reads_skips_what_they_brought(
     assert inner.bytes_sent == sent + 4 * PART
     rec = server.cache._entries[entry.path.stem]
     assert rec.state is EntryState.COMPLETE
+
+
+async def test_a_piece_cancelled_before_it_ran_does_not_hold_up_other_readers(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    """A reader that leaves right after starting its read-ahead cancels pieces
+    whose tasks never ran; another reader of those bytes fetches them itself."""
+    server, _ = served
+    inner = FakeObjectStore()
+    data = blob(3 * PART, seed=11)
+    inner.put("k", data)
+    meta = await inner.head("k")
+    stayer = await server.cache.open_reader(inner, meta, tenant="t")
+    leaver = await server.cache.open_reader(inner, meta, tenant="t")
+    assert stayer is not None and leaver is not None and stayer.entry is leaver.entry
+    await leaver._schedule(0, 2 * PART - 1, len(data) - 1)  # pieces created, not yet run
+    await leaver.close()
+    got = bytearray()
+
+    async def take() -> None:
+        async for chunk in stayer.chunks(0, len(data) - 1):
+            got.extend(chunk)
+
+    await asyncio.wait_for(take(), 10)
+    await stayer.close()
+    assert got == data

@@ -142,6 +142,10 @@ class OpenEntry:
                 return p
         return None
 
+    def forget(self, piece: Piece) -> None:
+        if piece in self.pieces:
+            self.pieces.remove(piece)
+
     def part_end(self, pos: int) -> int:
         """Where a piece starting at `pos` must end at the latest: the end of
         its `part_size` block and of the object part that holds it."""
@@ -223,6 +227,7 @@ class EntryReader:
                 assert piece.task is not None
                 self._grow()  # the reader waits for S3: read further ahead
                 await asyncio.wait([piece.task])
+                entry.forget(piece)  # ended: never waited for again
                 if piece.task.cancelled():
                     if piece.reader is self:
                         raise Cancelled("the read was stopped")  # the cache is closing
@@ -289,6 +294,8 @@ class EntryReader:
         piece = Piece(start, end, self)
         entry.pieces.append(piece)
         piece.task = asyncio.create_task(self._fetch(piece))
+        # Not in the task's `finally`: a task cancelled before it first runs never gets there.
+        piece.task.add_done_callback(lambda _: entry.forget(piece))
 
     async def _fetch(self, piece: Piece) -> None:
         entry, engine = self.entry, self._engine
@@ -308,8 +315,6 @@ class EntryReader:
         except BaseException:
             entry.land(piece.start, sink.pos - 1, None)  # what landed stays
             raise
-        finally:
-            entry.pieces.remove(piece)
         entry.land(piece.start, piece.end, digest)
         if entry.whole and entry.rec.state is EntryState.PARTIAL:
             await entry.host.complete(entry, self.store)
