@@ -186,6 +186,12 @@ class Metrics:
         self.cache_evictions = Counter(
             "s3feed_cache_evictions", "Cache entries evicted.", registry=r
         )
+        self.read_bytes_total = Counter(
+            "s3feed_cache_read_bytes",
+            "Bytes URL reads handed out, by source: present in the cache, or fetched from S3 for them.",
+            ["source"],
+            registry=r,
+        )
         self.sent = Counter(
             "s3feed_sent_bytes",
             "Bytes of outputs uploaded to S3 (acknowledged), by tenant.",
@@ -242,6 +248,8 @@ class Metrics:
             self.uploads.labels(outcome)
         for limit in LIMIT_KEYS:
             self.limit_refusals.labels(limit)
+        for source in ("cache", "s3"):
+            self.read_bytes_total.labels(source)
 
     # CredentialObserver
 
@@ -341,6 +349,9 @@ class Metrics:
     def cache_size(self, size_bytes: int, capacity_bytes: int) -> None:
         self.cache_size_bytes.set(size_bytes)
         self.cache_capacity_bytes.set(capacity_bytes)
+
+    def read_bytes(self, source: str, n: int) -> None:
+        self.read_bytes_total.labels(source).inc(n)
 
 
 class _EarliestExpiry(Collector):

@@ -202,6 +202,13 @@ class Verifier:
         self._digests[start] = d
         return d
 
+    def adopt(self, digest: RangeDigest) -> None:
+        """A finished digest of this object's bytes, computed elsewhere (a
+        URL read's piece: transfer/cache/reads.py)."""
+        if digest.alg is not self.alg or digest.pos != digest.end + 1:
+            raise ValueError(f"digest {digest.start}-{digest.end} does not fit this verifier")
+        self._digests[digest.start] = digest
+
     def missing_digests(self) -> list[tuple[int, int]]:
         """Ranges (e.g. resumed from disk) whose CRC must come from re-reading."""
         if self.alg is None or self.size == 0:

@@ -141,7 +141,20 @@ def range_size(config: TransferConfig, size: int) -> int:
 
 
 class _FileSink:
-    __slots__ = ("digest", "fd", "observer", "pos", "progress", "tenant")
+    """pwrite()s each slice at its offset; says which bytes have landed every
+    `unit` bytes, so progress is recorded per part, not per range."""
+
+    __slots__ = (
+        "digest",
+        "fd",
+        "landed",
+        "observer",
+        "pos",
+        "progress",
+        "reported",
+        "tenant",
+        "unit",
+    )
 
     def __init__(
         self,
@@ -151,9 +164,12 @@ class _FileSink:
         progress: Progress,
         observer: TransferObserver,
         tenant: str,
+        landed: Callable[[int, int], None] | None = None,
+        unit: int = 0,
     ) -> None:
         self.fd, self.pos, self.digest = fd, start, digest
         self.progress, self.observer, self.tenant = progress, observer, tenant
+        self.landed, self.unit, self.reported = landed, unit, start
 
     def write(self, offset: int, data: memoryview) -> None:
         n = len(data)
@@ -165,6 +181,9 @@ class _FileSink:
         self.pos = offset + n
         self.progress.add(n)
         self.observer.bytes_received(self.tenant, n)
+        if self.landed is not None and self.pos - self.reported >= self.unit:
+            self.landed(self.reported, self.pos - 1)
+            self.reported = self.pos
 
 
 class Engine:
@@ -279,7 +298,11 @@ class Engine:
         on_range_done: Callable[[int, int], None] | None = None,
     ) -> ObjectMeta:
         """Download `key` into `fd` (pwrite at offsets; the file is not resized
-        or synced here). Ranges fully in `skip` are already in the file."""
+        or synced here). Bytes in `skip` are already in the file; it is read
+        again before each range is fetched, so bytes another writer (a URL
+        read: transfer/cache/reads.py) adds to it meanwhile are not fetched
+        twice. `on_range_done(start, end)` says which bytes have landed, at
+        least once per `part_size` (docs/design.md, Cache: Atomic completion)."""
         started = self.monotonic()
         self.observer.transfer_started("cache")
         outcome = "failed"
@@ -321,6 +344,7 @@ class Engine:
             join_parts=not verifier.composite,  # a composite checksum needs each part's own CRC
         )
         done = RangeSet(skip or ())
+        part = self.config.part_size
         first_md5: str | None = None
         owner = object()  # this transfer, for the limiter's round-robin
         for attempt in range(2):
@@ -329,14 +353,19 @@ class Engine:
             todo = [m for r in ranges for m in done.missing(*r)]
             progress.start(self.monotonic(), meta.size, meta.size - sum(e - s + 1 for s, e in todo))
 
-            async def fetch(s: int, e: int, verifier: Verifier = verifier) -> None:
-                digest = verifier.range_digest(s, e)
-                sink = _FileSink(fd, s, digest, progress, self.observer, tenant)
-                await self.fetch_range(
-                    store, key, s, e, sink, etag=meta.etag, budget=budget, owner=owner
-                )
-                if on_range_done is not None:
-                    on_range_done(s, e)
+            async def fetch(
+                s: int, e: int, verifier: Verifier = verifier, live: RangeSet | None = skip
+            ) -> None:
+                for ms, me in live.missing(s, e) if live is not None else [(s, e)]:
+                    digest = verifier.range_digest(ms, me)
+                    sink = _FileSink(
+                        fd, ms, digest, progress, self.observer, tenant, on_range_done, part
+                    )
+                    await self.fetch_range(
+                        store, key, ms, me, sink, etag=meta.etag, budget=budget, owner=owner
+                    )
+                    if on_range_done is not None and sink.reported <= me:
+                        on_range_done(sink.reported, me)
 
             await run_workers(self.config.concurrency, todo, fetch)
             try:
@@ -351,7 +380,7 @@ class Engine:
                 first_md5 = verifier.md5_got
                 budget.spend(TransientError(exc.message, "checksum"))
                 self.observer.range_retry("checksum")
-                done = RangeSet()
+                done, skip = RangeSet(), None  # every byte again, whoever wrote it
                 continue
             progress.finish(self.monotonic(), verified)
             return meta
@@ -364,9 +393,9 @@ class Engine:
         if missing:
 
             def reread() -> None:
+                parts = verifier.parts if verifier.composite else None
                 for s, e in missing:
-                    for cs in range(s, e + 1, 1 << 20):
-                        ce = min(cs + (1 << 20) - 1, e)
+                    for cs, ce in plan_ranges(s, e, 1 << 20, parts):  # never across a part
                         digest = verifier.range_digest(cs, ce)
                         assert digest is not None
                         digest.update(cs, memoryview(os.pread(fd, ce - cs + 1, cs)))

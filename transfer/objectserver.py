@@ -14,7 +14,12 @@ them back when the job ends). `open` starts a stream: a complete cache entry
 for that ETag is read with pread in 1 MiB slices; otherwise the engine's
 window fetches ranges in parallel and hands them over in order. The caller
 iterates a `Delivery` in its own task, so a slow reader stops the reads (and
-the window, the fetches). A `Delivery` reports its transfer and its bytes to
+the window, the fetches). A read `through_cache` (a URL read), and any stream
+of an object whose partial cache entry already holds bytes, reads the entry
+instead, fetching what is missing into it (transfer/cache/reads.py); when the
+cache has no room even for its first piece, it streams as above. Either
+way the first bytes are in hand before `async with` returns, so a first
+request that fails for good is the caller's error before any header goes out. A `Delivery` reports its transfer and its bytes to
 the observer itself and settles once: success when the caller says the last
 byte was handed over, otherwise failed or cancelled when it is left.
 """
@@ -25,13 +30,14 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
-from s3feed.transfer.cache import Cache, CacheEntry
+from s3feed.transfer.cache import Cache, CacheEntry, EntryReader, EntryState
 from s3feed.transfer.engine import Engine
+from s3feed.transfer.errors import InsufficientStorage
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.store import ObjectMeta, ObjectStore
@@ -106,10 +112,12 @@ class ObjectServer:
         *,
         tenant: str,
         choose_range: Callable[[ObjectMeta], tuple[int, int] | None],
+        through_cache: bool = False,
     ) -> Delivery:
         """Authorise, then pick the bytes' source. `choose_range` maps the
         object to an inclusive (first, last), or None for all of it; it may
-        raise (InvalidRange) before anything starts."""
+        raise (InvalidRange) before anything starts. `through_cache`: what
+        is read from S3 stays in the object's cache entry."""
         auth = await self.authorise(store, key)
         meta = auth.meta
         byte_range = choose_range(meta)
@@ -119,6 +127,13 @@ class ObjectServer:
         if entry is not None:
             with contextlib.suppress(FileNotFoundError):  # evicted since: S3 has it
                 cached = open(entry.path, "rb", buffering=0)  # noqa: ASYNC230, SIM115 (a local open)
+        reader: EntryReader | None = None
+        if (
+            cached is None
+            and meta.size > 0
+            and (through_cache or self.cache.has_bytes(store, key, meta.etag))
+        ):
+            reader = await self.cache.open_reader(store, meta, tenant=tenant)
         return Delivery(
             self,
             store,
@@ -128,6 +143,8 @@ class ObjectServer:
             partial=byte_range is not None,
             tenant=tenant,
             cached=cached,
+            reader=reader,
+            through_cache=through_cache,
         )
 
 
@@ -149,6 +166,8 @@ class Delivery:
         partial: bool,
         tenant: str,
         cached: IO[bytes] | None,
+        reader: EntryReader | None = None,
+        through_cache: bool = False,
     ) -> None:
         self._server = server
         self._store = store
@@ -157,10 +176,16 @@ class Delivery:
         self.last = last
         self.length = last - first + 1 if meta.size else 0
         self.partial = partial
-        self.source = "cache" if cached is not None else "s3"
         self.progress = Progress()
         self._tenant = tenant
         self._cached = cached
+        self._reader = reader
+        self._through_cache = through_cache
+        self._read_rec = reader.entry.rec if reader is not None else None
+        self.from_cache = self.from_s3 = 0  # a read's bytes, once it is closed
+        self.first_source = self._planned()
+        self._read: AsyncIterator[bytes] | None = None
+        self._head: bytes | None = None  # a read's first chunk, in hand before the headers
         self._stream: ObjectStream | None = None
         self._started = 0.0
         self.outcome: str | None = None
@@ -171,7 +196,9 @@ class Delivery:
         self.progress.start(self._started, self.length)
         server.observer.transfer_started("stream")
         try:
-            if self._cached is None and self.length:
+            if self._reader is not None and self.length and await self._first_read():
+                return self
+            if self._cached is None and self._read is None and self.length:
                 stream = ObjectStream(
                     server.engine,
                     self._store,
@@ -187,6 +214,55 @@ class Delivery:
             raise
         return self
 
+    async def _first_read(self) -> bool:
+        """Take the read's first chunk; False when the cache has no room for
+        it (the caller streams instead)."""
+        assert self._reader is not None
+        self._read = self._reader.chunks(self.first, self.last)
+        try:
+            self._head = await anext(self._read)
+        except InsufficientStorage:
+            await self._close_read()
+            return False
+        return True
+
+    async def _close_read(self) -> None:
+        read, self._read = self._read, None
+        reader, self._reader = self._reader, None
+        try:
+            if read is not None:
+                await read.aclose()  # type: ignore[attr-defined]
+        finally:
+            if reader is not None:
+                self.from_cache, self.from_s3 = reader.from_cache, reader.from_s3
+                await reader.close()
+
+    def _planned(self) -> str:
+        """Where the bytes will come from, as far as is known before any moves:
+        "cache", "s3", or "mixed" (a partial entry holds some of them)."""
+        if self._cached is not None:
+            return "cache"
+        if self._read_rec is None:
+            return "s3"
+        present = sum(e - s + 1 for s, e in self._read_rec.ranges.overlap(self.first, self.last))
+        if present == 0:
+            return "s3"
+        return "cache" if present == self.length else "mixed"
+
+    @property
+    def source(self) -> str:
+        """Where the bytes came from so far: "cache", "s3", or "mixed" (a read
+        of a partial entry that held some of them)."""
+        if self._cached is not None:
+            return "cache"
+        reader = self._reader
+        from_cache, from_s3 = (
+            (reader.from_cache, reader.from_s3) if reader else (self.from_cache, self.from_s3)
+        )
+        if from_cache and from_s3:
+            return "mixed"
+        return "cache" if from_cache else "s3"
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -194,6 +270,7 @@ class Delivery:
         tb: TracebackType | None,
     ) -> None:
         try:
+            await self._close_read()
             if self._stream is not None:
                 stream, self._stream = self._stream, None
                 await stream.__aexit__(exc_type, exc, tb)
@@ -220,11 +297,19 @@ class Delivery:
         self.outcome = outcome
         now = self._server._monotonic()
         if outcome == "success":
-            self.progress.finish(now, self._stream.verified if self._stream else ())
+            verified: Iterable[str] = self._stream.verified if self._stream else ()
+            rec = self._read_rec
+            if rec is not None and self.first == 0 and self.last == self.meta.size - 1:
+                verified = rec.verified if rec.state is EntryState.COMPLETE else ()
+            self.progress.finish(now, verified)
         self._server.observer.transfer_finished("stream", outcome, now - self._started)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
+
+    def _read_chunks(self, read: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        head, self._head = self._head, None
+        return _resume(head, read)
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         observer = self._server.observer
@@ -232,14 +317,30 @@ class Delivery:
             source: AsyncIterator[bytes] = _read_file(
                 self._cached.fileno(), self.first, self.length
             )
+        elif self._read is not None:
+            source = self._read_chunks(self._read)  # the reader counts where bytes came from
         elif self._stream is not None:
             source = aiter(self._stream)
         else:
             return
+        # A URL read's bytes by source (`read_bytes`): a whole cache file's, or
+        # a stream's when the cache had no room.
+        whole = (
+            ("cache" if self._cached else "s3") if self._through_cache and not self._read else ""
+        )
         async for chunk in source:
             self.progress.add(len(chunk))
             observer.bytes_served("stream", len(chunk))
+            if whole:
+                observer.read_bytes(whole, len(chunk))
             yield chunk
+
+
+async def _resume(head: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
 
 
 async def _read_file(fd: int, offset: int, count: int) -> AsyncIterator[bytes]:

@@ -31,6 +31,9 @@ class TransferObserver(Protocol):
     def cache_miss(self) -> None: ...
     def cache_eviction(self) -> None: ...
     def cache_size(self, size_bytes: int, capacity_bytes: int) -> None: ...
+    def read_bytes(self, source: str, n: int) -> None:
+        """Bytes a read through the cache handed out (transfer/cache/reads.py),
+        `source` "cache" (present before) or "s3" (fetched for it)."""
 
 
 class NullTransferObserver:
@@ -71,6 +74,9 @@ class NullTransferObserver:
         pass
 
     def cache_size(self, size_bytes: int, capacity_bytes: int) -> None:
+        pass
+
+    def read_bytes(self, source: str, n: int) -> None:
         pass
 
 

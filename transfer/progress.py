@@ -107,6 +107,10 @@ class RangeSet:
             out.append((pos, end))
         return out
 
+    def overlap(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of [start, end] in the set, in order."""
+        return [(max(s, start), min(e, end)) for s, e in self if s <= end and e >= start]
+
     @property
     def total(self) -> int:
         return sum(e - s + 1 for s, e in self)

@@ -105,18 +105,19 @@ async def stream_object(
     request: web.Request, job: Job, key: str, server: ObjectServer, *, kind: str = "stream"
 ) -> web.StreamResponse:
     """`kind`: the log's name for it, "stream" on the socket, "url" on the
-    loopback listener (docs/design.md, Logs)."""
+    loopback listener (docs/design.md, Logs), whose reads go through the
+    cache (URLs for encoders: Reads)."""
     delivery = await server.open(
         job.store,
         job.location.key_for(key),
         tenant=job.tenant,
         choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
+        through_cache=kind == "url",
     )
     resp = _object_response(delivery.meta, delivery.first, delivery.last, partial=delivery.partial)
-    resp.headers["X-S3feed-Source"] = delivery.source
 
     record = job.new_record("stream", key, delivery.progress, kind=kind)
-    record.source = delivery.source
+    record.source = delivery.first_source
     record.move(TransferState.RUNNING)
     job.stream_opened()
     try:
@@ -159,6 +160,7 @@ async def _send(
     # good is the answer's status, never a 200 cut short (docs/design.md,
     # Socket API: streams).
     chunks = await first_bytes(delivery)
+    resp.headers["X-S3feed-Source"] = delivery.first_source
     await resp.prepare(request)
     async for chunk in chunks:
         if delivery.complete:
@@ -171,6 +173,7 @@ async def _send(
 
 
 def _done(delivery: Delivery, record: TransferRecord) -> None:
+    record.source = delivery.source  # where the bytes came from, in the end
     delivery.settle("success")
     _settle(record, TransferState.DONE)
 
@@ -285,12 +288,12 @@ async def _deliver(
         "ETag": meta.etag,
         "Size": meta.size,
         "Length": delivery.length,
-        "Source": delivery.source,
+        "Source": delivery.first_source,
     }
     if delivery.partial:
         doc["ContentRange"] = f"bytes {delivery.first}-{delivery.last}/{meta.size}"
     record = job.new_record("stream", key, delivery.progress, kind="delivery")
-    record.source = delivery.source
+    record.source = delivery.first_source
     record.move(TransferState.RUNNING)
     job.stream_opened()
     try:

@@ -73,7 +73,7 @@ def new_cache(
     engine = Engine(TransferConfig(part_size=MiB, concurrency=2), obs, sleep=no_sleep)
     cfg = CacheConfig(dir=path / "cache", max_size=max_size, min_free=MiB)
     # Sidecar after every range, so a simulated crash knows exactly what is done.
-    cache = Cache(cfg, engine, obs, disk_free=lambda p: free, boot_id=boot, sidecar_interval=0)
+    cache = Cache(cfg, engine, obs, disk_free=lambda p: free, boot_id=boot)
     return cache, obs
 
 

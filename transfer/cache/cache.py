@@ -39,8 +39,10 @@ from pathlib import Path
 from s3feed.transfer.cache import acl
 from s3feed.transfer.cache.disk import CacheDir, EntryState, Record
 from s3feed.transfer.cache.fileworker import FileWorker
-from s3feed.transfer.cache.flight import CacheEntry, Flight, Waiter, download
+from s3feed.transfer.cache.flight import CacheEntry, Flight, Waiter, close_opened, download
 from s3feed.transfer.cache.grants import Grants
+from s3feed.transfer.cache.reads import EntryReader, OpenEntry
+from s3feed.transfer.cache.sidecar import Sidecar
 from s3feed.transfer.cache.sync import SYNC_DELAY, SYNC_RETRY, Syncer
 from s3feed.transfer.config import CacheConfig
 from s3feed.transfer.engine import Engine
@@ -57,8 +59,6 @@ from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.retry import RetryBudget
 from s3feed.transfer.store import ObjectMeta, ObjectStore
-
-SIDECAR_INTERVAL = 0.25  # seconds between sidecar rewrites during a download
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,11 @@ class Cache:
         *,
         disk_free: Callable[[Path], int] = _statvfs_free,
         boot_id: str | None = None,
-        sidecar_interval: float = SIDECAR_INTERVAL,
         sync_delay: float = SYNC_DELAY,
         sync_retry: float = SYNC_RETRY,
     ) -> None:
         self.config = config
         self._sync_delay = sync_delay
-        self._sidecar_interval = sidecar_interval
         self.engine = engine
         self.observer = observer
         self.dir = CacheDir(config.dir, boot_id)
@@ -93,6 +91,8 @@ class Cache:
         self._grants = Grants(self.dir.data_path, self._fail_closed)
         self._flights: dict[str, Flight] = {}
         self._removed: set[str] = set()  # evicted while the scan ran
+        self._reads: dict[str, OpenEntry] = {}  # entries URL reads have open
+        self._completing: dict[str, asyncio.Task[None]] = {}  # reads' entries being verified
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._scan: asyncio.Task[None] | None = None
         self._sync = Syncer(
@@ -102,7 +102,16 @@ class Cache:
 
     @property
     def size_bytes(self) -> int:
-        return sum(r.size for r in self._entries.values())
+        return sum(self._counted(r) for r in self._entries.values())
+
+    def _counted(self, rec: Record) -> int:
+        """What an entry counts against `max_size`: its full size once complete
+        or while a fetch downloads it, else its present bytes and those being
+        read into it (docs/design.md, Cache: Partial entries)."""
+        if rec.state is EntryState.COMPLETE or rec.id in self._flights:
+            return rec.size
+        entry = self._reads.get(rec.id)
+        return rec.ranges.total + (entry.in_flight if entry is not None else 0)
 
     @property
     def capacity_bytes(self) -> int:
@@ -138,6 +147,8 @@ class Cache:
             if not flight.done.done():
                 flight.done.set_exception(Cancelled("the cache is shutting down"))
         self._flights.clear()
+        for entry in list(self._reads.values()):
+            await self._close_entry(entry, force=True)
         self._grants.revoke_all()  # the daemon is stopping: its jobs' access ends
         for task in (self._scan, self._syncer):
             if task is not None:
@@ -167,7 +178,7 @@ class Cache:
             self._grants.apply_or_forget(rid)
 
     def _busy(self, rid: str) -> bool:
-        return rid in self._flights or rid in self._grants
+        return rid in self._flights or rid in self._grants or rid in self._reads
 
     def _report_size(self) -> None:
         self.observer.cache_size(self.size_bytes, self.capacity_bytes)
@@ -222,6 +233,8 @@ class Cache:
         if meta is None:
             meta = await self.engine.retrying(budget, lambda: store.head(key))
         rid = self.dir.entry_id(store.endpoint, store.bucket, key, meta.etag)
+        if (completing := self._completing.get(rid)) is not None:
+            await asyncio.wait([completing])  # URL reads are finishing this entry
         new_pin = self._grants.pin(rid, owner)
         try:
             rec = self._known(rid)
@@ -296,17 +309,27 @@ class Cache:
             del self._flights[flight.rec.id]
 
     async def _make_room(self, rec: Record) -> None:
-        """Evict LRU entries until `rec` fits the budget and min_free, else
-        InsufficientStorage. `rec` is not yet in the index, or is a partial entry."""
+        """Evict LRU entries until a fetch of `rec` fits the budget and
+        min_free, else InsufficientStorage. `rec` is not yet in the index, or
+        is a partial entry (counted then at its present bytes)."""
+        counted = self._counted(rec) if rec.id in self._entries else 0
+        await self._room(rec.id, rec.size - counted, rec.size - rec.ranges.total)
+
+    async def room_for(self, entry: OpenEntry, n: int) -> None:
+        """Room for `n` more bytes read into `entry` (transfer/cache/reads.py)."""
+        await self._room(entry.rec.id, n, n)
+
+    async def _room(self, rid: str, more: int, need_disk: int) -> None:
+        """Evict LRU entries until `more` bytes more fit `max_size` and
+        `need_disk` bytes more leave `min_free`, else InsufficientStorage."""
         while True:
-            counted = rec.id in self._entries
-            over = self.size_bytes + (0 if counted else rec.size) - self.config.max_size
-            need_disk = rec.size - rec.ranges.total + self._owed(rec.id)
-            short = self.config.min_free + need_disk - self._disk_free(self.config.dir)
+            over = self.size_bytes + more - self.config.max_size
+            disk = need_disk + self._owed(rid)
+            short = self.config.min_free + disk - self._disk_free(self.config.dir)
             if over <= 0 and short <= 0:
                 return
             victims = sorted(
-                (r for r in self._entries.values() if self._evictable(r.id) and r.id != rec.id),
+                (r for r in self._entries.values() if self._evictable(r.id) and r.id != rid),
                 key=lambda r: r.last_used,
             )
             if victims:
@@ -316,10 +339,10 @@ class Cache:
                 await asyncio.wait([self._scan])  # entries it finds may be evictable
                 continue
             raise InsufficientStorage(
-                f"the cache cannot make room for {rec.size} bytes: {self.size_bytes} of "
-                f"{self.config.max_size} bytes in use by entries pinned by running jobs, "
-                f"{self._disk_free(self.config.dir)} bytes free on disk of which running "
-                f"downloads will still write {self._owed(rec.id)} (min_free "
+                f"the cache cannot make room for {more} bytes: {self.size_bytes} of "
+                f"{self.config.max_size} bytes in use by entries pinned or read by running "
+                f"jobs, {self._disk_free(self.config.dir)} bytes free on disk of which running "
+                f"downloads will still write {self._owed(rid)} (min_free "
                 f"{self.config.min_free}); raise cache.max_size or free disk space"
             )
 
@@ -328,7 +351,12 @@ class Cache:
         return sum(f.owed for rid, f in self._flights.items() if rid != besides)
 
     def _evictable(self, rid: str) -> bool:
-        return rid not in self._grants and rid not in self._flights
+        return (
+            rid not in self._grants
+            and rid not in self._flights
+            and rid not in self._reads
+            and rid not in self._completing
+        )
 
     async def _evict(self, rid: str) -> None:
         self._forget(rid)
@@ -350,7 +378,6 @@ class Cache:
                 cache_dir=self.dir,
                 files=self._files,
                 engine=self.engine,
-                sidecar_interval=self._sidecar_interval,
             )
         except (SourceChanged, ChecksumMismatch, AccessDenied, NoSuchKey) as exc:
             await self._drop(flight)  # nothing here is worth resuming
@@ -390,6 +417,8 @@ class Cache:
     def _forget(self, rid: str) -> None:
         """Out of the index; the caller removes the files."""
         self._entries.pop(rid, None)
+        if (entry := self._reads.get(rid)) is not None:
+            entry.dropped = True  # its readers go on from what they have; nothing is recorded
         if self._scan is not None and not self._scan.done():
             self._removed.add(rid)
         self._report_size()
@@ -399,3 +428,124 @@ class Cache:
         # everyone before the call returns, so the unlink is inline (rare).
         self._forget(rid)
         self.dir.remove(rid)
+
+    # --- Reads at any offset (transfer/cache/reads.py) ---
+
+    def has_bytes(self, store: ObjectStore, key: str, etag: str) -> bool:
+        """Whether a partial entry of `key` at `etag` holds bytes a stream can use."""
+        rec = self._known(self.dir.entry_id(store.endpoint, store.bucket, key, etag))
+        return rec is not None and rec.state is EntryState.PARTIAL and bool(rec.ranges)
+
+    async def open_reader(
+        self, store: ObjectStore, meta: ObjectMeta, *, tenant: str
+    ) -> EntryReader | None:
+        """A reader of the entry of `meta` (what the job's own HEAD answered:
+        the access check is the caller's), fetching what is missing into it;
+        None when the entry is complete (read the file: `lookup`). Close it."""
+        rid = self.dir.entry_id(store.endpoint, store.bucket, meta.key, meta.etag)
+        if (completing := self._completing.get(rid)) is not None:
+            await asyncio.wait([completing])
+        entry = self._reads.get(rid)
+        if entry is None:
+            entry = await self._open_entry(rid, store, meta)
+            if entry is None:
+                return None
+        entry.readers += 1
+        rec = entry.rec
+        rec.last_used = time.time()
+        return EntryReader(entry, store, tenant, release=self._release_reader)
+
+    async def _open_entry(self, rid: str, store: ObjectStore, meta: ObjectMeta) -> OpenEntry | None:
+        rec = self._known(rid)
+        if rec is not None and rec.state is EntryState.COMPLETE:
+            return None
+        if rec is None:
+            rec = Record(rid, store.endpoint, store.bucket, meta.key, meta.etag, meta.size)
+            rec.version_id, rec.boot_id = meta.version_id, self.dir.boot_id
+            self._entries[rid] = rec  # counted at its present bytes: none yet
+        await self._files.run(self.dir.write_record, rec.snapshot())  # before the part file
+        opening = self._files.submit(self.dir.open_part, rid, rec.size, False)
+        try:
+            fd, _ = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(close_opened)
+            raise
+        if (entry := self._reads.get(rid)) is not None:  # another reader opened it meanwhile
+            self._files.submit(os.close, fd)
+            return entry
+        if self._entries.get(rid) is not rec or rec.state is EntryState.COMPLETE:
+            self._files.submit(os.close, fd)  # completed or dropped meanwhile: start over
+            return await self._open_entry(rid, store, meta)
+        entry = OpenEntry(rec, meta, fd, Sidecar(rec, self.dir, self._files), self, self.engine)
+        self._reads[rid] = entry
+        return entry
+
+    def landed(self, entry: OpenEntry) -> None:
+        self._report_size()
+
+    async def complete(self, entry: OpenEntry, store: ObjectStore) -> None:
+        """Every byte of a read's entry is present: verify and complete it once."""
+        rid = entry.rec.id
+        running = self._completing.get(rid)
+        if running is None:
+            if rid in self._flights or entry.rec.state is not EntryState.PARTIAL:
+                return  # a fetch's download completes it
+            running = asyncio.create_task(self._complete(entry, store))
+            self._completing[rid] = running
+            running.add_done_callback(lambda _: self._completing.pop(rid, None))
+        await asyncio.shield(running)
+
+    async def _complete(self, entry: OpenEntry, store: ObjectStore) -> None:
+        rec = entry.rec
+        await entry.sidecar.flush()
+        budget = RetryBudget(self.engine.config.retries)
+        parts, exact = await self.engine.layout(store, entry.meta, budget)
+        try:
+            verified = await self.engine.verify_file(entry.fd, entry.verifier(parts, exact))
+        except ChecksumMismatch as exc:
+            entry.failed = exc
+            log.warning(
+                "a cache entry read through URLs failed its check and is dropped",
+                extra={"entry": rec.id, "code": exc.code},
+            )
+            self._forget(rec.id)
+            await self._files.run(self.dir.remove, rec.id)
+            raise
+        if rec.state is not EntryState.PARTIAL or self._entries.get(rec.id) is not rec:
+            return  # a fetch completed it meanwhile, or it was dropped
+        complete = rec.snapshot()
+        complete.complete(verified, self.dir.boot_id)
+        await self._files.run(self.dir.finish, complete)
+        rec.complete(verified, self.dir.boot_id)
+        self._sync.schedule(rec.id, self.engine.monotonic() + self._sync_delay)
+        self._report_size()
+
+    async def _release_reader(self, reader: EntryReader) -> None:
+        entry = reader.entry
+        entry.readers -= 1
+        if entry.readers == 0:
+            await self._close_entry(entry)
+
+    async def _close_entry(self, entry: OpenEntry, *, force: bool = False) -> None:
+        """The last reader left: record what landed, close the descriptor."""
+        rid = entry.rec.id
+        if force:
+            for piece in list(entry.pieces):
+                if piece.task is not None:
+                    piece.task.cancel()
+            tasks = [p.task for p in entry.pieces if p.task is not None]
+            if tasks:
+                await asyncio.wait(tasks)
+        if (completing := self._completing.get(rid)) is not None:
+            await asyncio.wait([completing])  # it reads the descriptor
+        try:
+            await entry.sidecar.flush()
+        except OSError:
+            log.warning("a cache entry's record was not written", exc_info=True)
+        if entry.closed or (not force and (entry.readers or entry.pieces)):
+            return  # closed already, or a reader came back meanwhile
+        entry.closed = True
+        if self._reads.get(rid) is entry:
+            del self._reads[rid]
+        self._files.submit(os.close, entry.fd)
+        self._report_size()

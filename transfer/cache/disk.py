@@ -269,15 +269,17 @@ class CacheDir:
             f.write(json.dumps(rec.to_json()).encode())
         os.replace(tmp, self.record_path(rec.id))
 
-    def open_part(self, rid: str, size: int) -> tuple[int, bool]:
+    def open_part(self, rid: str, size: int, allocate: bool = True) -> tuple[int, bool]:
         """The part file of `rid`, open for writing at `size` bytes, and
-        whether its blocks are reserved (`reserve`). 0600 always, also for a
-        part file an older version left group-readable."""
+        whether its blocks are reserved (`reserve`; a URL read's entry stays
+        sparse: it holds only what was read). 0600 always, also for a part
+        file an older version left group-readable. What is in it stays."""
         fd = os.open(self.part_path(rid), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             os.fchmod(fd, 0o600)
-            os.ftruncate(fd, size)
-            return fd, reserve(fd, size)
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            return fd, reserve(fd, size) if allocate else False
         except BaseException:
             os.close(fd)
             raise

@@ -14,8 +14,8 @@ What runs where (docs/design.md, Cache): bodies go from the store's buffer
 to the part file with `pwrite` on the loop (Engine.download); every other
 file call -- the sidecar, opening and reserving the part file, closing it,
 the rename that completes the entry -- goes through the cache's file worker
-in the order issued. The sidecar is rewritten at most every
-`sidecar_interval` seconds from a snapshot of the record.
+in the order issued. The sidecar is rewritten as parts land, coalesced
+(transfer/cache/sidecar.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from s3feed.transfer.cache.disk import CacheDir, Record
 from s3feed.transfer.cache.fileworker import FileWorker
+from s3feed.transfer.cache.sidecar import Sidecar
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.store import ObjectMeta, ObjectStore
@@ -90,7 +91,6 @@ async def download(
     cache_dir: CacheDir,
     files: FileWorker,
     engine: Engine,
-    sidecar_interval: float,
 ) -> None:
     """Download what the entry still misses with `waiter`'s store, then
     complete it on disk and in `flight.rec`. Raises what the download or a
@@ -103,26 +103,16 @@ async def download(
     try:
         fd, flight.allocated = await asyncio.shield(opening)
     except asyncio.CancelledError:
-        opening.add_done_callback(_close_opened)
+        opening.add_done_callback(close_opened)
         raise
-    writes: list[asyncio.Future[None]] = []
+    sidecar = Sidecar(rec, cache_dir, files)
     try:
-        last_write = engine.monotonic()
 
         def range_done(start: int, end: int) -> None:
-            # The sidecar is what a restart resumes from; rewriting it after
-            # every range cost the cache path much CPU (docs/design.md,
-            # Performance notes: Sidecars). A crash loses at most
-            # `sidecar_interval` of recorded ranges: those are fetched again,
-            # never trusted unrecorded.
-            nonlocal last_write
+            # Per part: a SIGKILL loses at most the parts in flight
+            # (transfer/cache/sidecar.py says how the writes are coalesced).
             rec.ranges.add(start, end)
-            while writes and writes[0].done():
-                writes.pop(0).result()  # a failed sidecar write fails the download
-            now = engine.monotonic()
-            if now - last_write >= sidecar_interval:
-                writes.append(files.submit(cache_dir.write_record, rec.snapshot()))
-                last_write = now
+            sidecar.changed()  # a failed sidecar write fails the download
 
         await engine.download(
             waiter.store,
@@ -135,16 +125,16 @@ async def download(
             on_range_done=range_done,
         )
     finally:
+        sidecar.settle()  # what landed is recorded, also when cancelled
         files.submit(os.close, fd)  # after every write queued above, before the rename
-    for write in writes:
-        await write
+    await sidecar.flush()
     complete = rec.snapshot()
     complete.complete(flight.progress.verified, cache_dir.boot_id)
     await files.run(cache_dir.finish, complete)
     rec.complete(flight.progress.verified, cache_dir.boot_id)
 
 
-def _close_opened(opening: asyncio.Future[tuple[int, bool]]) -> None:
-    # The download was cancelled while its part file was being opened.
+def close_opened(opening: asyncio.Future[tuple[int, bool]]) -> None:
+    # Cancelled while the part file was being opened: close what it opened.
     if not opening.cancelled() and opening.exception() is None:
         os.close(opening.result()[0])

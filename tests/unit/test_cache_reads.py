@@ -1,0 +1,330 @@
+"""Reads at any offset through the cache (transfer/cache/reads.py), with the fakes:
+partial entries, read-ahead, pieces owned by their reader, completion and its check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from s3feed.transfer.cache.cache import Cache
+from s3feed.transfer.cache.disk import EntryState
+from s3feed.transfer.cache.reads import FIRST_PIECE
+from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.errors import ChecksumMismatch
+from s3feed.transfer.objectserver import ObjectServer
+from s3feed.transfer.observer import NullTransferObserver
+from s3feed.transfer.progress import Progress
+from tests.fakes.store import FailingObjectStore, FakeObjectStore
+
+PART = 4 * MiB
+
+
+class Reads(NullTransferObserver):
+    def __init__(self) -> None:
+        self.read: dict[str, int] = {"cache": 0, "s3": 0}
+        self.size = 0
+
+    def read_bytes(self, source: str, n: int) -> None:
+        self.read[source] += n
+
+    def cache_size(self, size_bytes: int, capacity_bytes: int) -> None:
+        self.size = size_bytes
+
+
+async def no_sleep(d: float) -> None:
+    await asyncio.sleep(0)
+
+
+def new_server(path: Path, max_size: int = 1 << 40) -> tuple[ObjectServer, Reads]:
+    obs = Reads()
+    config = TransferConfig(part_size=PART, concurrency=2, stream_window=3 * PART)
+    engine = Engine(config, obs, sleep=no_sleep)
+    cache = Cache(CacheConfig(dir=path / "cache", max_size=max_size, min_free=0), engine, obs)
+    return ObjectServer(engine, cache, obs), obs
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[ObjectServer, Reads]]:
+    server, obs = new_server(tmp_path)
+    await server.cache.start()
+    yield server, obs
+    await server.cache.close()
+
+
+def blob(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+async def read(
+    server: ObjectServer,
+    store: FakeObjectStore | FailingObjectStore,
+    key: str,
+    first: int,
+    last: int,
+    *,
+    through_cache: bool = True,
+    stop_after: int | None = None,
+) -> tuple[str, bytes]:
+    delivery = await server.open(
+        store,
+        key,
+        tenant="t",
+        choose_range=lambda meta: (first, min(last, meta.size - 1)),
+        through_cache=through_cache,
+    )
+    out = bytearray()
+    async with delivery:
+        async for chunk in delivery:
+            out += chunk
+            if stop_after is not None and len(out) >= stop_after:
+                break
+    return delivery.source, bytes(out)
+
+
+def entry_record(server: ObjectServer) -> dict[str, object]:
+    [path] = [p for p in server.cache.config.dir.iterdir() if p.suffix == ".json"]
+    record: dict[str, object] = json.loads(path.read_bytes())
+    return record
+
+
+async def test_probe_two_passes_then_fetch_make_s3_send_the_object_once(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    """ffprobe (head, then the index at the end), two encodes, then a fetch."""
+    server, obs = served
+    inner = FakeObjectStore()
+    data = blob(10 * PART + 12345)
+    inner.put("movie.mp4", data, part_size=PART, checksum="CRC32")
+    size = len(data)
+
+    assert await read(server, inner, "movie.mp4", 0, 64 * 1024 - 1) == ("s3", data[: 64 * 1024])
+    tail = (size - 300_000, size - 1)
+    assert (await read(server, inner, "movie.mp4", *tail))[1] == data[tail[0] :]
+    assert (await read(server, inner, "movie.mp4", 0, size - 1))[1] == data  # pass 1
+    sent = inner.bytes_sent
+    assert size <= sent <= 1.1 * size, "a byte is fetched again only if its piece was cut short"
+    source, again = await read(server, inner, "movie.mp4", 0, size - 1)  # pass 2
+    assert (source, again, inner.bytes_sent) == ("cache", data, sent)
+
+    auth = await server.authorise(inner, "movie.mp4")
+    entry = await server.fetch(
+        auth, tenant="t", owner="job", readers=frozenset(), progress=Progress()
+    )
+    assert inner.bytes_sent == sent, "the reads completed the entry: the fetch answers at once"
+    assert entry.path.read_bytes() == data and entry.verified == ("CRC32-COMPOSITE",)
+    assert obs.read["s3"] + obs.read["cache"] == 64 * 1024 + 300_000 + 2 * size
+    assert obs.read["cache"] >= size, "the second pass came from the cache"
+
+
+async def test_any_range_is_the_objects_bytes(served: tuple[ObjectServer, Reads]) -> None:
+    server, _ = served
+    inner = FakeObjectStore(rng=random.Random(3))
+    data = blob(3 * PART + 777, seed=2)
+    inner.put("k", data, checksum="CRC32C")
+    rng = random.Random(4)
+    for _ in range(40):
+        first = rng.randrange(len(data))
+        last = min(len(data) - 1, first + rng.choice([0, 1, 1000, MiB, 2 * PART]))
+        assert (await read(server, inner, "k", first, last))[1] == data[first : last + 1]
+    assert inner.bytes_sent <= 1.5 * len(data)
+
+
+async def test_read_ahead_starts_small_and_grows_while_the_reader_waits(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    server, _ = served
+    inner = FakeObjectStore()
+    data = blob(8 * PART)
+    inner.put("k", data)
+    store = FailingObjectStore(inner)
+    assert (await read(server, store, "k", 0, len(data) - 1))[1] == data
+    sizes = [c.end - c.start + 1 for c in store.gets if c.start is not None and c.end is not None]
+    assert sizes[0] == FIRST_PIECE, "the first GET is small: S3 answers it sooner"
+    assert max(sizes) == PART and sizes.index(PART) > 1, "pieces grow to a part"
+    assert sum(sizes) == len(data)
+    starts = [c.start for c in store.gets]
+    assert starts == sorted(starts), "in order: each byte once"
+
+
+async def test_a_seek_starts_over_small_and_the_reader_that_left_keeps_what_landed(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    server, _ = served
+    inner = FakeObjectStore()
+    data = blob(8 * PART, seed=5)
+    inner.put("k", data)
+    store = FailingObjectStore(inner)
+    # ffmpeg: an open-ended read closed early, then a new connection further on.
+    _, got = await read(server, store, "k", 0, len(data) - 1, stop_after=2 * MiB)
+    assert got[: 2 * MiB] == data[: 2 * MiB]
+    after_first = len(store.gets)
+    assert inner.bytes_sent < 4 * PART, "leaving cancels the read-ahead"
+    seek = 6 * PART + 5
+    assert (await read(server, store, "k", seek, len(data) - 1))[1] == data[seek:]
+    assert store.gets[after_first].start == seek
+    assert store.gets[after_first].end == seek + FIRST_PIECE - 1
+    present = entry_record(server)["Ranges"]
+    assert isinstance(present, list) and present[0][0] == 0 and present[-1][1] == len(data) - 1
+    sent = inner.bytes_sent
+    # What the first read left is not fetched again.
+    assert (await read(server, store, "k", 0, MiB))[1] == data[: MiB + 1]
+    assert inner.bytes_sent == sent
+
+
+async def test_readers_of_one_entry_share_its_pieces(served: tuple[ObjectServer, Reads]) -> None:
+    server, _ = served
+    release = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        await release.wait()
+
+    inner = FakeObjectStore(gate=gate)
+    data = blob(4 * PART, seed=6)
+    inner.put("k", data)
+    a = asyncio.create_task(read(server, inner, "k", 0, len(data) - 1))
+    b = asyncio.create_task(read(server, inner, "k", 0, len(data) - 1))
+    await asyncio.sleep(0)
+    release.set()
+    assert [r[1] for r in await asyncio.gather(a, b)] == [data, data]
+    assert inner.bytes_sent <= len(data) + FIRST_PIECE
+
+
+async def test_a_waiting_reader_fetches_what_a_leaving_readers_piece_did_not(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    server, _ = served
+    first_gets = asyncio.Event()
+    hold = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        if pos >= 256 * 1024:
+            first_gets.set()
+            await hold.wait()
+
+    inner = FakeObjectStore(gate=gate, chunk_size=64 * 1024)
+    data = blob(2 * PART, seed=7)
+    inner.put("k", data)
+    leaver = asyncio.create_task(read(server, inner, "k", 0, len(data) - 1))
+    await first_gets.wait()  # the leaver's first piece is a quarter in
+    stayer = asyncio.create_task(read(server, inner, "k", 0, len(data) - 1))
+    await asyncio.sleep(0)
+    leaver.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaver
+    hold.set()
+    assert (await stayer)[1] == data
+    assert inner.bytes_sent <= len(data) + 64 * 1024, "the landed quarter was kept"
+
+
+async def test_a_partial_entry_survives_a_restart(tmp_path: Path) -> None:
+    inner = FakeObjectStore()
+    data = blob(4 * PART, seed=8)
+    inner.put("k", data)
+    server, _ = new_server(tmp_path)
+    await server.cache.start()
+    await read(server, inner, "k", PART, 2 * PART - 1)
+    await server.cache.close()
+    sent = inner.bytes_sent
+
+    again, _ = new_server(tmp_path)
+    await again.cache.start()
+    try:
+        assert (await read(again, inner, "k", PART, 2 * PART - 1))[1] == data[PART : 2 * PART]
+        assert inner.bytes_sent == sent
+        # A stream (not a URL read) uses the present bytes too.
+        source, whole = await read(again, inner, "k", 0, len(data) - 1, through_cache=False)
+        assert (source, whole) == ("mixed", data)
+        assert inner.bytes_sent == sent + 3 * PART
+    finally:
+        await again.cache.close()
+
+
+async def test_a_partial_entry_counts_its_present_bytes_and_evicts_older_ones(
+    tmp_path: Path,
+) -> None:
+    server, obs = new_server(tmp_path, max_size=3 * PART)
+    await server.cache.start()
+    try:
+        inner = FakeObjectStore()
+        for k in ("a", "b"):
+            inner.put(k, blob(8 * PART, seed=ord(k)))
+        await read(server, inner, "a", 0, PART - 1)
+        assert server.cache.size_bytes == PART and obs.size == PART
+        await read(server, inner, "b", 0, 2 * PART - 1)
+        assert server.cache.size_bytes == 3 * PART
+        await read(server, inner, "b", 2 * PART, 3 * PART - 1)  # "a" makes room
+        assert server.cache.size_bytes == 3 * PART
+        assert len([p for p in server.cache.config.dir.iterdir() if p.suffix == ".json"]) == 1
+    finally:
+        await server.cache.close()
+
+
+async def test_a_wrong_checksum_fails_the_whole_read_before_its_last_bytes(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    server, _ = served
+    inner = FakeObjectStore()
+    data = blob(3 * PART, seed=9)
+    inner.put("k", data, checksum="CRC32")
+    inner.objects["k"].data = data[:-1] + b"\x00"  # S3 says one CRC, sends other bytes
+    got = bytearray()
+    with pytest.raises(ChecksumMismatch):
+        delivery = await server.open(
+            inner, "k", tenant="t", choose_range=lambda meta: None, through_cache=True
+        )
+        async with delivery:
+            async for chunk in delivery:
+                got += chunk
+    assert len(got) < len(data)
+    assert [p for p in server.cache.config.dir.iterdir() if p.name != ".secret"] == []
+
+
+async def test_a_fetch_during_reads_skips_what_they_brought(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    server, _ = served
+    inner = FakeObjectStore()
+    data = blob(6 * PART, seed=10)
+    inner.put("k", data, part_size=PART, checksum="CRC32")
+    await read(server, inner, "k", 2 * PART, 4 * PART - 1)
+    sent = inner.bytes_sent
+    auth = await server.authorise(inner, "k")
+    entry = await server.fetch(
+        auth, tenant="t", owner="j", readers=frozenset(), progress=Progress()
+    )
+    assert entry.path.read_bytes() == data and entry.verified == ("CRC32-COMPOSITE",)
+    assert inner.bytes_sent == sent + 4 * PART
+    rec = server.cache._entries[entry.path.stem]
+    assert rec.state is EntryState.COMPLETE
+
+
+async def test_a_piece_cancelled_before_it_ran_does_not_hold_up_other_readers(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    """A reader that leaves right after starting its read-ahead cancels pieces
+    whose tasks never ran; another reader of those bytes fetches them itself."""
+    server, _ = served
+    inner = FakeObjectStore()
+    data = blob(3 * PART, seed=11)
+    inner.put("k", data)
+    meta = await inner.head("k")
+    stayer = await server.cache.open_reader(inner, meta, tenant="t")
+    leaver = await server.cache.open_reader(inner, meta, tenant="t")
+    assert stayer is not None and leaver is not None and stayer.entry is leaver.entry
+    await leaver._schedule(0, 2 * PART - 1, len(data) - 1)  # pieces created, not yet run
+    await leaver.close()
+    got = bytearray()
+
+    async def take() -> None:
+        async for chunk in stayer.chunks(0, len(data) - 1):
+            got.extend(chunk)
+
+    await asyncio.wait_for(take(), 10)
+    await stayer.close()
+    assert got == data
