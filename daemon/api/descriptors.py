@@ -1,18 +1,22 @@
 """The caller's own descriptor as a delivery's output (docs/design.md, Socket API: deliveries).
 
-Design note. What runs where: a pipe, FIFO or socket is written on the event
-loop without ever blocking it: O_NONBLOCK on its open file description,
-write(2) until EAGAIN, then a wait for writability. A regular file cannot be
-made non-blocking: a write into a frozen or hung file system (fsfreeze, a
-hard NFS mount, a FUSE server that never answers) blocks in the kernel
-however the descriptor was opened, and so may its fstat. So every call on
-the descriptor before it is known to be pollable (the checks), and every
-write and the close of a regular file, run in a thread of this delivery's
-own, in the order issued (docs/design.md, Socket API: deliveries): a hung
-file system holds that thread and that delivery (whose request still counts
-in its uid's `streams_per_uid`), never the loop nor another delivery. It is a
-daemon thread, so one stuck in the kernel does not keep the daemon from
-exiting; it is not asyncio's default pool, which a few hung writes would fill.
+Design note. What runs where: no call on the caller's descriptor runs on the
+event loop, whatever its type. A regular file cannot be made non-blocking: a
+write into a frozen or hung file system (fsfreeze, a hard NFS mount, a FUSE
+server that never answers) blocks in the kernel however the descriptor was
+opened, and so may its fstat. Nor can a pipe be trusted: O_NONBLOCK spares a
+writer a full pipe, not the pipe's lock, which a reader holds while it
+splice(2)s the pipe into a socket that does not drain; and the last close of
+a pipe takes that lock too. So every call on the descriptor (the checks, each
+write, the close) runs in a thread of this delivery's own, in the order
+issued (docs/design.md, Socket API: deliveries): a hung file system or a
+held pipe holds that thread and that delivery (whose request still counts in
+its uid's `streams_per_uid`), never the loop nor another delivery. A pipe,
+FIFO or socket is still O_NONBLOCK: its thread writes until EAGAIN, and the
+loop waits for writability, so a reader that stops reading holds no thread.
+It is a daemon thread, so one stuck in the kernel does not keep the daemon
+from exiting; it is not asyncio's default pool, which a few hung writes
+would fill. The hop per chunk costs ~0.05 CPU-s per GiB (Performance notes).
 
 Who waits on whom: the delivery awaits each write before it asks the window
 for the next chunk, so the window's count of bytes ahead of the reader stays
@@ -131,8 +135,9 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_result(result)
 
 
-def _write_all(fd: int, chunk: bytes) -> tuple[int, OSError | None]:
-    """Write `chunk` (blocking); the bytes written, and the error that stopped it."""
+def _write_all(fd: int, chunk: bytes | memoryview) -> tuple[int, OSError | None]:
+    """Write `chunk`; the bytes written, and the error that stopped it
+    (BlockingIOError: a non-blocking descriptor is full)."""
     view = memoryview(chunk)
     done = 0
     while done < len(view):
@@ -141,6 +146,23 @@ def _write_all(fd: int, chunk: bytes) -> tuple[int, OSError | None]:
         except OSError as exc:
             return done, exc
     return done, None
+
+
+def _pollable(fd: int, fifo: bool) -> int:
+    """Make a pipe, FIFO or socket non-blocking (a pipe also PIPE_SIZE large:
+    resizing takes the pipe's lock); its own flags, to put back at close."""
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    if fifo:
+        with contextlib.suppress(OSError):
+            if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return flags
+
+
+def _put_flags(fd: int, flags: int) -> None:
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
 
 def _close_quietly(fd: int) -> None:
@@ -183,36 +205,20 @@ class FdWriter:
             mode = await self._thread.submit(check_output_fd, self.fd)
         except OSError as exc:
             raise self._failed(exc, "checking") from None
-        if stat.S_ISREG(mode):
-            return
-        self._thread.stop()
-        self._thread = None  # a pipe, FIFO or socket never blocks: the loop writes it
-        fd = self.fd
-        self._flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, self._flags | os.O_NONBLOCK)
-        if stat.S_ISFIFO(mode):
-            with contextlib.suppress(OSError):
-                if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:
-                    fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if not stat.S_ISREG(mode):
+            self._flags = await self._thread.submit(_pollable, self.fd, stat.S_ISFIFO(mode))
 
     async def write(self, chunk: bytes) -> None:
-        if self._thread is not None:
-            n, exc = await self._thread.submit(_write_all, self.fd, chunk)
-            self.written += n
-            if exc is not None:
-                raise self._failed(exc)
-            return
+        assert self._thread is not None, "check() first; not after close()"
         view = memoryview(chunk)
         while view:
-            try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
-                await ready(self._loop, self.fd, reading=False)
-                continue
-            except OSError as exc:
-                raise self._failed(exc) from None
-            view = view[n:]
+            n, exc = await self._thread.submit(_write_all, self.fd, view)
             self.written += n
+            view = view[n:]
+            if isinstance(exc, BlockingIOError):  # a pollable descriptor is full
+                await ready(self._loop, self.fd, reading=False)
+            elif exc is not None:
+                raise self._failed(exc)
 
     def _failed(self, exc: OSError, doing: str = "writing") -> ApiError:
         if isinstance(exc, BrokenPipeError):
@@ -227,14 +233,13 @@ class FdWriter:
         )
 
     def close(self) -> None:
-        """Close the descriptor: a regular file's after the writes queued before
-        (in its thread, without waiting); a pipe's at once, its flags put back
-        (its reader sees EOF once the caller's copy closes too)."""
-        if self._thread is not None:
-            self._thread.submit(_close_quietly, self.fd)
-            self._thread.stop()
+        """Close the descriptor after the writes queued before, in its thread,
+        without waiting; a pipe's or socket's flags put back first (its reader
+        sees EOF once the caller's copy closes too)."""
+        if self._thread is None:
             return
         if self._flags is not None:
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(self.fd, fcntl.F_SETFL, self._flags)
-        os.close(self.fd)
+            self._thread.submit(_put_flags, self.fd, self._flags)
+        self._thread.submit(_close_quietly, self.fd)
+        self._thread.stop()
+        self._thread = None

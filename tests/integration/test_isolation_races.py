@@ -354,6 +354,78 @@ def test_a_delivery_into_a_frozen_file_system_leaves_the_loop_free(
     assert sha(out.read_bytes()) == sha(data)
 
 
+def test_a_reader_holding_its_pipe_leaves_the_loop_free(daemon: Daemon, seaweed: Seaweed) -> None:
+    """A compromised encoder splice(2)s its delivery pipe into a socket that
+    never drains: splice holds the pipe's lock while it waits, and a write into
+    that pipe waits for the lock even with O_NONBLOCK. The daemon's write (and
+    close) of the pipe run in the delivery's thread: another uid's /healthz
+    still answers within 1 s, and once the socket drains the delivery ends whole."""
+    folder = f"held-{secrets.token_hex(4)}/"
+    data = blob(8 * MiB, seed=94)
+    with seaweed.closing_client("s3") as s3:
+        s3.put_object(Bucket=seaweed.bucket, Key=folder + "a.bin", Body=data)
+    client = Client(str(daemon.socket), timeout=60)
+    job = f"held-{secrets.token_hex(4)}"
+    client.create_job(job, TENANT, uri(seaweed.bucket, folder), seaweed.role_arn)
+    r, w = os.pipe()
+    full, drain = socket.socketpair()
+    full.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    full.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            full.send(b"\0" * 4096)
+    full.setblocking(True)  # splice now waits in the kernel, holding the pipe
+    spliced = [0]
+
+    def splice() -> None:
+        with contextlib.suppress(OSError):
+            while n := os.splice(r, full.fileno(), 1 << 20):
+                spliced[0] += n
+
+    answer: list[object] = []
+
+    def deliver() -> None:
+        try:
+            answer.append(client.deliver(job, "a.bin", w))
+        except Exception as exc:  # seen by the asserts below
+            answer.append(exc)
+
+    splicing = threading.Thread(target=splice, daemon=True)
+    delivering = threading.Thread(target=deliver)
+    try:
+        splicing.start()
+        delivering.start()
+        deadline = time.monotonic() + 30
+        while not any(
+            t["Mode"] == "stream" and t["BytesDone"] > 0 for t in client.get_job(job)["Transfers"]
+        ):
+            assert time.monotonic() < deadline, "the delivery never started"
+            time.sleep(0.02)
+        for _ in range(3):
+            status, seconds = health_as(ENCODERS[0], daemon.socket, within=1.0)
+            assert status == 200, f"/healthz unanswered for {seconds:.2f} s: the loop is blocked"
+        assert delivering.is_alive(), "the pipe is held: the delivery cannot have ended"
+        drain.settimeout(60)
+
+        def draining() -> None:  # the encoder's socket drains at last
+            with contextlib.suppress(OSError):
+                while drain.recv(1 << 20):
+                    pass
+
+        threading.Thread(target=draining, daemon=True).start()
+        delivering.join(timeout=60)
+        assert not delivering.is_alive()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(w)
+        full.close()
+        drain.close()
+        os.close(r)
+        with contextlib.suppress(S3feedError):
+            client.delete_job(job)
+    assert isinstance(answer[0], dict) and answer[0]["Bytes"] == len(data), answer
+
+
 def _o_direct(tmp: Path) -> int:
     return os.open(tmp / "direct.bin", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
 
