@@ -233,13 +233,15 @@ class FdWriter:
         )
 
     def close(self) -> None:
-        """Close the descriptor after the writes queued before, in its thread,
-        without waiting; a pipe's or socket's flags put back first (its reader
+        """Put a pipe's or socket's flags back, then close the descriptor after
+        the writes queued before, in its thread, without waiting (its reader
         sees EOF once the caller's copy closes too)."""
         if self._thread is None:
             return
         if self._flags is not None:
-            self._thread.submit(_put_flags, self.fd, self._flags)
+            # F_SETFL takes no pipe lock: on the loop, so the flags are the
+            # caller's again before the answer goes out.
+            _put_flags(self.fd, self._flags)
         self._thread.submit(_close_quietly, self.fd)
         self._thread.stop()
         self._thread = None

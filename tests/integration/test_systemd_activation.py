@@ -133,7 +133,9 @@ def test_socket_activation_and_notify_protocol(
     body = orjson.loads(response.read())
     conn.close()
     assert response.status == 200, body
-    assert body["Status"] == "ok" and body["Principal"] is None  # STS is down: not fatal
+    # STS is down: not fatal, the daemon serves, and /healthz says what is wrong.
+    assert (body["Status"], body["Principal"]) == ("degraded", None)
+    assert [p["Code"] for p in body["Problems"]] == ["StsUnavailable"]
 
     ready = notes.wait_for("READY")
     assert ready["READY"] == "1" and "jobs" in ready["STATUS"]
