@@ -782,3 +782,19 @@ async def test_a_failed_download_is_not_restarted_while_its_files_are_removed(
         await t2  # the other waiter gets the outcome, not a resume over removed files
     assert b.gets == [] and entries(c) == [] and c.size_bytes == 0
     await c.close()
+
+
+async def test_a_cache_file_deleted_behind_the_daemons_back_is_fetched_again(
+    cache: tuple[Cache, Counts],
+) -> None:
+    c, _ = cache
+    inner = FakeObjectStore()
+    data = blob(2 * MiB + 1)
+    inner.put("k", data)
+    e = await c.fetch(inner, "k", tenant="t", owner="j1", progress=Progress())
+    e.path.unlink()  # an operator or a tmp cleaner
+    assert c.lookup(inner, "k", e.etag) is None, "a stream does not take it for complete"
+    sent = inner.bytes_sent
+    again = await c.fetch(inner, "k", tenant="t", owner="j2", progress=Progress())
+    assert again.path.read_bytes() == data
+    assert inner.bytes_sent == sent + len(data)

@@ -195,6 +195,20 @@ class Cache:
         rec.last_used = time.time()
         return CacheEntry(self.dir.data_path(rec.id), rec.size, rec.etag, rec.verified)
 
+    def _vanished(self, rec: Record) -> bool:
+        """A complete entry whose data file was deleted behind the daemon's back
+        (an operator, a tmp cleaner): forgotten, so it is fetched again
+        (docs/design.md, Cache). One stat(2) of the daemon's own directory."""
+        if rec.state is not EntryState.COMPLETE or self.dir.data_path(rec.id).exists():
+            return False
+        log.warning(
+            "a cache file was deleted behind the daemon's back; the object is fetched again",
+            extra={"entry": rec.id},
+        )
+        self._forget(rec.id)
+        self._files.submit(self.dir.remove, rec.id)  # its record, and a part file if any
+        return True
+
     def unpin_all(self, owner: str) -> None:
         """`owner` is gone: unpin its entries, and its uids lose access to
         each file unless another live owner of that entry grants them too."""
@@ -206,7 +220,7 @@ class Cache:
         the object with the job's own credentials first (that is the check,
         and gives `etag`) and reads the file itself, so no uid is granted."""
         rec = self._known(self.dir.entry_id(store.endpoint, store.bucket, key, etag))
-        if rec is None or rec.state is not EntryState.COMPLETE:
+        if rec is None or rec.state is not EntryState.COMPLETE or self._vanished(rec):
             self.observer.cache_miss()
             return None
         self.observer.cache_hit()
@@ -238,6 +252,8 @@ class Cache:
         new_pin = self._grants.pin(rid, owner)
         try:
             rec = self._known(rid)
+            if rec is not None and self._vanished(rec):
+                rec = None  # fetched again, never answered with a path that does not exist
             if rec is not None and rec.state is EntryState.COMPLETE:
                 self.observer.cache_hit()
                 progress.start(self.engine.monotonic(), rec.size, rec.size)
