@@ -181,8 +181,6 @@ class Delivery:
         self._cached = cached
         self._reader = reader
         self._through_cache = through_cache
-        self._read_rec = reader.entry.rec if reader is not None else None
-        self.from_cache = self.from_s3 = 0  # a read's bytes, once it is closed
         self.first_source = self._planned()
         self._read: AsyncIterator[bytes] | None = None
         self._head: bytes | None = None  # a read's first chunk, in hand before the headers
@@ -227,24 +225,24 @@ class Delivery:
         return True
 
     async def _close_read(self) -> None:
+        """End the read (its reader stays, closed, for its counts: `source`)."""
         read, self._read = self._read, None
-        reader, self._reader = self._reader, None
         try:
             if read is not None:
                 await read.aclose()  # type: ignore[attr-defined]
         finally:
-            if reader is not None:
-                self.from_cache, self.from_s3 = reader.from_cache, reader.from_s3
-                await reader.close()
+            if self._reader is not None:
+                await self._reader.close()  # once; a second call returns at once
 
     def _planned(self) -> str:
         """Where the bytes will come from, as far as is known before any moves:
         "cache", "s3", or "mixed" (a partial entry holds some of them)."""
         if self._cached is not None:
             return "cache"
-        if self._read_rec is None:
+        if self._reader is None:
             return "s3"
-        present = sum(e - s + 1 for s, e in self._read_rec.ranges.overlap(self.first, self.last))
+        ranges = self._reader.entry.rec.ranges
+        present = sum(e - s + 1 for s, e in ranges.overlap(self.first, self.last))
         if present == 0:
             return "s3"
         return "cache" if present == self.length else "mixed"
@@ -256,9 +254,7 @@ class Delivery:
         if self._cached is not None:
             return "cache"
         reader = self._reader
-        from_cache, from_s3 = (
-            (reader.from_cache, reader.from_s3) if reader else (self.from_cache, self.from_s3)
-        )
+        from_cache, from_s3 = (reader.from_cache, reader.from_s3) if reader else (0, 0)
         if from_cache and from_s3:
             return "mixed"
         return "cache" if from_cache else "s3"
@@ -298,7 +294,7 @@ class Delivery:
         now = self._server._monotonic()
         if outcome == "success":
             verified: Iterable[str] = self._stream.verified if self._stream else ()
-            rec = self._read_rec
+            rec = self._reader.entry.rec if self._reader is not None else None
             if rec is not None and self.first == 0 and self.last == self.meta.size - 1:
                 verified = rec.verified if rec.state is EntryState.COMPLETE else ()
             self.progress.finish(now, verified)
