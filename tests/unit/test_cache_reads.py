@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from s3feed.transfer.cache.cache import Cache
-from s3feed.transfer.cache.disk import EntryState
+from s3feed.transfer.cache.disk import EntryState, Record
 from s3feed.transfer.cache.reads import FIRST_PIECE
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
@@ -243,6 +243,36 @@ async def test_a_partial_entry_survives_a_restart(tmp_path: Path) -> None:
         assert inner.bytes_sent == sent + 3 * PART
     finally:
         await again.cache.close()
+
+
+async def test_the_start_scan_leaves_an_entry_a_read_is_opening(tmp_path: Path) -> None:
+    """The scan of a restart runs beside the first reads: one that reaches the
+    directory while a read writes its entry's record must not take that
+    record (or its tmp file) for an orphan's."""
+    inner = FakeObjectStore()
+    data = blob(2 * PART, seed=9)
+    inner.put("k", data)
+    server, _ = new_server(tmp_path)
+    cache = server.cache
+    await cache.start()
+    write_record = cache.dir.write_record
+    scanned: list[list[str]] = []
+
+    def write_with_a_scan_beside(rec: Record) -> None:
+        tmp = cache.dir.path / f"{rec.id}.json.tmp"
+        tmp.write_bytes(b"{}")  # the moment between the tmp file and its rename
+        scanned.append([r.id for r in cache.dir.scan(cache._busy)])
+        assert tmp.exists(), "the scan removed the tmp file of a record being written"
+        write_record(rec)
+        scanned.append([r.id for r in cache.dir.scan(cache._busy)])
+
+    cache.dir.write_record = write_with_a_scan_beside  # type: ignore[method-assign]
+    try:
+        assert (await read(server, inner, "k", 0, PART - 1))[1] == data[:PART]
+        assert scanned[:2] == [[], []], "the entry being opened was left to its reader"
+    finally:
+        cache.dir.write_record = write_record  # type: ignore[method-assign]
+        await cache.close()
 
 
 async def test_a_partial_entry_counts_its_present_bytes_and_evicts_older_ones(

@@ -33,6 +33,7 @@ import grp
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +94,10 @@ class Cache:
         self._removed: set[str] = set()  # evicted while the scan ran
         self._reads: dict[str, OpenEntry] = {}  # entries URL reads have open
         self._completing: dict[str, asyncio.Task[None]] = {}  # reads' entries being verified
+        # Entries a read is opening (record written, part file not yet in
+        # _reads): busy for the scan, which would otherwise take their
+        # record for an orphan's.
+        self._opening: Counter[str] = Counter()
         self._stopping: dict[str, asyncio.Task[None]] = {}
         self._scan: asyncio.Task[None] | None = None
         self._sync = Syncer(
@@ -178,7 +183,12 @@ class Cache:
             self._grants.apply_or_forget(rid)
 
     def _busy(self, rid: str) -> bool:
-        return rid in self._flights or rid in self._grants or rid in self._reads
+        return (
+            rid in self._flights
+            or rid in self._grants
+            or rid in self._reads
+            or self._opening[rid] > 0
+        )
 
     def _report_size(self) -> None:
         self.observer.cache_size(self.size_bytes, self.capacity_bytes)
@@ -472,6 +482,17 @@ class Cache:
         return EntryReader(entry, store, tenant, release=self._release_reader)
 
     async def _open_entry(self, rid: str, store: ObjectStore, meta: ObjectMeta) -> OpenEntry | None:
+        self._opening[rid] += 1
+        try:
+            return await self._open_entry_busy(rid, store, meta)
+        finally:
+            self._opening[rid] -= 1
+            if not self._opening[rid]:
+                del self._opening[rid]
+
+    async def _open_entry_busy(
+        self, rid: str, store: ObjectStore, meta: ObjectMeta
+    ) -> OpenEntry | None:
         rec = self._known(rid)
         if rec is not None and rec.state is EntryState.COMPLETE:
             return None
@@ -491,7 +512,7 @@ class Cache:
             return entry
         if self._entries.get(rid) is not rec or rec.state is EntryState.COMPLETE:
             self._files.submit(os.close, fd)  # completed or dropped meanwhile: start over
-            return await self._open_entry(rid, store, meta)
+            return await self._open_entry_busy(rid, store, meta)
         entry = OpenEntry(rec, meta, fd, Sidecar(rec, self.dir, self._files), self, self.engine)
         self._reads[rid] = entry
         return entry
