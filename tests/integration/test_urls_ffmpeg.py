@@ -4,8 +4,8 @@ and writing through the loopback listener, run as real uids with setpriv.
 
 - a moov-at-end MP4 (what ffmpeg writes by default), which a pipe cannot feed
   to ffmpeg, is probed and remuxed through its URL, frame for frame;
-- an HLS source is read through its playlist's URL (relative segment names
-  resolve under the same job);
+- an HLS source is read through its playlist's URL, a DASH source through its
+  manifest's (relative segment names resolve under the same job);
 - an HLS ladder is written with `-f hls -method PUT` and lands complete, with
   each object's Content-Type from its extension;
 - a uid outside the job gets NoSuchJob over TCP while the job's encoder uid
@@ -108,6 +108,35 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def dash(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DASH folder as ffmpeg's dash muxer writes it: manifest.mpd, an init
+    segment and 1 s media segments per stream, video and audio."""
+    out = tmp_path_factory.mktemp("dash")
+    subprocess.run(
+        [
+            *["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y"],
+            *["-f", "lavfi", "-i", "testsrc=duration=6:size=320x240:rate=25"],
+            *["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=6"],
+            *["-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast"],
+            *["-pix_fmt", "yuv420p", "-g", "25", "-c:a", "aac"],
+            *["-f", "dash", "-seg_duration", "1", str(out / "manifest.mpd")],
+        ],
+        check=True,
+    )
+    return out
+
+
+def decoded(source: str, uid: int = ENCODER) -> list[str]:
+    """Every decoded frame of every stream of `source` (as `uid`): ffmpeg's
+    framemd5 lines (stream, timestamps, size, MD5 of the frame)."""
+    out = as_uid(
+        uid, "ffmpeg", "-nostdin", "-v", "error", "-i", source, "-map", "0", "-f", "framemd5", "-"
+    )
+    assert out.returncode == 0, out.stderr
+    return [ln for ln in out.stdout.splitlines() if not ln.startswith("#")]
+
+
 def _url(daemon: Daemon, *args: str) -> str:
     out = subprocess.run(
         [S3FEED, "--socket", str(daemon.socket), "url", *args], capture_output=True, text=True
@@ -171,6 +200,20 @@ def test_a_moov_at_end_mp4_is_probed_and_remuxed_through_its_url(
 def test_hls_is_read_through_its_playlist_url(daemon: Daemon, job: str, media: Path) -> None:
     url = _url(daemon, job, "show/hls/index.m3u8")
     assert frames(url) == frames(str(media / "hls" / "index.m3u8"), uid=0) == 150
+
+
+def test_dash_is_read_through_its_manifest_url(
+    daemon: Daemon, job: str, bucket: TestBucket, dash: Path
+) -> None:
+    files = sorted(dash.iterdir())
+    assert {f.suffix for f in files} == {".mpd", ".m4s"} and len(files) > 10
+    for f in files:
+        bucket.put(f"in/show/dash/{f.name}", f)
+    url = _url(daemon, job, "show/dash/manifest.mpd")
+    assert frames(url) == frames(str(dash / "manifest.mpd"), uid=0) == 150
+    want = decoded(str(dash / "manifest.mpd"), uid=0)
+    assert {ln.split(",")[0] for ln in want} == {"0", "1"}, "video and audio"
+    assert decoded(url) == want, "every segment of both streams, frame for frame"
 
 
 def test_a_uid_outside_the_job_gets_no_such_job_over_tcp(daemon: Daemon, job: str) -> None:
