@@ -32,6 +32,8 @@ class ObjectMeta:
     # Checksums S3 returned with ChecksumMode=ENABLED, e.g. {"CRC32C": "base64=="}.
     checksums: dict[str, str] = field(default_factory=dict)
     checksum_type: str | None = None  # "FULL_OBJECT" or "COMPOSITE"
+    # x-amz-server-side-encryption, e.g. "aws:kms" (an ETag that is not an MD5).
+    encryption: str | None = None
 
 
 @dataclass(frozen=True)

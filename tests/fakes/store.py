@@ -55,6 +55,7 @@ class _Object:
     checksums: dict[str, str]
     checksum_type: str | None
     version: int  # bumped on every put: S3 serves a GET from one version
+    encryption: str | None = None  # x-amz-server-side-encryption
 
 
 class FakeObjectStore:
@@ -88,11 +89,13 @@ class FakeObjectStore:
         parts: int | None = None,
         part_size: int | None = None,
         checksum: str | None = None,
+        encryption: str | None = None,
     ) -> str:
         """Store an object. `parts` splits it into N equal parts (the last
         shorter), `part_size` into parts of that size, as an uploader would,
         with a `-N` ETag; `checksum` ("CRC32", "CRC32C") adds that checksum:
-        FULL_OBJECT for single-part, COMPOSITE for multipart."""
+        FULL_OBJECT for single-part, COMPOSITE for multipart; `encryption` is
+        what HEAD says of it ("aws:kms": pass an `etag` that is no MD5, as S3's)."""
         layout: list[tuple[int, int]] | None = None
         if part_size:
             parts = max(1, -(-len(data) // part_size))
@@ -117,7 +120,9 @@ class FakeObjectStore:
                 checksums[checksum] = base64.b64encode(alg.digest(alg.update(data, 0))).decode()
                 ctype = "FULL_OBJECT"
         self._versions += 1
-        self.objects[key] = _Object(data, etag, layout, checksums, ctype, self._versions)
+        self.objects[key] = _Object(
+            data, etag, layout, checksums, ctype, self._versions, encryption
+        )
         return etag
 
     def overwrite(self, key: str, data: bytes) -> str:
@@ -149,6 +154,7 @@ class FakeObjectStore:
             last_modified=_EPOCH,
             checksums=dict(obj.checksums),
             checksum_type=obj.checksum_type,
+            encryption=obj.encryption,
         )
 
     async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:

@@ -13,7 +13,7 @@ import pytest
 
 from s3feed.transfer.cache.cache import Cache
 from s3feed.transfer.cache.disk import EntryState, Record
-from s3feed.transfer.cache.reads import FIRST_PIECE
+from s3feed.transfer.cache.reads import FIRST_PIECE, OpenEntry
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import ChecksumMismatch
@@ -358,3 +358,154 @@ async def test_a_piece_cancelled_before_it_ran_does_not_hold_up_other_readers(
     await asyncio.wait_for(take(), 10)
     await stayer.close()
     assert got == data
+
+
+class Checks:
+    """What each completion check of a read's entry verified and read back
+    from the part file (OpenEntry.verify, wrapped)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done: list[tuple[list[str], int]] = []
+        verify = OpenEntry.verify
+
+        async def counted(
+            entry: OpenEntry, parts: list[tuple[int, int]] | None, exact: bool
+        ) -> list[str]:
+            try:
+                verified = await verify(entry, parts, exact)
+            except ChecksumMismatch:
+                self.done.append((["mismatch"], entry.reread))
+                raise
+            self.done.append((verified, entry.reread))
+            return verified
+
+        monkeypatch.setattr(OpenEntry, "verify", counted)
+
+
+async def ffprobe_then_remux(server: ObjectServer, store: FakeObjectStore, key: str) -> bytes:
+    """ffmpeg's way with a moov-at-end MP4: the head on a read closed early,
+    the index at the end, then everything on a new connection."""
+    size = len(store.objects[key].data)
+    await read(server, store, key, 0, size - 1, stop_after=MiB + 1)
+    await read(server, store, key, size - 300_000, size - 1)
+    return (await read(server, store, key, 0, size - 1))[1]
+
+
+@pytest.mark.parametrize(
+    ("checksum", "part_size", "verified"),
+    [
+        ("CRC32", None, ["CRC32"]),
+        ("CRC32C", PART, ["CRC32C-COMPOSITE"]),
+        (None, PART, []),  # a multipart ETag and no checksum: nothing to check
+    ],
+)
+async def test_completion_reads_back_nothing_the_pieces_hashed_as_they_landed(
+    served: tuple[ObjectServer, Reads],
+    monkeypatch: pytest.MonkeyPatch,
+    checksum: str | None,
+    part_size: int | None,
+    verified: list[str],
+) -> None:
+    """Readers come and go (a cut piece, a reconnect after each seek): the
+    CRCs of what they fetched outlive them, and completion reads no byte back."""
+    server, _ = served
+    checks = Checks(monkeypatch)
+    inner = FakeObjectStore(rng=random.Random(12))
+    data = blob(5 * PART + 4321, seed=12)
+    inner.put("k", data, part_size=part_size, checksum=checksum)
+    assert await ffprobe_then_remux(server, inner, "k") == data
+    assert checks.done == [(verified, 0)]
+
+
+async def test_an_md5_etag_is_hashed_behind_the_landed_bytes(
+    served: tuple[ObjectServer, Reads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = served
+    checks = Checks(monkeypatch)
+    inner = FakeObjectStore()
+    data = blob(3 * PART + 99, seed=13)
+    inner.put("k", data)  # one part, no checksum: the ETag is its MD5
+    assert await ffprobe_then_remux(server, inner, "k") == data
+    [(kinds, reread)] = checks.done
+    assert kinds == ["MD5"] and reread < len(data)
+    rec = next(iter(server.cache._entries.values()))
+    assert rec.state is EntryState.COMPLETE and rec.verified == ("MD5",)
+
+
+async def test_a_wrong_md5_fails_the_read_and_drops_the_entry(
+    served: tuple[ObjectServer, Reads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = served
+    checks = Checks(monkeypatch)
+    inner = FakeObjectStore()
+    data = blob(2 * PART, seed=14)
+    inner.put("k", data)
+    inner.objects["k"].data = data[:PART] + b"\xff" + data[PART + 1 :]  # S3 sends other bytes
+    with pytest.raises(ChecksumMismatch):
+        await read(server, inner, "k", 0, len(data) - 1)
+    assert [k for k, _ in checks.done] == [["mismatch"]]
+    assert [p for p in server.cache.config.dir.iterdir() if p.name != ".secret"] == []
+
+
+async def test_a_corrupt_byte_in_one_part_from_s3_fails_a_composite_check(
+    served: tuple[ObjectServer, Reads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = served
+    checks = Checks(monkeypatch)
+    inner = FakeObjectStore()
+    data = blob(4 * PART, seed=15)
+    inner.put("k", data, part_size=PART, checksum="CRC32C")
+    bad = 2 * PART + 12345
+    inner.objects["k"].data = data[:bad] + bytes([data[bad] ^ 1]) + data[bad + 1 :]
+    with pytest.raises(ChecksumMismatch):
+        await ffprobe_then_remux(server, inner, "k")
+    assert checks.done == [(["mismatch"], 0)], "found from the pieces' CRCs, nothing read back"
+
+
+async def test_an_sse_kms_etag_is_not_taken_for_an_md5(
+    served: tuple[ObjectServer, Reads], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, _ = served
+    checks = Checks(monkeypatch)
+    inner = FakeObjectStore()
+    data = blob(2 * PART + 5, seed=16)
+    inner.put("k", data, etag='"0123456789abcdef0123456789abcdef"', encryption="aws:kms")
+    assert (await read(server, inner, "k", 0, len(data) - 1))[1] == data
+    assert checks.done == [([], 0)]
+    rec = next(iter(server.cache._entries.values()))
+    assert rec.state is EntryState.COMPLETE
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+async def test_after_a_restart_only_the_part_that_landed_before_is_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
+) -> None:
+    checks = Checks(monkeypatch)
+    inner = FakeObjectStore()
+    data = blob(4 * PART, seed=17)
+    etag = inner.put("k", data, part_size=PART, checksum="CRC32C")
+    server, _ = new_server(tmp_path)
+    await server.cache.start()
+    await read(server, inner, "k", PART, 2 * PART - 1)
+    rid = server.cache.dir.entry_id(inner.endpoint, inner.bucket, "k", etag)
+    part_file = server.cache.dir.part_path(rid)
+    await server.cache.close()
+    if corrupt:  # the disk changed a byte while the daemon was down
+        with part_file.open("r+b") as f:
+            f.seek(PART + 77)
+            byte = f.read(1)
+            f.seek(PART + 77)
+            f.write(bytes([byte[0] ^ 0x40]))
+
+    again, _ = new_server(tmp_path)
+    await again.cache.start()
+    try:
+        if corrupt:
+            with pytest.raises(ChecksumMismatch):
+                await read(again, inner, "k", 0, len(data) - 1)
+            assert checks.done == [(["mismatch"], PART)]
+        else:
+            assert (await read(again, inner, "k", 0, len(data) - 1))[1] == data
+            assert checks.done == [(["CRC32C-COMPOSITE"], PART)]
+    finally:
+        await again.cache.close()

@@ -353,3 +353,16 @@ async def test_a_403_to_a_head_of_a_listed_key_stays_accessdenied(server: Server
     server.respond = head_403_then_list(list_status="403 Forbidden")
     with pytest.raises(AccessDenied):
         await store.head("f/ep1.ts")
+
+
+async def test_a_head_says_how_the_object_is_encrypted(server: Server, env: Any) -> None:
+    """An SSE-KMS object's ETag is not its MD5: the HEAD carries what says so."""
+    store, _, _ = env
+    kms = {
+        "ETag": '"0123456789abcdef0123456789abcdef"',
+        "Last-Modified": "Sat, 28 Nov 2026 13:00:00 GMT",
+    }
+    server.respond = answer("200 OK", {**kms, "x-amz-server-side-encryption": "aws:kms"})
+    assert (await store.head("f/a.ts")).encryption == "aws:kms"
+    server.respond = answer("200 OK", kms)
+    assert (await store.head("f/a.ts")).encryption is None

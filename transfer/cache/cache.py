@@ -42,7 +42,7 @@ from s3feed.transfer.cache.disk import CacheDir, EntryState, Record
 from s3feed.transfer.cache.fileworker import FileWorker
 from s3feed.transfer.cache.flight import CacheEntry, Flight, Waiter, close_opened, download
 from s3feed.transfer.cache.grants import Grants
-from s3feed.transfer.cache.reads import EntryReader, OpenEntry
+from s3feed.transfer.cache.reads import EntryReader, Hashed, OpenEntry
 from s3feed.transfer.cache.sidecar import Sidecar
 from s3feed.transfer.cache.sync import SYNC_DELAY, SYNC_RETRY, Syncer
 from s3feed.transfer.config import CacheConfig
@@ -94,6 +94,7 @@ class Cache:
         self._removed: set[str] = set()  # evicted while the scan ran
         self._reads: dict[str, OpenEntry] = {}  # entries URL reads have open
         self._completing: dict[str, asyncio.Task[None]] = {}  # reads' entries being verified
+        self._hashed: dict[str, Hashed] = {}  # what reads hashed of partial entries as bytes landed
         # Entries a read is opening (record written, part file not yet in
         # _reads): busy for the scan, which would otherwise take their
         # record for an orphan's.
@@ -431,6 +432,7 @@ class Cache:
             flight.done.set_exception(exc)
             return
         self._flights.pop(rec.id, None)
+        self._hashed.pop(rec.id, None)  # complete: no read hashes it any more
         self._sync.schedule(rec.id, self.engine.monotonic() + self._sync_delay)
         flight.done.set_result(self._entry(rec))
 
@@ -443,6 +445,7 @@ class Cache:
     def _forget(self, rid: str) -> None:
         """Out of the index; the caller removes the files."""
         self._entries.pop(rid, None)
+        self._hashed.pop(rid, None)
         if (entry := self._reads.get(rid)) is not None:
             entry.dropped = True  # its readers go on from what they have; nothing is recorded
         if self._scan is not None and not self._scan.done():
@@ -513,7 +516,9 @@ class Cache:
         if self._entries.get(rid) is not rec or rec.state is EntryState.COMPLETE:
             self._files.submit(os.close, fd)  # completed or dropped meanwhile: start over
             return await self._open_entry_busy(rid, store, meta)
-        entry = OpenEntry(rec, meta, fd, Sidecar(rec, self.dir, self._files), self, self.engine)
+        hashed = self._hashed.setdefault(rid, Hashed())
+        sidecar = Sidecar(rec, self.dir, self._files)
+        entry = OpenEntry(rec, meta, fd, sidecar, self, self.engine, hashed=hashed)
         self._reads[rid] = entry
         return entry
 
@@ -527,6 +532,8 @@ class Cache:
         if running is None:
             if rid in self._flights or entry.rec.state is not EntryState.PARTIAL:
                 return  # a fetch's download completes it
+            if entry.dropped:
+                return  # forgotten (its check failed, or it was evicted): its reads fail
             running = asyncio.create_task(self._complete(entry, store))
             self._completing[rid] = running
             running.add_done_callback(lambda _: self._completing.pop(rid, None))
@@ -538,7 +545,7 @@ class Cache:
         budget = RetryBudget(self.engine.config.retries)
         parts, exact = await self.engine.layout(store, entry.meta, budget)
         try:
-            verified = await self.engine.verify_file(entry.fd, entry.verifier(parts, exact))
+            verified = await entry.verify(parts, exact)  # from what was hashed as pieces landed
         except ChecksumMismatch as exc:
             entry.failed = exc
             log.warning(
@@ -554,6 +561,7 @@ class Cache:
         complete.complete(verified, self.dir.boot_id)
         await self._files.run(self.dir.finish, complete)
         rec.complete(verified, self.dir.boot_id)
+        self._hashed.pop(rec.id, None)
         self._sync.schedule(rec.id, self.engine.monotonic() + self._sync_delay)
         self._report_size()
 
@@ -584,5 +592,6 @@ class Cache:
         entry.closed = True
         if self._reads.get(rid) is entry:
             del self._reads[rid]
+        await entry.stop()  # no thread reads the descriptor once it is closed
         self._files.submit(os.close, entry.fd)
         self._report_size()

@@ -27,13 +27,26 @@ starts small again. Pieces are cut at `part_size` boundaries and never cross
 an object part, so their CRCs combine into a composite checksum.
 
 Verification: every GET carries If-Match, so the bytes of a piece are the
-ETag's. When the last missing byte of the object lands, the entry is
-completed as a fetch's is: its checksums (or MD5 ETag) are verified, from
-the CRCs of pieces that landed whole plus a re-read of the rest, and the
-part file becomes the data file. The piece that completes the entry waits
-for that, so a reader of the whole object gets its last bytes only after
-the check, as a stream's reader does. A mismatch drops the entry and fails
-its readers.
+ETag's. What the completion check needs is computed while pieces land, so
+completing an entry does not read the whole file again (docs/design.md,
+Cache: Partial entries):
+- a CRC (full-object or composite): each piece keeps the CRC of the bytes it
+  wrote, also when it is cut short (its reader left, its budget ran out), and
+  the CRCs combine (`Algorithm.combine`); only bytes that landed before the
+  entry was opened (a restart, a reader that came back) have no CRC, and
+  just those ranges are read again, cut at part boundaries;
+- the ETag as MD5 (a single-part object with no checksum): MD5 cannot be
+  combined, so `_TrailingMd5` hashes the entry from its first byte in a
+  worker thread, following the bytes present as they land (a pread from the
+  page cache, off the event loop), and completion waits only for what landed
+  last. Not for an SSE-KMS object, whose ETag is not an MD5;
+- a multipart ETag, with no checksum, is not checked (a fetch does not
+  either): its per-part MD5s would cost an MD5 of every byte.
+When the last missing byte of the object lands, the entry is completed as a
+fetch's is and the part file becomes the data file. The piece that
+completes the entry waits for the check, so a reader of the whole object gets
+its last bytes only after it, as a stream's reader does. A mismatch drops
+the entry and fails its readers.
 
 What runs where: everything on the event loop; `pwrite`/`pread` of the part
 file on the loop as the cache's data path does, other file calls in the
@@ -43,6 +56,7 @@ cache's file worker.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,7 +66,7 @@ from s3feed.transfer.cache.disk import EntryState, Record
 from s3feed.transfer.cache.sidecar import Sidecar
 from s3feed.transfer.checksums import Algorithm, RangeDigest, Verifier
 from s3feed.transfer.engine import Engine, object_parts
-from s3feed.transfer.errors import Cancelled
+from s3feed.transfer.errors import Cancelled, ChecksumMismatch
 from s3feed.transfer.progress import RangeSet
 from s3feed.transfer.retry import RetryBudget
 from s3feed.transfer.store import ObjectMeta, ObjectStore
@@ -60,6 +74,8 @@ from s3feed.transfer.streammemory import MIN_WINDOW
 
 FIRST_PIECE = 1024 * 1024  # a new read's first GET: S3 answers a small range sooner
 CHUNK = 1024 * 1024  # bytes per pread handed to the reader
+HASH_STEP = 8 * 1024 * 1024  # bytes the trailing MD5 hashes per thread hop
+NOT_MD5_ETAGS = ("aws:kms", "aws:kms:dsse")  # x-amz-server-side-encryption whose ETag is no MD5
 
 
 class EntryHost(Protocol):
@@ -91,6 +107,18 @@ class _PieceSink:
     ) -> None:
         self.fd, self.pos, self.digest, self.engine, self.tenant = fd, start, digest, engine, tenant
 
+    def landed(self) -> RangeDigest | None:
+        """The CRC of the bytes written so far (all of them if the piece ended),
+        or None when nothing landed or the object has no CRC."""
+        d = self.digest
+        if d is None or d.pos == d.start:
+            return None
+        if d.pos == d.end + 1:
+            return d
+        cut = RangeDigest(d.alg, d.start, d.pos - 1)
+        cut.crc, cut.pos = d.crc, d.pos
+        return cut
+
     def write(self, offset: int, data: memoryview) -> None:
         n, done = len(data), 0
         while done < n:
@@ -99,6 +127,17 @@ class _PieceSink:
             self.digest.update(offset, data)
         self.pos = offset + n
         self.engine.observer.bytes_received(self.tenant, n)
+
+
+@dataclass(eq=False)
+class Hashed:
+    """What was hashed of an entry's bytes as they landed. The cache keeps it
+    while the entry is partial, across its readers' comings and goings (ffmpeg
+    reconnects after every seek), so only a restart loses it."""
+
+    digests: dict[int, RangeDigest] = field(default_factory=dict)  # CRCs of pieces, by start
+    md5: hashlib._Hash = field(default_factory=hashlib.md5)  # of bytes 0..md5_pos-1
+    md5_pos: int = 0
 
 
 @dataclass(eq=False)
@@ -111,17 +150,26 @@ class OpenEntry:
     engine: Engine
     readers: int = 0
     pieces: list[Piece] = field(default_factory=list)  # in flight, unordered
-    digests: dict[int, RangeDigest] = field(default_factory=dict)  # whole pieces, by start
+    hashed: Hashed = field(default_factory=Hashed)
     failed: BaseException | None = None
     dropped: bool = False  # the cache forgot the entry: nothing more is recorded
     closed: bool = False  # its descriptor is closed
     alg: Algorithm | None = field(init=False)  # the CRC a piece keeps, if the object has one
+    md5: _TrailingMd5 | None = field(init=False)  # for an ETag that is the object's MD5
+    reread: int = 0  # bytes read back from the part file by the completion check
 
     def __post_init__(self) -> None:
         meta = self.meta
-        self.alg = Verifier(
-            meta.size, meta.etag, meta.checksums, meta.checksum_type, parts_later=True
-        ).alg
+        v = Verifier(meta.size, meta.etag, meta.checksums, meta.checksum_type, parts_later=True)
+        self.alg = v.alg
+        md5 = v.md5_expected is not None and meta.encryption not in NOT_MD5_ETAGS
+        self.md5 = _TrailingMd5(self, v.md5_expected) if md5 and v.md5_expected else None
+        if self.md5 is not None:
+            self.md5.kick()  # bytes an earlier reader left
+
+    @property
+    def digests(self) -> dict[int, RangeDigest]:
+        return self.hashed.digests
 
     @property
     def in_flight(self) -> int:
@@ -163,6 +211,8 @@ class OpenEntry:
             self.digests[start] = digest
         self.sidecar.changed()
         self.host.landed(self)
+        if self.md5 is not None:
+            self.md5.kick()
 
     @property
     def whole(self) -> bool:
@@ -182,6 +232,98 @@ class OpenEntry:
                 continue
             v.adopt(d)
         return v
+
+    async def verify(self, parts: list[tuple[int, int]] | None, exact: bool) -> list[str]:
+        """Check the whole entry (every byte present); the kinds verified, or
+        ChecksumMismatch. Reads back only bytes no piece hashed as it landed."""
+        v = self.verifier(parts, exact)
+        v.md5_expected = None  # the trailing MD5's, below
+        self.reread += sum(e - s + 1 for s, e in v.missing_digests())
+        verified = await self.engine.verify_file(self.fd, v)
+        if self.md5 is not None:
+            got = await self.md5.hexdigest()
+            if got != self.md5.expected:
+                raise ChecksumMismatch(f"MD5 {got} does not match ETag {self.md5.expected}")
+            verified.append("MD5")
+        return verified
+
+    async def stop(self) -> None:
+        """Before the descriptor closes: no thread reads it any more."""
+        if self.md5 is not None:
+            await self.md5.stop()
+
+
+class _TrailingMd5:
+    """The MD5 of an entry's bytes from the first (`Hashed.md5`), kept up with
+    the bytes present as they land: a worker thread preads them (from the
+    page cache, just written) and hashes them, HASH_STEP at a time, off the
+    event loop. Its task is never cancelled mid-step (a thread cannot be):
+    `stop` asks it to end after the step it is in."""
+
+    def __init__(self, entry: OpenEntry, expected: str) -> None:
+        self.entry, self.expected = entry, expected
+        self._task: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._stopping = False
+
+    @property
+    def pos(self) -> int:
+        return self.entry.hashed.md5_pos
+
+    def kick(self) -> None:
+        """Hash what has landed after `pos`, if that is not running already."""
+        entry = self.entry
+        if self._task is not None or self._stopping or self._error is not None:
+            return
+        if self.pos < entry.meta.size and entry.present(self.pos) >= self.pos:
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        entry, hashed = self.entry, self.entry.hashed
+        try:
+            while not self._stopping and not entry.dropped:
+                start = hashed.md5_pos
+                end = entry.present(start)
+                if end < start:
+                    return
+                end = min(end, start + HASH_STEP - 1)
+                await asyncio.to_thread(self._hash, hashed.md5, start, end)
+                hashed.md5_pos = end + 1
+        except BaseException as exc:
+            # A step cut short (cancelled) may still be hashing in its thread:
+            # this MD5 cannot be trusted, and the next reader starts over.
+            self._error = exc
+            hashed.md5, hashed.md5_pos = hashlib.md5(), 0
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._task = None
+
+    def _hash(self, md5: hashlib._Hash, start: int, end: int) -> None:
+        while start <= end:
+            data = os.pread(self.entry.fd, min(CHUNK, end - start + 1), start)
+            if not data:
+                raise RuntimeError(f"a cache part file ended at {start}, before {end}")
+            md5.update(data)
+            start += len(data)
+
+    async def hexdigest(self) -> str:
+        """The MD5 of the whole entry, once every byte is present."""
+        entry = self.entry
+        entry.reread += entry.meta.size - self.pos  # not hashed by the time it was whole
+        while self.pos < entry.meta.size and self._error is None:
+            self.kick()
+            if (task := self._task) is None:
+                raise RuntimeError(f"the MD5 of a whole entry stopped at byte {self.pos}")
+            await asyncio.shield(task)  # never cancelled mid-step
+        if self._error is not None:
+            raise self._error
+        return entry.hashed.md5.hexdigest()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        while (task := self._task) is not None:
+            await asyncio.wait([task])
 
 
 class EntryReader:
@@ -242,6 +384,14 @@ class EntryReader:
             data = os.pread(entry.fd, end - pos + 1, pos)
             if len(data) != end - pos + 1:
                 raise RuntimeError(f"a cache part file ended at {pos + len(data)}, before {end}")
+            if entry.failed is not None:
+                raise entry.failed
+            if end == last and entry.whole and entry.rec.state is EntryState.PARTIAL:
+                # The read's last bytes go out after the entry's check, also
+                # when the piece that completed it was not the one waited for.
+                await entry.host.complete(entry, self.store)
+                if entry.failed is not None:
+                    raise entry.failed
             fetched = sum(e - s + 1 for s, e in self._fetched.overlap(pos, end))
             self.from_s3 += fetched
             self.from_cache += len(data) - fetched
@@ -314,9 +464,9 @@ class EntryReader:
                 owner=self._owner,
             )
         except BaseException:
-            entry.land(piece.start, sink.pos - 1, None)  # what landed stays
+            entry.land(piece.start, sink.pos - 1, sink.landed())  # what landed stays
             raise
-        entry.land(piece.start, piece.end, digest)
+        entry.land(piece.start, piece.end, sink.landed())
         if entry.whole and entry.rec.state is EntryState.PARTIAL:
             await entry.host.complete(entry, self.store)
 

@@ -314,6 +314,7 @@ def _object_meta(key: str, headers: Mapping[str, str], size: int) -> ObjectMeta:
         version_id=headers.get("x-amz-version-id"),
         checksums=_checksums(headers),
         checksum_type=headers.get("x-amz-checksum-type"),
+        encryption=headers.get("x-amz-server-side-encryption"),
     )
 
 
