@@ -509,3 +509,45 @@ async def test_after_a_restart_only_the_part_that_landed_before_is_read_back(
             assert checks.done == [(["CRC32C-COMPOSITE"], PART)]
     finally:
         await again.cache.close()
+
+
+async def test_a_reader_takes_a_pieces_bytes_as_they_land(
+    served: tuple[ObjectServer, Reads],
+) -> None:
+    """A piece in flight hands its reader what it has written, a chunk at a
+    time, before the whole GET is in."""
+    server, _ = served
+    hold = asyncio.Event()
+    held = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        if pos >= MiB + 512 * 1024:
+            held.set()
+            await hold.wait()
+
+    inner = FakeObjectStore(gate=gate)
+    data = blob(2 * PART, seed=18)
+    inner.put("k", data)
+    meta = await inner.head("k")
+    reader = await server.cache.open_reader(inner, meta, tenant="t")
+    assert reader is not None
+    reader._grow()
+    reader._grow()  # a depth of 4 MiB: the first piece is 2 MiB
+    got = bytearray()
+    one_chunk = asyncio.Event()
+
+    async def take() -> None:
+        async for chunk in reader.chunks(0, len(data) - 1):
+            got.extend(chunk)
+            one_chunk.set()
+
+    taking = asyncio.create_task(take())
+    await held.wait()
+    await asyncio.wait_for(one_chunk.wait(), 60)  # without streaming: never, the GET is held
+    [piece] = [p for p in reader.entry.pieces if p.start == 0]
+    assert piece.end == 2 * MiB - 1 and piece.task is not None and not piece.task.done()
+    assert bytes(got) == data[:MiB], "the landed first MiB went out while its GET was held"
+    hold.set()
+    await taking
+    await reader.close()
+    assert got == data

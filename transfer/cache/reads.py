@@ -15,7 +15,8 @@ The shapes:
   for another job's reader. When its reader leaves, a piece is cancelled and
   the bytes that had landed stay recorded; another reader that was waiting
   for it fetches the rest itself.
-- `EntryReader`, one read of bytes first..last, in order.
+- `EntryReader`, one read of bytes first..last, in order; it takes a piece's
+  bytes as they land (`Piece.written`), a chunk at a time, not once the GET ends.
 
 Read-ahead, in the manner of mountpoint-s3's prefetcher: a reader keeps
 `depth` bytes ahead of its position requested. Depth starts at FIRST_PIECE
@@ -97,15 +98,39 @@ class Piece:
     end: int
     reader: EntryReader
     task: asyncio.Task[None] | None = None
+    written: int = field(init=False)  # bytes start..written-1 are in the part file
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.written = self.start
+
+    def wrote(self, pos: int) -> None:
+        self.written = pos
+        for want, fut in self.waiters:
+            if pos >= want and not fut.done():
+                fut.set_result(None)
+
+    async def written_to(self, want: int) -> None:
+        """Until bytes up to `want` - 1 are written, or the piece ended."""
+        assert self.task is not None
+        if self.written >= want or self.task.done():
+            return
+        waiter = (want, asyncio.get_running_loop().create_future())
+        self.waiters.append(waiter)
+        try:
+            await asyncio.wait([waiter[1], self.task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.waiters.remove(waiter)
 
 
 class _PieceSink:
-    __slots__ = ("digest", "engine", "fd", "pos", "tenant")
+    __slots__ = ("digest", "engine", "fd", "piece", "pos", "tenant")
 
     def __init__(
-        self, fd: int, start: int, digest: RangeDigest | None, engine: Engine, tenant: str
+        self, piece: Piece, fd: int, digest: RangeDigest | None, engine: Engine, tenant: str
     ) -> None:
-        self.fd, self.pos, self.digest, self.engine, self.tenant = fd, start, digest, engine, tenant
+        self.piece, self.fd, self.pos, self.digest = piece, fd, piece.start, digest
+        self.engine, self.tenant = engine, tenant
 
     def landed(self) -> RangeDigest | None:
         """The CRC of the bytes written so far (all of them if the piece ended),
@@ -127,6 +152,7 @@ class _PieceSink:
             self.digest.update(offset, data)
         self.pos = offset + n
         self.engine.observer.bytes_received(self.tenant, n)
+        self.piece.wrote(self.pos)
 
 
 @dataclass(eq=False)
@@ -357,6 +383,7 @@ class EntryReader:
     async def chunks(self, first: int, last: int) -> AsyncIterator[bytes]:
         entry = self.entry
         pos = first
+        waited: Piece | None = None  # the read-ahead grows once per piece waited for
         while pos <= last:
             if entry.failed is not None:
                 raise entry.failed
@@ -367,31 +394,43 @@ class EntryReader:
                 if piece is None:
                     continue  # landed while room was made
                 assert piece.task is not None
-                self._grow()  # the reader waits for S3: read further ahead
-                await asyncio.wait([piece.task])
-                entry.forget(piece)  # ended: never waited for again
-                if piece.task.cancelled():
-                    if piece.reader is self:
-                        raise Cancelled("the read was stopped")  # the cache is closing
-                    continue  # its reader left: fetch what is still missing ourselves
-                if (exc := piece.task.exception()) is not None:
-                    raise exc
+                want = min(pos + CHUNK, piece.end + 1, last + 1)
+                if piece.written < want and piece is not waited:
+                    waited = piece
+                    self._grow()  # the reader waits for S3: read further ahead
+                await piece.written_to(want)
+                if piece.task.done():
+                    entry.forget(piece)  # ended: never waited for again
+                    if piece.task.cancelled():
+                        if piece.reader is self:
+                            raise Cancelled("the read was stopped")  # the cache is closing
+                        continue  # its reader left: fetch what is still missing ourselves
+                    if (exc := piece.task.exception()) is not None:
+                        raise exc
+                    self._fetched.add(piece.start, piece.end)
+                    continue
+                # The bytes a piece in flight has written so far go out at
+                # once, from the page cache they were just written to.
                 self._fetched.add(piece.start, piece.end)
-                continue
-            # Keep the read-ahead going while the reader takes present bytes.
-            await self._schedule(present + 1, min(last, pos + self.depth - 1), last)
+                present = piece.written - 1
+            else:
+                # Keep the read-ahead going while the reader takes present bytes.
+                await self._schedule(present + 1, min(last, pos + self.depth - 1), last)
             end = min(present, last, pos + CHUNK - 1)
             data = os.pread(entry.fd, end - pos + 1, pos)
             if len(data) != end - pos + 1:
                 raise RuntimeError(f"a cache part file ended at {pos + len(data)}, before {end}")
+            if end == last and last == entry.meta.size - 1:
+                # The object's last bytes go out after the entry's check (when
+                # this read makes it whole), also when they were taken from
+                # pieces still in flight or another piece completed the entry.
+                flying = [p.task for p in entry.pieces if p.task and p.end >= first]
+                if flying:
+                    await asyncio.wait(flying)
+                if entry.whole and entry.rec.state is EntryState.PARTIAL and not entry.failed:
+                    await entry.host.complete(entry, self.store)
             if entry.failed is not None:
                 raise entry.failed
-            if end == last and entry.whole and entry.rec.state is EntryState.PARTIAL:
-                # The read's last bytes go out after the entry's check, also
-                # when the piece that completed it was not the one waited for.
-                await entry.host.complete(entry, self.store)
-                if entry.failed is not None:
-                    raise entry.failed
             fetched = sum(e - s + 1 for s, e in self._fetched.overlap(pos, end))
             self.from_s3 += fetched
             self.from_cache += len(data) - fetched
@@ -451,7 +490,7 @@ class EntryReader:
     async def _fetch(self, piece: Piece) -> None:
         entry, engine = self.entry, self._engine
         digest = RangeDigest(entry.alg, piece.start, piece.end) if entry.alg is not None else None
-        sink = _PieceSink(entry.fd, piece.start, digest, engine, self.tenant)
+        sink = _PieceSink(piece, entry.fd, digest, engine, self.tenant)
         try:
             await engine.fetch_range(
                 self.store,
