@@ -592,6 +592,12 @@ class Cache:
         entry.closed = True
         if self._reads.get(rid) is entry:
             del self._reads[rid]
+        # A read that opens the entry while this one's hashing thread ends
+        # starts from fresh hashes: one thread at a time updates a `Hashed`.
+        hashed = self._hashed.pop(rid, None)
         await entry.stop()  # no thread reads the descriptor once it is closed
+        rec = self._entries.get(rid)
+        if hashed is not None and rec is not None and rec.state is EntryState.PARTIAL:
+            self._hashed.setdefault(rid, hashed)
         self._files.submit(os.close, entry.fd)
         self._report_size()
