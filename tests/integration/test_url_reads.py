@@ -5,6 +5,8 @@
   S3 sends it about once (`s3feed_received_bytes_total`), the second pass
   comes from the cache, and the fetch answers at once;
 - a seek 80 % into a 1 GiB moov-at-end MP4 reads less than a tenth of it;
+- an object of one PUT and no checksum, read through its URL, completes with
+  its ETag checked as the MD5 the reads hashed as its bytes landed;
 - resets and truncated bodies from the fault proxy during URL reads never put
   a wrong byte in front of ffmpeg: its frame checksums equal the local file's.
 """
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import botocore.config
 import pytest
 from daemonproc import S3FEED, Daemon, running_daemon
 from faultproxy import Fault, key_get
@@ -173,3 +176,29 @@ def test_faults_during_url_reads_never_put_wrong_bytes_before_ffmpeg(
         url = url_of(rig.socket, job, "small.mp4")
         assert framecrc(url) == want
         assert rig.s3.injected["reset"] + rig.s3.injected["truncate"] >= 3
+
+
+def test_reads_check_a_single_put_objects_etag_as_its_md5(
+    daemon: Daemon, seaweed: Seaweed, media: Path, tmp_path: Path
+) -> None:
+    """One PUT, no checksum: the ETag is the object's MD5, hashed by the reads
+    behind the bytes as they land; the entry they complete says so."""
+    small = tmp_path / "small.mp4"
+    ffmpeg("-i", str(media / "late.mp4"), "-t", "6", "-c", "copy", str(small))
+    folder = f"url-md5-{secrets.token_hex(3)}/"
+    # botocore's default would add a CRC32 to the PUT, and S3 would keep it.
+    plain = botocore.config.Config(request_checksum_calculation="when_required")
+    params = {"Bucket": seaweed.bucket, "Key": folder + "small.mp4"}
+    a, s, r = seaweed.admin_access_key_id, seaweed.admin_secret_access_key, seaweed.region
+    with localaws.closing_client("s3", seaweed.endpoint_url, a, s, None, r, plain) as s3:
+        s3.put_object(**params, Body=small.read_bytes())
+        head = s3.head_object(**params, ChecksumMode="ENABLED")
+    assert "-" not in head["ETag"] and not [k for k in head if k.startswith("Checksum")]
+    job = new_job(daemon, seaweed, folder)
+    url = url_of(str(daemon.socket), job, "small.mp4")
+    assert framecrc(url) == framecrc(str(small))
+    before = received(daemon)
+    fetched = Client(str(daemon.socket)).fetch(job, "small.mp4")
+    assert received(daemon) == before, "the reads completed the entry"
+    assert fetched["Verified"] == ["MD5"]
+    assert Path(fetched["Path"]).read_bytes() == small.read_bytes()
