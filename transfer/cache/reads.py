@@ -485,7 +485,7 @@ class EntryReader:
         self._fetched.add(start, end)  # S3 sends these for this read
         piece.task = asyncio.create_task(self._fetch(piece))
         # Not in the task's `finally`: a task cancelled before it first runs never gets there.
-        piece.task.add_done_callback(lambda _: entry.forget(piece))
+        piece.task.add_done_callback(lambda task: _ended(entry, piece, task))
 
     async def _fetch(self, piece: Piece) -> None:
         entry, engine = self.entry, self._engine
@@ -522,3 +522,11 @@ class EntryReader:
         self._engine.stream_memory.give(self._granted)
         self._granted = 0
         await self._release(self)
+
+
+def _ended(entry: OpenEntry, piece: Piece, task: asyncio.Task[None]) -> None:
+    """A piece's task ended: it is no longer waited for. Its failure is its
+    waiting reader's to raise; read-ahead nobody reached fails quietly."""
+    entry.forget(piece)
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio would log it as never retrieved
