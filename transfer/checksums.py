@@ -17,10 +17,12 @@ What is verified, in order of preference:
   retried by re-downloading, and when the second download has the same MD5 as
   the first, the ETag is taken as not an MD5 and nothing is recorded.
 
-CRC32 comes from zlib; CRC32C and CRC64NVME (S3's default for new uploads)
-from awscrt's checksums, much faster (docs/design.md, Performance notes:
-Checksums). A checksum of another algorithm is left out of `verified` (the
-fetch document says what was checked).
+Each algorithm uses the fastest implementation measured on the same bytes
+(docs/design.md, Performance notes: Checksums; `bench/checksum_speed.py`):
+CRC32 from isal (ISA-L's folded carry-less multiply, 3-10x zlib's), CRC32C and
+CRC64NVME (S3's default for new uploads) from awscrt, which also combines all
+three. A checksum of another algorithm is left out of `verified` (the fetch
+document says what was checked).
 """
 
 from __future__ import annotations
@@ -28,79 +30,37 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from awscrt import checksums as crt
+from isal import isal_zlib
 
 from s3feed.transfer.errors import ChecksumMismatch
 
 UpdateFn = Callable[[bytes | memoryview, int], int]
+CombineFn = Callable[[int, int, int], int]
 
 
 @dataclass(frozen=True)
 class Algorithm:
     name: str  # as S3 names it in x-amz-checksum-*
     width: int  # bits
-    poly: int  # reflected polynomial
+    poly: int  # reflected polynomial (init and xorout all ones)
     update: UpdateFn  # update(data, crc) -> crc, crc of b"" is 0
-
-    def combine(self, crc1: int, crc2: int, len2: int) -> int:
-        """CRC of A+B from crc(A), crc(B) and len(B), as zlib's crc32_combine."""
-        return _multmodp(_x2nmodp(len2, 3, self), crc1, self) ^ crc2
+    combine: CombineFn  # combine(crc(A), crc(B), len(B)) -> crc(A + B), O(log len(B))
 
     def digest(self, crc: int) -> bytes:
         return crc.to_bytes(self.width // 8, "big")
 
 
-def _multmodp(a: int, b: int, alg: Algorithm) -> int:
-    # Multiply a(x) by b(x) modulo p(x), reflected bit order.
-    top = 1 << (alg.width - 1)
-    m = top
-    p = 0
-    while True:
-        if a & m:
-            p ^= b
-            if (a & (m - 1)) == 0:
-                break
-        m >>= 1
-        b = (b >> 1) ^ alg.poly if b & 1 else b >> 1
-    return p
-
-
-def _x2nmodp(n: int, k: int, alg: Algorithm) -> int:
-    # x^(n * 2^k) modulo p(x).
-    p = 1 << (alg.width - 1)  # x^0
-    x2k = 1 << (alg.width - 2)  # x^1
-    # x^(2^k) for k = 0, 1, 2: square x^1 k times.
-    for _ in range(k):
-        x2k = _multmodp(x2k, x2k, alg)
-    while n:
-        if n & 1:
-            p = _multmodp(x2k, p, alg)
-        n >>= 1
-        x2k = _multmodp(x2k, x2k, alg)
-    return p
-
-
-def _zlib_crc32(data: bytes | memoryview, crc: int) -> int:
-    return zlib.crc32(data, crc)
-
-
-def _crc32c(data: bytes | memoryview, crc: int) -> int:
-    return int(crt.crc32c(data, crc))
-
-
-def _crc64nvme(data: bytes | memoryview, crc: int) -> int:
-    return int(crt.crc64nvme(data, crc))
-
-
 def _load() -> dict[str, Algorithm]:
     return {
-        "CRC32": Algorithm("CRC32", 32, 0xEDB88320, _zlib_crc32),
-        "CRC32C": Algorithm("CRC32C", 32, 0x82F63B78, _crc32c),
-        "CRC64NVME": Algorithm("CRC64NVME", 64, 0x9A6C9329AC4BC9B5, _crc64nvme),
+        "CRC32": Algorithm("CRC32", 32, 0xEDB88320, isal_zlib.crc32, crt.combine_crc32),
+        "CRC32C": Algorithm("CRC32C", 32, 0x82F63B78, crt.crc32c, crt.combine_crc32c),
+        "CRC64NVME": Algorithm(
+            "CRC64NVME", 64, 0x9A6C9329AC4BC9B5, crt.crc64nvme, crt.combine_crc64nvme
+        ),
     }
 
 

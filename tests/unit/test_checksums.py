@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import random
+import zlib
 
 import pytest
 from hypothesis import given
@@ -32,6 +33,59 @@ def test_update_matches_reference(name: str) -> None:
     data = random.Random(1).randbytes(999)
     assert alg.update(data, 0) == reference_crc(alg.poly, alg.width, data)
     assert alg.update(data[500:], alg.update(data[:500], 0)) == alg.update(data, 0)
+
+
+# The check values of the CRC catalogue: the CRC of b"123456789".
+CHECK_VALUES = {"CRC32": 0xCBF43926, "CRC32C": 0xE3069283, "CRC64NVME": 0xAE8B14860A799888}
+
+
+def test_every_algorithm_has_a_check_value() -> None:
+    assert set(ALGORITHMS) == set(CHECK_VALUES)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_check_value(name: str) -> None:
+    alg = ALGORITHMS[name]
+    assert alg.update(b"123456789", 0) == CHECK_VALUES[name]
+    assert alg.digest(CHECK_VALUES[name]) == CHECK_VALUES[name].to_bytes(alg.width // 8, "big")
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_incremental_updates_of_a_received_buffer(name: str) -> None:
+    """Slices as the connection hands them over: views of one reused bytearray."""
+    alg = ALGORITHMS[name]
+    rng = random.Random(name)
+    data = rng.randbytes(3000)
+    whole = reference_crc(alg.poly, alg.width, data)
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 12)))
+        crc, buf = 0, bytearray(len(data))
+        for s, e in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            buf[: e - s] = data[s:e]
+            crc = alg.update(memoryview(buf)[: e - s], crc)
+        assert crc == whole
+    assert alg.update(memoryview(bytearray()), whole) == whole
+
+
+def test_crc32_agrees_with_zlib_on_megabytes() -> None:
+    alg = ALGORITHMS["CRC32"]
+    data = memoryview(random.Random(5).randbytes(5 << 20))
+    crc = 0
+    for off in range(0, len(data), 65536 + 17):
+        crc = alg.update(data[off : off + 65536 + 17], crc)
+    assert crc == zlib.crc32(data)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_combine_over_megabytes(name: str) -> None:
+    """A range of several MiB combined onto its predecessor, as ranges are."""
+    alg = ALGORITHMS[name]
+    rng = random.Random(7)
+    a, b = rng.randbytes(1 << 20), rng.randbytes((3 << 20) + 5)
+    crc_b = alg.update(b, 0)
+    assert alg.combine(alg.update(a, 0), crc_b, len(b)) == alg.update(a + b, 0)
+    assert alg.combine(0, crc_b, len(b)) == crc_b
+    assert alg.combine(crc_b, 0, 0) == crc_b
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
