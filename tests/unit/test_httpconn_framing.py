@@ -37,6 +37,9 @@ class Transport:
     def abort(self) -> None:
         self.aborted = True
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # no socket: no SO_RCVLOWAT
+
 
 @st.composite
 def responses(draw: Any) -> tuple[bytes, bytes, int]:

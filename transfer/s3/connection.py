@@ -30,6 +30,20 @@ sink that raises, a stall, a reset or a short body abort the connection;
 only a connection whose exchange ended cleanly on a keep-alive response is
 `reusable`. `idle_since` is on the same clock: the pool's idle timer reads it.
 
+While a body with a Content-Length is received, the socket's SO_RCVLOWAT makes
+the kernel wake the loop only once a mark's worth of bytes is queued, so a
+slow (paced) link costs a wakeup per mark rather than per packet
+(docs/design.md, Performance notes: Receive path). The mark never exceeds
+what is sure to come: the body's remaining bytes (less `TLS_SLACK` over TLS,
+where the TLS layer may hold a partial record read from the socket), so the
+last bytes of any body are delivered. It ramps with the body (at most the
+bytes already received, so the first bytes come as soon as they arrive),
+stays within a quarter of the kernel's receive buffer (the sender keeps
+sending while the mark fills) and `RECEIVE_MARK`, and is 1 again for every
+head. FIN and resets wake the loop whatever the mark. A stall tick that
+finds no new byte drops the mark for the rest of the exchange, so a link
+slower than a mark per quarter stall timeout is not taken for a stall.
+
 A request body (an upload's part) is written a slice (`WRITE_SLICE`) at a
 time, the next only once the transport drained below its high-water mark
 (pause_writing / resume_writing), so the transport copies at most a slice of
@@ -41,6 +55,7 @@ and the connection is not reused.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import cast
@@ -53,6 +68,10 @@ from s3feed.transfer.errors import TransientError
 BUFFER_SIZE = 1024 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 WRITE_SLICE = 1024 * 1024  # of a request body, per transport.write
+RECEIVE_MARK = 1024 * 1024  # most body bytes the kernel queues before waking the loop
+MIN_MARK = 16 * 1024  # a smaller mark saves too few wakeups to be worth a setsockopt
+RCVBUF_SHARE = 4  # the mark stays within this fraction of the receive buffer
+TLS_SLACK = 64 * 1024  # ciphertext the TLS layer may hold (a partial record), with margin
 
 BodyConsumer = Callable[[memoryview], None]
 
@@ -82,6 +101,9 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._stall: asyncio.Task[None] | None = None  # the watchdog of the current wait
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
+        self._sock: socket.socket | None = None  # for SO_RCVLOWAT (TCP only)
+        self._slack = 0  # body bytes the mark leaves out (TLS_SLACK over TLS)
+        self._lowat = 1  # the socket's SO_RCVLOWAT now
         self._new_exchange()
 
     def _new_exchange(self) -> None:
@@ -92,6 +114,10 @@ class HttpConnection(asyncio.BufferedProtocol):
         self.received = 0  # response bytes of this exchange, head included
         self._keep_alive = False
         self._remaining = -1  # body bytes still due (Content-Length); -1: llhttp frames it
+        self._length = 0  # the body's Content-Length, when it has one
+        self._marks = True  # SO_RCVLOWAT may be raised during this exchange's body
+        self._rcvbuf = 0  # the kernel's receive buffer, as last read
+        self._rcvbuf_at = 0  # body bytes received when it was read
         self._pending: list[bytes] = []  # llhttp-framed body bytes that came with the head
         self._body_start = 0  # where the final head ended in the buffer (llhttp said so)
         self._interim = False  # llhttp is inside a 1xx response
@@ -151,6 +177,8 @@ class HttpConnection(asyncio.BufferedProtocol):
             raise self._lost_error()
         else:
             self._state = "body"
+            if self._remaining > 0:
+                self._mark()
             self._transport.resume_reading()
             await self._wait(stall_timeout)
 
@@ -202,6 +230,9 @@ class HttpConnection(asyncio.BufferedProtocol):
             now = self._clock.now()
             if self.received != seen:
                 seen, since = self.received, now
+            elif self._lowat > 1:
+                self._marks = False  # bytes may be waiting below the mark: no mark for now
+                self._set_lowat(1)
             elif now - since >= limit:
                 self._stall = None  # done: nothing to cancel
                 self._fail(TransientError(f"no byte received for {timeout:g} s", "stall"))
@@ -222,8 +253,38 @@ class HttpConnection(asyncio.BufferedProtocol):
             self._waiter.set_exception(exc)
         self.abort()
 
+    def _mark(self) -> None:
+        """Set SO_RCVLOWAT for the rest of a Content-Length body (the module's note)."""
+        if self._sock is None:
+            return
+        done = self._length - self._remaining
+        most = min(RECEIVE_MARK, len(self._buf))  # a wakeup reads one buffer at most
+        want = min(most, done, self._remaining - self._slack) if self._marks else 1
+        if want >= 2 * self._lowat:
+            if done >= 2 * self._rcvbuf_at:  # it grows with the link: read it again
+                self._rcvbuf_at = done
+                try:
+                    self._rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                except OSError:
+                    self._rcvbuf = 0
+            want = min(want, self._rcvbuf // RCVBUF_SHARE)
+        if want < MIN_MARK:
+            want = 1
+        if want < self._lowat or want >= 2 * self._lowat:
+            self._set_lowat(want)
+
+    def _set_lowat(self, n: int) -> None:
+        if self._sock is None or n == self._lowat:
+            return
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except OSError:  # closed under us; a mark that cannot be set is only slower
+            self._sock = None
+        self._lowat = n
+
     def _finish(self) -> None:
         self.exchanges += 1
+        self._set_lowat(1)  # the next head, or the server closing an idle connection
         self.idle_since = self._clock.now()
         reuse = self._keep_alive and self._transport is not None and not self._unsent
         self._state = "done" if reuse else "closed"
@@ -262,6 +323,10 @@ class HttpConnection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses; same methods.
         self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")  # under TLS, the TCP socket beneath it
+        if sock is not None and sock.type == socket.SOCK_STREAM and sock.family != socket.AF_UNIX:
+            self._sock = sock
+        self._slack = TLS_SLACK if transport.get_extra_info("ssl_object") is not None else 0
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._state == "head":
@@ -284,6 +349,8 @@ class HttpConnection(asyncio.BufferedProtocol):
                 self._fail(self._error)
             elif self._remaining == 0:
                 self._finish()
+            else:
+                self._mark()
         elif self._state == "body":
             self._feed(self._view[:nbytes])
         else:
@@ -370,7 +437,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         if status in (204, 304):
             return  # no body whatever Content-Length says; llhttp completes it
         if "transfer-encoding" not in self.headers and length.isdigit():
-            self._remaining = int(length)
+            self._remaining = self._length = int(length)
             raise _HeadDone  # the body is ours to count; llhttp stops here
 
     def on_body(self, body: bytes) -> None:
