@@ -33,7 +33,7 @@ from s3feed.client import Client
 from . import peers, s3feedd
 from .measure import proc_cpu
 from .run import WORK, GiB, MiB, parse_size, prepare
-from .store import Store, own_seaweed
+from .store import CHECKSUMS, DEFAULT_CHECKSUM, Store, own_seaweed
 
 PY_SPY = peers.VENV / "bin" / "py-spy"
 
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.profile")
     p.add_argument("--size", type=parse_size, default=1 * GiB)
     p.add_argument("--upload-part-size", type=parse_size, default=16 * MiB)
+    p.add_argument("--checksum", choices=CHECKSUMS, default=DEFAULT_CHECKSUM, help="bench/store.py")
     p.add_argument("--work", type=Path, default=WORK / "profile")
     p.set_defaults(transfer=[])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "PROFILE.md")

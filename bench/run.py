@@ -61,7 +61,7 @@ from s3feed.transfer.config import TransferConfig
 from . import peers, report, s3feedd, urls
 from .measure import Sample, loadavg, proc_cpu, proc_status_kib, run_pipeline, wait_quiet
 from .peers import Contender, Ctx
-from .store import Store, head, own_seaweed, reference, upload
+from .store import CHECKSUMS, DEFAULT_CHECKSUM, Store, head, own_seaweed, reference, upload
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -550,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", dest="warmup", action="store_false")
     p.add_argument("--only", nargs="+", metavar="NAME", help="these contenders only")
     p.add_argument("--upload-part-size", type=parse_size, default=16 * MiB)
+    p.add_argument("--checksum", choices=CHECKSUMS, default=DEFAULT_CHECKSUM, help="bench/store.py")
     p.add_argument("--ttfb-runs", type=int, default=5)
     p.add_argument("--slow-rate", type=int, default=50_000_000, help="bytes/s (default 50 MB/s)")
     p.add_argument("--slow-size", type=parse_size, default=None, help="default: --size")
@@ -659,7 +660,7 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
             for i in range(args.conc_jobs):
                 ref = reference(args.work, f"conc{i}", args.conc_size, 100 + i)
                 key = f"bench/conc-{i}-{args.conc_size}.bin"
-                upload(store, key, ref, args.upload_part_size)
+                upload(store, key, ref, args.upload_part_size, args.checksum)
                 refs.append((key.removeprefix("bench/"), ref))
             facts["concurrency"] = concurrency_suite(
                 store, refs, args.conc_tenants, args.conc_rounds, ctx
@@ -778,7 +779,7 @@ def prepare(store: Store, args: argparse.Namespace, size: int | None = None) -> 
     ref = reference(args.work, "main", size, 1)
     key = f"bench/main-{size}.bin"
     log(f"uploading {key} ({size} bytes, {args.upload_part_size} byte parts)")
-    upload(store, key, ref, args.upload_part_size)
+    upload(store, key, ref, args.upload_part_size, args.checksum)
     return prepare_ctx(store, args, ref, key, size)
 
 

@@ -12,13 +12,25 @@ instead.
 Test objects are pseudo-random bytes from a fixed seed, written once to a
 local reference file (bench/.work/ref/) that every result is compared with,
 and uploaded with multipart parts of `part_size` (streamed from the file,
-4 parts at a time). Peers and s3feed read with the same kind of credentials:
+4 parts at a time). They carry the checksums real uploads give them
+(`CHECKSUMS`, bench/run.py --checksum), since s3feed verifies what HEAD
+answers and a row without one skips that work: `crc32-composite` (the
+default) as boto3's `upload_file` makes them, a CRC32 per part and their
+COMPOSITE "-N" checksum; `crc64nvme-full` as S3 gives every new object, a
+FULL_OBJECT CRC64NVME (sent with CompleteMultipartUpload, combined from the
+parts' CRCs; SeaweedFS checks it); `none` for neither. SeaweedFS 4.48 keeps
+and answers all of them on `HEAD` with `x-amz-checksum-mode: ENABLED`
+(`x-amz-checksum-crc32: ...-N` and `x-amz-checksum-type: COMPOSITE`, or
+`x-amz-checksum-crc64nvme` and `FULL_OBJECT`); unlike S3 it adds no
+CRC64NVME of its own to an object uploaded without a checksum algorithm,
+even when its parts carried CRC32s (botocore's default). Peers and s3feed read with the same kind of credentials:
 a session of the reader role, assumed with the daemon's identity; uploads
 use a session of the writer role (which may also write) the same way.
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextlib
 import os
@@ -34,6 +46,8 @@ from typing import Any
 import localaws
 
 MiB = 1 << 20
+CHECKSUMS = ("crc32-composite", "crc64nvme-full", "none")
+DEFAULT_CHECKSUM = "crc32-composite"  # what boto3's upload_file gives a multipart object
 
 
 @dataclass(frozen=True)
@@ -239,30 +253,65 @@ def reference(work: Path, name: str, size: int, seed: int) -> Path:
     return path
 
 
-def upload(store: Store, key: str, path: Path, part_size: int) -> str:
-    """Multipart upload of `path` (parts read from the file, 4 in flight); the ETag."""
+def upload(
+    store: Store, key: str, path: Path, part_size: int, checksum: str = DEFAULT_CHECKSUM
+) -> str:
+    """Multipart upload of `path` (parts read from the file, 4 in flight), with
+    the checksum `checksum` names (module note); the ETag."""
+    from awscrt import checksums as crt
+    from botocore.config import Config
+
+    alg = {"crc32-composite": "CRC32", "crc64nvme-full": "CRC64NVME", "none": None}[checksum]
+    # botocore adds a CRC32 to every part unless told it need not; "none" means none
+    config = Config(request_checksum_calculation="when_required") if alg is None else None
+    s3 = localaws.client(
+        "s3", store.endpoint_url, store.admin_key_id, store.admin_secret, None, store.region, config
+    )
+    sums = {"ChecksumAlgorithm": alg} if alg else {}
     size = path.stat().st_size
-    s3 = store.client("s3")
     with contextlib.closing(s3):
         if size <= part_size:
-            return str(s3.put_object(Bucket=store.bucket, Key=key, Body=path.read_bytes())["ETag"])
-        upload_id = s3.create_multipart_upload(Bucket=store.bucket, Key=key)["UploadId"]
+            body = path.read_bytes()
+            return str(s3.put_object(Bucket=store.bucket, Key=key, Body=body, **sums)["ETag"])
+        full = {"ChecksumType": "FULL_OBJECT"} if alg == "CRC64NVME" else {}
+        upload_id = s3.create_multipart_upload(Bucket=store.bucket, Key=key, **sums, **full)[
+            "UploadId"
+        ]
         try:
 
             def part(number: int) -> dict[str, Any]:
                 offset = (number - 1) * part_size
                 with open(path, "rb") as fh:
                     body = os.pread(fh.fileno(), part_size, offset)
-                etag = s3.upload_part(
-                    Bucket=store.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
-                )["ETag"]
-                return {"PartNumber": number, "ETag": etag}
+                answer = s3.upload_part(
+                    Bucket=store.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    **sums,
+                )
+                out = {"PartNumber": number, "ETag": answer["ETag"]}
+                if alg:
+                    out[f"Checksum{alg}"] = answer[f"Checksum{alg}"]
+                return out
 
             count = -(-size // part_size)
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 parts = list(pool.map(part, range(1, count + 1)))
+            if alg == "CRC64NVME":
+                crc = 0
+                for p in parts:
+                    part_crc = int.from_bytes(base64.b64decode(p["ChecksumCRC64NVME"]), "big")
+                    length = min(part_size, size - (p["PartNumber"] - 1) * part_size)
+                    crc = crt.combine_crc64nvme(crc, part_crc, length)
+                full["ChecksumCRC64NVME"] = base64.b64encode(crc.to_bytes(8, "big")).decode()
             done = s3.complete_multipart_upload(
-                Bucket=store.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=store.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **full,
             )
         except BaseException:
             with contextlib.suppress(Exception):
