@@ -40,7 +40,10 @@ last bytes of any body are delivered. It ramps with the body (at most the
 bytes already received, so the first bytes come as soon as they arrive),
 stays within a quarter of the kernel's receive buffer (the sender keeps
 sending while the mark fills) and `RECEIVE_MARK`, and is 1 again for every
-head. FIN and resets wake the loop whatever the mark. A stall tick that
+head. A TLS transport reads the socket 256 KiB at a time: uvloop's (the
+daemon's) up to 32 times per wakeup, asyncio's once, so on asyncio's loop
+the rest waits for the next mark (slower, never stuck: the mark stays within
+what will come). FIN and resets wake the loop whatever the mark. A stall tick that
 finds no new byte drops the mark for the rest of the exchange, so a link
 slower than a mark per quarter stall timeout is not taken for a stall.
 
