@@ -193,7 +193,6 @@ class _Link:
         except OSError:
             self.close()
             return
-        transport = cast(asyncio.Transport, transport)
         if self.stats.closed:  # the client went away meanwhile
             transport.close()
             return
@@ -263,9 +262,9 @@ class _Link:
             self.upstream.pause_reading()
 
     def _resume_upstream(self) -> None:
-        if self.resume_timer is None and not self.client_full and self.upstream is not None:
-            if not self.upstream.is_closing():
-                self.upstream.resume_reading()
+        up = self.upstream
+        if self.resume_timer is None and not self.client_full and up and not up.is_closing():
+            up.resume_reading()
 
     # -- flow control and closing
 

@@ -11,8 +11,9 @@ import contextlib
 import os
 import secrets
 
-import localaws
 from conftest import Seaweed
+
+import localaws
 from localaws.relay import Link, in_thread
 
 SIZE = 3 << 20
