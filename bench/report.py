@@ -119,7 +119,7 @@ def _link_lines(facts: dict[str, Any]) -> list[str]:
     stats = link.get("relay_stats") or []
     ahead = max((s.get("max_ahead", 0.0) for s in stats), default=float("nan"))
     out = [
-        f"**Remote profile** (`--link remote --link-rate {link['rate']:g} --link-delay"
+        f"**Remote profile** (`--link remote --link-rate {link['rate']:.0f} --link-delay"
         f" {link['delay']:g}`): every contender (the daemon's `[s3]`/`[sts]` endpoint, the"
         " peers, the presigned URLs) reaches SeaweedFS through one relay process,"
         " localaws/relay.py, which paces each connection's server-to-client bytes to"
@@ -140,10 +140,13 @@ def _link_lines(facts: dict[str, Any]) -> list[str]:
     if cap:
         out += [
             "",
-            f"What the relay carries on this machine: {cap['streams']} presigned GETs of the"
-            f" object at once through it (curl to /dev/null): {_f(cap['aggregate_mbps'], 0)}"
-            f" MB/s aggregate, relay {_f(cap['relay_cpu_per_gb'])} CPU-s/GB,"
-            f" {'all complete' if cap['ok'] else 'FAILED'}.",
+            f"What the relay carries on this machine, SeaweedFS behind it: {cap['streams']}"
+            f" presigned GETs at once, {cap.get('bytes_each', 0) >> 20} MiB each, into curl to"
+            " /dev/null"
+            f" (paced, they could take {_f(cap.get('paced_mbps'), 0)} MB/s):"
+            f" {_f(cap['aggregate_mbps'], 0)} MB/s aggregate, relay"
+            f" {_f(cap['relay_cpu_per_gb'])} CPU-s/GB, {'all complete' if cap['ok'] else 'FAILED'}."
+            " The scale rows are read against this figure.",
         ]
     return [*out, ""]
 
@@ -157,7 +160,8 @@ def render(facts: dict[str, Any]) -> str:
         "",
         f"Run {facts['started']} to {facts['finished']} by `bench/run"
         f" --size {size}` ({size / (1 << 30):g} GiB, {facts['args']['runs']} measured rounds"
-        f" after a checked warm-up). Written by bench/report.py; raw figures in RESULTS.json beside it.",
+        f" after a checked warm-up). Written by bench/report.py; raw figures in"
+        f" {facts.get('raw', 'RESULTS.json')} beside it.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']},"
         f" kernel {m['kernel']}, Python {m['python']}, output to {m['fs']} (page cache)."
@@ -581,11 +585,11 @@ def _targets_25(row: Callable[[str, str, bool | None], None], facts: dict[str, A
     t = facts.get("ttfb", {})
     for mine in ("s3feed-curl", "s3feed-cat"):
         if t.get(mine) and t.get("curl"):
-            a, b = med(t[mine]), med(t["curl"])
+            first, curl = med(t[mine]), med(t["curl"])
             row(
                 f"25: time to first byte, {mine} <= 1.2 x curl's",
-                f"{_f(a, 3)} s vs {_f(b, 3)} s",
-                a <= 1.2 * b,
+                f"{_f(first, 3)} s vs {_f(curl, 3)} s",
+                first <= 1.2 * curl,
             )
     capacity = _capacity(facts)
     for n, rs in _by_jobs(facts.get("concurrency", [])).items():

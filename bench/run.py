@@ -30,7 +30,7 @@ The remote profile (`--link remote [--link-rate 90000000] [--link-delay
 the presigned URLs alike, reaches SeaweedFS through one relay process
 (localaws/relay.py: each connection paced to the rate, a delay per new
 connection and per request), whose CPU is reported apart; a suite `link`
-first measures what that relay carries (16 presigned GETs at once). Its
+first measures what that relay carries (presigned GETs at once). Its
 report goes to bench/RESULTS-remote.md unless --results says otherwise.
 
 Only the upload rows, quickly:
@@ -52,6 +52,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -546,38 +547,46 @@ def linked(store: Store, args: argparse.Namespace) -> Iterator[tuple[Store, dict
             facts["relay_stats"] = [h.stats for h in handles]
 
 
-def link_capacity(ctx: Ctx, streams: int) -> dict[str, Any]:
-    """What one relay carries on this machine: `streams` presigned GETs of
-    the object at once through it (curl to /dev/null, the cheapest reader),
-    aggregate MB/s and the relay's CPU-s per GB."""
+CAPACITY_BYTES = 2_000_000_000  # above what this machine moves through one process
+
+
+def link_capacity(ctx: Ctx, rate: float, streams: int | None) -> dict[str, Any]:
+    """What one relay, with the store behind it, carries on this machine:
+    presigned GETs at once through it (curl to /dev/null, the cheapest
+    reader), aggregate MB/s and the relay's CPU-s per GB: the ceiling the
+    scale rows are read against. Unless `streams` is given, enough of them that their
+    paced rates add up to 2 GB/s, so the relay, not the pace, is the limit;
+    each reads a range of the object, 2 GB in all."""
+    n = streams or min(64, max(4, math.ceil(CAPACITY_BYTES / rate)))
+    each = min(ctx.size, max(16 * MiB, CAPACITY_BYTES // n))
     os.sync()
     cmd = ["curl", "-sS", "--fail", *ctx.curl_tls(), "-o", "/dev/null"]
+    cmd += ["-r", f"0-{each - 1}"] if each < ctx.size else []
     cmd += ["-w", "%{size_download} %{http_code}", ctx.presigned]
-    results: list[Any] = [None] * streams
+    results: list[Any] = [None] * n
 
     def go(i: int) -> None:
-        results[i] = run_pipeline([cmd], capture_last=True, timeout=run_timeout(ctx.size * streams))
+        results[i] = run_pipeline([cmd], capture_last=True, timeout=run_timeout(each * n))
 
     relay0 = pids_cpu(ctx.relay_pids)
     t0 = time.monotonic()
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(streams)]
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.monotonic() - t0
     relay_cpu = pids_cpu(ctx.relay_pids) - relay0
-    ok = all(
-        r is not None and r.ok and r.stdout.decode().split() == [str(ctx.size), "200"]
-        for r in results
-    )
-    total = streams * ctx.size
+    expect = [str(each), "206" if each < ctx.size else "200"]
+    ok = all(r is not None and r.ok and r.stdout.decode().split() == expect for r in results)
+    total = n * each
     return {
-        "streams": streams,
-        "size": ctx.size,
+        "streams": n,
+        "bytes_each": each,
         "wall_s": wall,
         "ok": ok,
         "aggregate_mbps": total / wall / 1e6,
+        "paced_mbps": n * rate / 1e6,
         "relay_cpu_s": relay_cpu,
         "relay_cpu_per_gb": relay_cpu / (total / 1e9),
         "curl_cpu_s": sum(p.cpu_s for r in results if r is not None for p in r.procs),
@@ -700,8 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--link-streams",
         type=int,
-        default=16,
-        help="remote: GETs at once that measure what the relay carries (default 16)",
+        default=None,
+        help="remote: GETs at once that measure what the relay carries (default: enough"
+        " that their paced rates add up to 2 GB/s, at most 64)",
     )
     p.add_argument(
         "--transfer",
@@ -741,6 +751,7 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     """The whole benchmark; with `store`, on that SeaweedFS instead of a new one."""
     if args.results is None:
         args.results = RESULTS_REMOTE if args.link == "remote" else RESULTS
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     if args.scenario == "urls":
         return run_urls(args, store)
     peers.install()
@@ -762,8 +773,8 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
         store, facts["link"] = stack.enter_context(linked(store, args))
         ctx = prepare(store, args)
         if args.link == "remote" and "link" not in args.skip:
-            log(f"the relay: {args.link_streams} presigned GETs at once")
-            facts["link_capacity"] = link_capacity(ctx, args.link_streams)
+            log("what the relay carries")
+            facts["link_capacity"] = link_capacity(ctx, args.link_rate, args.link_streams)
         meta = head(store, ctx.key)
         facts["object"] = {
             "key": ctx.key,
@@ -822,6 +833,7 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     facts["loadavg_end"] = loadavg()
     facts["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     raw = args.results.with_suffix(".json")
+    facts["raw"] = raw.name
     raw.write_text(json.dumps(facts, indent=1, default=str))
     text = report.render(facts)
     kept = urls.section_of(args.results.read_text()) if args.results.exists() else ""
