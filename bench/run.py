@@ -520,7 +520,12 @@ def linked(store: Store, args: argparse.Namespace) -> Iterator[tuple[Store, dict
     if args.link == "loopback":
         yield store, {"profile": "loopback"}
         return
-    link = relay.Link(rate=args.link_rate, delay=args.link_delay)
+    link = relay.Link(
+        rate=args.link_rate,
+        delay=args.link_delay,
+        burst=max(relay.Link.burst, args.link_slice),
+        slice=args.link_slice,
+    )
     facts: dict[str, Any] = {"profile": "remote", **dataclasses.asdict(link)}
     with contextlib.ExitStack() as stack:
         plain = stack.enter_context(relay.spawn(store.endpoint_url, link, args.work / "relay"))
@@ -705,6 +710,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.02,
         help="remote: seconds per request, and per new connection (default 0.02)",
+    )
+    p.add_argument(
+        "--link-slice",
+        type=parse_size,
+        default=relay.Link.slice,
+        help="remote: most bytes the relay reads and sends on at once (default 64KiB): how"
+        " coarsely paced bytes arrive",
     )
     p.add_argument(
         "--link-streams",
