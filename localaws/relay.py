@@ -29,7 +29,8 @@ client at once; the bucket's debt pauses upstream reading and a timer
 resumes it. Memory is bounded by the transports' write-buffer limits
 (`BUFFER` each way): a full client pauses upstream reading, a full upstream
 (or a queue of held-back request bytes over `BUFFER`) pauses client reading.
-Closing either side closes the other after its buffered bytes. Every
+A client's half-close reaches upstream after its held bytes; upstream's
+end (or either side's loss) closes both, each after its buffered bytes. Every
 connection keeps `ConnStats`: its own accounting of what it passed and when,
 which tests assert on instead of wall time. As a process (`main`), the relay
 prints its address on stdout when it listens and writes the stats as JSON
@@ -210,7 +211,8 @@ class _Link:
         self.held_bytes += len(data)
         if self.held_bytes > BUFFER:
             self.client.pause_reading()
-        self._flush()
+        if self.flush_timer is None:  # else the pending flush takes these too
+            self._flush()
 
     def _flush(self) -> None:
         self.flush_timer = None
@@ -226,10 +228,10 @@ class _Link:
             self.upstream.writelines(self.held)
             self.held.clear()
             self.held_bytes = 0
-            if not self.upstream_full:
+            if not self.upstream_full and not self.client_eof:
                 self.client.resume_reading()
-        if self.client_eof:
-            self.upstream.close()
+        if self.client_eof and self.upstream.can_write_eof():
+            self.upstream.write_eof()  # the client's half-close, once its bytes went
 
     # -- upstream -> client: the bucket's pace
 
@@ -282,11 +284,12 @@ class _Link:
         elif self.held_bytes <= BUFFER:
             self.client.resume_reading()
 
-    def client_closed(self) -> None:
+    def client_done(self) -> None:
+        """The client half-closed: upstream is told once the held bytes went;
+        the answer still comes back."""
         self.client_eof = True
-        if not self.held:
-            self.close()
-        # else: _flush closes upstream once the held bytes are written
+        if self.flush_timer is None:
+            self._flush()
 
     def close(self) -> None:
         for timer in (self.flush_timer, self.resume_timer):
@@ -317,12 +320,12 @@ class _ClientProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         if self.link is not None:
-            self.link.client_closed()
-        return False
+            self.link.client_done()
+        return True  # keep the transport open for the answer
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.link is not None:
-            self.link.client_closed()
+            self.link.close()
 
     def pause_writing(self) -> None:
         if self.link is not None:

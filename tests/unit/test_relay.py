@@ -100,11 +100,15 @@ async def test_bytes_pass_both_ways_unchanged_and_requests_are_counted() -> None
     """An upstream that answers each line with 300 kB derived from it; two
     requests on one connection through a relay that never has to wait."""
 
+    served = asyncio.Event()
+
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
             writer.write(line.strip() * (300_000 // len(line.strip())))
             await writer.drain()
         writer.close()
+        await writer.wait_closed()
+        served.set()
 
     upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
     port = upstream.sockets[0].getsockname()[1]
@@ -122,7 +126,39 @@ async def test_bytes_pass_both_ways_unchanged_and_requests_are_counted() -> None
         await relay.close()
         upstream.close()
         await upstream.wait_closed()
+        await asyncio.wait_for(served.wait(), 30)  # hang guard: the handler closed its end
     [conn] = relay.connections
     assert (conn.requests, conn.bytes_up) == (2, 9)
     assert conn.bytes_down == 300_000 + 300_000 // 4 * 4
     assert conn.pauses == 0
+
+
+async def test_a_client_that_half_closes_still_gets_its_answer() -> None:
+    """The upstream answers only once it has read the request to its end."""
+
+    served = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read()  # to EOF: the client's half-close came through
+        writer.write(b"got " + request)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        served.set()
+
+    upstream = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    relay = Relay(("127.0.0.1", port), Link(rate=1e12, delay=0.0))
+    relay_port = await relay.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay_port)
+        writer.write(b"all of it")
+        writer.write_eof()
+        assert await reader.read() == b"got all of it"
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await relay.close()
+        upstream.close()
+        await upstream.wait_closed()
+        await asyncio.wait_for(served.wait(), 30)  # hang guard: the handler closed its end
