@@ -116,7 +116,7 @@ def _link_lines(facts: dict[str, Any]) -> list[str]:
     if not remote(facts):
         return []
     link = facts["link"]
-    stats = link.get("relay_stats") or []
+    stats = [s for s in link.get("relay_stats") or [] if s]  # {}: a relay wrote none
     ahead = max((s.get("max_ahead", 0.0) for s in stats), default=float("nan"))
     out = [
         f"**Remote profile** (`--link remote --link-rate {link['rate']:.0f} --link-delay"
