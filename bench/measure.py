@@ -40,6 +40,11 @@ def proc_cpu(pid: int) -> float:
     return sum(proc_user_sys(pid))
 
 
+def pids_cpu(pids: Sequence[int]) -> float:
+    """CPU seconds of these live processes together (the remote profile's relays)."""
+    return sum(proc_cpu(pid) for pid in pids)
+
+
 def proc_user_sys(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime

@@ -140,6 +140,9 @@ class Ctx:
     destination: str | None = None
     dest_key: str = ""
     dest_job_key: str = ""
+    # The remote profile (--link remote): the relays every contender reaches S3
+    # through, whose CPU each run reports apart.
+    relay_pids: tuple[int, ...] = ()
 
     def aws_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_"))}

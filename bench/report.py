@@ -9,6 +9,8 @@ client process (the consumer every stream is piped into is the same for all
 and reported apart; SeaweedFS's own CPU is shown for context, not counted).
 Upload rows read the same way: the producer every pipe upload is fed by
 (`cat REF`) is the same for all and reported apart, like the consumer.
+On the remote profile (`--link remote`) the relay that stands in for the
+network is one more process, its CPU reported apart and not counted.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def _f(x: float | None, nd: int = 2) -> str:
 
 def _other(r: dict[str, Any]) -> float:
     measured = r["client_cpu_s"] + r["daemon_cpu_s"] + r["server_cpu_s"] + r["reader_cpu_s"]
+    measured += r.get("relay_cpu_s", 0.0)
     return float(r["machine_busy_s"] - measured)
 
 
@@ -73,6 +76,7 @@ def summarize(facts: dict[str, Any], key: str = "main") -> dict[str, dict[str, A
             "reader_cpu_s": med([r["reader_cpu_s"] for r in good]),
             "server_cpu_s": med([r["server_cpu_s"] for r in good]),
             "server_user_s": med([r.get("server_user_s", float("nan")) for r in good]),
+            "relay_cpu_s": med([r.get("relay_cpu_s", 0.0) for r in good]),
             "other_cpu_s": med([_other(r) for r in good]),
             "client_rss_mib": max((r["client_rss_mib"] for r in good), default=float("nan")),
             "daemon_hwm_mib": max(
@@ -104,6 +108,49 @@ def summarize(facts: dict[str, Any], key: str = "main") -> dict[str, dict[str, A
     return out
 
 
+def remote(facts: dict[str, Any]) -> bool:
+    return bool(facts.get("link", {}).get("profile") == "remote")
+
+
+def _link_lines(facts: dict[str, Any]) -> list[str]:
+    if not remote(facts):
+        return []
+    link = facts["link"]
+    stats = [s for s in link.get("relay_stats") or [] if s]  # {}: a relay wrote none
+    ahead = max((s.get("max_ahead", 0.0) for s in stats), default=float("nan"))
+    out = [
+        f"**Remote profile** (`--link remote --link-rate {link['rate']:.0f} --link-delay"
+        f" {link['delay']:g}`): every contender (the daemon's `[s3]`/`[sts]` endpoint, the"
+        " peers, the presigned URLs) reaches SeaweedFS through one relay process,"
+        " localaws/relay.py, which paces each connection's server-to-client bytes to"
+        f" {link['rate'] / 1e6:g} MB/s (a token bucket {link['burst'] >> 10} KiB deep, read"
+        f" {link['slice'] >> 10} KiB at a time) and holds each new connection for"
+        f" {link['delay'] * 1e3:g} ms and each request for {link['delay'] * 1e3:g} ms more"
+        " (client-to-server bytes are not paced). Its CPU is in the `relay CPU-s` column,"
+        " apart from each contender's and not counted in CPU-s/GB.",
+    ]
+    if stats:
+        out[0] += (
+            f" Over the whole run it relayed {sum(s['bytes_down'] for s in stats) / 1e9:.2f} GB"
+            f" down on {sum(s['connections'] for s in stats)} connections, never more than"
+            f" {_f(ahead / 1024, 0)} KiB ahead of its pace (one read is"
+            f" {link['slice'] >> 10} KiB)."
+        )
+    cap = facts.get("link_capacity")
+    if cap:
+        out += [
+            "",
+            f"What the relay carries on this machine, SeaweedFS behind it: {cap['streams']}"
+            f" presigned GETs at once, {cap.get('bytes_each', 0) >> 20} MiB each, into curl to"
+            " /dev/null"
+            f" (paced, they could take {_f(cap.get('paced_mbps'), 0)} MB/s):"
+            f" {_f(cap['aggregate_mbps'], 0)} MB/s aggregate, relay"
+            f" {_f(cap['relay_cpu_per_gb'])} CPU-s/GB, {'all complete' if cap['ok'] else 'FAILED'}."
+            " The scale rows are read against this figure.",
+        ]
+    return [*out, ""]
+
+
 def render(facts: dict[str, Any]) -> str:
     m = facts["machine"]
     obj = facts["object"]
@@ -113,7 +160,8 @@ def render(facts: dict[str, Any]) -> str:
         "",
         f"Run {facts['started']} to {facts['finished']} by `bench/run"
         f" --size {size}` ({size / (1 << 30):g} GiB, {facts['args']['runs']} measured rounds"
-        f" after a checked warm-up). Written by bench/report.py; raw figures in RESULTS.json beside it.",
+        f" after a checked warm-up). Written by bench/report.py; raw figures in"
+        f" {facts.get('raw', 'RESULTS.json')} beside it.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']},"
         f" kernel {m['kernel']}, Python {m['python']}, output to {m['fs']} (page cache)."
@@ -127,6 +175,7 @@ def render(facts: dict[str, Any]) -> str:
         "",
         "Versions: " + "; ".join(f"{k} `{v}`" for k, v in facts["versions"].items()) + ".",
         "",
+        *_link_lines(facts),
     ]
     for key, proto, modes, note in (
         ("main", "plain HTTP", DOWNLOAD_MODES, None),
@@ -173,7 +222,7 @@ def render(facts: dict[str, Any]) -> str:
     if facts.get("crowd"):
         lines += _crowd(facts["crowd"])
     if facts.get("concurrency"):
-        lines += _concurrency(facts["concurrency"])
+        lines += _concurrency(facts["concurrency"], _capacity(facts))
     if facts.get("idle"):
         i = facts["idle"]
         lines += [
@@ -240,6 +289,7 @@ def _tables(
     """One table per mode of facts[key], then its failed runs."""
     lines: list[str] = []
     summary = summarize(facts, key)
+    far = remote(facts)
     every = CONTENDERS + UPLOADS
     how = {c.name: c.how for c in every}
     for mode, title, apart in modes:
@@ -254,8 +304,10 @@ def _tables(
             "",
             "| contender | how | CPU-s/GB | CPU ratio | wall s (min-max) | wall ratio | GB/s"
             f" | client + daemon CPU-s | {apart} | peak RSS MiB client / daemon (+ over"
-            " its baseline) | server CPU-s | other CPU-s | checked |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            " its baseline) | server CPU-s |"
+            + (" relay CPU-s |" if far else "")
+            + " other CPU-s | checked |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if far else ""),
         ]
         for n in names:
             s = summary[n]
@@ -269,7 +321,9 @@ def _tables(
                 f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
                 f" | {_f(apart_cpu)}"
                 f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}{growth}"
-                f" | {_f(s['server_cpu_s'])}{_user(s)} | {_f(s['other_cpu_s'])}"
+                f" | {_f(s['server_cpu_s'])}{_user(s)}"
+                + (f" | {_f(s['relay_cpu_s'])}" if far else "")
+                + f" | {_f(s['other_cpu_s'])}"
                 f" | {ok}/{total} ok, {exact} byte-exact |"
             )
         lines.append("")
@@ -325,37 +379,71 @@ def _crowd(rows: list[dict[str, Any]]) -> list[str]:
     return [*out, ""]
 
 
-def _concurrency(rounds: list[dict[str, Any]]) -> list[str]:
+def _by_jobs(rounds: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """The concurrency rounds by their count of jobs, in the order they ran."""
+    out: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rounds:
+        out[r["jobs"]].append(r)
+    return dict(out)
+
+
+def _scale(n: int, rs: list[dict[str, Any]]) -> dict[str, float]:
+    """One count of jobs: medians over its rounds (bytes/s, CPU-s per GB)."""
+    size = rs[0]["size"]
+    gb = n * size / 1e9
+    return {
+        "agg": med([n * size / r["wall_s"] for r in rs]),
+        "seq": med([n * size / r["seq_s"] for r in rs]),
+        "first": med([size / r["single_s"] for r in rs]),
+        "fair": med([max(r["durations_s"]) / min(r["durations_s"]) for r in rs]),
+        "cpu_gb": med([r["daemon_cpu_s"] / gb for r in rs]),
+        "seq_cpu_gb": med([r["seq_cpu_s"] / gb for r in rs]),
+        "relay_gb": med([r.get("relay_cpu_s", 0.0) / gb for r in rs]),
+        "hwm": max(r["daemon_hwm_mib"] for r in rs),
+    }
+
+
+def _concurrency(rounds: list[dict[str, Any]], capacity: float | None = None) -> list[str]:
+    """The concurrency rows, one per count of jobs; `capacity`: what the
+    remote profile's relay carries (bytes/s), when measured."""
     r0 = rounds[0]
-    n, size = r0["jobs"], r0["size"]
-    seq = med([n * size / r["seq_s"] / 1e9 for r in rounds])
-    first = med([size / r["single_s"] / 1e9 for r in rounds])
-    agg = med([n * size / r["wall_s"] / 1e9 for r in rounds])
-    fair = med([max(r["durations_s"]) / min(r["durations_s"]) for r in rounds])
+    size = r0["size"]
+    groups = _by_jobs(rounds)
     out = [
         "## Concurrency",
         "",
-        f"{n} jobs of {r0['tenants']} tenants, each fetching its own {size >> 20} MiB object"
-        " at the same moment on one daemon, against the same fetches one after another on a"
-        " fresh daemon (same bytes, so the same page-cache writeback); "
-        f"{len(rounds)} rounds, medians. (SeaweedFS cannot check ExternalId: tenants are names.)",
+        f"Each job fetches its own {size >> 20} MiB object, all at the same moment on one"
+        f" daemon (jobs spread over {r0['tenants']} tenants), against the same fetches one"
+        " after another on a fresh daemon (same bytes, so the same page-cache writeback);"
+        f" {len(groups[r0['jobs']])} rounds per count, medians. CPU-s/GB is the daemon's over"
+        " all the jobs' bytes" + (", the relay's apart" if capacity else "") + ". (SeaweedFS"
+        " cannot check ExternalId: tenants are names.) Fetches hold no stream window:"
+        " `stream_memory` does not apply; receive buffers are `global_concurrency` x 1 MiB.",
         "",
-        f"- one after another: {_f(seq)} GB/s ({_f(med([r['seq_s'] for r in rounds]))} s for all,"
-        f" daemon {_f(med([r['seq_cpu_s'] for r in rounds]))} CPU-s); the first one alone"
-        f" {_f(first)} GB/s",
-        f"- {n} at once: aggregate {_f(agg)} GB/s = {_f(agg / seq)} x one after another"
-        f" ({_f(agg / first)} x the first alone); slowest/fastest {_f(fair)};"
-        f" daemon {_f(med([r['daemon_cpu_s'] for r in rounds]))} CPU-s,"
-        f" peak RSS {_f(max(r['daemon_hwm_mib'] for r in rounds), 0)} MiB (fetches hold no"
-        " stream window: `stream_memory` does not apply; receive buffers are"
-        " `global_concurrency` x 1 MiB)",
+        "| jobs | aggregate MB/s | x one after another | x the first alone"
+        + (" | x what the relay carries" if capacity else "")
+        + " | daemon CPU-s/GB at once / one after another"
+        + (" | relay CPU-s/GB" if capacity else "")
+        + " | slowest/fastest | daemon peak RSS MiB |",
+        "|---|---|---|---|---|---|---|" + ("---|---|" if capacity else ""),
     ]
+    for n, rs in groups.items():
+        x = _scale(n, rs)
+        out.append(
+            f"| {n} | {_f(x['agg'] / 1e6, 0)} | {_f(x['agg'] / x['seq'])}"
+            f" | {_f(x['agg'] / x['first'])}"
+            + (f" | {_f(x['agg'] / capacity)}" if capacity else "")
+            + f" | {_f(x['cpu_gb'])} / {_f(x['seq_cpu_gb'])}"
+            + (f" | {_f(x['relay_gb'])}" if capacity else "")
+            + f" | {_f(x['fair'])} | {_f(x['hwm'], 0)} |"
+        )
+    out.append("")
     for r in rounds:
         ds = ", ".join(f"{d:.1f}" for d in r["durations_s"])
         ss = ", ".join(f"{d:.1f}" for d in r["seq_durations_s"])
         out.append(
-            f"- round {r['round']}: at once {r['wall_s']:.2f} s (per job s: {ds});"
-            f" one after another {r['seq_s']:.2f} s (per job s: {ss})"
+            f"- {r['jobs']} jobs, round {r['round']}: at once {r['wall_s']:.2f} s (per job s:"
+            f" {ds}); one after another {r['seq_s']:.2f} s (per job s: {ss})"
         )
     return [*out, ""]
 
@@ -370,6 +458,12 @@ _TARGETS_HEAD = [
 ]
 
 
+def _capacity(facts: dict[str, Any]) -> float | None:
+    """What the remote profile's relay carried, bytes/s (None: not measured)."""
+    cap = facts.get("link_capacity")
+    return float(cap["aggregate_mbps"]) * 1e6 if cap and cap["ok"] else None
+
+
 def _targets(facts: dict[str, Any]) -> list[str]:
     rows: list[str] = []
     s = summarize(facts) if facts.get("main") else {}
@@ -378,6 +472,11 @@ def _targets(facts: dict[str, Any]) -> list[str]:
         rows.append(
             f"| {what} | {measured} | {'—' if ok is None else ('yes' if ok else '**no**')} |"
         )
+
+    if remote(facts):
+        _targets_25(row, facts)
+        head = ["## Targets (issue 25, remote profile)", "", *_TARGETS_HEAD[-2:]]
+        return [*head, *rows, ""] if rows else []
 
     for key, proto in (("main", "HTTP"), ("main_https", "HTTPS")):
         p = summarize(facts, key) if facts.get(key) else {}
@@ -440,19 +539,69 @@ def _targets(facts: dict[str, Any]) -> list[str]:
             f"{_f(i['rss_mib'], 0)} MiB, {_f(i['cpu_s'] / i['seconds'] * 100, 2)} % of a core",
             i["rss_mib"] <= 80 and i["cpu_s"] / i["seconds"] < 0.01,
         )
-    if facts.get("concurrency"):
-        rounds = facts["concurrency"]
-        n, size = rounds[0]["jobs"], rounds[0]["size"]
-        seq_rate = med([n * size / r["seq_s"] for r in rounds])
-        agg = med([n * size / r["wall_s"] for r in rounds])
-        fair = med([max(r["durations_s"]) / min(r["durations_s"]) for r in rounds])
+    for n, rs in _by_jobs(facts.get("concurrency", [])).items():
+        if n < 2:
+            continue
+        x = _scale(n, rs)
         row(
-            "8 jobs: aggregate >= 0.9 x single (one after another)",
-            f"{_f(agg / seq_rate)} x",
-            agg >= 0.9 * seq_rate,
+            f"{n} jobs: aggregate >= 0.9 x single (one after another)",
+            f"{_f(x['agg'] / x['seq'])} x",
+            x["agg"] >= 0.9 * x["seq"],
         )
-        row("8 jobs: slowest/fastest <= 1.5", _f(fair), fair <= 1.5)
+        row(f"{n} jobs: slowest/fastest <= 1.5", _f(x["fair"]), x["fair"] <= 1.5)
     return [*_TARGETS_HEAD, *rows, ""] if rows else []  # no row: a run without those suites
+
+
+def _targets_25(row: Callable[[str, str, bool | None], None], facts: dict[str, Any]) -> None:
+    """Issue 25's bar for the remote profile. A peer's paired ratio is the
+    peer's figure over s3feed's, so "s3feed <= k x peer" is "ratio >= 1/k"."""
+    for key, proto in (("main", "HTTP"), ("main_https", "HTTPS")):
+        s = summarize(facts, key) if facts.get(key) else {}
+        for mine, peer, k in (
+            ("s3feed-cache", "rclone-copyto", 0.35),
+            ("s3feed-cache", "s5cmd-cp", 0.5),
+            ("s3feed-cat", "rclone-cat", 0.3),
+        ):
+            a, b = s.get(mine), s.get(peer)
+            if a and b:
+                row(
+                    f"25 ({proto}): {mine} wall <= {k:g} x {peer}'s (paired)",
+                    f"{_f(a['wall_s'])} s vs {_f(b['wall_s'])} s: {_f(1 / b['wall_ratio'])} x",
+                    1 / b["wall_ratio"] <= k,
+                )
+        for mine, peer in (
+            ("s3feed-cache", "rclone-copyto"),
+            ("s3feed-cache", "s5cmd-cp"),
+            ("s3feed-cat", "rclone-cat"),
+            ("s3feed-cat", "s5cmd-cat"),
+        ):
+            a, b = s.get(mine), s.get(peer)
+            if a and b:
+                row(
+                    f"25 ({proto}): {mine} CPU-s/GB <= 1.0 x {peer}'s (paired)",
+                    f"{_f(a['cpu_per_gb'])} vs {_f(b['cpu_per_gb'])}: {_f(1 / b['cpu_ratio'])} x",
+                    1 / b["cpu_ratio"] <= 1.0,
+                )
+    t = facts.get("ttfb", {})
+    for mine in ("s3feed-curl", "s3feed-cat"):
+        if t.get(mine) and t.get("curl"):
+            first, curl = med(t[mine]), med(t["curl"])
+            row(
+                f"25: time to first byte, {mine} <= 1.2 x curl's",
+                f"{_f(first, 3)} s vs {_f(curl, 3)} s",
+                first <= 1.2 * curl,
+            )
+    capacity = _capacity(facts)
+    for n, rs in _by_jobs(facts.get("concurrency", [])).items():
+        x = _scale(n, rs)
+        if capacity and n == max(r["jobs"] for r in facts["concurrency"]):
+            row(
+                f"25: {n} jobs: aggregate >= 0.8 x what the relay carries",
+                f"{_f(x['agg'] / 1e6, 0)} vs {_f(capacity / 1e6, 0)} MB/s: {_f(x['agg'] / capacity)} x",
+                x["agg"] >= 0.8 * capacity,
+            )
+        if n > 1:
+            row(f"25: {n} jobs: slowest/fastest <= 1.5", _f(x["fair"]), x["fair"] <= 1.5)
 
 
 def _targets_14(

@@ -1,6 +1,6 @@
 """s3feed against the S3 downloaders a user would otherwise pick, side by side.
 
-    bench/run [--size 2GiB] [--runs 3] [--only NAME ...] [--quick]
+    bench/run [--size 2GiB] [--runs 3] [--only NAME ...] [--link remote]
 
 (`bench/run` is `.venv/bin/python -m bench.run` from the repository root.)
 Installs the peers into bench/.venv, starts SeaweedFS on 127.0.0.1 (its own
@@ -14,8 +14,9 @@ then:
 2. time to first byte of the stream contenders (spawn to first byte read);
 3. slow reader: the object streamed to curl --limit-rate (50 MB/s), the
    daemon's RSS and window against [transfer] stream_window;
-4. concurrency: 8 jobs of 4 tenants fetching 8 different 512 MiB objects at
-   once on one daemon, against one such fetch alone;
+4. concurrency: 8 jobs (`--conc-jobs 1 8 32`: each count in turn) of 4
+   tenants fetching as many different 512 MiB objects at once on one daemon,
+   against the same fetches one after another;
 5. the idle daemon's RSS and CPU;
 6. uploads: the reference written back to S3 from the file and from a pipe
    (`s3feed put`, rclone copyto / rcat, s5cmd cp / pipe), by the rules of
@@ -23,6 +24,14 @@ then:
    run, the same kind of credentials: a writer-role session); each upload is
    read back into the consumer after the timed part and deleted before the
    next run. With --https, again over HTTPS.
+
+The remote profile (`--link remote [--link-rate 90000000] [--link-delay
+0.02]`): every contender, the daemon's [s3]/[sts] endpoint, the peers and
+the presigned URLs alike, reaches SeaweedFS through one relay process
+(localaws/relay.py: each connection paced to the rate, a delay per new
+connection and per request), whose CPU is reported apart; a suite `link`
+first measures what that relay carries (presigned GETs at once). Its
+report goes to bench/RESULTS-remote.md unless --results says otherwise.
 
 Only the upload rows, quickly:
     bench/run --size 256MiB --runs 1 --skip main ttfb slow crowd concurrency idle
@@ -43,6 +52,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -55,17 +65,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from localaws import relay
 from s3feed.client import Client
 from s3feed.transfer.config import TransferConfig
 
 from . import peers, report, s3feedd, urls
-from .measure import Sample, loadavg, proc_cpu, proc_status_kib, run_pipeline, wait_quiet
+from .measure import (
+    Sample,
+    loadavg,
+    pids_cpu,
+    proc_cpu,
+    proc_status_kib,
+    run_pipeline,
+    wait_quiet,
+)
 from .peers import Contender, Ctx
 from .store import CHECKSUMS, DEFAULT_CHECKSUM, Store, head, own_seaweed, reference, upload
 
 MiB = 1 << 20
 GiB = 1 << 30
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_REMOTE = Path(__file__).resolve().parent / "RESULTS-remote.md"
 WORK = Path(__file__).resolve().parent / ".work"
 TENANT = "bench-tenant"
 
@@ -98,9 +118,11 @@ def measure(
     os.sync()  # earlier runs' dirty pages are not this run's cost
     capture = plan.path_from_stdout is not None or plan.size_line
     base_rss = proc_status_kib(daemon_pid, "VmRSS") / 1024 if daemon_pid else None
+    relay0 = pids_cpu(ctx.relay_pids)
     before = Sample.take(daemon_pid, store.server_pgid)
     res = run_pipeline(plan.cmds, env=plan.env, capture_last=capture, timeout=run_timeout(ctx.size))
     after = Sample.take(daemon_pid, store.server_pgid)
+    relay_cpu = pids_cpu(ctx.relay_pids) - relay0
     producers = res.procs[plan.feeders : len(res.procs) - plan.readers]
     others = res.procs[: plan.feeders] + res.procs[len(res.procs) - plan.readers :]
     row: dict[str, Any] = {
@@ -118,6 +140,7 @@ def measure(
         "daemon_base_mib": base_rss,
         "server_cpu_s": after.server_cpu - before.server_cpu,
         "server_user_s": after.server_user - before.server_user,
+        "relay_cpu_s": relay_cpu,
         "machine_busy_s": after.busy - before.busy,
         "error": None,
     }
@@ -188,7 +211,7 @@ def daemon_with_job(
         store,
         ctx.work / "daemon",
         {**ctx.transfer, **(transfer or {})},
-        endpoint_url=ctx.endpoint_url if ctx.ca_bundle else None,
+        endpoint_url=ctx.endpoint_url,
         ca_bundle=ctx.ca_bundle,
         api=api,
     ) as d:
@@ -423,12 +446,13 @@ def concurrency_suite(
             uri = s3feedd.job_uri(store, "bench/")
             for i in range(len(refs)):
                 client.create_job(f"job-{i}", f"{TENANT}-{i % tenants}", uri, store.role_arn)
-            cpu0 = proc_cpu(d.pid)
+            cpu0, relay0 = proc_cpu(d.pid), pids_cpu(ctx.relay_pids)
             seq = [fetch_timed(d.socket, f"job-{i}", refs[i][0], None) for i in range(len(refs))]
             row["seq_durations_s"] = [x["end"] - x["start"] for x in seq]
             row["seq_s"] = seq[-1]["end"] - seq[0]["start"]
             row["single_s"] = row["seq_durations_s"][0]
             row["seq_cpu_s"] = proc_cpu(d.pid) - cpu0
+            row["seq_relay_cpu_s"] = pids_cpu(ctx.relay_pids) - relay0
             for res, (_, ref) in zip(seq, refs, strict=True):
                 check_file(Path(res["path"]), ref)
         os.sync()
@@ -444,7 +468,7 @@ def concurrency_suite(
                 )
             barrier = threading.Barrier(len(refs))
             results: list[dict[str, Any]] = [{} for _ in refs]
-            cpu0 = proc_cpu(d.pid)
+            cpu0, relay0 = proc_cpu(d.pid), pids_cpu(ctx.relay_pids)
 
             def go(
                 i: int,
@@ -459,6 +483,7 @@ def concurrency_suite(
             for t in threads:
                 t.join(timeout=run_timeout(size * len(refs)))
             row["daemon_cpu_s"] = proc_cpu(d.pid) - cpu0
+            row["relay_cpu_s"] = pids_cpu(ctx.relay_pids) - relay0
             row["daemon_hwm_mib"] = proc_status_kib(d.pid, "VmHWM") / 1024
             if any(not res for res in results):
                 raise RuntimeError("a concurrent fetch did not finish")
@@ -471,7 +496,7 @@ def concurrency_suite(
                 check_file(Path(res["path"]), ref)
         out.append(row)
         log(
-            f"concurrency round {r + 1}: one after another {row['seq_s']:.2f} s,"
+            f"concurrency, {len(refs)} jobs, round {r + 1}: one after another {row['seq_s']:.2f} s,"
             f" {len(refs)} at once {row['wall_s']:.2f} s, slowest/fastest"
             f" {max(durations) / min(durations):.2f}"
         )
@@ -481,6 +506,96 @@ def concurrency_suite(
 def check_file(path: Path, ref: Path) -> None:
     if subprocess.run(["cmp", "-s", str(path), str(ref)], timeout=600).returncode != 0:
         raise RuntimeError(f"{path} differs from {ref}")
+
+
+# ------------------------------------------------------------------ the remote profile
+
+
+@contextlib.contextmanager
+def linked(store: Store, args: argparse.Namespace) -> Iterator[tuple[Store, dict[str, Any]]]:
+    """The store as every contender reaches it: itself on loopback; with
+    `--link remote`, through a relay process per port (HTTP, and HTTPS when
+    the server has it), and the facts of that link (the relays' own
+    accounting is added when they stop)."""
+    if args.link == "loopback":
+        yield store, {"profile": "loopback"}
+        return
+    link = relay.Link(
+        rate=args.link_rate,
+        delay=args.link_delay,
+        burst=max(relay.Link.burst, args.link_slice),
+        slice=args.link_slice,
+    )
+    facts: dict[str, Any] = {"profile": "remote", **dataclasses.asdict(link)}
+    with contextlib.ExitStack() as stack:
+        plain = stack.enter_context(relay.spawn(store.endpoint_url, link, args.work / "relay"))
+        handles = [plain]
+        tls_url = None
+        if store.https_endpoint_url is not None:
+            tls = stack.enter_context(
+                relay.spawn(store.https_endpoint_url, link, args.work / "relay")
+            )
+            handles.append(tls)
+            tls_url = tls.url
+        log(
+            f"remote profile: S3 through {plain.url} ({args.link_rate / 1e6:g} MB/s per"
+            f" connection, {args.link_delay * 1e3:g} ms per request)"
+        )
+        facts["relay_pids"] = args.relay_pids = [h.pid for h in handles]
+        try:
+            yield (
+                dataclasses.replace(store, endpoint_url=plain.url, https_endpoint_url=tls_url),
+                facts,
+            )
+        finally:
+            stack.close()  # the relays stop and write their accounting
+            facts["relay_stats"] = [h.stats for h in handles]
+
+
+CAPACITY_BYTES = 2_000_000_000  # above what this machine moves through one process
+
+
+def link_capacity(ctx: Ctx, rate: float, streams: int | None) -> dict[str, Any]:
+    """What one relay, with the store behind it, carries on this machine:
+    presigned GETs at once through it (curl to /dev/null, the cheapest
+    reader), aggregate MB/s and the relay's CPU-s per GB: the ceiling the
+    scale rows are read against. Unless `streams` is given, enough of them that their
+    paced rates add up to 2 GB/s, so the relay, not the pace, is the limit;
+    each reads a range of the object, 2 GB in all."""
+    n = streams or min(64, max(4, math.ceil(CAPACITY_BYTES / rate)))
+    each = min(ctx.size, max(16 * MiB, CAPACITY_BYTES // n))
+    os.sync()
+    cmd = ["curl", "-sS", "--fail", *ctx.curl_tls(), "-o", "/dev/null"]
+    cmd += ["-r", f"0-{each - 1}"] if each < ctx.size else []
+    cmd += ["-w", "%{size_download} %{http_code}", ctx.presigned]
+    results: list[Any] = [None] * n
+
+    def go(i: int) -> None:
+        results[i] = run_pipeline([cmd], capture_last=True, timeout=run_timeout(each * n))
+
+    relay0 = pids_cpu(ctx.relay_pids)
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    relay_cpu = pids_cpu(ctx.relay_pids) - relay0
+    expect = [str(each), "206" if each < ctx.size else "200"]
+    ok = all(r is not None and r.ok and r.stdout.decode().split() == expect for r in results)
+    total = n * each
+    return {
+        "streams": n,
+        "bytes_each": each,
+        "wall_s": wall,
+        "ok": ok,
+        "aggregate_mbps": total / wall / 1e6,
+        "paced_mbps": n * rate / 1e6,
+        "relay_cpu_s": relay_cpu,
+        "relay_cpu_per_gb": relay_cpu / (total / 1e9),
+        "curl_cpu_s": sum(p.cpu_s for r in results if r is not None for p in r.procs),
+    }
 
 
 # ------------------------------------------------------------------ idle
@@ -554,7 +669,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttfb-runs", type=int, default=5)
     p.add_argument("--slow-rate", type=int, default=50_000_000, help="bytes/s (default 50 MB/s)")
     p.add_argument("--slow-size", type=parse_size, default=None, help="default: --size")
-    p.add_argument("--conc-jobs", type=int, default=8)
+    p.add_argument(
+        "--conc-jobs",
+        type=int,
+        nargs="+",
+        default=[8],
+        help="jobs at once; several counts run in turn (the scale rows: 1 8 32)",
+    )
     p.add_argument("--conc-tenants", type=int, default=4)
     p.add_argument("--conc-size", type=parse_size, default=512 * MiB)
     p.add_argument("--conc-rounds", type=int, default=3)
@@ -570,7 +691,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip",
         nargs="+",
         default=[],
-        choices=["main", "ttfb", "slow", "crowd", "concurrency", "idle", "uploads"],
+        choices=["link", "main", "ttfb", "slow", "crowd", "concurrency", "idle", "uploads"],
+    )
+    p.add_argument(
+        "--link",
+        choices=["loopback", "remote"],
+        default="loopback",
+        help="loopback: S3 as it is; remote: every contender through a pacing relay"
+        " (localaws/relay.py), its CPU reported apart; the report goes to RESULTS-remote.md",
+    )
+    p.add_argument(
+        "--link-rate",
+        type=float,
+        default=90_000_000,
+        help="remote: server->client bytes/s of each connection (default 90 MB/s)",
+    )
+    p.add_argument(
+        "--link-delay",
+        type=float,
+        default=0.02,
+        help="remote: seconds per request, and per new connection (default 0.02)",
+    )
+    p.add_argument(
+        "--link-slice",
+        type=parse_size,
+        default=relay.Link.slice,
+        help="remote: most bytes the relay reads and sends on at once (default 64KiB): how"
+        " coarsely paced bytes arrive",
+    )
+    p.add_argument(
+        "--link-streams",
+        type=int,
+        default=None,
+        help="remote: GETs at once that measure what the relay carries (default: enough"
+        " that their paced rates add up to 2 GB/s, at most 64)",
     )
     p.add_argument(
         "--transfer",
@@ -597,13 +751,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--work", type=Path, default=WORK, help="scratch (default bench/.work)")
     p.add_argument(
-        "--results", type=Path, default=RESULTS, help="markdown report (default bench/RESULTS.md)"
+        "--results",
+        type=Path,
+        default=None,
+        help="markdown report (default bench/RESULTS.md; bench/RESULTS-remote.md with --link"
+        " remote)",
     )
     return p
 
 
 def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     """The whole benchmark; with `store`, on that SeaweedFS instead of a new one."""
+    if args.results is None:
+        args.results = RESULTS_REMOTE if args.link == "remote" else RESULTS
+    args.results.parent.mkdir(parents=True, exist_ok=True)
     if args.scenario == "urls":
         return run_urls(args, store)
     peers.install()
@@ -622,7 +783,11 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
         if args.https and (store.https_endpoint_url is None or store.ca_bundle is None):
             raise SystemExit("--https needs a SeaweedFS with its HTTPS port (own_seaweed)")
         facts["server"] = {"endpoint": store.endpoint_url}
+        store, facts["link"] = stack.enter_context(linked(store, args))
         ctx = prepare(store, args)
+        if args.link == "remote" and "link" not in args.skip:
+            log("what the relay carries")
+            facts["link_capacity"] = link_capacity(ctx, args.link_rate, args.link_streams)
         meta = head(store, ctx.key)
         facts["object"] = {
             "key": ctx.key,
@@ -655,16 +820,18 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
             slow = stream_crowd(crowd_ctx, store, args.crowd_streams, args.crowd_rate)
             facts["crowd"] = [fast, slow]
         if "concurrency" not in args.skip:
-            log(f"concurrency: {args.conc_jobs} jobs of {args.conc_tenants} tenants")
             refs = []
-            for i in range(args.conc_jobs):
+            for i in range(max(args.conc_jobs)):
                 ref = reference(args.work, f"conc{i}", args.conc_size, 100 + i)
                 key = f"bench/conc-{i}-{args.conc_size}.bin"
                 upload(store, key, ref, args.upload_part_size, args.checksum)
                 refs.append((key.removeprefix("bench/"), ref))
-            facts["concurrency"] = concurrency_suite(
-                store, refs, args.conc_tenants, args.conc_rounds, ctx
-            )
+            facts["concurrency"] = []
+            for jobs in args.conc_jobs:
+                log(f"concurrency: {jobs} jobs of {min(jobs, args.conc_tenants)} tenants")
+                facts["concurrency"] += concurrency_suite(
+                    store, refs[:jobs], args.conc_tenants, args.conc_rounds, ctx
+                )
         if "idle" not in args.skip:
             facts["idle"] = idle_daemon(store, ctx, args.idle_seconds)
         if "uploads" not in args.skip:
@@ -679,6 +846,7 @@ def run(args: argparse.Namespace, store: Store | None = None) -> dict[str, Any]:
     facts["loadavg_end"] = loadavg()
     facts["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     raw = args.results.with_suffix(".json")
+    facts["raw"] = raw.name
     raw.write_text(json.dumps(facts, indent=1, default=str))
     text = report.render(facts)
     kept = urls.section_of(args.results.read_text()) if args.results.exists() else ""
@@ -705,6 +873,7 @@ def run_urls(args: argparse.Namespace, store: Store | None = None) -> dict[str, 
         if store is None:
             log("starting SeaweedFS")
             store = stack.enter_context(own_seaweed(args.work, https=args.https))
+        store, facts["link"] = stack.enter_context(linked(store, args))
         base = prepare_ctx(store, args, args.work / "unused", "bench/unused", 0)
         ctx = urls.prepare(store, base, args.work, args.size, args.upload_part_size)
         protocols = {"plain HTTP": ctx}
@@ -728,7 +897,7 @@ def run_urls(args: argparse.Namespace, store: Store | None = None) -> dict[str, 
     args.results.with_name(args.results.stem + "-urls.json").write_text(
         json.dumps(facts, indent=1, default=str)
     )
-    section = urls.render(results, facts["started"], facts["machine"])
+    section = urls.render(results, facts["started"], facts["machine"], facts["link"])
     urls.upsert(args.results, section)
     print(section)
     log(f"wrote the URLs section of {args.results}")
@@ -800,6 +969,7 @@ def prepare_ctx(store: Store, args: argparse.Namespace, ref: Path, key: str, siz
         job_id="bench",
         job_key=key.removeprefix("bench/"),
         transfer=dict(args.transfer),
+        relay_pids=tuple(getattr(args, "relay_pids", ())),  # set by `linked`
     )
 
 

@@ -19,7 +19,8 @@ own path). One module per job:
     checks     that a started server enforces what the tests rely on
     servers    start/stop/status/env, and acquire/release for test sessions
     daemon     `s3feed serve` as a subprocess (tests and bench)
-    cli        python -m localaws install|start|stop|status|env
+    relay      a pacing TCP relay: S3 as if remote (bench --link remote)
+    cli        python -m localaws install|start|stop|status|env|relay
 
 The names below are the ones callers use; import them from `localaws`.
 """

@@ -5,6 +5,9 @@
     python -m localaws stop    [--seaweed]
     python -m localaws status
     python -m localaws env     [--json]
+    python -m localaws relay   --upstream HOST:PORT [--rate B/s] [--delay S] ...
+
+(`relay` is localaws/relay.py: a pacing TCP relay, remote S3 on loopback.)
 
 (`python scripts/local_aws.py ...` is the same command.)
 """
@@ -16,6 +19,7 @@ import json
 import subprocess
 import sys
 
+from . import relay
 from .install import install
 from .servers import env_vars, start_ministack, start_seaweed, status, stop
 from .state import LocalAwsError, Paths, log
@@ -26,6 +30,9 @@ def shell_quote(value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["relay"]:
+        return relay.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m localaws", description=__doc__.split("\n\n")[0]
     )

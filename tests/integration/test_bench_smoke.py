@@ -138,3 +138,39 @@ def test_urls_scenario_runs_every_row(seaweed: Seaweed, tmp_path: Path) -> None:
     assert text.count("## URLs") == 1 and "| s3feed url |" in text
     raw = json.loads(results.with_name("RESULTS-urls.json").read_text())
     assert raw["urls"]["plain HTTP"]["size"] == data["size"]
+
+
+@pytest.mark.timeout(900)
+def test_remote_link_puts_every_contender_behind_the_relay(
+    seaweed: Seaweed, tmp_path: Path
+) -> None:
+    """`--link remote` at tiny scale: the relay process carries every
+    download row (its byte count covers them all), its CPU is reported apart,
+    the scale rows run for each count of jobs, and the report says the link."""
+    store = session_store(seaweed)
+    results = tmp_path / "RESULTS-remote.md"
+    only = ["s3feed-cache", "rclone-copyto", "s5cmd-cp", "s3feed-cat", "rclone-cat", "curl"]
+    argv = ["--link", "remote", "--link-rate", "50000000", "--link-streams", "2"]
+    argv += ["--size", "6MiB", "--upload-part-size", "5MiB", "--runs", "1", "--ttfb-runs", "1"]
+    argv += ["--only", *only, "--skip", "slow", "crowd", "idle", "uploads"]
+    argv += ["--conc-jobs", "1", "2", "--conc-size", "1MiB", "--conc-rounds", "1"]
+    argv += ["--work", str(tmp_path / "work"), "--results", str(results)]
+    facts = bench_run.run(bench_run.build_parser().parse_args(argv), store=store)
+
+    assert not [(r["name"], r["round"], r["error"]) for r in facts["main"] if r["error"]]
+    assert {r["name"] for r in facts["main"] if r["round"] == 1} == set(only)
+    assert all(r["relay_cpu_s"] >= 0 for r in facts["main"])
+    link = facts["link"]
+    assert (link["profile"], link["rate"], link["delay"]) == ("remote", 50e6, 0.02)
+    [stats] = link["relay_stats"]
+    size = facts["object"]["size"]
+    # Warm-up and round 1 of every row, the relay's own probe and the scale rows.
+    assert stats["bytes_down"] >= size * (2 * len(only) + 2) + 3 * (1 << 20)
+    assert stats["max_ahead"] <= link["slice"]
+    assert facts["link_capacity"]["ok"]
+    assert [r["jobs"] for r in facts["concurrency"]] == [1, 2]
+
+    text = results.read_text()
+    assert "**Remote profile**" in text and "relay CPU-s" in text
+    assert "## Targets (issue 25, remote profile)" in text
+    assert "| 2 |" in text  # the scale row of 2 jobs
