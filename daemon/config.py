@@ -165,6 +165,22 @@ def parse_size(value: object) -> int:
     raise ValueError(f"{value!r} is not a size; write e.g. 16MiB, 2GiB or 1048576")
 
 
+# Bits, with decimal prefixes as link rates have them: 10Gbit, 10Gbit/s, 10Gbps.
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKMGT]?)(?:bit|b)(?:/s|ps)?\s*$")
+_RATE_UNITS = {"": 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_rate(value: object) -> int:
+    """`10Gbit`, `500Mbit/s`, `2.5Gbps` or an integer number of bits per second."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be > 0")
+        return value
+    if isinstance(value, str) and (m := _RATE.match(value)):
+        return int(float(m.group(1)) * _RATE_UNITS[m.group(2)])
+    raise ValueError(f"{value!r} is not a rate; write e.g. 10Gbit, 500Mbit or 1000000 (bits/s)")
+
+
 def _seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{value!r} is not a number of seconds")
@@ -231,6 +247,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Converter]]] = {
         TransferConfig,
         {
             "part_size": parse_size,
+            "target_throughput": parse_rate,
             "concurrency": _int,
             "global_concurrency": _int,
             "stream_window": parse_size,

@@ -52,11 +52,18 @@ class TransferConfig:
     Uploads: one holds at most `upload_memory` of part buffers, and all together
     `upload_memory_total` (plus one part for each upload started while it was
     spent: transfer/upload/memory.py).
+    A stream's window may grow beyond `stream_window` to hold a part for each
+    GET the link needs in flight (docs/design.md, Transfers: In flight).
     Receive buffers: one per connection, so at most `global_concurrency` x 1 MiB.
     """
 
     part_size: int = 16 * MiB
-    concurrency: int = 8  # ranges in flight per transfer
+    # Bits per second a transfer aims for: it keeps as many GETs in flight as
+    # that takes at the per-connection rate seen (transfer/linkrate.py).
+    target_throughput: int = 10 * 10**9
+    # Ranges in flight per transfer, fixed (as before target_throughput; windows
+    # then stay within stream_window); 0: learned from target_throughput.
+    concurrency: int = 0
     global_concurrency: int = 32  # ranges in flight across the daemon
     stream_window: int = 0  # 0: STREAM_WINDOW_PARTS x part_size (48 MiB with 16 MiB parts)
     # A cache fetch of a large object GETs up to this much at once (whole parts):
@@ -72,8 +79,12 @@ class TransferConfig:
     def __post_init__(self) -> None:
         if not 1 * MiB <= self.part_size <= 5 * GiB:
             raise ValueError("transfer.part_size must be between 1MiB and 5GiB")
-        if self.concurrency < 1 or self.global_concurrency < 1:
-            raise ValueError("transfer.concurrency and global_concurrency must be >= 1")
+        if self.concurrency < 0:
+            raise ValueError("transfer.concurrency must be >= 0 (0: learned)")
+        if self.global_concurrency < 1:
+            raise ValueError("transfer.global_concurrency must be >= 1")
+        if self.target_throughput <= 0:
+            raise ValueError("transfer.target_throughput must be > 0")
         if self.stream_window == 0:  # docs/design.md, Performance notes (Stream window)
             object.__setattr__(self, "stream_window", STREAM_WINDOW_PARTS * self.part_size)
         if self.max_range == 0:  # docs/design.md, Transfers: Ranges

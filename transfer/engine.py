@@ -1,14 +1,17 @@
 """The ranged-GET engine: parallel, retried, verified downloads of one object.
 
 What runs where: everything runs on the daemon's one event loop. A download
-is one task (the caller's) that HEADs the object, plans ranges, then runs
-`concurrency` worker tasks in an `asyncio.TaskGroup`; each worker takes the
-next range, waits for a slot of the engine-wide `FairLimiter`, and GETs the
+is one task (the caller's) that HEADs the object, plans ranges, then starts
+one task per range in an `asyncio.TaskGroup`, each once fewer than
+`Engine.inflight()` of the transfer's run (transfer/linkrate.py: as many as
+it takes to reach `target_throughput` at the per-connection rate the engine
+has seen); each waits for a slot of the engine-wide `FairLimiter`, and GETs the
 range with If-Match into a sink that `os.pwrite`s each received slice at its
 offset. Nothing holds a part in memory: the store's receive buffer (one per
-connection) is the only body memory, so a download costs O(concurrency) x
+connection) is the only body memory, so a download costs O(GETs in flight) x
 1 MiB whatever the object size. Streams (transfer/window.py) use the same
-`fetch_range` with a sink into their bounded window.
+`fetch_range` with a sink into their bounded window. Every GET that ends well
+is a sample of the per-connection rate (`LinkRate`).
 
 Who waits on whom: workers wait on the limiter (round-robin across
 transfers, so a 100-range transfer cannot starve a 1-range one), then on the
@@ -41,9 +44,10 @@ from typing import TypeVar
 from s3feed.transfer.checksums import RangeDigest, Verifier, etag_parts
 from s3feed.transfer.config import TransferConfig
 from s3feed.transfer.errors import ChecksumMismatch, TransientError
+from s3feed.transfer.linkrate import InflightSlots, LinkRate
 from s3feed.transfer.observer import NullTransferObserver, TransferObserver
 from s3feed.transfer.progress import Progress, RangeSet
-from s3feed.transfer.retry import Backoff, RetryBudget, run_workers
+from s3feed.transfer.retry import Backoff, RetryBudget, first_error
 from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore
 from s3feed.transfer.streammemory import StreamMemory
 
@@ -132,12 +136,34 @@ def plan_ranges(
     return out
 
 
-def range_size(config: TransferConfig, size: int) -> int:
+def range_size(config: TransferConfig, size: int, inflight: int) -> int:
     """A cache fetch's GET size for an object of `size` bytes: part_size, grown
-    in whole parts up to max_range while each of the transfer's connections
-    still gets RANGES_PER_CONNECTION ranges (docs/design.md, Transfers: Ranges)."""
-    parts = size // (config.concurrency * RANGES_PER_CONNECTION * config.part_size)
+    in whole parts up to max_range while each of the transfer's `inflight`
+    connections still gets RANGES_PER_CONNECTION ranges (docs/design.md,
+    Transfers: Ranges)."""
+    parts = size // (inflight * RANGES_PER_CONNECTION * config.part_size)
     return config.part_size * max(1, min(parts, config.max_range // config.part_size))
+
+
+async def run_inflight(
+    slots: InflightSlots, ranges: list[tuple[int, int]], fn: Callable[[int, int], Awaitable[None]]
+) -> None:
+    """Run fn over ranges, in order, each in a task of a TaskGroup started once
+    `slots` has room; the first failure cancels the rest and is raised as itself."""
+
+    async def run(s: int, e: int) -> None:
+        try:
+            await fn(s, e)
+        finally:
+            slots.release()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for s, e in ranges:
+                await slots.acquire()
+                tg.create_task(run(s, e))
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
 
 
 class _FileSink:
@@ -203,6 +229,29 @@ class Engine:
         self.monotonic = monotonic
         self.limiter = FairLimiter(config.global_concurrency)
         self.stream_memory = StreamMemory(config.stream_memory, self.observer)
+        self.link = LinkRate()
+        self.flowing = 0  # GETs holding a limiter slot
+
+    def inflight(self) -> int:
+        """GETs one transfer keeps in flight now: `concurrency` if set, else what
+        reaches `target_throughput` at the per-connection rate seen
+        (transfer/linkrate.py); within `global_concurrency` (docs/design.md,
+        Transfers: In flight)."""
+        config = self.config
+        n = config.concurrency or self.link.count(config.target_throughput / 8)
+        return max(1, min(n, config.global_concurrency))
+
+    def window_max(self) -> int:
+        """The most a stream's window (or a URL read's read-ahead) may grow to:
+        `stream_window`, or once a rate has been seen, room for a part per GET
+        the link needs in flight, never more than all of `stream_memory` (it
+        grows from free budget only). A fixed `concurrency` keeps `stream_window`."""
+        config = self.config
+        if config.concurrency or self.link.per_connection is None:
+            return config.stream_window
+        return max(
+            config.stream_window, min(self.inflight() * config.part_size, config.stream_memory)
+        )
 
     def _backoff(self, budget: RetryBudget) -> Backoff:
         """The transfer's backoff; a budget that has none yet gets one here."""
@@ -241,20 +290,31 @@ class Engine:
     ) -> None:
         """GET [start, end] into sink exactly once per byte, retrying from the
         first byte not yet delivered on a budget of its own (`budget.for_range`,
-        sharing the transfer's backoff); holds a limiter slot only while a GET runs."""
+        sharing the transfer's backoff); holds a limiter slot only while a GET
+        runs. A GET that ends well is a sample of the per-connection rate."""
         self._backoff(budget)
         pos = start
+        monotonic = self.monotonic
+        engine = self
+        first_at = -1.0  # when this attempt's first slice arrived
+        first_end = 0  # and where it ended
+        flowing_then = 0  # GETs flowing at that moment
 
         class _Tracking:
             def write(self, offset: int, data: memoryview) -> None:
-                nonlocal pos
+                nonlocal pos, first_at, first_end, flowing_then
                 sink.write(offset, data)
                 pos = offset + len(data)
+                if first_at < 0:
+                    first_at, first_end, flowing_then = monotonic(), pos, engine.flowing
 
         tracking = _Tracking()
 
         async def attempt() -> None:
+            nonlocal first_at
             await self.limiter.acquire(owner)
+            self.flowing += 1
+            first_at = -1.0
             try:
                 await store.get_range(
                     key,
@@ -265,9 +325,13 @@ class Engine:
                     stall_timeout=self.config.stall_timeout,
                 )
             finally:
+                self.flowing -= 1
                 self.limiter.release()
             if pos <= end:
                 raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
+            if first_at >= 0:
+                flowing = (flowing_then + self.flowing + 1) / 2  # itself included at both ends
+                self.link.sample(pos - first_end, monotonic() - first_at, flowing)
 
         await self.retrying(budget.for_range(), attempt)
 
@@ -339,7 +403,7 @@ class Engine:
         ranges = plan_ranges(
             0,
             meta.size - 1,
-            range_size(self.config, meta.size),
+            range_size(self.config, meta.size, self.inflight()),
             parts,
             join_parts=not verifier.composite,  # a composite checksum needs each part's own CRC
         )
@@ -367,7 +431,7 @@ class Engine:
                     if on_range_done is not None and sink.reported <= me:
                         on_range_done(sink.reported, me)
 
-            await run_workers(self.config.concurrency, todo, fetch)
+            await run_inflight(InflightSlots(self.inflight), todo, fetch)
             try:
                 verified = await self.verify_file(fd, verifier)
             except ChecksumMismatch as exc:

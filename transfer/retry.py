@@ -23,8 +23,8 @@ for the same reason and wait for the same pause instead of lengthening it.
 A success of the current round ends the streak.
 
 Time is injected (the engine's `sleep` and `monotonic`), so unit tests run
-bursts on a fake clock. `run_workers` runs ranges through a TaskGroup and
-raises the first real failure (`first_error`), not the group.
+bursts on a fake clock. `first_error` picks the real failure out of a
+TaskGroup's exception group.
 transfer/engine.py and transfer/stream.py both use these; neither imports the
 other for them.
 """
@@ -120,25 +120,6 @@ class RetryBudget:
                 f"S3 kept failing, retries exhausted; last cause: {self.last_cause}"
             )
         self.remaining -= 1
-
-
-async def run_workers(
-    n: int, ranges: list[tuple[int, int]], fn: Callable[[int, int], Awaitable[None]]
-) -> None:
-    """Run fn over ranges, in order, by up to n workers in a TaskGroup; the
-    first failure cancels the rest and is raised as itself."""
-    todo = iter(ranges)
-
-    async def worker() -> None:
-        for s, e in todo:
-            await fn(s, e)
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            for _ in range(min(n, len(ranges))):
-                tg.create_task(worker())
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -1,15 +1,16 @@
 """In-order streaming of parallel ranged GETs through a bounded window: `ObjectStream`.
 
 What runs where: `ObjectStream` owns one producer task. It fetches a short
-first range at once, while the object's part layout is asked for, then runs
-`concurrency` workers over the rest; all of them share `concurrency` slots.
-Workers cut ranges one at a time, in offset order (a lock): each waits in
-`claim` until the `StreamWindow` has room, takes up to a part of it (never
-across an object part's end), then fetches it with `Engine.fetch_range`
-(retries, limiter) into a sink that copies each received slice into the
-window's heap (the store's buffer is reused, so one copy per slice is the
-price of reordering). The reader iterates the stream and gets chunks
-strictly in offset order.
+first range at once, while the object's part layout is asked for, then cuts
+the rest one range at a time, in offset order: it waits until fewer than
+`Engine.inflight()` of the stream's GETs run (as many as the link needs:
+transfer/linkrate.py), then in `claim` until the `StreamWindow` has room,
+takes up to a part of it (never across an object part's end), and starts a
+task that fetches it with `Engine.fetch_range` (retries, limiter) into a sink
+that copies each received slice into the window's heap (the store's buffer is
+reused, so one copy per slice is the price of reordering). The window may
+grow to a part per GET in flight (`Engine.window_max`). The reader iterates
+the stream and gets chunks strictly in offset order.
 
 The window it fills (backpressure, memory bound, reassembly) is
 transfer/window.py.
@@ -29,6 +30,7 @@ from types import TracebackType
 from s3feed.transfer.checksums import RangeDigest, Verifier
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import InvalidRange
+from s3feed.transfer.linkrate import InflightSlots
 from s3feed.transfer.retry import RetryBudget, first_error
 from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore
 from s3feed.transfer.window import StreamWindow
@@ -120,7 +122,7 @@ class ObjectStream:
             max(1, min(config.part_size, config.stream_window, length)),
             engine.observer,
             memory=engine.stream_memory,
-            max_capacity=max(1, min(config.stream_window, length)),
+            max_capacity=max(1, min(engine.window_max(), length)),
         )
         if self.start == 0 and end == size - 1:  # only a whole object can be verified
             self._verifier = Verifier(
@@ -142,7 +144,7 @@ class ObjectStream:
         if self.end < self.start:
             return  # an empty object: nothing to fetch
         owner = object()
-        slots = asyncio.Semaphore(config.concurrency)  # this stream's share of S3
+        slots = InflightSlots(engine.inflight)  # this stream's share of S3
 
         # The reader waits for the first bytes: a short first GET (S3 answers
         # a small range sooner: docs/design.md, Performance notes, First range)
@@ -154,7 +156,7 @@ class ObjectStream:
         flowing = asyncio.Event()
 
         async def fetch(s: int, e: int) -> None:
-            async with slots:
+            try:
                 digest = self._verifier.range_digest(s, e) if self._verifier else None
                 sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
                 if s == self.start:
@@ -170,33 +172,34 @@ class ObjectStream:
                     owner=owner,
                 )
                 flowing.set()  # a first range that failed starts nothing more
+            finally:
+                slots.release()
 
-        async def rest() -> None:
+        async def rest(tg: asyncio.TaskGroup) -> None:
             parts = await asyncio.shield(self._layout)  # the reader may await it too
             await flowing.wait()
             cursor = first_end + 1
-            cutting = asyncio.Lock()  # ranges are cut and claimed in offset order
+            # Ranges are cut and claimed in offset order, one GET each, as
+            # many at once as the link needs (Engine.inflight) and the window
+            # holds; the window may grow to a part for each of them.
+            while cursor <= self.end:
+                await slots.acquire()
+                window.allow(min(engine.window_max(), self.end - self.start + 1))
+                try:
+                    e = await window.claim(
+                        cursor, _part_end(parts, cursor, self.end), config.part_size
+                    )
+                except BaseException:
+                    slots.release()
+                    raise
+                tg.create_task(fetch(cursor, e))
+                cursor = e + 1
 
-            async def worker() -> None:
-                nonlocal cursor
-                while True:
-                    async with cutting:
-                        if cursor > self.end:
-                            return
-                        s = cursor
-                        e = await window.claim(s, _part_end(parts, s, self.end), config.part_size)
-                        cursor = e + 1
-                    await fetch(s, e)
-
-            if cursor <= self.end:
-                async with asyncio.TaskGroup() as workers:
-                    for _ in range(config.concurrency):
-                        workers.create_task(worker())
-
+        await slots.acquire()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(fetch(self.start, first_end))
-                tg.create_task(rest())
+                tg.create_task(rest(tg))
         except BaseExceptionGroup as group:
             window.fail(first_error(group))
 

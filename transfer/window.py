@@ -16,8 +16,8 @@ deadlock, whatever the capacity does.
 
 The capacity is a grant of the engine's one `StreamMemory` (all streams
 together: transfer/streammemory.py). It starts at a part, grows (doubling, up
-to `stream_window`) when the reader waits for bytes while a producer waits for
-room, and shrinks as the reader drains while the budget is overdrawn; it never
+to `max_capacity`: `stream_window`, or a part per GET the link needs in
+flight) when the reader waits for bytes while a producer waits for room, and shrinks as the reader drains while the budget is overdrawn; it never
 drops below the bytes already admitted, so admitted ranges stay admitted.
 
 Reassembly is a heap keyed by offset; bytes below the delivery point are
@@ -117,6 +117,11 @@ class StreamWindow:
                 return end
             await self._wait()
 
+    def allow(self, max_capacity: int) -> None:
+        """The most the window may grow to from now on (the link's GETs in
+        flight change it: Engine.window_max); never below what it holds."""
+        self.max_capacity = max(self.capacity, max_capacity)
+
     def _give_back(self) -> None:
         """The reader drained: while the budget is overdrawn, shrink towards the
         floor, never below the bytes already admitted."""
@@ -132,15 +137,16 @@ class StreamWindow:
     def _grow_if_held_back(self) -> None:
         """The reader waits for bytes. If the window has no room for the next
         range, the window is what holds the reader back: double it, from free
-        memory, at most once per half window the reader consumed (so the first
-        bytes a reader swallows at once do not grow it several times)."""
+        memory, at most once per half window (or per range, if less) the reader
+        consumed (so the first bytes a reader swallows at once do not grow it
+        several times, and a window of many ranges still grows within a few)."""
         memory = self._memory
         if memory is None or self.capacity >= self.max_capacity or self.admitted >= self.end:
             return
         room = self.consumed + self.capacity - (self.admitted + 1)
         if room >= min(self._unit, self.end - self.admitted):
             return  # a producer can claim more: S3, not the window, is slow
-        if self.consumed - self._grown_at < self.capacity // 2:
+        if self.consumed - self._grown_at < min(self._unit, self.capacity // 2):
             return
         more = memory.grow(min(self.capacity, self.max_capacity - self.capacity))
         if more:

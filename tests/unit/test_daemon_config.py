@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from s3feed.daemon.config import ApiConfig, ConfigError, config_keys, load_config, parse_size
+from s3feed.daemon.config import (
+    ApiConfig,
+    ConfigError,
+    config_keys,
+    load_config,
+    parse_rate,
+    parse_size,
+)
 from s3feed.transfer.config import GiB, MiB
 
 EXAMPLE = Path(__file__).parents[2] / "systemd" / "s3feed.toml.example"
@@ -45,7 +52,9 @@ def test_bad_sizes(bad: object) -> None:
         ("[cachee]\n", "unknown section [cachee]"),
         ("[transfer]\npart_size = 'lots'\n", "[transfer] part_size"),
         ("[transfer]\nconcurrency = 'eight'\n", "[transfer] concurrency"),
-        ("[transfer]\nconcurrency = 0\n", "[transfer]"),
+        ("[transfer]\nconcurrency = -1\n", "[transfer]"),
+        ("[transfer]\ntarget_throughput = '10GB'\n", "[transfer] target_throughput"),
+        ("[transfer]\ntarget_throughput = 0\n", "[transfer] target_throughput"),
         ("[transfer]\nmax_range = '8MiB'\n", "max_range must be at least transfer.part_size"),
         ("[api]\nsocket_mode = '0999'\n", "[api] socket_mode"),
         ("[metrics]\nlisten = 'localhost'\n", "[metrics]"),
@@ -114,6 +123,38 @@ def test_bad_limits(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("10Gbit", 10 * 10**9),
+        ("10 Gbit/s", 10 * 10**9),
+        ("2.5Gbps", int(2.5 * 10**9)),
+        ("500Mbit", 500 * 10**6),
+        ("800kbit", 800_000),
+        (1_000_000, 1_000_000),
+    ],
+)
+def test_rates(text: object, rate: int) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize("bad", ["10GB", "10GiB", "Gbit", "fast", True, 1.5, 0, -3])
+def test_bad_rates(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_rate(bad)
+
+
+def test_the_gets_in_flight_are_learned_unless_concurrency_is_set(tmp_path: Path) -> None:
+    path = tmp_path / "s3feed.toml"
+    path.write_text("")
+    transfer = load_config(path).transfer
+    assert (transfer.concurrency, transfer.target_throughput) == (0, 10 * 10**9)
+    # A file of an earlier version, with the old key, still loads: a fixed count.
+    path.write_text("[transfer]\nconcurrency = 8\ntarget_throughput = '1Gbit'\n")
+    transfer = load_config(path).transfer
+    assert (transfer.concurrency, transfer.target_throughput) == (8, 10**9)
 
 
 def test_the_stream_window_follows_the_part_size_unless_set(tmp_path: Path) -> None:

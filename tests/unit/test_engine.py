@@ -121,15 +121,18 @@ def test_plan_and_part_guess() -> None:
 
 
 def test_a_large_objects_ranges_grow_in_whole_parts_up_to_max_range() -> None:
-    defaults = TransferConfig()  # 16 MiB parts, 8 connections, max_range 64 MiB
+    defaults = TransferConfig()  # 16 MiB parts, max_range 64 MiB; 8 connections at first
     assert defaults.max_range == 64 * MiB
-    assert range_size(defaults, 2 * 1024 * MiB) == 64 * MiB  # 32 ranges: 4 per connection
-    assert range_size(defaults, 1024 * MiB) == 32 * MiB
-    assert range_size(defaults, 1024 * MiB - 1) == 16 * MiB  # whole parts only
-    assert range_size(defaults, 512 * MiB) == 16 * MiB
-    assert range_size(defaults, 100 * 1024 * MiB) == 64 * MiB  # never past max_range
+    assert range_size(defaults, 2 * 1024 * MiB, 8) == 64 * MiB  # 32 ranges: 4 per connection
+    assert range_size(defaults, 1024 * MiB, 8) == 32 * MiB
+    assert range_size(defaults, 1024 * MiB - 1, 8) == 16 * MiB  # whole parts only
+    assert range_size(defaults, 512 * MiB, 8) == 16 * MiB
+    assert range_size(defaults, 100 * 1024 * MiB, 8) == 64 * MiB  # never past max_range
+    # More connections in flight (a slow link) keep ranges small, fewer let them grow.
+    assert range_size(defaults, 2 * 1024 * MiB, 32) == 16 * MiB
+    assert range_size(defaults, 1024 * MiB, 2) == 64 * MiB
     off = TransferConfig(max_range=16 * MiB)
-    assert range_size(off, 100 * 1024 * MiB) == 16 * MiB
+    assert range_size(off, 100 * 1024 * MiB, 8) == 16 * MiB
     with pytest.raises(ValueError, match="max_range"):
         TransferConfig(max_range=8 * MiB)
     assert TransferConfig(part_size=8 * MiB).max_range == 32 * MiB  # follows part_size

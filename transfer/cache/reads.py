@@ -20,8 +20,8 @@ The shapes:
 
 Read-ahead, in the manner of mountpoint-s3's prefetcher: a reader keeps
 `depth` bytes ahead of its position requested. Depth starts at FIRST_PIECE
-and doubles each time the reader has to wait for S3, up to `stream_window`,
-taken from `[transfer] stream_memory` as a stream window's growth is (the
+and doubles each time the reader has to wait for S3, up to `stream_window`
+(or a part per GET the link needs in flight: `Engine.window_max`), taken from `[transfer] stream_memory` as a stream window's growth is (the
 bytes go to the page cache, not the daemon's heap, but the budget still
 bounds what is in flight). A new read, as ffmpeg opens after every seek,
 starts small again. Pieces are cut at `part_size` boundaries and never cross
@@ -370,7 +370,6 @@ class EntryReader:
         self._budget = RetryBudget(engine.config.retries)
         self._owner = object()  # this read, for the limiter's round-robin
         self._granted = engine.stream_memory.take(FIRST_PIECE, MIN_WINDOW)
-        self._max_depth = max(FIRST_PIECE, engine.config.stream_window)
         self._fetched = RangeSet()  # bytes S3 sent for this read (its pieces, or waited for)
         self.from_cache = 0
         self.from_s3 = 0
@@ -443,7 +442,9 @@ class EntryReader:
             yield data
 
     def _grow(self) -> None:
-        want = min(self._max_depth, 2 * self.depth) - self._granted
+        # Up to a piece per GET the link needs in flight (docs/design.md, Transfers: In flight).
+        most = max(FIRST_PIECE, self._engine.window_max())
+        want = min(most, 2 * self.depth) - self._granted
         if want > 0:
             self._granted += self._engine.stream_memory.grow(want)
 
