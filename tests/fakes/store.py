@@ -8,6 +8,10 @@ call sees it overwritten, as with the real client), with a yield to the event
 loop between slices; with `rng` set, a random number of yields, so that
 parallel ranges complete in random order. `gate`, when set, is awaited before
 every slice: tests use it to hold producers on an event instead of sleeping.
+`pace`, when set, is a fake clock that the GETs move: S3's per-connection cap
+(every GET at `rate`, however many run) or, `shared`, one link all GETs share
+(loopback, where one GET runs at the host's pace); pass `pace.monotonic` as
+the engine's clock.
 
 `FailingObjectStore` wraps any ObjectStore (a fake or the real one) and
 injects the faults the engine must survive into its GETs, HEADs and listing
@@ -58,6 +62,26 @@ class _Object:
     encryption: str | None = None  # x-amz-server-side-encryption
 
 
+@dataclass
+class Pace:
+    """A fake clock that GETs advance as a paced link would (no wall time):
+    each slice of n bytes moves it n / (rate x GETs running) seconds, so each
+    of k parallel GETs sees `rate` bytes per second; with `shared`, n / rate, so
+    they share `rate` between them."""
+
+    rate: float
+    shared: bool = False
+    now: float = 0.0
+    active: int = 0
+    peak: int = 0  # most GETs running at once
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def moved(self, n: int) -> None:
+        self.now += n / (self.rate if self.shared else self.rate * self.active)
+
+
 class FakeObjectStore:
     def __init__(
         self,
@@ -67,8 +91,10 @@ class FakeObjectStore:
         chunk_size: int = 64 * 1024,
         rng: random.Random | None = None,
         gate: Callable[[str, int], Awaitable[None]] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.bucket = bucket
+        self.pace = pace
         self.endpoint = endpoint
         self.chunk_size = chunk_size
         self.rng = rng
@@ -185,16 +211,26 @@ class FakeObjectStore:
         buf = bytearray(self.chunk_size)
         view = memoryview(buf)
         pos = start
-        while pos <= last:
-            if self.gate is not None:
-                await self.gate(key, pos)
-            for _ in range(self.rng.randint(0, 3) if self.rng else 1):
-                await asyncio.sleep(0)
-            n = min(self.chunk_size, last + 1 - pos)
-            buf[:n] = obj.data[pos : pos + n]
-            sink.write(pos, view[:n])
-            self.bytes_sent += n
-            pos += n
+        pace = self.pace
+        if pace is not None:
+            pace.active += 1
+            pace.peak = max(pace.peak, pace.active)
+        try:
+            while pos <= last:
+                if self.gate is not None:
+                    await self.gate(key, pos)
+                for _ in range(self.rng.randint(0, 3) if self.rng else 1):
+                    await asyncio.sleep(0)
+                n = min(self.chunk_size, last + 1 - pos)
+                if pace is not None:
+                    pace.moved(n)
+                buf[:n] = obj.data[pos : pos + n]
+                sink.write(pos, view[:n])
+                self.bytes_sent += n
+                pos += n
+        finally:
+            if pace is not None:
+                pace.active -= 1
         return RangeMeta(size=size, etag=obj.etag, last_modified=_EPOCH)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
