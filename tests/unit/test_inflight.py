@@ -12,12 +12,15 @@ import asyncio
 import math
 import random
 import tempfile
+from pathlib import Path
 
 import pytest
 
-from s3feed.transfer.config import MiB, TransferConfig
+from s3feed.transfer.cache.cache import Cache
+from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
 from s3feed.transfer.engine import Engine
 from s3feed.transfer.linkrate import INITIAL, MIN_SAMPLE_BYTES, SAMPLES, InflightSlots, LinkRate
+from s3feed.transfer.objectserver import ObjectServer
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.stream import ObjectStream
 from tests.fakes.store import FakeObjectStore, Pace
@@ -230,3 +233,32 @@ async def test_a_fixed_concurrency_is_kept_on_a_slow_link(concurrency: int) -> N
     got, largest = await read_all(engine, store)
     assert got == data
     assert pace.peak == concurrency and largest <= 3 * MiB
+
+
+async def test_a_url_reads_read_ahead_over_a_slow_link_is_not_held_to_three_gets(
+    tmp_path: Path,
+) -> None:
+    pace = Pace(20 * MB)
+    store, data = paced(pace, 32 * MiB)
+    engine = engine_on(pace, global_concurrency=16, stream_window=3 * MiB)
+    cache = Cache(CacheConfig(dir=tmp_path / "cache", min_free=0), engine, engine.observer)
+    server = ObjectServer(engine, cache, engine.observer)
+    await cache.start()
+    try:
+        delivery = await server.open(
+            store,
+            "k",
+            tenant="t",
+            choose_range=lambda meta: (0, meta.size - 1),
+            through_cache=True,
+        )
+        out = bytearray()
+        async with delivery:
+            async for chunk in delivery:
+                out += chunk
+    finally:
+        await cache.close()
+    assert bytes(out) == data
+    assert 3 < pace.peak <= 16
+    assert 3 * MiB < engine.stream_memory.peak <= 16 * MiB  # the depth: a piece per GET
+    assert engine.stream_memory.used == 0
