@@ -294,27 +294,19 @@ class Engine:
         runs. A GET that ends well is a sample of the per-connection rate."""
         self._backoff(budget)
         pos = start
-        monotonic = self.monotonic
-        engine = self
-        first_at = -1.0  # when this attempt's first slice arrived
-        first_end = 0  # and where it ended
-        flowing_then = 0  # GETs flowing at that moment
 
         class _Tracking:
             def write(self, offset: int, data: memoryview) -> None:
-                nonlocal pos, first_at, first_end, flowing_then
+                nonlocal pos
                 sink.write(offset, data)
                 pos = offset + len(data)
-                if first_at < 0:
-                    first_at, first_end, flowing_then = monotonic(), pos, engine.flowing
 
         tracking = _Tracking()
 
         async def attempt() -> None:
-            nonlocal first_at
             await self.limiter.acquire(owner)
             self.flowing += 1
-            first_at = -1.0
+            flowing, began, sent_from = self.flowing, self.monotonic(), pos
             try:
                 await store.get_range(
                     key,
@@ -329,9 +321,10 @@ class Engine:
                 self.limiter.release()
             if pos <= end:
                 raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
-            if first_at >= 0:
-                flowing = (flowing_then + self.flowing + 1) / 2  # itself included at both ends
-                self.link.sample(pos - first_end, monotonic() - first_at, flowing)
+            # Request to last byte, round trip included: what a GET in flight
+            # carries (docs/design.md, Transfers: In flight).
+            flowing = (flowing + self.flowing + 1) / 2  # itself included at both ends
+            self.link.sample(pos - sent_from, self.monotonic() - began, flowing)
 
         await self.retrying(budget.for_range(), attempt)
 

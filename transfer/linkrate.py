@@ -5,10 +5,12 @@ connection carries (about 85-95 MB/s per GET in-region, less across regions)
 and answers every request after a round trip, so a transfer needs as many GETs
 in flight as it takes to reach `[transfer] target_throughput`. The engine
 learns the rate one GET connection carries from the GETs it runs: each GET
-that ends well is one sample, its bytes after its first slice over the time
-from that slice to its end (the first slice may have waited in the socket
-buffer, and the round trip before it is not the link's rate), together with
-the GETs the engine had flowing meanwhile.
+that ends well is one sample, its bytes over the time from its request to its
+last byte, together with the GETs the engine had flowing meanwhile. The round
+trip is in it on purpose: a GET of S bytes holds its place in flight for
+RTT + S / (the link's rate), so S over that is what each GET in flight adds;
+and a GET whose bytes waited in the socket buffer while the loop was busy is
+not taken for a faster link (timing from its first slice would be).
 
 What the samples decide, over the last `SAMPLES` of them:
 - `per_connection`: the fastest sample, what one connection carries when it
