@@ -92,8 +92,8 @@ class ApiConfig:
 class LimitsConfig:
     """What one peer uid (root included) may hold at once; daemon/api/limits.py
     enforces them. Bounds per uid: connections_per_uid x one request head
-    buffer, streams_per_uid x stream_window (all streams: [transfer]
-    stream_memory), uploads_per_uid x upload_memory (all uploads: [transfer]
+    buffer, streams_per_uid x a window's maximum (stream_window, or a part per
+    GET a remote link needs; all streams: [transfer] stream_memory), uploads_per_uid x upload_memory (all uploads: [transfer]
     upload_memory_total), jobs_per_uid role sessions."""
 
     jobs_per_uid: int = 256

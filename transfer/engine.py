@@ -241,6 +241,17 @@ class Engine:
         n = config.concurrency or self.link.count(config.target_throughput / 8)
         return max(1, min(n, config.global_concurrency))
 
+    def stream_inflight(self) -> int:
+        """A stream's GETs in flight: `inflight()`, but never fewer than its
+        `stream_window` holds parts (the window bounds them anyway): where one
+        GET runs at the host's pace, fewer connections bring smaller slices,
+        each a wakeup and a chunk for the reader (docs/design.md, Performance
+        notes: GETs in flight)."""
+        config = self.config
+        if config.concurrency:
+            return self.inflight()
+        return max(self.inflight(), config.stream_window // config.part_size)
+
     def window_max(self) -> int:
         """The most a stream's window (or a URL read's read-ahead) may grow to:
         `stream_window`, or once a rate has been seen, room for a part per GET
@@ -323,8 +334,11 @@ class Engine:
                 raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
             # Request to last byte, round trip included: what a GET in flight
             # carries (docs/design.md, Transfers: In flight).
-            flowing = (flowing + self.flowing + 1) / 2  # itself included at both ends
-            self.link.sample(pos - sent_from, self.monotonic() - began, flowing)
+            # A GET under half a part (a stream's first, a read's first pieces)
+            # is mostly its round trip: no sample.
+            if pos - sent_from >= self.config.part_size // 2:
+                flowing = (flowing + self.flowing + 1) / 2  # itself included at both ends
+                self.link.sample(pos - sent_from, self.monotonic() - began, flowing)
 
         await self.retrying(budget.for_range(), attempt)
 

@@ -3,8 +3,8 @@
 What runs where: `ObjectStream` owns one producer task. It fetches a short
 first range at once, while the object's part layout is asked for, then cuts
 the rest one range at a time, in offset order: it waits until fewer than
-`Engine.inflight()` of the stream's GETs run (as many as the link needs:
-transfer/linkrate.py), then in `claim` until the `StreamWindow` has room,
+`Engine.stream_inflight()` of the stream's GETs run (as many as the link
+needs, transfer/linkrate.py, and at least what `stream_window` holds), then in `claim` until the `StreamWindow` has room,
 takes up to a part of it (never across an object part's end), and starts a
 task that fetches it with `Engine.fetch_range` (retries, limiter) into a sink
 that copies each received slice into the window's heap (the store's buffer is
@@ -144,7 +144,7 @@ class ObjectStream:
         if self.end < self.start:
             return  # an empty object: nothing to fetch
         owner = object()
-        slots = InflightSlots(engine.inflight)  # this stream's share of S3
+        slots = InflightSlots(engine.stream_inflight)  # this stream's share of S3
 
         # The reader waits for the first bytes: a short first GET (S3 answers
         # a small range sooner: docs/design.md, Performance notes, First range)
@@ -180,8 +180,8 @@ class ObjectStream:
             await flowing.wait()
             cursor = first_end + 1
             # Ranges are cut and claimed in offset order, one GET each, as
-            # many at once as the link needs (Engine.inflight) and the window
-            # holds; the window may grow to a part for each of them.
+            # many at once as the link needs (Engine.stream_inflight) and the
+            # window holds; the window may grow to a part for each of them.
             while cursor <= self.end:
                 await slots.acquire()
                 window.allow(min(engine.window_max(), self.end - self.start + 1))

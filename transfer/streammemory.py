@@ -8,7 +8,8 @@ so a grant is taken or given back in one step.
 - A new window asks for a part (or its whole range, if smaller) and gets what
   is free, but never less than its floor (`MIN_WINDOW`): a stream always
   starts, even with the budget spent. Only floors overdraw the budget.
-- A window grows (doubling, up to `stream_window`) only when its reader waits
+- A window grows (doubling, up to `Engine.window_max`: `stream_window`, or a
+  part per GET the link needs in flight) only when its reader waits
   for bytes while its producers wait for room: the window, not S3, is what
   holds the reader back. Growth comes from the free part only.
 - While grants exceed the budget (`over`), every window whose reader drains

@@ -17,8 +17,9 @@ deadlock, whatever the capacity does.
 The capacity is a grant of the engine's one `StreamMemory` (all streams
 together: transfer/streammemory.py). It starts at a part, grows (doubling, up
 to `max_capacity`: `stream_window`, or a part per GET the link needs in
-flight) when the reader waits for bytes while a producer waits for room, and shrinks as the reader drains while the budget is overdrawn; it never
-drops below the bytes already admitted, so admitted ranges stay admitted.
+flight) when the reader waits for bytes while a producer waits for room, and
+shrinks as the reader drains while the budget is overdrawn; it never drops
+below the bytes already admitted, so admitted ranges stay admitted.
 
 Reassembly is a heap keyed by offset; bytes below the delivery point are
 dropped, so a retried range never duplicates bytes.

@@ -21,9 +21,10 @@ The shapes:
 Read-ahead, in the manner of mountpoint-s3's prefetcher: a reader keeps
 `depth` bytes ahead of its position requested. Depth starts at FIRST_PIECE
 and doubles each time the reader has to wait for S3, up to `stream_window`
-(or a part per GET the link needs in flight: `Engine.window_max`), taken from `[transfer] stream_memory` as a stream window's growth is (the
-bytes go to the page cache, not the daemon's heap, but the budget still
-bounds what is in flight). A new read, as ffmpeg opens after every seek,
+(or a part per GET the link needs in flight: `Engine.window_max`), taken
+from `[transfer] stream_memory` as a stream window's growth is (the bytes go
+to the page cache, not the daemon's heap, but the budget still bounds what
+is in flight). A new read, as ffmpeg opens after every seek,
 starts small again. Pieces are cut at `part_size` boundaries and never cross
 an object part, so their CRCs combine into a composite checksum.
 
