@@ -317,7 +317,7 @@ class Engine:
         async def attempt() -> None:
             await self.limiter.acquire(owner)
             self.flowing += 1
-            flowing, began, sent_from = self.flowing, self.monotonic(), pos
+            flowing_then, began, sent_from = self.flowing, self.monotonic(), pos
             try:
                 await store.get_range(
                     key,
@@ -332,12 +332,12 @@ class Engine:
                 self.limiter.release()
             if pos <= end:
                 raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
-            # Request to last byte, round trip included: what a GET in flight
-            # carries (docs/design.md, Transfers: In flight).
-            # A GET under half a part (a stream's first, a read's first pieces)
-            # is mostly its round trip: no sample.
+            # A sample runs from the request to the last byte, round trip
+            # included: what a GET in flight carries. A GET under half a part
+            # (a stream's first, a read's first pieces) is mostly its round
+            # trip: no sample (docs/design.md, Transfers: In flight).
             if pos - sent_from >= self.config.part_size // 2:
-                flowing = (flowing + self.flowing + 1) / 2  # itself included at both ends
+                flowing = (flowing_then + self.flowing + 1) / 2  # itself included at both ends
                 self.link.sample(pos - sent_from, self.monotonic() - began, flowing)
 
         await self.retrying(budget.for_range(), attempt)
