@@ -305,19 +305,36 @@ class Engine:
         runs. A GET that ends well is a sample of the per-connection rate."""
         self._backoff(budget)
         pos = start
+        half = self.config.part_size // 2
+        began, sent_from, flowing_then = 0.0, start, 0
+        probe_at = end + 1  # where a long GET takes a sample before its end
+        engine = self
+
+        def sample(ended: int) -> None:
+            # From the request to the latest byte, round trip included: what
+            # a GET in flight carries (docs/design.md, Transfers: In flight).
+            # `ended` is 1 once the GET no longer counts itself as flowing.
+            flowing = (flowing_then + engine.flowing + ended) / 2
+            engine.link.sample(pos - sent_from, engine.monotonic() - began, flowing)
 
         class _Tracking:
             def write(self, offset: int, data: memoryview) -> None:
-                nonlocal pos
+                nonlocal pos, probe_at
                 sink.write(offset, data)
                 pos = offset + len(data)
+                if pos >= probe_at:  # half a part into a long GET: learn before it ends
+                    probe_at = end + 1
+                    sample(0)
 
         tracking = _Tracking()
 
         async def attempt() -> None:
+            nonlocal began, sent_from, flowing_then, probe_at
             await self.limiter.acquire(owner)
             self.flowing += 1
             flowing_then, began, sent_from = self.flowing, self.monotonic(), pos
+            # A GET of a part or more is sampled half a part in, and at its end.
+            probe_at = pos + half if end + 1 - pos >= 2 * half else end + 1
             try:
                 await store.get_range(
                     key,
@@ -332,13 +349,10 @@ class Engine:
                 self.limiter.release()
             if pos <= end:
                 raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
-            # A sample runs from the request to the last byte, round trip
-            # included: what a GET in flight carries. A GET under half a part
-            # (a stream's first, a read's first pieces) is mostly its round
-            # trip: no sample (docs/design.md, Transfers: In flight).
-            if pos - sent_from >= self.config.part_size // 2:
-                flowing = (flowing_then + self.flowing + 1) / 2  # itself included at both ends
-                self.link.sample(pos - sent_from, self.monotonic() - began, flowing)
+            # A GET under half a part (a stream's first, a read's first pieces)
+            # is mostly its round trip: no sample.
+            if pos - sent_from >= half:
+                sample(1)
 
         await self.retrying(budget.for_range(), attempt)
 
@@ -438,7 +452,7 @@ class Engine:
                     if on_range_done is not None and sink.reported <= me:
                         on_range_done(sink.reported, me)
 
-            await run_inflight(InflightSlots(self.inflight), todo, fetch)
+            await run_inflight(InflightSlots(self.inflight, self.link), todo, fetch)
             try:
                 verified = await self.verify_file(fd, verifier)
             except ChecksumMismatch as exc:

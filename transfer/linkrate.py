@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -49,6 +50,7 @@ class LinkRate:
     def __init__(self) -> None:
         self._samples: deque[tuple[float, float]] = deque(maxlen=SAMPLES)  # (bytes/s, flowing)
         self._count: dict[int, int] = {}  # target -> count, for the current samples
+        self._slots: weakref.WeakSet[InflightSlots] = weakref.WeakSet()  # transfers to wake
 
     def sample(self, nbytes: int, seconds: float, flowing: float) -> None:
         """One GET moved `nbytes` in `seconds` while `flowing` GETs (itself
@@ -57,6 +59,12 @@ class LinkRate:
             return
         self._samples.append((nbytes / seconds, max(1.0, flowing)))
         self._count.clear()
+        for slots in self._slots:
+            slots.wake()  # a count that rose lets a waiting transfer start a GET now
+
+    def watch(self, slots: InflightSlots) -> None:
+        """Wake `slots` at every sample (held weakly: a finished transfer drops out)."""
+        self._slots.add(slots)
 
     @property
     def per_connection(self) -> float | None:
@@ -82,13 +90,16 @@ class LinkRate:
 
 class InflightSlots:
     """One transfer's GETs in flight: a new one starts only while fewer than
-    `limit()` run (read each time, so a transfer follows the estimate as it moves)."""
+    `limit()` run (read each time a GET ends or, with `link`, a sample comes,
+    so a transfer follows the estimate as it moves)."""
 
-    def __init__(self, limit: Callable[[], int]) -> None:
+    def __init__(self, limit: Callable[[], int], link: LinkRate | None = None) -> None:
         self._limit = limit
         self.active = 0
         self.peak = 0
         self._freed = asyncio.Event()
+        if link is not None:
+            link.watch(self)
 
     async def acquire(self) -> None:
         while self.active >= self._limit():
@@ -98,5 +109,9 @@ class InflightSlots:
 
     def release(self) -> None:
         self.active -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """A waiting `acquire` looks at the limit again."""
         self._freed.set()
         self._freed = asyncio.Event()

@@ -123,6 +123,7 @@ class ObjectStream:
             engine.observer,
             memory=engine.stream_memory,
             max_capacity=max(1, min(engine.window_max(), length)),
+            grow_to=engine.window_max,
         )
         if self.start == 0 and end == size - 1:  # only a whole object can be verified
             self._verifier = Verifier(
@@ -144,7 +145,7 @@ class ObjectStream:
         if self.end < self.start:
             return  # an empty object: nothing to fetch
         owner = object()
-        slots = InflightSlots(engine.stream_inflight)  # this stream's share of S3
+        slots = InflightSlots(engine.stream_inflight, engine.link)  # this stream's share of S3
 
         # The reader waits for the first bytes: a short first GET (S3 answers
         # a small range sooner: docs/design.md, Performance notes, First range)
@@ -184,7 +185,6 @@ class ObjectStream:
             # window holds; the window may grow to a part for each of them.
             while cursor <= self.end:
                 await slots.acquire()
-                window.allow(min(engine.window_max(), self.end - self.start + 1))
                 try:
                     e = await window.claim(
                         cursor, _part_end(parts, cursor, self.end), config.part_size

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import heapq
+from collections.abc import Callable
 
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.streammemory import MIN_WINDOW, StreamMemory
@@ -45,7 +46,8 @@ class StreamWindow:
     """Bytes [start, end] of an object, reassembled in order, at most `capacity` held.
 
     With `memory`, `capacity` is what the window asks for at first; it holds a
-    grant of `memory` instead, between a floor and `max_capacity`."""
+    grant of `memory` instead, between a floor and `max_capacity` (or, with
+    `grow_to`, what that says each time the window would grow)."""
 
     def __init__(
         self,
@@ -56,6 +58,7 @@ class StreamWindow:
         *,
         memory: StreamMemory | None = None,
         max_capacity: int | None = None,
+        grow_to: Callable[[], int] | None = None,
     ) -> None:
         self.start, self.end = start, end
         self.observer = observer
@@ -63,6 +66,9 @@ class StreamWindow:
         self.floor = min(MIN_WINDOW, capacity)
         self.capacity = memory.take(capacity, self.floor) if memory else capacity
         self.max_capacity = max(self.capacity, max_capacity or capacity)
+        # Read when the window would grow: the most it may hold then (the
+        # GETs the link needs in flight move it: Engine.window_max).
+        self._grow_to = grow_to
         self.admitted = start - 1  # the last byte a producer may fetch
         self._unit = self.capacity  # how much a producer claims at a time
         self._grown_at = start  # `consumed` when the window last grew
@@ -118,11 +124,6 @@ class StreamWindow:
                 return end
             await self._wait()
 
-    def allow(self, max_capacity: int) -> None:
-        """The most the window may grow to from now on (the link's GETs in
-        flight change it: Engine.window_max); never below what it holds."""
-        self.max_capacity = max(self.capacity, max_capacity)
-
     def _give_back(self) -> None:
         """The reader drained: while the budget is overdrawn, shrink towards the
         floor, never below the bytes already admitted."""
@@ -142,6 +143,9 @@ class StreamWindow:
         consumed (so the first bytes a reader swallows at once do not grow it
         several times, and a window of many ranges still grows within a few)."""
         memory = self._memory
+        if self._grow_to is not None:
+            most = min(self._grow_to(), self.end - self.start + 1)
+            self.max_capacity = max(self.capacity, most)
         if memory is None or self.capacity >= self.max_capacity or self.admitted >= self.end:
             return
         room = self.consumed + self.capacity - (self.admitted + 1)

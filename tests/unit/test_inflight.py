@@ -130,6 +130,21 @@ async def test_slots_follow_the_limit_as_it_moves() -> None:
     assert slots.peak == 2
 
 
+async def test_a_sample_that_raises_the_count_starts_a_waiting_get_at_once() -> None:
+    link = LinkRate()
+    slots = InflightSlots(lambda: link.count(TARGET), link)
+    for _ in range(INITIAL):
+        await slots.acquire()
+    waiting = asyncio.create_task(slots.acquire())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    link.sample(20 * MB, 1.0, INITIAL)  # half a part into a slow GET: 63 wanted
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert waiting.done() and slots.active == INITIAL + 1  # no GET had to end first
+
+
 def paced(pace: Pace, size: int = 64 * MiB) -> tuple[FakeObjectStore, bytes]:
     store = FakeObjectStore(chunk_size=64 * 1024, rng=random.Random(1), pace=pace)
     data = random.Random(2).randbytes(size)
