@@ -139,9 +139,10 @@ class StreamWindow:
     def _grow_if_held_back(self) -> None:
         """The reader waits for bytes. If the window has no room for the next
         range, the window is what holds the reader back: double it, from free
-        memory, at most once per half window (or per range, if less) the reader
-        consumed (so the first bytes a reader swallows at once do not grow it
-        several times, and a window of many ranges still grows within a few)."""
+        memory, at most once per half window (or per quarter range, if less)
+        the reader consumed (so the first bytes a reader swallows at once do not
+        grow it several times, and a window that a slow link needs many ranges
+        of still grows within a few: docs/design.md, Stream memory)."""
         memory = self._memory
         if self._grow_to is not None:
             most = min(self._grow_to(), self.end - self.start + 1)
@@ -151,7 +152,7 @@ class StreamWindow:
         room = self.consumed + self.capacity - (self.admitted + 1)
         if room >= min(self._unit, self.end - self.admitted):
             return  # a producer can claim more: S3, not the window, is slow
-        if self.consumed - self._grown_at < min(self._unit, self.capacity // 2):
+        if self.consumed - self._grown_at < min(self._unit // 4, self.capacity // 2):
             return
         more = memory.grow(min(self.capacity, self.max_capacity - self.capacity))
         if more:
