@@ -136,6 +136,16 @@ class Metrics:
             "Bytes granted to stream windows (their capacities), against the budget.",
             registry=r,
         )
+        self.connection_rate = Gauge(
+            "s3feed_range_connection_rate_bytes_per_second",
+            "What one GET connection carries, as learned from the GETs seen (0 before any).",
+            registry=r,
+        )
+        self.gets_wanted = Gauge(
+            "s3feed_range_gets_wanted",
+            "GETs in flight a transfer keeps to reach [transfer] target_throughput (0 before any rate is seen).",
+            registry=r,
+        )
         self.upload_memory_budget = Gauge(
             "s3feed_upload_memory_budget_bytes",
             "[transfer] upload_memory_total: the budget of all uploads' part buffers.",
@@ -321,6 +331,10 @@ class Metrics:
     def stream_memory(self, used: int, budget: int) -> None:
         self.stream_memory_used.set(used)
         self.stream_memory_budget.set(budget)
+
+    def link_estimate(self, per_connection: float, gets: int) -> None:
+        self.connection_rate.set(per_connection)
+        self.gets_wanted.set(gets)
 
     # UploadObserver
     def upload_started(self) -> None:

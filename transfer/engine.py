@@ -316,6 +316,9 @@ class Engine:
             # `ended` is 1 once the GET no longer counts itself as flowing.
             flowing = (flowing_then + engine.flowing + ended) / 2
             engine.link.sample(pos - sent_from, engine.monotonic() - began, flowing)
+            rate = engine.link.per_connection
+            if rate is not None:
+                engine.observer.link_estimate(rate, engine.inflight())
 
         class _Tracking:
             def write(self, offset: int, data: memoryview) -> None:

@@ -27,6 +27,10 @@ class TransferObserver(Protocol):
     def stream_memory(self, used: int, budget: int) -> None:
         """Bytes granted to stream windows now, against `[transfer] stream_memory`."""
 
+    def link_estimate(self, per_connection: float, gets: int) -> None:
+        """The per-connection rate learned (bytes/s) and the GETs in flight a
+        transfer keeps for `target_throughput` (transfer/linkrate.py)."""
+
     def cache_hit(self) -> None: ...
     def cache_miss(self) -> None: ...
     def cache_eviction(self) -> None: ...
@@ -62,6 +66,9 @@ class NullTransferObserver:
         pass
 
     def stream_memory(self, used: int, budget: int) -> None:
+        pass
+
+    def link_estimate(self, per_connection: float, gets: int) -> None:
         pass
 
     def cache_hit(self) -> None:

@@ -76,3 +76,19 @@ async def test_stream_memory_budget_and_use() -> None:
         await anext(aiter(s))
         assert _value(metrics, "s3feed_stream_memory_used_bytes") == MiB  # a part, at first
     assert _value(metrics, "s3feed_stream_memory_used_bytes") == 0
+
+
+async def test_the_learned_link_rate_and_gets_wanted() -> None:
+    metrics = Metrics(CollectorRegistry(), "0")
+    engine = Engine(TransferConfig(part_size=MiB, global_concurrency=16), metrics)
+    assert _value(metrics, "s3feed_range_gets_wanted") == 0  # nothing learned yet
+    engine.link.sample(20 * 10**6, 1.0, 1)  # as if a slow link's GET had been seen
+    store = FakeObjectStore()
+    store.put("k", b"x" * (3 * MiB))
+    async with ObjectStream(engine, store, "k", tenant="t") as s:
+        async for _ in s:
+            pass
+    rate = engine.link.per_connection
+    assert rate is not None and rate >= 20 * 10**6
+    assert _value(metrics, "s3feed_range_connection_rate_bytes_per_second") == rate
+    assert _value(metrics, "s3feed_range_gets_wanted") == engine.inflight()
