@@ -10,8 +10,9 @@ range with If-Match into a sink that `os.pwrite`s each received slice at its
 offset. Nothing holds a part in memory: the store's receive buffer (one per
 connection) is the only body memory, so a download costs O(GETs in flight) x
 1 MiB whatever the object size. Streams (transfer/window.py) use the same
-`fetch_range` with a sink into their bounded window. Every GET that ends well
-is a sample of the per-connection rate (`LinkRate`).
+`fetch_range` with a sink into their bounded window. A GET of half a part or
+more that ends well is a sample of the per-connection rate (`LinkRate`), and
+one of a part or more gives one half a part in as well.
 
 Who waits on whom: workers wait on the limiter (round-robin across
 transfers, so a 100-range transfer cannot starve a 1-range one), then on the
@@ -302,7 +303,8 @@ class Engine:
         """GET [start, end] into sink exactly once per byte, retrying from the
         first byte not yet delivered on a budget of its own (`budget.for_range`,
         sharing the transfer's backoff); holds a limiter slot only while a GET
-        runs. A GET that ends well is a sample of the per-connection rate."""
+        runs. The GET is a sample of the per-connection rate half a part in (if
+        it has a part or more) and when it ends well (if it had half a part)."""
         self._backoff(budget)
         pos = start
         half = self.config.part_size // 2
