@@ -22,8 +22,8 @@ What the samples decide, over the last `SAMPLES` of them:
   (under `SHARED`), something all connections share (the CPU on loopback, a
   host's NIC) is the limit, not each connection's cap: more GETs would only
   share it thinner. The count is then what fills that bottleneck at the
-  per-connection rate, plus one to keep probing: on loopback, where one GET
-  runs at the machine's pace, two or three.
+  per-connection rate, plus one to keep probing, and at least two: on
+  loopback, where one GET runs at the machine's pace, two or three.
 
 Before any sample the count is `INITIAL` (the fixed count of earlier versions).
 Samples come from an injected clock (the engine's `monotonic`), so tests feed
@@ -82,7 +82,9 @@ class LinkRate:
         rate, flowing = max(self._samples, key=lambda s: s[0] * s[1])
         n = math.ceil(target / per_conn)
         if rate < SHARED * per_conn:  # a shared bottleneck: fill it, do not crowd it
-            n = min(n, math.ceil(rate * flowing / per_conn) + 1)
+            # At least two: the fastest sample ran alone, and one GET alone did
+            # not carry what the engine moved at its most.
+            n = max(2, min(n, math.ceil(rate * flowing / per_conn) + 1))
         n = max(1, n)
         self._count[int(target)] = n
         return n

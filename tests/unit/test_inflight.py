@@ -63,6 +63,10 @@ def test_a_shared_bottleneck_is_filled_not_crowded() -> None:
     loopback = link((1000 * MB, 1), (130 * MB, 8), (260 * MB, 4))
     assert loopback.count(TARGET) == 2
     assert loopback.count(100 * TARGET) == 3  # the bottleneck, plus one to keep probing
+    # A GET alone outran the target, but eight together moved less than it:
+    # two, not one.
+    fast_host = link((2000 * MB, 1), (200 * MB, 8))
+    assert fast_host.count(TARGET) == 2
     # A host NIC of 500 MB/s under a 90 MB/s per-connection cap: about 7.
     nic = link((90 * MB, 1), (90 * MB, 4), (36 * MB, 14))
     assert nic.count(TARGET) == math.ceil(36 * 14 / 90) + 1 == 7
