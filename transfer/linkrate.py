@@ -22,8 +22,11 @@ What the samples decide, over the last `SAMPLES` of them:
   (under `SHARED`), something all connections share (the CPU on loopback, a
   host's NIC) is the limit, not each connection's cap: more GETs would only
   share it thinner. The count is then what fills that bottleneck at the
-  per-connection rate, plus one to keep probing, and at least two: on
-  loopback, where one GET runs at the machine's pace, two or three.
+  per-connection rate, plus one to keep probing: on loopback, where one GET
+  runs at the machine's pace, two or three.
+- never fewer than `MIN_COUNT` (two): with one GET in flight, each GET's
+  request and first byte wait with nothing else arriving; with two, one's
+  round trip overlaps the other's bytes.
 
 Before any sample the count is `INITIAL` (the fixed count of earlier versions).
 Samples come from an injected clock (the engine's `monotonic`), so tests feed
@@ -42,6 +45,7 @@ SAMPLES = 64  # GETs the estimate looks back over
 MIN_SAMPLE_BYTES = 256 * 1024  # a shorter GET says more about its round trip than the link
 SHARED = 0.8  # below this share of `per_connection`, connections share a bottleneck
 INITIAL = 8  # GETs in flight per transfer before any rate is known
+MIN_COUNT = 2  # so one GET's round trip overlaps another's bytes
 
 
 class LinkRate:
@@ -82,10 +86,8 @@ class LinkRate:
         rate, flowing = max(self._samples, key=lambda s: s[0] * s[1])
         n = math.ceil(target / per_conn)
         if rate < SHARED * per_conn:  # a shared bottleneck: fill it, do not crowd it
-            # At least two: the fastest sample ran alone, and one GET alone did
-            # not carry what the engine moved at its most.
-            n = max(2, min(n, math.ceil(rate * flowing / per_conn) + 1))
-        n = max(1, n)
+            n = min(n, math.ceil(rate * flowing / per_conn) + 1)
+        n = max(MIN_COUNT, n)
         self._count[int(target)] = n
         return n
 
