@@ -649,7 +649,7 @@ def _transfer_line(facts: dict[str, Any]) -> str:
         if settings
         else f"s3feed runs with default [transfer] settings ({_DEFAULTS.part_size >> 20} MiB"
         f" parts, cache fetches of large objects in ranges of up to {_DEFAULTS.max_range >> 20}"
-        f" MiB, {_DEFAULTS.concurrency} per transfer, {_DEFAULTS.stream_window >> 20} MiB"
-        " stream window)"
+        f" MiB, GETs in flight learned from the link to reach {_DEFAULTS.target_throughput / 1e9:g}"
+        f" Gbit/s, stream windows from {_DEFAULTS.stream_window >> 20} MiB up to a part per GET)"
     )
     return f"- {s3feed}; peers with their defaults except where the `how` column says."

@@ -545,6 +545,36 @@ ROWS = [
                 )
             ],
         ),
+        timeseries(
+            title="Link: what one GET carries, and GETs in flight wanted",
+            description=(
+                "Per host: the per-connection rate learned from the GETs seen (left axis) and the "
+                "GETs in flight a transfer keeps to reach [transfer] target_throughput (right "
+                "axis; docs/design.md, In flight). A falling rate with the count at "
+                "global_concurrency means S3 or the network slowed down."
+            ),
+            w=24,
+            h=8,
+            unit="Bps",
+            overrides=[
+                {
+                    "matcher": {"id": "byRegexp", "options": "GETs wanted .*"},
+                    "properties": [
+                        {"id": "unit", "value": "none"},
+                        {"id": "custom.axisPlacement", "value": "right"},
+                    ],
+                }
+            ],
+            targets=[
+                Target(
+                    "per GET {{instance}}",
+                    "max by (instance) (s3feed_range_connection_rate_bytes_per_second{$SEL})",
+                ),
+                Target(
+                    "GETs wanted {{instance}}", "max by (instance) (s3feed_range_gets_wanted{$SEL})"
+                ),
+            ],
+        ),
     ),
     row(
         "Stream buffer",
@@ -552,8 +582,9 @@ ROWS = [
             title="Stream window bytes by host",
             description=(
                 "Bytes fetched ahead of stream readers and held in memory on each host. Bounded by "
-                "stream_window per stream; near that bound the encoders read slower than S3 delivers "
-                "(fine), near zero with active streams S3 is the bottleneck."
+                "stream_memory (a window grows past stream_window only to hold a part per GET the "
+                "link needs); near that bound the encoders read slower than S3 delivers (fine), near "
+                "zero with active streams S3 is the bottleneck."
             ),
             w=8,
             h=8,
