@@ -14,9 +14,15 @@ connection) is the only body memory, so a download costs O(GETs in flight) x
 more that ends well is a sample of the per-connection rate (`LinkRate`), and
 one of a part or more gives one half a part in as well.
 
-Who waits on whom: workers wait on the limiter (round-robin across
-transfers, so a 100-range transfer cannot starve a 1-range one), then on the
-store. A range that fails with TransientError is retried from the first
+Who waits on whom: workers wait on the limiter, then on the store. The
+limiter shares `global_concurrency` between the transfers competing for it
+(`FairLimiter`): each is entitled to ceil(global / transfers), a download
+from its HEAD on (it `join`s before asking); freed slots go round-robin to
+transfers under their share first, and a transfer takes more than its share
+only while no one under theirs waits and the transfers still in their HEAD
+keep theirs. So a 100-range transfer cannot starve a 1-range one, 32 fetches
+started together hold one GET each from the first instead of the first few
+holding all 32, and one transfer alone takes its whole count. A range that fails with TransientError is retried from the first
 byte not yet received, spending one unit of its own `RetryBudget` (each range
 has `retries`, and SlowDowns 8 more); when a range's budget is spent the transfer
 fails with S3Unavailable naming the last cause. Before each attempt a range
@@ -33,13 +39,14 @@ cancels its siblings the same way. Limiter slots are released in `finally`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from s3feed.transfer.checksums import RangeDigest, Verifier, etag_parts
@@ -57,42 +64,96 @@ RANGES_PER_CONNECTION = 4  # a cache fetch's ranges grow only while each connect
 
 
 class FairLimiter:
-    """A counting semaphore that hands freed slots to waiting owners in turn."""
+    """A counting semaphore shared fairly between owners (transfers).
+
+    Each competing owner is entitled to a share, ceil(capacity / owners
+    competing): owners that hold or wait for a slot, and those `join`ed that
+    have not asked yet (a transfer still in its HEAD). Freed slots go to
+    waiting owners in turn, first to those under their share; an owner at
+    its share gets a slot only while no one under theirs waits and the free
+    slots beyond it still leave each joined owner that has not asked yet its
+    share. So one owner alone takes all it asks for, and transfers started
+    together hold a share each from their first GET, rather than the first to
+    ask holding many long GETs while the last wait (docs/design.md,
+    Transfers: In flight).
+    """
 
     def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
         self._free = capacity
         self._queues: OrderedDict[object, deque[asyncio.Future[None]]] = OrderedDict()
+        self._held: dict[object, int] = {}
+        self._joined: set[object] = set()
+        self._asked: set[object] = set()  # joined owners that have asked for a slot
+
+    @contextlib.contextmanager
+    def joined(self, owner: object) -> Iterator[None]:
+        """Count `owner` as competing from now (before its first request) until the end."""
+        self._joined.add(owner)
+        try:
+            yield
+        finally:
+            self._joined.discard(owner)
+            self._asked.discard(owner)
+            self._dispatch()  # a larger share for the rest
+
+    def share(self) -> int:
+        """Slots each competing owner is entitled to."""
+        owners = len(self._joined | self._held.keys() | self._queues.keys())
+        return -(-self._capacity // max(1, owners))
 
     async def acquire(self, owner: object) -> None:
-        if self._free > 0 and not self._queues:
-            self._free -= 1
-            return
+        if owner in self._joined:
+            self._asked.add(owner)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queues.setdefault(owner, deque()).append(fut)
+        self._dispatch()
+        if fut.done():
+            return
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed to us as we were cancelled
+                self.release(owner)  # the slot was handed to us as we were cancelled
             else:
                 queue = self._queues.get(owner)
                 if queue is not None and fut in queue:
                     queue.remove(fut)
                     if not queue:
                         del self._queues[owner]
+                    self._dispatch()
             raise
 
-    def release(self) -> None:
-        while self._queues:
-            owner, queue = next(iter(self._queues.items()))
+    def release(self, owner: object) -> None:
+        held = self._held[owner] - 1
+        if held:
+            self._held[owner] = held
+        else:
+            del self._held[owner]
+        self._free += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters: in turn to those under their share, then
+        (round-robin again) to the rest while joined owners that have not asked
+        keep their shares free."""
+        while self._free > 0 and self._queues:
+            share = self.share()
+            owner = next((o for o in self._queues if self._held.get(o, 0) < share), None)
+            if owner is None:
+                fresh = len(self._joined - self._asked)
+                if self._free <= fresh * share:
+                    return
+                owner = next(iter(self._queues))
+            queue = self._queues.pop(owner)
             fut = queue.popleft()
-            del self._queues[owner]
             if queue:
                 self._queues[owner] = queue  # to the back of the round
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._free += 1
+            if fut.done():  # cancelled while queued
+                continue
+            fut.set_result(None)
+            self._free -= 1
+            self._held[owner] = self._held.get(owner, 0) + 1
 
 
 def object_parts(meta: ObjectMeta, part_size: int | None) -> list[tuple[int, int]] | None:
@@ -351,7 +412,7 @@ class Engine:
                 )
             finally:
                 self.flowing -= 1
-                self.limiter.release()
+                self.limiter.release(owner)
             if pos <= end:
                 raise TransientError(f"body ended at {pos}, expected up to {end}", "truncated")
             # A GET under half a part (a stream's first, a read's first pieces)
@@ -396,8 +457,12 @@ class Engine:
         started = self.monotonic()
         self.observer.transfer_started("cache")
         outcome = "failed"
+        owner = object()  # this transfer, for the limiter's share: competing from its HEAD on
         try:
-            meta = await self._download(store, key, fd, tenant, progress, meta, skip, on_range_done)
+            with self.limiter.joined(owner):
+                meta = await self._download(
+                    store, key, fd, tenant, progress, meta, skip, on_range_done, owner
+                )
             outcome = "success"
             return meta
         except asyncio.CancelledError:
@@ -416,6 +481,7 @@ class Engine:
         meta: ObjectMeta | None,
         skip: RangeSet | None,
         on_range_done: Callable[[int, int], None] | None,
+        owner: object,
     ) -> ObjectMeta:
         budget = RetryBudget(self.config.retries)
         if meta is None:
@@ -436,7 +502,6 @@ class Engine:
         done = RangeSet(skip or ())
         part = self.config.part_size
         first_md5: str | None = None
-        owner = object()  # this transfer, for the limiter's round-robin
         for attempt in range(2):
             if attempt:
                 verifier = new_verifier()

@@ -320,10 +320,10 @@ async def test_fair_limiter_round_robin() -> None:
     async def take(owner: str) -> None:
         await lim.acquire(owner)
         order.append(owner)
-        lim.release()
+        lim.release(owner)
 
     tasks = [asyncio.create_task(take(o)) for o in ["a", "a", "a", "b"]]
     await asyncio.sleep(0)
-    lim.release()
+    lim.release("a")
     await asyncio.gather(*tasks)
     assert order == ["a", "b", "a", "a"]
