@@ -17,7 +17,8 @@ one of a part or more gives one half a part in as well.
 Who waits on whom: workers wait on the limiter, then on the store. The
 limiter shares `global_concurrency` between the transfers competing for it
 (`FairLimiter`): each is entitled to ceil(global / transfers), a download
-from its HEAD on (it `join`s before asking); freed slots go round-robin to
+from its start on (it `join`s before its HEAD; a caller that HEADs first may
+join it earlier and pass it as `owner`); freed slots go round-robin to
 transfers under their share first, and a transfer takes more than its share
 only while no one under theirs waits and the transfers still in their HEAD
 keep theirs. So a 100-range transfer cannot starve a 1-range one, 32 fetches
@@ -83,23 +84,27 @@ class FairLimiter:
         self._free = capacity
         self._queues: OrderedDict[object, deque[asyncio.Future[None]]] = OrderedDict()
         self._held: dict[object, int] = {}
-        self._joined: set[object] = set()
+        self._joined: dict[object, int] = {}  # owner -> nested joins
         self._asked: set[object] = set()  # joined owners that have asked for a slot
 
     @contextlib.contextmanager
     def joined(self, owner: object) -> Iterator[None]:
-        """Count `owner` as competing from now (before its first request) until the end."""
-        self._joined.add(owner)
+        """Count `owner` as competing from now (before its first request) until
+        the end; nested joins of one owner count it once, until the outermost ends."""
+        self._joined[owner] = self._joined.get(owner, 0) + 1
         try:
             yield
         finally:
-            self._joined.discard(owner)
-            self._asked.discard(owner)
-            self._dispatch()  # a larger share for the rest
+            if self._joined[owner] > 1:
+                self._joined[owner] -= 1
+            else:
+                del self._joined[owner]
+                self._asked.discard(owner)
+                self._dispatch()  # a larger share for the rest
 
     def share(self) -> int:
         """Slots each competing owner is entitled to."""
-        owners = len(self._joined | self._held.keys() | self._queues.keys())
+        owners = len(self._joined.keys() | self._held.keys() | self._queues.keys())
         return -(-self._capacity // max(1, owners))
 
     async def acquire(self, owner: object) -> None:
@@ -141,7 +146,7 @@ class FairLimiter:
             share = self.share()
             owner = next((o for o in self._queues if self._held.get(o, 0) < share), None)
             if owner is None:
-                fresh = len(self._joined - self._asked)
+                fresh = len(self._joined.keys() - self._asked)
                 if self._free <= fresh * share:
                     return
                 owner = next(iter(self._queues))
@@ -447,9 +452,12 @@ class Engine:
         meta: ObjectMeta | None = None,
         skip: RangeSet | None = None,
         on_range_done: Callable[[int, int], None] | None = None,
+        owner: object | None = None,
     ) -> ObjectMeta:
         """Download `key` into `fd` (pwrite at offsets; the file is not resized
-        or synced here). Bytes in `skip` are already in the file; it is read
+        or synced here). `owner`: the transfer for the limiter, if its caller
+        joined it earlier (`self.limiter.joined`, e.g. before its own HEAD); else
+        a new one, joined here. Bytes in `skip` are already in the file; it is read
         again before each range is fetched, so bytes another writer (a URL
         read: transfer/cache/reads.py) adds to it meanwhile are not fetched
         twice. `on_range_done(start, end)` says which bytes have landed, at
@@ -457,7 +465,7 @@ class Engine:
         started = self.monotonic()
         self.observer.transfer_started("cache")
         outcome = "failed"
-        owner = object()  # this transfer, for the limiter's share: competing from its HEAD on
+        owner = object() if owner is None else owner  # competing from its HEAD on
         try:
             with self.limiter.joined(owner):
                 meta = await self._download(

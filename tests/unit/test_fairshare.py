@@ -139,3 +139,17 @@ async def test_a_cancelled_waiter_leaves_no_slot_behind() -> None:
     await lim.acquire("c")  # the slot came back
     lim.release("c")
     assert lim.share() == 1 and lim._free == 1
+
+
+async def test_a_transfer_joined_by_its_caller_is_counted_until_the_caller_is_done() -> None:
+    pace = Pace(RATE)
+    store = paced_store(pace, 1, 4 * MiB)
+    engine = warmed(pace, store, global_concurrency=4)
+    job = object()
+    with engine.limiter.joined(job):  # the job's own HEAD, before the download
+        with tempfile.TemporaryFile() as f:
+            progress = Progress()
+            await engine.download(store, "k0", f.fileno(), tenant="t", progress=progress, owner=job)
+        with engine.limiter.joined("other"):
+            assert engine.limiter.share() == 2  # the download's end did not drop the job
+    assert engine.limiter.share() == 4 and not engine.limiter._joined
