@@ -14,7 +14,10 @@ them back when the job ends). `open` starts a stream: a complete cache entry
 for that ETag is read with pread in 1 MiB slices; otherwise the engine's
 window fetches ranges in parallel and hands them over in order. The caller
 iterates a `Delivery` in its own task, so a slow reader stops the reads (and
-the window, the fetches). A read `through_cache` (a URL read), and any stream
+the window, the fetches). A stream that is likely to come from S3 sends its
+first range's GET with the HEAD (`early`: docs/design.md, Streams: first
+bytes); nothing of it is served before the HEAD has answered 200 with the
+same ETag. A read `through_cache` (a URL read), and any stream
 of an object whose partial cache entry already holds bytes, reads the entry
 instead, fetching what is missing into it (transfer/cache/reads.py); when the
 cache has no room even for its first piece, it streams as above. Either
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,9 +45,10 @@ from s3feed.transfer.errors import InsufficientStorage
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.store import ObjectMeta, ObjectStore
-from s3feed.transfer.stream import ObjectStream
+from s3feed.transfer.stream import FIRST_RANGE, EarlyGet, ObjectStream
 
 FILE_CHUNK = 1024 * 1024
+SEEN_KEYS = 4096  # ETags remembered to tell whether an object may be in the cache
 _SEAL = object()
 
 
@@ -73,10 +78,34 @@ class ObjectServer:
         self.cache = cache
         self.observer = observer
         self._monotonic = monotonic
+        # (endpoint, bucket, key) -> the ETag its last HEAD answered: where the
+        # cache may hold the object, a stream sends no early GET.
+        self._seen: OrderedDict[tuple[str, str, str], str] = OrderedDict()
 
     async def authorise(self, store: ObjectStore, key: str) -> Authorised:
         """HEAD `key` with the job's store; raises NoSuchKey, AccessDenied..."""
-        return Authorised(store, await store.head(key), _SEAL)
+        meta = await store.head(key)
+        seen = self._seen
+        where = (store.endpoint, store.bucket, key)
+        seen[where] = meta.etag
+        seen.move_to_end(where)
+        if len(seen) > SEEN_KEYS:
+            seen.popitem(last=False)
+        return Authorised(store, meta, _SEAL)
+
+    def _early(
+        self, store: ObjectStore, key: str, early_range: tuple[int, int | None] | None
+    ) -> EarlyGet | None:
+        """The first range's GET, sent now, unless the cache may hold the
+        object (its last ETag seen has an entry) or the start is unknown."""
+        if early_range is None:
+            return None
+        etag = self._seen.get((store.endpoint, store.bucket, key))
+        if etag is not None and self.cache.holds(store, key, etag):
+            return None
+        start, end = early_range
+        last = start + FIRST_RANGE - 1 if end is None else min(end, start + FIRST_RANGE - 1)
+        return EarlyGet(self.engine, store, key, start, last, object())
 
     async def fetch(
         self,
@@ -113,15 +142,28 @@ class ObjectServer:
         tenant: str,
         choose_range: Callable[[ObjectMeta], tuple[int, int] | None],
         through_cache: bool = False,
+        early_range: tuple[int, int | None] | None = None,
     ) -> Delivery:
         """Authorise, then pick the bytes' source. `choose_range` maps the
         object to an inclusive (first, last), or None for all of it; it may
         raise (InvalidRange) before anything starts. `through_cache`: what
-        is read from S3 stays in the object's cache entry."""
-        auth = await self.authorise(store, key)
-        meta = auth.meta
-        byte_range = choose_range(meta)
+        is read from S3 stays in the object's cache entry. `early_range`:
+        the (first, last or None: to the end) that `choose_range` will pick
+        if the object is large enough, known before the HEAD (None: unknown,
+        a suffix range); its first range's GET is sent with the HEAD."""
+        early = None if through_cache else self._early(store, key, early_range)
+        try:
+            auth = await self.authorise(store, key)
+            meta = auth.meta
+            byte_range = choose_range(meta)
+        except BaseException:
+            if early is not None:
+                early.cancel()  # the HEAD's answer is the answer
+            raise
         first, last = byte_range if byte_range else (0, meta.size - 1)
+        if early is not None and (early.start != first or meta.size == 0):
+            early.cancel()
+            early = None
         cached: IO[bytes] | None = None
         entry = self.cache.lookup(store, key, meta.etag)
         if entry is not None:
@@ -134,6 +176,9 @@ class ObjectServer:
             and (through_cache or self.cache.has_bytes(store, key, meta.etag))
         ):
             reader = await self.cache.open_reader(store, meta, tenant=tenant)
+        if early is not None and (cached is not None or reader is not None):
+            early.cancel()  # the cache has it after all
+            early = None
         return Delivery(
             self,
             store,
@@ -145,6 +190,7 @@ class ObjectServer:
             cached=cached,
             reader=reader,
             through_cache=through_cache,
+            early=early,
         )
 
 
@@ -168,8 +214,10 @@ class Delivery:
         cached: IO[bytes] | None,
         reader: EntryReader | None = None,
         through_cache: bool = False,
+        early: EarlyGet | None = None,
     ) -> None:
         self._server = server
+        self._early = early
         self._store = store
         self.meta = meta
         self.first = first
@@ -205,6 +253,7 @@ class Delivery:
                     start=self.first,
                     end=self.last,
                     meta=self.meta,
+                    early=self._early,
                 )
                 self._stream = await stream.__aenter__()
         except BaseException as exc:
@@ -266,6 +315,8 @@ class Delivery:
         tb: TracebackType | None,
     ) -> None:
         try:
+            if self._early is not None:
+                self._early.cancel()  # unused, or done with: no-op
             await self._close_read()
             if self._stream is not None:
                 stream, self._stream = self._stream, None

@@ -65,6 +65,11 @@ class BodySink(Protocol):
 
         Called synchronously from the receiving code; `data` is only valid
         during the call (the buffer is reused), so copy or pwrite it now.
+
+        A sink may also have `answered(meta: RangeMeta)`: a store calls it
+        once the answer's head has arrived, before the first `write` (a
+        stream's early GET learns the ETag there; it may raise to drop the
+        body: transfer/stream.py, EarlyGet).
         """
 
 

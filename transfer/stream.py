@@ -15,6 +15,14 @@ the stream and gets chunks strictly in offset order.
 The window it fills (backpressure, memory bound, reassembly) is
 transfer/window.py.
 
+Early first range (docs/design.md, Streams: first bytes): `EarlyGet` sends
+the first range's GET without If-Match at the same time as the job's HEAD
+(transfer/objectserver.py), so the first bytes come one round trip after the
+request, not two. It keeps what arrives until the stream adopts it
+(`adopt`, with the ETag the HEAD answered): an answer with another ETag is
+dropped before its first byte reaches the window, and the stream GETs the
+range again with If-Match, as it would have without it.
+
 Cancellation: leaving the `async with` cancels the producer task, hence its
 TaskGroup and every in-flight GET. A producer error fails the window and the
 reader gets it as the exception from its next iteration (after the bytes
@@ -29,10 +37,10 @@ from types import TracebackType
 
 from s3feed.transfer.checksums import RangeDigest, Verifier
 from s3feed.transfer.engine import Engine
-from s3feed.transfer.errors import InvalidRange
+from s3feed.transfer.errors import InvalidRange, SourceChanged
 from s3feed.transfer.linkrate import InflightSlots
 from s3feed.transfer.retry import RetryBudget, first_error
-from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore
+from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore, RangeMeta
 from s3feed.transfer.window import StreamWindow
 
 FIRST_RANGE = 1024 * 1024  # bytes of a stream's first GET
@@ -47,6 +55,102 @@ class _FirstBytes:
     def write(self, offset: int, data: memoryview) -> None:
         self._inner.write(offset, data)
         self._arrived.set()
+
+
+class _Enough(Exception):
+    """The early GET has given the stream all the bytes it wants."""
+
+
+class EarlyGet:
+    """A stream's first GET, sent before the HEAD has answered (no If-Match:
+    the ETag is not known yet). `start` is the range's first byte, `end` its
+    last (FIRST_RANGE on from `start`, or the request's end). Its bytes are
+    kept until `adopt` says where they go, or dropped by `cancel`. Holds a
+    limiter slot of `owner` (the stream's) while it runs."""
+
+    def __init__(
+        self, engine: Engine, store: ObjectStore, key: str, start: int, end: int, owner: object
+    ) -> None:
+        self.start, self.end, self.owner = start, end, owner
+        self.pos = start  # the first byte not handed to the stream's sink
+        self._etag: str | None = None  # what the GET's answer said
+        self._want: str | None = None  # what the HEAD said, once adopted
+        self._kept = bytearray()  # bytes from `start` before adoption
+        self._sink: BodySink | None = None
+        self._last = end
+        self.task = asyncio.create_task(self._run(engine, store, key))
+        self.task.add_done_callback(_retrieve)
+
+    async def _run(self, engine: Engine, store: ObjectStore, key: str) -> None:
+        await engine.limiter.acquire(self.owner)
+        try:
+            await store.get_range(
+                key,
+                self.start,
+                self.end,
+                self,
+                stall_timeout=engine.config.stall_timeout,
+            )
+        except _Enough:
+            pass
+        finally:
+            engine.limiter.release()
+
+    def answered(self, meta: RangeMeta) -> None:
+        self._etag = meta.etag
+        if self._want is not None and meta.etag != self._want:
+            raise SourceChanged("the early GET answered another version")
+
+    def write(self, offset: int, data: memoryview) -> None:
+        if self._etag is None:  # a store that does not say: its bytes are never used
+            raise SourceChanged("the early GET's ETag is unknown")
+        if self._sink is None:
+            self._kept += data
+            return
+        self._give(offset, data)
+
+    def _give(self, offset: int, data: memoryview) -> None:
+        assert self._sink is not None
+        take = min(len(data), self._last + 1 - offset)
+        if take > 0:
+            self._sink.write(offset, data[:take])
+            self.pos = offset + take
+        if self.pos > self._last:
+            raise _Enough
+
+    def adopt(self, etag: str, sink: BodySink, last: int) -> bool:
+        """The HEAD answered `etag`: hand the bytes of start..`last` (at most)
+        to `sink`, now and as they arrive. False (and cancelled) when they are
+        of no use: another ETag, or the GET already failed."""
+        done = self.task.done()
+        if (self._etag is not None and self._etag != etag) or (
+            done and (self.task.cancelled() or self.task.exception() is not None)
+        ):
+            self.cancel()
+            return False
+        self._want, self._sink, self._last = etag, sink, min(last, self.end)
+        kept, self._kept = self._kept, bytearray()
+        if kept:
+            try:
+                self._give(self.start, memoryview(kept))
+            except _Enough:
+                self.cancel()  # the stream wants fewer bytes than were asked for
+        return True
+
+    async def finish(self) -> None:
+        """Wait until the GET has ended; `pos` says how far it got (a failure
+        is not raised: the stream GETs the rest with If-Match)."""
+        await asyncio.wait([self.task])
+
+    def cancel(self) -> None:
+        """Drop it: the connection is closed at once, few bytes wasted."""
+        self.task.cancel()
+        self._kept = bytearray()
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # an early GET's failure only means a normal GET follows
 
 
 def _part_end(parts: list[tuple[int, int]] | None, offset: int, end: int) -> int:
@@ -89,9 +193,11 @@ class ObjectStream:
         start: int = 0,
         end: int | None = None,
         meta: ObjectMeta | None = None,
+        early: EarlyGet | None = None,
     ) -> None:
         self.engine, self.store, self.key, self.tenant = engine, store, key, tenant
         self.start, self._end_req, self._meta = start, end, meta
+        self._early = early if early is not None and early.start == start else None
         self.end = -1
         self.verified: list[str] = []
         self.window: StreamWindow | None = None
@@ -144,7 +250,8 @@ class ObjectStream:
         assert window is not None
         if self.end < self.start:
             return  # an empty object: nothing to fetch
-        owner = object()
+        early = self._early
+        owner = early.owner if early is not None else object()
         slots = InflightSlots(engine.stream_inflight, engine.link)  # this stream's share of S3
 
         # The reader waits for the first bytes: a short first GET (S3 answers
@@ -162,6 +269,12 @@ class ObjectStream:
                 sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
                 if s == self.start:
                     sink = _FirstBytes(sink, flowing)
+                    if early is not None and early.adopt(self.meta.etag, sink, e):
+                        await early.finish()
+                        s = early.pos  # the rest, if it stopped short, with If-Match
+                if s > e:
+                    flowing.set()
+                    return
                 await engine.fetch_range(
                     self.store,
                     self.key,
@@ -224,6 +337,8 @@ class ObjectStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._early is not None:
+            self._early.cancel()
         if self._task is not None:
             self._task.cancel()
             self._layout.cancel()

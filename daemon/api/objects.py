@@ -76,6 +76,23 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+def early_range(header: str | None) -> tuple[int, int | None] | None:
+    """What `parse_range` will pick, as far as it is known before the object's
+    size: (first, last or None for the end); None for a suffix range (it needs
+    the size). The stream's first GET goes out with the HEAD (docs/design.md,
+    Streams: first bytes)."""
+    m = _RANGE.match(header) if header else None
+    if not m or (not m.group(1) and not m.group(2)):
+        return 0, None  # the whole object
+    first_s, last_s = m.group(1), m.group(2)
+    if not first_s:
+        return None
+    first, last = int(first_s), int(last_s) if last_s else None
+    if last is not None and last < first:
+        return 0, None  # ignored: the whole object
+    return first, last
+
+
 async def head_object(
     request: web.Request, job: Job, key: str, server: ObjectServer
 ) -> web.StreamResponse:
@@ -113,6 +130,7 @@ async def stream_object(
         tenant=job.tenant,
         choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
         through_cache=kind == "url",
+        early_range=early_range(request.headers.get("Range")),
     )
     resp = _object_response(delivery.meta, delivery.first, delivery.last, partial=delivery.partial)
 
@@ -276,6 +294,7 @@ async def _deliver(
             job.location.key_for(key),
             tenant=job.tenant,
             choose_range=lambda meta: parse_range(request.headers.get("Range"), meta.size),
+            early_range=early_range(request.headers.get("Range")),
         )
     except Exception as exc:  # known before a byte moves: the output is untouched
         status, code, message, headers = describe(exc)

@@ -11,7 +11,13 @@ every slice: tests use it to hold producers on an event instead of sleeping.
 `pace`, when set, is a fake clock that the GETs move: S3's per-connection cap
 (every GET at `rate`, however many run) or, `shared`, one link all GETs share
 (loopback, where one GET runs at the host's pace); pass `pace.monotonic` as
-the engine's clock.
+the engine's clock. With `rtt`, every request (HEAD, part size, GET) also
+takes a round trip on a causal clock (`Pace.after`, one per task, as each
+connection has its own): a request's answer comes `rtt` after the time of
+the task that sent it, and a task started after it inherits that time, so
+requests sent together overlap and requests sent one after another add up,
+whatever order the event loop runs them in.
+Each answer calls the sink's `answered` (transfer/store.py) before its body.
 
 `FailingObjectStore` wraps any ObjectStore (a fake or the real one) and
 injects the faults the engine must survive into its GETs, HEADs and listing
@@ -26,6 +32,7 @@ import hashlib
 import random
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -74,9 +81,17 @@ class Pace:
     now: float = 0.0
     active: int = 0
     peak: int = 0  # most GETs running at once
+    rtt: float = 0.0  # each request's round trip
+    first_body: float | None = None  # causal time of the first body byte of any GET
+    after: ContextVar[float] = field(default_factory=lambda: ContextVar("after", default=0.0))
 
     def monotonic(self) -> float:
         return self.now
+
+    def answer(self, sent: float) -> None:
+        """A request sent at causal time `sent` answers, a round trip later."""
+        self.after.set(sent + self.rtt)
+        self.now = max(self.now, sent + self.rtt)
 
     def moved(self, n: int) -> None:
         self.now += n / (self.rate if self.shared else self.rate * self.active)
@@ -103,6 +118,8 @@ class FakeObjectStore:
         self.denied: set[str] = set()
         self.denied_all = False
         self.bytes_sent = 0
+        self.get_calls = 0  # GETs asked for, answered or not
+        self.head_calls = 0  # HEADs, part-size probes included
         self.closed = False
         self._versions = 0
 
@@ -183,12 +200,22 @@ class FakeObjectStore:
             encryption=obj.encryption,
         )
 
-    async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:
+    async def _round_trip(self) -> None:
+        """Send, yield (requests sent meanwhile go out at the same time), answer."""
+        sent = self.pace.after.get() if self.pace else 0.0
         await asyncio.sleep(0)
+        if self.pace is not None:
+            self.pace.answer(sent)
+
+    async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:
+        self.head_calls += 1
+        await self._round_trip()
         return self._meta(key, self._lookup(key, if_match))
 
     async def part_size(self, key: str, *, if_match: str | None = None) -> int | None:
         """Size of part 1 (HEAD ?partNumber=1), the object size if single-part."""
+        self.head_calls += 1
+        await self._round_trip()
         obj = self._lookup(key, if_match)
         return obj.parts[0][1] + 1 if obj.parts else len(obj.data)
 
@@ -202,12 +229,17 @@ class FakeObjectStore:
         if_match: str | None = None,
         stall_timeout: float = 30.0,
     ) -> RangeMeta:
-        await asyncio.sleep(0)
+        self.get_calls += 1
+        await self._round_trip()
         obj = self._lookup(key, if_match)
         size = len(obj.data)
         if start >= size:
             raise InvalidRange(f"range start {start} beyond size {size}", size)
         last = size - 1 if end is None else min(end, size - 1)
+        answer = RangeMeta(size=size, etag=obj.etag, last_modified=_EPOCH)
+        answered = getattr(sink, "answered", None)
+        if answered is not None:
+            answered(answer)
         buf = bytearray(self.chunk_size)
         view = memoryview(buf)
         pos = start
@@ -224,6 +256,8 @@ class FakeObjectStore:
                 n = min(self.chunk_size, last + 1 - pos)
                 if pace is not None:
                     pace.moved(n)
+                    if pace.first_body is None:
+                        pace.first_body = pace.after.get()
                 buf[:n] = obj.data[pos : pos + n]
                 sink.write(pos, view[:n])
                 self.bytes_sent += n
@@ -231,7 +265,7 @@ class FakeObjectStore:
         finally:
             if pace is not None:
                 pace.active -= 1
-        return RangeMeta(size=size, etag=obj.etag, last_modified=_EPOCH)
+        return answer
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectMeta]:
         for key in sorted(self.objects):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from s3feed.daemon.api.objects import parse_range
+from s3feed.daemon.api.objects import early_range, parse_range
 from s3feed.transfer.errors import InvalidRange
 
 
@@ -39,3 +39,34 @@ def test_unsatisfiable(header: str, size: int) -> None:
     with pytest.raises(InvalidRange) as err:
         parse_range(header, size)
     assert err.value.size == size
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "bytes=0-4",
+        "bytes=5-",
+        "bytes=2-100",
+        "bytes = 1 - 2",
+        "bytes=0-1,4-5",
+        "items=0-4",
+        "bytes=",
+        "bytes=5-2",
+        "bytes=0-" + "9" * 20,
+        "bytes=" + "1" * 5000 + "-",
+    ],
+)
+def test_the_early_range_is_where_parse_range_starts(header: str | None) -> None:
+    """The stream's early GET starts where the range will (docs/design.md,
+    Streams: first bytes), for any object large enough."""
+    guess = early_range(header)
+    assert guess is not None
+    chosen = parse_range(header, 10**9) or (0, 10**9 - 1)
+    assert guess[0] == chosen[0]
+    assert guess[1] is None or guess[1] == chosen[1]
+
+
+@pytest.mark.parametrize("header", ["bytes=-3", "bytes=-" + "9" * 19])
+def test_a_suffix_range_has_no_early_range(header: str) -> None:
+    assert early_range(header) is None

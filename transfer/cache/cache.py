@@ -460,6 +460,12 @@ class Cache:
 
     # --- Reads at any offset (transfer/cache/reads.py) ---
 
+    def holds(self, store: ObjectStore, key: str, etag: str) -> bool:
+        """Whether an entry of `key` at `etag` is complete or holds bytes (no
+        hit or miss counted: a stream asks before its HEAD)."""
+        rec = self._known(self.dir.entry_id(store.endpoint, store.bucket, key, etag))
+        return rec is not None and (rec.state is EntryState.COMPLETE or bool(rec.ranges))
+
     def has_bytes(self, store: ObjectStore, key: str, etag: str) -> bool:
         """Whether a partial entry of `key` at `etag` holds bytes a stream can use."""
         rec = self._known(self.dir.entry_id(store.endpoint, store.bucket, key, etag))

@@ -275,6 +275,9 @@ class S3ObjectStore:
                         # A server that ignores If-Match: not one byte of the new object.
                         status = 412
                     else:
+                        answered = getattr(sink, "answered", None)
+                        if answered is not None:
+                            answered(meta)
                         pos = start
 
                         def consume(data: memoryview) -> None:
