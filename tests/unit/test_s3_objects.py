@@ -26,6 +26,7 @@ from s3feed.transfer.errors import (
 from s3feed.transfer.s3.client import S3Client
 from s3feed.transfer.s3.objects import S3ObjectStore
 from s3feed.transfer.s3.pool import HttpPool
+from s3feed.transfer.store import RangeMeta
 from s3feed.transfer.uri import parse_uri_path
 
 pytestmark = pytest.mark.timeout(30)
@@ -141,6 +142,34 @@ async def test_signed_ranged_get_and_its_meta(server: Server, env: Any) -> None:
     assert "/eu-west-1/s3/aws4_request" in headers["authorization"]
     assert "secret1" not in server.requests[0].decode()
     assert recorder.requests == ["GetObject"]
+
+
+async def test_a_sink_hears_the_answer_before_its_first_byte(server: Server, env: Any) -> None:
+    """A stream's early GET learns the ETag there, and may refuse the body."""
+    store, _, _ = env
+    server.respond = answer(
+        "206 Partial Content", {"Content-Range": "bytes 0-4/9", "ETag": '"v2"'}, b"01234"
+    )
+    events: list[object] = []
+
+    class Hearing(Sink):
+        def answered(self, meta: RangeMeta) -> None:
+            events.append(meta.etag)
+
+        def write(self, offset: int, data: memoryview) -> None:
+            events.append(offset)
+
+    await store.get_range("f/k", 0, 4, Hearing())
+    assert events == ['"v2"', 0]
+
+    class Refusing(Sink):
+        def answered(self, meta: RangeMeta) -> None:
+            raise SourceChanged("not the version wanted")
+
+    sink = Refusing()
+    with pytest.raises(SourceChanged):
+        await store.get_range("f/k", 0, 4, sink)
+    assert sink.writes == []
 
 
 async def test_whole_object_get_sends_no_range(server: Server, env: Any) -> None:

@@ -851,3 +851,21 @@ async def test_an_answer_before_the_body_is_sent_stops_it_and_drops_the_connecti
     finally:
         await client.close()
         await server.stop()
+
+
+async def test_warm_opens_connections_until_enough_are_idle(
+    server: Server, client: HttpPool
+) -> None:
+    """A stream's HEAD and first GET go out together: both find one ready."""
+    await client.warm(server.url, 2)
+    assert client.idle_connections == 2
+    await client.warm(server.url, 2)
+    await client.warm(server.url)
+    assert client.idle_connections == 2
+
+    async def get() -> bytes:
+        async with client.get(server.url + "/k", {}, stall_timeout=5) as resp:
+            return await resp.read()
+
+    assert await asyncio.gather(get(), get()) == [b"hello", b"hello"]
+    assert server.connections == 2  # the two warmed ones, no connect on the way

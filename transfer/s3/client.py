@@ -85,6 +85,9 @@ class _UnsignedPayload(S3SigV4Auth):  # type: ignore[misc]
 Body = bytes | memoryview
 
 
+WARM_CONNECTIONS = 2  # idle connections kept ready per host when a job registers
+
+
 class S3Client:
     """What every job's store and uploader share; close it once, after the last."""
 
@@ -170,8 +173,10 @@ class S3Client:
             return S3Response(resp.status, resp.headers, data)
 
     async def warm(self, location: S3Location) -> None:
-        """Have a connection to the bucket's host ready (one per host, shared)."""
-        await self.http.warm(location.url_for(""))
+        """Have connections to the bucket's host ready (per host, shared by
+        every job): two, as a stream's HEAD and its first GET go out together
+        (docs/design.md, Streams: first bytes)."""
+        await self.http.warm(location.url_for(""), WARM_CONNECTIONS)
 
     async def close(self) -> None:
         await self.http.close()

@@ -161,9 +161,9 @@ class HttpPool:
         finally:
             self._release(conn)
 
-    async def warm(self, url: str) -> None:
-        """Open one idle connection to `url`'s host unless one is idle already,
-        so that the first request does not pay for connect (and TLS)."""
+    async def warm(self, url: str, count: int = 1) -> None:
+        """Open connections to `url`'s host, at once, until `count` are idle,
+        so that the first requests do not pay for connect (and TLS)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
@@ -172,10 +172,18 @@ class HttpPool:
             parts.hostname,
             parts.port or (443 if parts.scheme == "https" else 80),
         )
-        if self._idle.get(key):
+        missing = count - len(self._idle.get(key, []))
+        if missing <= 0:
             return
-        conn = await self._connect(key)
-        self._release(conn)
+        opened = await asyncio.gather(
+            *(self._connect(key) for _ in range(missing)), return_exceptions=True
+        )
+        for conn in opened:
+            if isinstance(conn, HttpConnection):
+                self._release(conn)
+        for error in opened:
+            if isinstance(error, BaseException):
+                raise error
 
     async def _exchange(
         self,
