@@ -175,7 +175,12 @@ class ObjectServer:
             and meta.size > 0
             and (through_cache or self.cache.has_bytes(store, key, meta.etag))
         ):
-            reader = await self.cache.open_reader(store, meta, tenant=tenant)
+            try:
+                reader = await self.cache.open_reader(store, meta, tenant=tenant)
+            except BaseException:
+                if early is not None:
+                    early.cancel()
+                raise
         if early is not None and (cached is not None or reader is not None):
             early.cancel()  # the cache has it after all
             early = None
