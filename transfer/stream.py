@@ -98,6 +98,7 @@ class EarlyGet:
 
     def answered(self, meta: RangeMeta) -> None:
         self._etag = meta.etag
+        self.end = min(self.end, meta.size - 1)  # S3 answers up to the object's end
         if self._want is not None and meta.etag != self._want:
             raise SourceChanged("the early GET answered another version")
 
@@ -115,8 +116,8 @@ class EarlyGet:
         if take > 0:
             self._sink.write(offset, data[:take])
             self.pos = offset + take
-        if self.pos > self._last:
-            raise _Enough
+        if self.pos > self._last and self._last < self.end:
+            raise _Enough  # what it asked for goes on past the stream's first range
 
     def adopt(self, etag: str, sink: BodySink, last: int) -> bool:
         """The HEAD answered `etag`: hand the bytes of start..`last` (at most)

@@ -250,6 +250,7 @@ async def test_an_object_not_in_the_cache_gets_one(server: ObjectServer) -> None
     store.put("k", data)
     assert await read(server, store) == data
     assert store.get_calls == 1  # the early GET was the stream's only GET
+    assert store.bytes_sent == len(data)  # and it ran to its end (its connection kept)
     store.put("k", data[::-1])  # a new version: not in the cache either
     assert await read(server, store) == data[::-1]
     assert store.get_calls == 2
