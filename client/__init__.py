@@ -37,10 +37,10 @@ from s3feed.client.documents import (
     Transfer,
     Upload,
 )
-from s3feed.client.objectfile import AsyncObjectFile, ObjectReader
 
 if TYPE_CHECKING:
     from s3feed.client.aio import AsyncClient
+    from s3feed.client.objectfile import AsyncObjectFile, ObjectReader
 
 __all__ = [
     "AsyncClient",
@@ -73,4 +73,9 @@ def __getattr__(name: str) -> Any:
         from s3feed.client.aio import AsyncClient
 
         return AsyncClient
+    # The object files need http.client (email, ssl): `s3feed cat` does not.
+    if name in ("AsyncObjectFile", "ObjectReader"):
+        from s3feed.client import objectfile
+
+        return getattr(objectfile, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

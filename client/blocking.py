@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import http.client
 import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 import orjson
@@ -50,33 +49,12 @@ from s3feed.client.documents import (
     Policy,
     Upload,
 )
-from s3feed.client.objectfile import ObjectReader, open_object
 
+if TYPE_CHECKING:
+    import http.client
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()  # no daemon there (yet): leak no socket per attempt
-            raise
-        self.sock = sock
-
-
-class _UnbufferedResponse(http.client.HTTPResponse):
-    """Reads the status line and headers straight off the socket, with no
-    read-ahead, so the body is still in the kernel when they are parsed and
-    can be spliced to a pipe without passing through Python."""
-
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        self.fp = sock.makefile("rb", buffering=0)  # type: ignore[assignment]
+    from s3feed.client.objectfile import ObjectReader
+    from s3feed.client.unixhttp import UnixHTTPConnection
 
 
 class Client:
@@ -94,11 +72,13 @@ class Client:
 
     def _send(
         self, call: Call, headers: dict[str, str] | None = None, *, unbuffered: bool = False
-    ) -> tuple[_UnixHTTPConnection, http.client.HTTPResponse]:
+    ) -> tuple[UnixHTTPConnection, http.client.HTTPResponse]:
+        from s3feed.client.unixhttp import UnbufferedResponse, UnixHTTPConnection
+
         method, path, body = call
-        conn = _UnixHTTPConnection(self.socket, self.timeout)
+        conn = UnixHTTPConnection(self.socket, self.timeout)
         if unbuffered:
-            conn.response_class = _UnbufferedResponse
+            conn.response_class = UnbufferedResponse
         data = orjson.dumps(body) if body is not None else None
         hdrs = {"Content-Type": "application/json"} if data is not None else {}
         try:
@@ -119,7 +99,9 @@ class Client:
     ) -> Upload:
         """Upload `data` (bytes, an open file or descriptor, a pipe) as the
         job's output `key`; -> {"Key", "Bucket", "ETag", "Size", "Checksum"}."""
-        conn = _UnixHTTPConnection(self.socket, self.timeout)
+        from s3feed.client.unixhttp import UnixHTTPConnection
+
+        conn = UnixHTTPConnection(self.socket, self.timeout)
         try:
             conn.putrequest("PUT", _Calls.output_path(job_id, key), skip_accept_encoding=True)
             if isinstance(data, bytes | bytearray | memoryview):
@@ -238,6 +220,8 @@ class Client:
     ) -> Iterator[tuple[http.client.HTTPResponse, int]]:
         """The object's response and its Content-Length; short bodies become
         S3feedError ShortRead."""
+        import http.client
+
         headers = {"Range": f"bytes={byte_range}"} if byte_range else {}
         call: Call = ("GET", _Calls.object_path(job_id, key), None)
         conn, resp = self._send(call, headers, unbuffered=unbuffered)
@@ -328,7 +312,10 @@ class Client:
         """The object as a seekable binary file (an io.BufferedReader with
         `size` and `etag`), read with ranged GETs on one connection
         (client/objectfile.py); close it, or use it in a `with`."""
-        return open_object(lambda: _UnixHTTPConnection(self.socket, self.timeout), job_id, key)
+        from s3feed.client.objectfile import open_object
+        from s3feed.client.unixhttp import UnixHTTPConnection
+
+        return open_object(lambda: UnixHTTPConnection(self.socket, self.timeout), job_id, key)
 
     @staticmethod
     def _check_length(got: int, expected: int) -> None:

@@ -27,7 +27,6 @@ cancels the fetch first (docs/design.md, Socket API: fetch cancel).
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -58,6 +57,7 @@ from s3feed.daemon.cli.exits import (
     Interrupted,
     exit_code,
     for_cli,
+    http_error,
     local_error,
     report,
     stdout_closed,
@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             return COMMANDS[args.command](args, client)
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except Exception as exc:
+            if not (isinstance(exc, OSError) or http_error(exc, "HTTPException")):
+                raise
             if isinstance(exc, BrokenPipeError) and stdout_closed():
                 # `s3feed ls JOB | head`: the reader had enough, as for `cat`.
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import http.client
 import os
 import pwd
 import select
@@ -130,7 +129,7 @@ def local_error(exc: BaseException, sock: str) -> CliError:
             "retry, or check systemctl status s3feed",
             EXIT_RETRY,
         )
-    if isinstance(exc, ConnectionError | http.client.IncompleteRead | http.client.BadStatusLine):
+    if isinstance(exc, ConnectionError) or http_error(exc, "IncompleteRead", "BadStatusLine"):
         return CliError(
             "ConnectionClosed",
             f"the daemon at {sock} closed the connection (restarting?): retry",
@@ -184,3 +183,11 @@ def report(code: str, message: str, document: Any, as_json: bool) -> None:
     else:
         line = " ".join(message.split())  # one line, whatever the message holds
         sys.stderr.write(f"s3feed: {code}: {line}\n" if code else f"s3feed: {line}\n")
+
+
+def http_error(exc: BaseException, *names: str) -> bool:
+    """Whether `exc` is one of http.client's `names`: http.client is imported
+    only by the calls that use it (`s3feed cat` delivers without it: docs/design.md,
+    Performance notes: CLI start-up), so none of its errors exist before that."""
+    module = sys.modules.get("http.client")
+    return module is not None and isinstance(exc, tuple(getattr(module, n) for n in names))

@@ -17,8 +17,8 @@ import pytest
 from harness import Harness
 
 from s3feed.client import AsyncClient, Client, S3feedError
-from s3feed.client.blocking import _UnixHTTPConnection
 from s3feed.client.objectfile import MAX_BLOCK, MIN_BLOCK, open_object
+from s3feed.client.unixhttp import UnixHTTPConnection
 
 MiB = 1024 * 1024
 # Past MAX_BLOCK, so an in-order read grows its requests to the largest.
@@ -76,10 +76,10 @@ async def test_in_order_reads_keep_one_connection_and_fetch_each_byte_once(
     harness: Harness,
 ) -> None:
     await _job(harness)
-    connections: list[_UnixHTTPConnection] = []
+    connections: list[UnixHTTPConnection] = []
 
     def connect() -> http.client.HTTPConnection:
-        connections.append(_UnixHTTPConnection(harness.socket, None))
+        connections.append(UnixHTTPConnection(harness.socket, None))
         return connections[-1]
 
     def read_all() -> bytes:

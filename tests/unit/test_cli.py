@@ -159,3 +159,34 @@ def test_iam_policy_prints_the_role_policy(capsys: pytest.CaptureFixture[str]) -
     assert main(["iam-policy", "--source", src, "--kms-key", "alias/x"]) == 1
     assert "not a KMS key ARN" in capsys.readouterr().err
     assert main(["iam-policy"]) == 1
+
+
+def test_cat_sends_its_delivery_before_importing_http_client(tmp_path: Path) -> None:
+    """`s3feed cat JOB KEY | reader` speaks raw HTTP on the socket (it passes a
+    descriptor): its first request leaves without http.client, email or ssl
+    loaded (docs/design.md, Performance notes: CLI start-up)."""
+    import socket
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "s.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    code = (
+        "import socket, sys\n"
+        "def sendall(self, data, *args):\n"
+        "    print(sorted(m for m in ('http.client', 'email', 'ssl', 'asyncio')"
+        " if m in sys.modules), data.split(b' ')[0].decode(), flush=True)\n"
+        "    raise SystemExit(0)\n"
+        "socket.socket.sendall = sendall\n"
+        "from s3feed.daemon.cli import main\n"
+        "main(['--socket', sys.argv[1], 'cat', 'job-1', 'a.mp4'])\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, path], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        listener.close()
+    assert done.stdout == "[] POST\n", done.stderr
