@@ -94,7 +94,7 @@ class EarlyGet:
         except _Enough:
             pass
         finally:
-            engine.limiter.release()
+            engine.limiter.release(self.owner)
 
     def answered(self, meta: RangeMeta) -> None:
         self._etag = meta.etag
