@@ -15,7 +15,7 @@ from test_s3_pool import Server
 
 from s3feed.auth.credentials import Credentials
 from s3feed.transfer.config import S3Config
-from s3feed.transfer.s3.client import S3Client
+from s3feed.transfer.s3.client import WARM_CONNECTIONS, S3Client
 from s3feed.transfer.s3.objects import S3ObjectStore
 from s3feed.transfer.s3.proxy import Proxies, bypass
 from s3feed.transfer.uri import parse_uri_path
@@ -56,7 +56,9 @@ HEAD_ANSWER = {
 }
 
 
-async def test_200_jobs_share_one_connection_and_sign_their_own_requests(server: Server) -> None:
+async def test_200_jobs_share_the_warm_connections_and_sign_their_own_requests(
+    server: Server,
+) -> None:
     async def respond(head: bytes, writer: asyncio.StreamWriter, n: int) -> None:
         # A HEAD's Content-Length is the object's; no body follows it.
         lines = ["HTTP/1.1 200 OK", "Content-Length: 1000"]
@@ -76,7 +78,8 @@ async def test_200_jobs_share_one_connection_and_sign_their_own_requests(server:
             meta = await s.head("f/k.ts")
             assert (meta.size, meta.etag, meta.checksum_type) == (1000, '"abc-3"', "COMPOSITE")
             assert meta.checksums == {"CRC32C": "AAAAAA=="}
-        assert client.http.open_connections == 1 and server.connections == 1
+        # The first job's registration warms WARM_CONNECTIONS; the other 199 reuse them.
+        assert client.http.open_connections == WARM_CONNECTIONS == server.connections
         keys = [request_headers(r)[1]["authorization"] for r in server.requests]
         assert len(keys) == 200
         assert all(f"Credential=AKIDJOB{n:04d}/" in k for n, k in enumerate(keys))
