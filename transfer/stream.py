@@ -37,7 +37,13 @@ from types import TracebackType
 
 from s3feed.transfer.checksums import RangeDigest, Verifier
 from s3feed.transfer.engine import Engine
-from s3feed.transfer.errors import InvalidRange, SourceChanged
+from s3feed.transfer.errors import (
+    AccessDenied,
+    InvalidRange,
+    InvalidUriPath,
+    NoSuchKey,
+    SourceChanged,
+)
 from s3feed.transfer.linkrate import InflightSlots
 from s3feed.transfer.retry import RetryBudget, first_error
 from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore, RangeMeta
@@ -142,6 +148,16 @@ class EarlyGet:
         """Wait until the GET has ended; `pos` says how far it got (a failure
         is not raised: the stream GETs the rest with If-Match)."""
         await asyncio.wait([self.task])
+
+    def raise_final(self) -> None:
+        """Raise what the GET failed with if the same request with If-Match
+        would get the same answer (a bucket in another region, access denied,
+        the key gone, a range past the end): the stream fails with it rather
+        than asking S3 again (docs/design.md, Streams: first bytes)."""
+        if self.task.done() and not self.task.cancelled():
+            exc = self.task.exception()
+            if isinstance(exc, InvalidUriPath | AccessDenied | NoSuchKey | InvalidRange):
+                raise exc
 
     def cancel(self) -> None:
         """Drop it: the connection is closed at once, few bytes wasted."""
@@ -270,9 +286,11 @@ class ObjectStream:
                 sink: BodySink = _WindowSink(window, digest, engine, self.tenant)
                 if s == self.start:
                     sink = _FirstBytes(sink, flowing)
-                    if early is not None and early.adopt(self.meta.etag, sink, e):
-                        await early.finish()
-                        s = early.pos  # the rest, if it stopped short, with If-Match
+                    if early is not None:
+                        if early.adopt(self.meta.etag, sink, e):
+                            await early.finish()
+                            s = early.pos  # the rest, if it stopped short, with If-Match
+                        early.raise_final()
                 if s > e:
                     flowing.set()
                     return

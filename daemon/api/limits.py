@@ -106,22 +106,25 @@ class UidLimits:
 
     # -- streams -------------------------------------------------------------------------
 
-    def stream(self, uid: int) -> AbstractContextManager[None]:
+    def stream(self, uid: int) -> AbstractContextManager[Callable[[], None]]:
+        """Yields a function that gives the slot back before the block ends:
+        a stream calls it when its last byte is handed over, so a reader
+        that opens its next stream at once is not refused for this one."""
         return self._held(
             uid, "streams", "streams_per_uid", "finish or close one of this uid's streams first"
         )
 
     # -- uploads -------------------------------------------------------------------------
 
-    def upload(self, uid: int) -> AbstractContextManager[None]:
+    def upload(self, uid: int) -> AbstractContextManager[Callable[[], None]]:
         return self._held(
             uid, "uploads", "uploads_per_uid", "wait for one of this uid's uploads to finish first"
         )
 
     @contextmanager
-    def _held(self, uid: int, count: str, key: str, fix: str) -> Iterator[None]:
-        """One of `uid`'s `count` (a _Usage field) while the block runs, at most
-        `[limits] key` at once."""
+    def _held(self, uid: int, count: str, key: str, fix: str) -> Iterator[Callable[[], None]]:
+        """One of `uid`'s `count` (a _Usage field) while the block runs (or
+        until the function it yields is called), at most `[limits] key` at once."""
         usage = self._get(uid)
         limit = getattr(self.config, key)
         if getattr(usage, count) >= limit:
@@ -129,12 +132,20 @@ class UidLimits:
             self._refused(key)
             raise limit_exceeded(key, limit, uid, fix)
         setattr(usage, count, getattr(usage, count) + 1)
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                usage = self._get(uid)
+                setattr(usage, count, getattr(usage, count) - 1)
+                self._put(uid, usage)
+
         try:
-            yield
+            yield release
         finally:
-            usage = self._get(uid)
-            setattr(usage, count, getattr(usage, count) - 1)
-            self._put(uid, usage)
+            release()
 
     def uploads(self, uid: int) -> int:
         """Uploads of `uid` running now."""

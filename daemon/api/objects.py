@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -119,11 +120,18 @@ def _object_response(
 
 
 async def stream_object(
-    request: web.Request, job: Job, key: str, server: ObjectServer, *, kind: str = "stream"
+    request: web.Request,
+    job: Job,
+    key: str,
+    server: ObjectServer,
+    *,
+    kind: str = "stream",
+    on_done: Callable[[], None] = lambda: None,
 ) -> web.StreamResponse:
     """`kind`: the log's name for it, "stream" on the socket, "url" on the
     loopback listener (docs/design.md, Logs), whose reads go through the
-    cache (URLs for encoders: Reads)."""
+    cache (URLs for encoders: Reads). `on_done` runs when the last byte is
+    handed over, before the teardown (it gives the stream's limit slot back)."""
     delivery = await server.open(
         job.store,
         job.location.key_for(key),
@@ -140,7 +148,7 @@ async def stream_object(
     job.stream_opened()
     try:
         async with delivery:
-            await _send(request, resp, delivery, record)
+            await _send(request, resp, delivery, record, on_done)
     except asyncio.CancelledError:
         _settle(record, TransferState.CANCELLED, ("Cancelled", "the reader went away"))
         raise
@@ -170,10 +178,15 @@ async def stream_object(
 
 
 async def _send(
-    request: web.Request, resp: web.StreamResponse, delivery: Delivery, record: TransferRecord
+    request: web.Request,
+    resp: web.StreamResponse,
+    delivery: Delivery,
+    record: TransferRecord,
+    on_done: Callable[[], None],
 ) -> None:
     if delivery.length == 0:
         _done(delivery, record)  # the headers are the whole response
+        on_done()
     # The headers wait for the first bytes: a first S3 request that fails for
     # good is the answer's status, never a 200 cut short (docs/design.md,
     # Socket API: streams).
@@ -186,6 +199,7 @@ async def _send(
             if transport is None or transport.is_closing():
                 raise ConnectionResetError("the reader went away")
             _done(delivery, record)  # resp.write hands the bytes over before it yields
+            on_done()
         await resp.write(chunk)
     await resp.write_eof()
 

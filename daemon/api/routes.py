@@ -258,9 +258,14 @@ class Api:
     async def get_object(self, request: web.Request) -> web.StreamResponse:
         uid = peer_uid(request)
         job = self.registry.get(uid, request.match_info["JobId"])
-        with self.limits.stream(uid):
+        with self.limits.stream(uid) as release:
             return await stream_object(
-                request, job, request.match_info["Key"], self.server, kind=request.app[READS]
+                request,
+                job,
+                request.match_info["Key"],
+                self.server,
+                kind=request.app[READS],
+                on_done=release,
             )
 
     async def head_object(self, request: web.Request) -> web.StreamResponse:

@@ -41,6 +41,7 @@ from reliability import (
 
 import localaws
 from s3feed.client import Client, S3feedError
+from s3feed.transfer.stream import FIRST_RANGE
 
 if TYPE_CHECKING:
     from conftest import LocalAws
@@ -456,7 +457,11 @@ def test_sigkill_mid_download_then_restart(
         finally:
             conn.close()
         streamed = rig.s3.counters.body_bytes[counted] - before
-        assert streamed == len(data) - recorded, "S3 sent exactly what the entry missed"
+        # A restarted daemon does not know the key's ETag before its HEAD: the
+        # stream's early first GET may bring up to FIRST_RANGE again
+        # (docs/design.md, Streams: first bytes).
+        missed = len(data) - recorded
+        assert missed <= streamed <= missed + FIRST_RANGE, "S3 sent what the entry missed"
         check_file(data, client.fetch(job, key)["Path"])
         assert rig.s3.counters.body_bytes[counted] - before == streamed, "the stream completed it"
         TALLY.notes.append(
