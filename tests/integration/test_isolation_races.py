@@ -455,11 +455,13 @@ def _unconnected_socket(tmp: Path) -> int:
 @pytest.mark.parametrize(
     ("make_fd", "says", "delivered"),
     [
-        (_o_direct, "O_DIRECT", 0),
-        (_sealed(fcntl.F_SEAL_WRITE), "sealed against writes", 0),
-        (_sealed(fcntl.F_SEAL_GROW), "EPERM", 0),
-        (_at_the_size_limit, "EFBIG", 1000),
-        (_unconnected_socket, "EDESTADDRREQ", 0),
+        (_o_direct, ("O_DIRECT",), 0),
+        (_sealed(fcntl.F_SEAL_WRITE), ("sealed against writes",), 0),
+        (_sealed(fcntl.F_SEAL_GROW), ("EPERM",), 0),
+        (_at_the_size_limit, ("EFBIG",), 1000),
+        # A datagram socket refuses a write larger than a datagram before it
+        # asks where to: which one depends on the first chunk's size.
+        (_unconnected_socket, ("EDESTADDRREQ", "EMSGSIZE"), 0),
     ],
     ids=["o-direct", "memfd-seal-write", "memfd-seal-grow", "efbig", "unconnected-udp"],
 )
@@ -467,7 +469,7 @@ def test_a_descriptor_that_cannot_take_the_bytes_is_the_callers_400(
     daemon: Daemon,
     seaweed: Seaweed,
     make_fd: Callable[[Path], int],
-    says: str,
+    says: tuple[str, ...],
     delivered: int,
 ) -> None:
     folder = f"fd-{secrets.token_hex(4)}/"
@@ -482,7 +484,7 @@ def test_a_descriptor_that_cannot_take_the_bytes_is_the_callers_400(
         with pytest.raises(S3feedError) as err:
             client.deliver(job, "a.bin", fd)
         assert (err.value.status, err.value.code) == (400, "InvalidRequest"), err.value.document
-        assert says in err.value.message
+        assert any(errno_name in err.value.message for errno_name in says), err.value.message
         assert err.value.document["Delivered"] == delivered
         # The daemon is fine, and the next delivery into a good descriptor works.
         r, w = os.pipe()
