@@ -62,7 +62,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,15 @@ def parse_size(text: str) -> int:
 
 def log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run_threads(go: Callable[[int], None], n: int) -> None:
+    """`go(0)` .. `go(n - 1)` at once, each in a thread of its own; returns when all have."""
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def run_timeout(size: int) -> float:
@@ -387,11 +396,7 @@ def stream_crowd(ctx: Ctx, store: Store, n: int, rate: int | None) -> dict[str, 
         sampler.start()
         cpu0 = proc_cpu(d.pid)
         t0 = time.monotonic()
-        threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        run_threads(go, n)
         wall = time.monotonic() - t0
         stop.set()
         sampler.join()
@@ -576,11 +581,7 @@ def link_capacity(ctx: Ctx, rate: float, streams: int | None) -> dict[str, Any]:
 
     relay0 = pids_cpu(ctx.relay_pids)
     t0 = time.monotonic()
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(go, n)
     wall = time.monotonic() - t0
     relay_cpu = pids_cpu(ctx.relay_pids) - relay0
     expect = [str(each), "206" if each < ctx.size else "200"]

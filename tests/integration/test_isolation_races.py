@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from daemonproc import Daemon, running_daemon
+from faultproxy import wait_until
 from reliability import MiB, blob, sha, uri
 
 from s3feed.client import Client, S3feedError
@@ -395,12 +396,14 @@ def test_a_reader_holding_its_pipe_leaves_the_loop_free(daemon: Daemon, seaweed:
     try:
         splicing.start()
         delivering.start()
-        deadline = time.monotonic() + 30
-        while not any(
-            t["Mode"] == "stream" and t["BytesDone"] > 0 for t in client.get_job(job)["Transfers"]
-        ):
-            assert time.monotonic() < deadline, "the delivery never started"
-            time.sleep(0.02)
+        wait_until(
+            lambda: any(
+                t["Mode"] == "stream" and t["BytesDone"] > 0
+                for t in client.get_job(job)["Transfers"]
+            ),
+            30,
+            "the delivery to start",
+        )
         for _ in range(3):
             status, seconds = health_as(ENCODERS[0], daemon.socket, within=1.0)
             assert status == 200, f"/healthz unanswered for {seconds:.2f} s: the loop is blocked"
