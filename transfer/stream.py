@@ -47,6 +47,7 @@ from s3feed.transfer.errors import (
 from s3feed.transfer.linkrate import InflightSlots
 from s3feed.transfer.retry import RetryBudget, first_error
 from s3feed.transfer.store import BodySink, ObjectMeta, ObjectStore, RangeMeta
+from s3feed.transfer.streammemory import MIN_WINDOW
 from s3feed.transfer.window import StreamWindow
 
 FIRST_RANGE = 1024 * 1024  # bytes of a stream's first GET
@@ -72,11 +73,18 @@ class EarlyGet:
     the ETag is not known yet). `start` is the range's first byte, `end` its
     last (FIRST_RANGE on from `start`, or the request's end). Its bytes are
     kept until `adopt` says where they go, or dropped by `cancel`. Holds a
-    limiter slot of `owner` (the stream's) while it runs."""
+    limiter slot of `owner` (the stream's) while it runs, and a grant of
+    `stream_memory` for its bytes until the stream's window takes over
+    (`hand_over`): with the budget spent it asks for the floor only, as the
+    window would (docs/design.md, Streams: first bytes)."""
 
     def __init__(
         self, engine: Engine, store: ObjectStore, key: str, start: int, end: int, owner: object
     ) -> None:
+        self._memory = engine.stream_memory
+        want = end - start + 1
+        self._grant = self._memory.take(want, min(MIN_WINDOW, want))
+        end = start + self._grant - 1
         self.start, self.end, self.owner = start, end, owner
         self.pos = start  # the first byte not handed to the stream's sink
         self._etag: str | None = None  # what the GET's answer said
@@ -159,10 +167,17 @@ class EarlyGet:
             if isinstance(exc, InvalidUriPath | AccessDenied | NoSuchKey | InvalidRange):
                 raise exc
 
+    def hand_over(self) -> None:
+        """Give its memory grant back: the stream's window is about to take
+        its own, which its bytes count in from adoption on."""
+        self._memory.give(self._grant)
+        self._grant = 0
+
     def cancel(self) -> None:
         """Drop it: the connection is closed at once, few bytes wasted."""
         self.task.cancel()
         self._kept = bytearray()
+        self.hand_over()
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
@@ -239,6 +254,8 @@ class ObjectStream:
         self.end = end
         config = engine.config
         length = end - self.start + 1
+        if self._early is not None:
+            self._early.hand_over()
         self.window = StreamWindow(
             self.start,
             end,

@@ -1,8 +1,9 @@
 """One memory budget for all stream windows: `[transfer] stream_memory`.
 
 Design note (docs/design.md, Stream memory). Every StreamWindow
-(transfer/window.py) holds a grant of this budget as its capacity; the engine
-owns the one `StreamMemory`. All of it runs on the event loop without awaits,
+(transfer/window.py) holds a grant of this budget as its capacity, and a
+stream's early GET (transfer/stream.py) one for its bytes until its window
+opens; the engine owns the one `StreamMemory`. All of it runs on the event loop without awaits,
 so a grant is taken or given back in one step.
 
 - A new window asks for a part (or its whole range, if smaller) and gets what

@@ -20,6 +20,7 @@ from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.store import BodySink, ObjectMeta, RangeMeta
 from s3feed.transfer.stream import EarlyGet
+from s3feed.transfer.streammemory import MIN_WINDOW
 from tests.fakes.store import FakeObjectStore, Pace
 
 RTT = 1.0  # fake seconds: each request's round trip
@@ -134,6 +135,33 @@ async def test_an_early_get_gives_only_up_to_the_last_byte_wanted(
         assert early.adopt(etag, sink, 10_000)
     await early.finish()
     assert bytes(sink.got) == data[100:10_001] and early.pos == 10_001
+
+
+async def test_an_early_get_with_stream_memory_spent_asks_for_the_floor_and_gives_it_back(
+    server: ObjectServer,
+) -> None:
+    """Its bytes come out of `stream_memory` like a window's: with the budget
+    spent it asks for MIN_WINDOW, not FIRST_RANGE (100 such streams held 20
+    MiB more RSS than the budget says), and the grant is back once it is
+    dropped or handed over to the stream's window."""
+    memory = server.engine.stream_memory
+    memory.take(memory.budget, 0)  # spent by other streams
+    spent = memory.used
+    store = FakeObjectStore()
+    etag = store.put("k", random.Random(4).randbytes(2 * MiB))
+    early = EarlyGet(server.engine, store, "k", 0, MiB - 1, object())
+    assert early.end == MIN_WINDOW - 1
+    assert memory.used == spent + MIN_WINDOW
+    await early.finish()
+    sink = Collect()
+    assert early.adopt(etag, sink, MiB - 1)
+    assert len(sink.got) == MIN_WINDOW
+    early.cancel()
+    assert memory.used == spent
+    handed = EarlyGet(server.engine, store, "k", 0, MiB - 1, object())
+    handed.hand_over()
+    handed.cancel()  # the window took over: nothing is given back twice
+    assert memory.used == spent
 
 
 async def test_an_early_get_of_another_etag_is_not_adopted(server: ObjectServer) -> None:
