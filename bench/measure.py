@@ -94,6 +94,24 @@ def machine_busy() -> float:
     return (sum(values[:8]) - idle) / CLK_TCK
 
 
+# Work the kernel does in the context of whichever process allocates memory,
+# charged to its CPU: direct reclaim and direct compaction. A to-a-file row
+# that ran into them paid for the machine's memory state, not its download.
+STALLS = ("allocstall", "compact_stall", "pgscan_direct")
+
+
+def kernel_stalls() -> dict[str, int]:
+    """STALLS from /proc/vmstat, machine-wide (allocstall summed over zones)."""
+    out = dict.fromkeys(STALLS, 0)
+    with open("/proc/vmstat") as fh:
+        for line in fh:
+            name, _, value = line.partition(" ")
+            key = "allocstall" if name.startswith("allocstall_") else name
+            if key in out:
+                out[key] += int(value)
+    return out
+
+
 def wait_quiet(busy_below: float = 0.25, window: float = 0.1, timeout: float = 5.0) -> float:
     """Wait until the machine was busy less than `busy_below` cores over `window`
     seconds (cancelled transfers have wound down), at most `timeout`; returns
@@ -117,6 +135,7 @@ class ProcResult:
     returncode: int
     cpu_s: float
     maxrss_kib: int
+    sys_s: float = 0.0  # the kernel's share of cpu_s
 
 
 @dataclass
@@ -210,7 +229,8 @@ def run_pipeline(
         for p in procs:
             code, usage = _reap(p)
             argv0 = Path(str(p.args[0])).name  # type: ignore[index]
-            results.append(ProcResult(argv0, code, usage.ru_utime + usage.ru_stime, 0))
+            cpu = usage.ru_utime + usage.ru_stime
+            results.append(ProcResult(argv0, code, cpu, 0, usage.ru_stime))
         watchdog.cancel()
         wall = time.monotonic() - start
         polling.set()

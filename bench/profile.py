@@ -1,6 +1,6 @@
 """Where s3feed's CPU goes on the data path: py-spy on the daemon and on `s3feed cat`.
 
-    .venv/bin/python -m bench.profile [--size 1GiB] [--out bench/PROFILE.md]
+    .venv/bin/python -m bench.profile [--size 1GiB] [--link remote] [--out bench/PROFILE.md]
 
 Starts SeaweedFS (bench/.work/profile/local-aws), uploads the object, then
 for each path runs one transfer while py-spy (bench/.venv) samples:
@@ -32,7 +32,7 @@ from s3feed.client import Client
 
 from . import peers, s3feedd
 from .measure import proc_cpu
-from .run import WORK, GiB, MiB, parse_size, prepare
+from .run import WORK, GiB, MiB, add_link_args, linked, parse_size, prepare
 from .store import CHECKSUMS, DEFAULT_CHECKSUM, Store, own_seaweed
 
 PY_SPY = peers.VENV / "bin" / "py-spy"
@@ -88,14 +88,24 @@ def _short(frame: str) -> str:
     return f"{name} ({Path(file).name})" if file else name
 
 
+def where(args: argparse.Namespace) -> str:
+    if args.link == "loopback":
+        return "on loopback"
+    return (
+        f"through the remote profile's relay ({args.link_rate / 1e6:g} MB/s per connection,"
+        f" {args.link_delay * 1e3:g} ms per request; bench/run.py, `linked`)"
+    )
+
+
 def profile(store: Store, args: argparse.Namespace) -> list[str]:
     ctx = prepare(store, args)
     lines = [
         "# Where s3feed's CPU goes (py-spy)",
         "",
-        f"`python -m bench.profile --size {args.size}`: one {args.size / GiB:g} GiB transfer per"
-        " path from SeaweedFS on loopback, default [transfer] settings, py-spy --native at"
-        " 200 Hz (only running threads are sampled, so shares are shares of CPU time).",
+        f"`python -m bench.profile --size {args.size} --link {args.link}`: one"
+        f" {args.size / GiB:g} GiB transfer per path from SeaweedFS, {where(args)}, default"
+        " [transfer] settings, py-spy --native at 200 Hz (only running threads are sampled, so"
+        " shares are shares of CPU time).",
         "",
     ]
     spy_dir = args.work / "spy"
@@ -167,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checksum", choices=CHECKSUMS, default=DEFAULT_CHECKSUM, help="bench/store.py")
     p.add_argument("--work", type=Path, default=WORK / "profile")
     p.set_defaults(transfer=[])
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "PROFILE.md")
+    add_link_args(p)
+    p.add_argument("--out", type=Path, help="default bench/PROFILE.md (PROFILE-remote.md)")
     args = p.parse_args(argv)
+    if args.out is None:
+        name = "PROFILE.md" if args.link == "loopback" else "PROFILE-remote.md"
+        args.out = Path(__file__).resolve().parent / name
     peers.install()
     args.work.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        store = stack.enter_context(own_seaweed(args.work))
+        store, _ = stack.enter_context(linked(stack.enter_context(own_seaweed(args.work)), args))
         text = "\n".join(profile(store, args)) + "\n"
     args.out.write_text(text)
     print(text)

@@ -23,6 +23,7 @@ from typing import Any
 
 from s3feed.transfer.config import TransferConfig
 
+from .measure import STALLS
 from .peers import BASELINE, CONTENDERS, UPLOADS
 
 _DEFAULTS = TransferConfig()  # what "default [transfer] settings" were in this run
@@ -71,6 +72,12 @@ def summarize(facts: dict[str, Any], key: str = "main") -> dict[str, dict[str, A
             "cpu_s": med(cpu),
             "cpu_per_gb": med(cpu) / (size / 1e9),
             "client_cpu_s": med([r["client_cpu_s"] for r in good]),
+            "client_sys_s": med([r.get("client_sys_s", float("nan")) for r in good]),
+            "stalls": (  # None: runs from before they were counted
+                {k: sum(r["kernel_stalls"][k] for r in good) for k in STALLS}
+                if good and all("kernel_stalls" in r for r in good)
+                else None
+            ),
             "daemon_cpu_s": med([r["daemon_cpu_s"] for r in good]),
             "daemon_sys_s": med([r.get("daemon_sys_s", 0.0) for r in good]),
             "reader_cpu_s": med([r["reader_cpu_s"] for r in good]),
@@ -318,7 +325,7 @@ def _tables(
                 f"| {n} | {how[n]} | **{_f(s['cpu_per_gb'])}** | {_f(s['cpu_ratio'])}"
                 f" | {_f(s['wall_s'])} ({_f(s['wall_min'])}-{_f(s['wall_max'])})"
                 f" | {_f(s['wall_ratio'])} | {_f(s['gbps'])}"
-                f" | {_f(s['client_cpu_s'])} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
+                f" | {_f(s['client_cpu_s'])}{_client_sys(s)} + {_f(s['daemon_cpu_s'])}{_sys(s)}"
                 f" | {_f(apart_cpu)}"
                 f" | {_f(s['client_rss_mib'], 0)} / {_f(s['daemon_hwm_mib'], 0)}{growth}"
                 f" | {_f(s['server_cpu_s'])}{_user(s)}"
@@ -326,8 +333,30 @@ def _tables(
                 + f" | {_f(s['other_cpu_s'])}"
                 f" | {ok}/{total} ok, {exact} byte-exact |"
             )
+        lines += _stall_line(summary, names)
         lines.append("")
     return lines + _failures(facts, key)
+
+
+def _stall_line(summary: dict[str, dict[str, Any]], names: list[str]) -> list[str]:
+    """Which contenders' runs met direct reclaim or compaction (charged to
+    whichever process allocated: bench/measure.py, STALLS), or that none did."""
+    counted = {n: summary[n]["stalls"] for n in names if summary[n]["stalls"] is not None}
+    if not counted:
+        return []
+    hit = [
+        f"{n} ({', '.join(f'{k} {v}' for k, v in stalls.items() if v)})"
+        for n, stalls in counted.items()
+        if any(stalls.values())
+    ]
+    if not hit:
+        return ["", "No measured run met direct reclaim or compaction (/proc/vmstat)."]
+    return ["", "Measured runs that met direct reclaim or compaction: " + "; ".join(hit) + "."]
+
+
+def _client_sys(s: dict[str, Any]) -> str:
+    sys_s = s["client_sys_s"]
+    return "" if math.isnan(sys_s) else f" ({_f(sys_s)} sys)"  # NaN: a run from before it
 
 
 def _user(s: dict[str, Any]) -> str:

@@ -73,6 +73,7 @@ from s3feed.transfer.config import TransferConfig
 from . import peers, report, s3feedd, urls
 from .measure import (
     Sample,
+    kernel_stalls,
     loadavg,
     pids_cpu,
     proc_cpu,
@@ -129,9 +130,9 @@ def measure(
     capture = plan.path_from_stdout is not None or plan.size_line
     base_rss = proc_status_kib(daemon_pid, "VmRSS") / 1024 if daemon_pid else None
     relay0 = pids_cpu(ctx.relay_pids)
-    before = Sample.take(daemon_pid, store.server_pgid)
+    before, stalls0 = Sample.take(daemon_pid, store.server_pgid), kernel_stalls()
     res = run_pipeline(plan.cmds, env=plan.env, capture_last=capture, timeout=run_timeout(ctx.size))
-    after = Sample.take(daemon_pid, store.server_pgid)
+    after, stalls = Sample.take(daemon_pid, store.server_pgid), kernel_stalls()
     relay_cpu = pids_cpu(ctx.relay_pids) - relay0
     producers = res.procs[plan.feeders : len(res.procs) - plan.readers]
     others = res.procs[: plan.feeders] + res.procs[len(res.procs) - plan.readers :]
@@ -141,6 +142,8 @@ def measure(
         "exact": not plan.size_line,
         "wall_s": res.wall_s,
         "client_cpu_s": sum(p.cpu_s for p in producers),
+        "client_sys_s": sum(p.sys_s for p in producers),
+        "kernel_stalls": {k: stalls[k] - stalls0[k] for k in stalls},
         "client_rss_mib": max(p.maxrss_kib for p in producers) / 1024,
         # The consumer a stream is piped into, or the producer feeding a pipe upload.
         "reader_cpu_s": sum(p.cpu_s for p in others),
@@ -517,6 +520,36 @@ def check_file(path: Path, ref: Path) -> None:
 # ------------------------------------------------------------------ the remote profile
 
 
+def add_link_args(p: argparse.ArgumentParser) -> None:
+    """--link and how the remote profile's relay paces (`linked`)."""
+    p.add_argument(
+        "--link",
+        choices=["loopback", "remote"],
+        default="loopback",
+        help="loopback: S3 as it is; remote: every contender through a pacing relay"
+        " (localaws/relay.py), its CPU reported apart; the report goes to RESULTS-remote.md",
+    )
+    p.add_argument(
+        "--link-rate",
+        type=float,
+        default=90_000_000,
+        help="remote: server->client bytes/s of each connection (default 90 MB/s)",
+    )
+    p.add_argument(
+        "--link-delay",
+        type=float,
+        default=0.02,
+        help="remote: seconds per request, and per new connection (default 0.02)",
+    )
+    p.add_argument(
+        "--link-slice",
+        type=parse_size,
+        default=relay.Link.slice,
+        help="remote: most bytes the relay reads and sends on at once (default 64KiB): how"
+        " coarsely paced bytes arrive",
+    )
+
+
 @contextlib.contextmanager
 def linked(store: Store, args: argparse.Namespace) -> Iterator[tuple[Store, dict[str, Any]]]:
     """The store as every contender reaches it: itself on loopback; with
@@ -695,32 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         choices=["link", "main", "ttfb", "slow", "crowd", "concurrency", "idle", "uploads"],
     )
-    p.add_argument(
-        "--link",
-        choices=["loopback", "remote"],
-        default="loopback",
-        help="loopback: S3 as it is; remote: every contender through a pacing relay"
-        " (localaws/relay.py), its CPU reported apart; the report goes to RESULTS-remote.md",
-    )
-    p.add_argument(
-        "--link-rate",
-        type=float,
-        default=90_000_000,
-        help="remote: server->client bytes/s of each connection (default 90 MB/s)",
-    )
-    p.add_argument(
-        "--link-delay",
-        type=float,
-        default=0.02,
-        help="remote: seconds per request, and per new connection (default 0.02)",
-    )
-    p.add_argument(
-        "--link-slice",
-        type=parse_size,
-        default=relay.Link.slice,
-        help="remote: most bytes the relay reads and sends on at once (default 64KiB): how"
-        " coarsely paced bytes arrive",
-    )
+    add_link_args(p)
     p.add_argument(
         "--link-streams",
         type=int,

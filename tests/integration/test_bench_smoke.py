@@ -23,6 +23,7 @@ from conftest import REPO_ROOT, Seaweed
 
 sys.path.insert(0, str(REPO_ROOT))
 from bench import run as bench_run
+from bench.measure import STALLS
 from bench.store import Store
 
 
@@ -84,6 +85,10 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
     assert {r["name"] for r in facts["main"] if r["round"] == 1} == names
     daemon_rows = [r for r in facts["main"] if r["name"].startswith("s3feed")]
     assert all(r["daemon_hwm_mib"] and r["daemon_cpu_s"] >= 0 for r in daemon_rows)
+    # Every row says what the kernel charged its processes for (bench/measure.py, STALLS).
+    for r in facts["main"]:
+        assert 0 <= r["client_sys_s"] <= r["client_cpu_s"]
+        assert set(r["kernel_stalls"]) == set(STALLS)
     assert facts["object"]["etag"].strip('"').endswith("-3")
     assert set(facts["ttfb"]) == {c.name for c in bench_run.peers.CONTENDERS if c.mode == "stream"}
     assert facts["slow"]["ok"]
@@ -107,6 +112,7 @@ def test_harness_runs_every_contender_byte_checked(seaweed: Seaweed, tmp_path: P
     assert "## Uploads from a pipe (`cat REF |`), plain HTTP" in text
     assert "## Targets (issues 8, 13, 14)" in text
     assert "## Streams at once (stream memory)" in text
+    assert "direct reclaim or compaction" in text
     assert "## URLs" not in text  # a default run writes none (and keeps one it finds)
     assert json.loads(results.with_suffix(".json").read_text())["object"]["size"] == 12 << 20
 
