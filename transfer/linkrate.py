@@ -26,7 +26,9 @@ What the samples decide, over the last `SAMPLES` of them:
   runs at the machine's pace, two or three.
 - never fewer than `MIN_COUNT` (two): with one GET in flight, each GET's
   request and first byte wait with nothing else arriving; with two, one's
-  round trip overlaps the other's bytes.
+  round trip overlaps the other's bytes. A cache fetch keeps at least
+  `MIN_DOWNLOAD` (four) in flight: it holds no window, and on a host-bound
+  loopback four ran faster and cheaper than the two or three estimated.
 
 Before any sample the count is `INITIAL` (the fixed count of earlier versions).
 Samples come from an injected clock (the engine's `monotonic`), so tests feed
@@ -46,6 +48,10 @@ MIN_SAMPLE_BYTES = 256 * 1024  # a shorter GET says more about its round trip th
 SHARED = 0.8  # below this share of `per_connection`, connections share a bottleneck
 INITIAL = 8  # GETs in flight per transfer before any rate is known
 MIN_COUNT = 2  # so one GET's round trip overlaps another's bytes
+# A cache fetch's floor (Engine.download_inflight): where the host, not the
+# link, is the limit (loopback) the estimate says 2-3, and 4 ran faster and
+# cheaper (docs/design.md, Performance notes: GETs in flight).
+MIN_DOWNLOAD = 4
 
 
 class LinkRate:

@@ -22,6 +22,7 @@ from s3feed.transfer.engine import Engine
 from s3feed.transfer.linkrate import (
     INITIAL,
     MIN_COUNT,
+    MIN_DOWNLOAD,
     MIN_SAMPLE_BYTES,
     SAMPLES,
     InflightSlots,
@@ -202,7 +203,25 @@ async def test_where_one_get_runs_at_the_hosts_pace_the_count_falls() -> None:
         pace.peak = 0
         await download(engine, store, data)
     assert engine.inflight() < INITIAL
-    assert pace.peak < INITIAL  # the last fetch ran with fewer GETs than the first
+    # The last fetch ran with fewer GETs than the first, but never under its floor.
+    assert MIN_DOWNLOAD <= pace.peak == engine.download_inflight() < INITIAL
+
+
+async def test_a_fetch_keeps_its_floor_where_the_estimate_says_two() -> None:
+    """Where one GET alone runs at the host's pace and more only share it, the
+    estimate asks for MIN_COUNT; a cache fetch still runs MIN_DOWNLOAD (a
+    fixed `concurrency` is kept as it is)."""
+    pace = Pace(1000 * MB, shared=True)
+    store, data = paced(pace)
+    engine = engine_on(pace, global_concurrency=32)
+    engine.link = link(*[(1000 * MB, 1)] * 4, (500 * MB, 2))
+    assert engine.inflight() == MIN_COUNT
+    await download(engine, store, data)
+    assert pace.peak == MIN_DOWNLOAD
+    fixed = engine_on(pace, global_concurrency=32, concurrency=2)
+    pace.peak = 0
+    await download(fixed, store, data)
+    assert pace.peak == 2
 
 
 async def read_all(engine: Engine, store: FakeObjectStore) -> tuple[bytes, int]:
