@@ -5,7 +5,7 @@ its modules directly (tests/unit/test_layout.py walks the imports).
 """
 
 from s3feed.transfer.config import CacheConfig, S3Config, TransferConfig
-from s3feed.transfer.engine import Engine
+from s3feed.transfer.engine import Engine, Membership
 from s3feed.transfer.errors import RETRY_REASONS, InvalidRange, TransferError
 from s3feed.transfer.firstbytes import first_bytes
 from s3feed.transfer.objectserver import Authorised, Delivery, ObjectServer
@@ -22,6 +22,7 @@ __all__ = [
     "Delivery",
     "Engine",
     "InvalidRange",
+    "Membership",
     "NullUploadObserver",
     "ObjectMeta",
     "ObjectServer",

@@ -64,6 +64,21 @@ T = TypeVar("T")
 RANGES_PER_CONNECTION = 4  # a cache fetch's ranges grow only while each connection gets this many
 
 
+class Membership:
+    """One `FairLimiter.join` of `owner`; `leave` ends it (once, however often called)."""
+
+    __slots__ = ("_limiter", "owner")
+
+    def __init__(self, limiter: FairLimiter, owner: object) -> None:
+        self._limiter: FairLimiter | None = limiter
+        self.owner = owner
+
+    def leave(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            limiter._leave(self.owner)
+
+
 class FairLimiter:
     """A counting semaphore shared fairly between owners (transfers).
 
@@ -87,20 +102,29 @@ class FairLimiter:
         self._joined: dict[object, int] = {}  # owner -> nested joins
         self._asked: set[object] = set()  # joined owners that have asked for a slot
 
+    def join(self, owner: object) -> Membership:
+        """Count `owner` as competing from now (before its first request) until
+        the membership's `leave`; nested joins of one owner count it once,
+        until the last leaves."""
+        self._joined[owner] = self._joined.get(owner, 0) + 1
+        return Membership(self, owner)
+
     @contextlib.contextmanager
     def joined(self, owner: object) -> Iterator[None]:
-        """Count `owner` as competing from now (before its first request) until
-        the end; nested joins of one owner count it once, until the outermost ends."""
-        self._joined[owner] = self._joined.get(owner, 0) + 1
+        """`join` for the duration of a `with`."""
+        membership = self.join(owner)
         try:
             yield
         finally:
-            if self._joined[owner] > 1:
-                self._joined[owner] -= 1
-            else:
-                del self._joined[owner]
-                self._asked.discard(owner)
-                self._dispatch()  # a larger share for the rest
+            membership.leave()
+
+    def _leave(self, owner: object) -> None:
+        if self._joined[owner] > 1:
+            self._joined[owner] -= 1
+        else:
+            del self._joined[owner]
+            self._asked.discard(owner)
+            self._dispatch()  # a larger share for the rest
 
     def share(self) -> int:
         """Slots each competing owner is entitled to."""

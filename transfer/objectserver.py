@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import IO
 
 from s3feed.transfer.cache import Cache, CacheEntry, EntryReader, EntryState
-from s3feed.transfer.engine import Engine
+from s3feed.transfer.engine import Engine, Membership
 from s3feed.transfer.errors import InsufficientStorage
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
@@ -115,9 +115,12 @@ class ObjectServer:
         owner: str,
         readers: frozenset[int],
         progress: Progress,
+        transfer: Membership | None = None,
     ) -> CacheEntry:
         """The complete cache entry of what `auth` allowed, downloaded if need
-        be, pinned for `owner` and readable by `readers` until `release(owner)`."""
+        be, pinned for `owner` and readable by `readers` until `release(owner)`.
+        `transfer`: the caller's join of the limiter from before its HEAD
+        (Cache.fetch)."""
         entry = await self.cache.fetch(
             auth.store,
             auth.meta.key,
@@ -126,6 +129,7 @@ class ObjectServer:
             progress=progress,
             meta=auth.meta,
             readers=readers,
+            transfer=transfer,
         )
         self.observer.bytes_served("cache", entry.size)
         return entry

@@ -293,13 +293,19 @@ class Api:
         if not isinstance(key, str):
             raise ApiError("InvalidRequest", "field 'Key' must be a string")
         # Errors known before any byte moves are answered at once
-        # (docs/design.md, Socket API): the access check is one of them.
+        # (docs/design.md, Socket API): the access check is one of them. The
+        # fetch competes for GET slots from before its HEAD (Transfers: In flight).
+        transfer = self.server.engine.limiter.join(object())
         try:
-            auth = await self.server.authorise(job.store, job.location.key_for(key))
-        except Exception:
-            job.check_live()  # the job's end closed its session under the HEAD: Cancelled
+            try:
+                auth = await self.server.authorise(job.store, job.location.key_for(key))
+            except Exception:
+                job.check_live()  # the job's end closed its session under the HEAD: Cancelled
+                raise
+            record = job.start_fetch(key, auth, transfer)  # Cancelled once the job's close began
+        except BaseException:
+            transfer.leave()
             raise
-        record = job.start_fetch(key, auth)  # Cancelled once the job's close began
         if request.query.get("wait", "").lower() not in ("true", "1"):
             # Errors known before any byte moves (no room in the cache...) are
             # answered now; later ones are the fetch document's.

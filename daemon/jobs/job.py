@@ -48,6 +48,7 @@ from s3feed.daemon.jobs.destination import DestinationRequest
 from s3feed.daemon.jobs.records import KEEP_FINISHED, TransferRecord, TransferState
 from s3feed.transfer import (
     Authorised,
+    Membership,
     ObjectServer,
     ObjectStore,
     Progress,
@@ -229,21 +230,28 @@ class Job:
         for record in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self.transfers[record.transfer_id]
 
-    def start_fetch(self, key: str, auth: Authorised) -> TransferRecord:
+    def start_fetch(
+        self, key: str, auth: Authorised, transfer: Membership | None = None
+    ) -> TransferRecord:
         """Queue a download into the cache, owned by this job, of what this
         job's HEAD (`auth`) just allowed. Cancelled when the job is ending:
         its close takes back pins only after its tasks settled, so none may
-        start now."""
+        start now. `transfer`: the fetch's join of the limiter, made before
+        that HEAD; left when the fetch ends."""
         self.check_live()
         record = self.new_record("cache", key)
         task = asyncio.create_task(
-            self._fetch(record, auth), name=f"fetch {self.job_id} {record.transfer_id}"
+            self._fetch(record, auth, transfer), name=f"fetch {self.job_id} {record.transfer_id}"
         )
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._task_done, record))
+        if transfer is not None:  # also when the task is cancelled before it ran
+            task.add_done_callback(lambda _: transfer.leave())
         return record
 
-    async def _fetch(self, record: TransferRecord, auth: Authorised) -> None:
+    async def _fetch(
+        self, record: TransferRecord, auth: Authorised, transfer: Membership | None
+    ) -> None:
         record.move(TransferState.RUNNING)
         try:
             entry = await self.server.fetch(
@@ -252,6 +260,7 @@ class Job:
                 owner=self.pin_owner,
                 readers=self.readers,
                 progress=record.progress,
+                transfer=transfer,
             )
         except asyncio.CancelledError:
             self._end(record)

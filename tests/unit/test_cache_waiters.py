@@ -52,3 +52,51 @@ async def test_the_second_waiter_leaving_keeps_the_firsts_progress(tmp_path: Pat
         assert p2.bytes_done < len(data)  # gone: no longer told
     finally:
         await c.close()
+
+
+async def test_a_fetch_competes_as_the_transfer_it_joined_before_its_head(tmp_path: Path) -> None:
+    """Cache.fetch(transfer=): the download it starts holds its GET slots as
+    that owner (joined by the API before the job's HEAD, docs/design.md,
+    Transfers: In flight); a second fetch of the same entry, and one that
+    finds it complete, leave their joins at once: they download nothing, so
+    they must not keep a share of the slots free."""
+    c, _ = new_cache(tmp_path)
+    await c.start()
+    limiter = c.engine.limiter
+    release = asyncio.Event()
+    holding = asyncio.Event()
+
+    async def gate(key: str, pos: int) -> None:
+        holding.set()
+        await release.wait()
+
+    store = FakeObjectStore(gate=gate, rng=random.Random(3))
+    data = blob(4 * MiB, seed=8)
+    store.put("k", data)
+    first, second = limiter.join(object()), limiter.join(object())
+    try:
+        t1 = asyncio.create_task(
+            c.fetch(store, "k", tenant="t", owner="j1", progress=Progress(), transfer=first)
+        )
+        await holding.wait()
+        assert first.owner in limiter._held  # the download's GETs are the first fetch's
+        t2 = asyncio.create_task(
+            c.fetch(store, "k", tenant="t", owner="j2", progress=Progress(), transfer=second)
+        )
+        async with asyncio.timeout(10):
+            while second.owner in limiter._joined:
+                await asyncio.sleep(0)
+        assert first.owner in limiter._joined
+        release.set()
+        await asyncio.gather(t1, t2)
+        first.leave()  # what the job's fetch task does when it ends
+        assert not limiter._joined and not limiter._held
+        third = limiter.join(object())
+        entry = await c.fetch(
+            store, "k", tenant="t", owner="j3", progress=Progress(), transfer=third
+        )
+        assert sha(entry.path.read_bytes()) == sha(data)
+        assert not limiter._joined  # complete: left at once
+    finally:
+        release.set()
+        await c.close()

@@ -153,3 +153,22 @@ async def test_a_transfer_joined_by_its_caller_is_counted_until_the_caller_is_do
         with engine.limiter.joined("other"):
             assert engine.limiter.share() == 2  # the download's end did not drop the job
     assert engine.limiter.share() == 4 and not engine.limiter._joined
+
+
+async def test_a_membership_counts_its_owner_until_it_leaves_once() -> None:
+    """FairLimiter.join: the owner competes (its share kept free) until
+    `leave`; leaving twice does not end another join of the same owner."""
+    lim = FairLimiter(4)
+    job = object()
+    membership = lim.join(job)
+    with lim.joined(job):  # the download's own join, nested
+        membership.leave()
+        membership.leave()
+        assert lim.share() == 4 and job in lim._joined  # still joined by the download
+        await lim.acquire("a")
+        await lim.acquire("a")
+        third = asyncio.create_task(lim.acquire("a"))
+        await settle()
+        assert not third.done()  # the job's share is kept free
+    await settle()
+    assert third.done() and not lim._joined

@@ -46,7 +46,7 @@ from s3feed.transfer.cache.reads import EntryReader, Hashed, OpenEntry
 from s3feed.transfer.cache.sidecar import Sidecar
 from s3feed.transfer.cache.sync import SYNC_DELAY, SYNC_RETRY, Syncer
 from s3feed.transfer.config import CacheConfig
-from s3feed.transfer.engine import Engine
+from s3feed.transfer.engine import Engine, Membership
 from s3feed.transfer.errors import (
     AccessDenied,
     AclUnsupported,
@@ -247,11 +247,15 @@ class Cache:
         progress: Progress,
         meta: ObjectMeta | None = None,
         readers: frozenset[int] = frozenset(),
+        transfer: Membership | None = None,
     ) -> CacheEntry:
         """The complete, verified entry for `key`, downloading it if needed;
         pinned for `owner` until `unpin_all(owner)`, its file open to `readers`
         until then. `meta`: what transfer/objectserver.py's HEAD with this job's
-        store returned (the access check); without it, one is made."""
+        store returned (the access check); without it, one is made.
+        `transfer`: the caller's join of the limiter, made before that HEAD;
+        the download it starts competes as its owner, and it is left at once
+        when the entry is complete or another fetch's download is under way."""
         if bad := [u for u in readers if not 0 <= u <= acl.MAX_UID]:
             raise ValueError(f"readers: uids out of range 0..{acl.MAX_UID}: {bad}")
         budget = RetryBudget(self.engine.config.retries)
@@ -266,13 +270,15 @@ class Cache:
             if rec is not None and self._vanished(rec):
                 rec = None  # fetched again, never answered with a path that does not exist
             if rec is not None and rec.state is EntryState.COMPLETE:
+                if transfer is not None:
+                    transfer.leave()  # nothing to download
                 self.observer.cache_hit()
                 progress.start(self.engine.monotonic(), rec.size, rec.size)
                 progress.finish(self.engine.monotonic(), rec.verified)
                 entry = self._entry(rec)
             else:
                 self.observer.cache_miss()
-                entry = await self._join(rid, rec, meta, store, tenant, owner, progress)
+                entry = await self._join(rid, rec, meta, store, tenant, owner, progress, transfer)
             self._grants.grant(rid, owner, readers)
             return entry
         except BaseException:
@@ -289,6 +295,7 @@ class Cache:
         tenant: str,
         owner: str,
         progress: Progress,
+        transfer: Membership | None = None,
     ) -> CacheEntry:
         flight = self._flights.get(rid)
         if flight is None:
@@ -307,7 +314,11 @@ class Cache:
         token = object()
         flight.waiters[token] = Waiter(store, tenant)
         if flight.task is None:
+            if transfer is not None:
+                flight.transfer = transfer.owner
             self._launch(flight)
+        elif transfer is not None:
+            transfer.leave()  # another fetch's download is under way: it competes
         try:
             return await asyncio.shield(flight.done)
         finally:

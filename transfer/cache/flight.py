@@ -55,6 +55,9 @@ class Flight:
     progress: Progress = field(default_factory=Progress)
     waiters: dict[object, Waiter] = field(default_factory=dict)  # one token per fetch call
     runner: object = None  # the waiter whose store the current task uses
+    # The limiter owner of the fetch that started it, joined before its HEAD
+    # (FairLimiter.join): the download competes as that transfer.
+    transfer: object | None = None
     task: asyncio.Task[None] | None = None
     allocated: bool = False  # reserve() took the part file's blocks from the file system
     ending: bool = False  # failed for good; its files are being removed
@@ -123,6 +126,7 @@ async def download(
             meta=flight.meta,
             skip=rec.ranges,
             on_range_done=range_done,
+            owner=flight.transfer,
         )
     finally:
         sidecar.settle()  # what landed is recorded, also when cancelled
