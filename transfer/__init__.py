@@ -5,8 +5,9 @@ its modules directly (tests/unit/test_layout.py walks the imports).
 """
 
 from s3feed.transfer.config import CacheConfig, S3Config, TransferConfig
-from s3feed.transfer.engine import Engine, Membership
+from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import RETRY_REASONS, InvalidRange, TransferError
+from s3feed.transfer.fairshare import Membership
 from s3feed.transfer.firstbytes import first_bytes
 from s3feed.transfer.objectserver import Authorised, Delivery, ObjectServer
 from s3feed.transfer.observer import NullUploadObserver, TransferObserver, UploadObserver

@@ -40,8 +40,9 @@ from types import TracebackType
 from typing import IO
 
 from s3feed.transfer.cache import Cache, CacheEntry, EntryReader, EntryState
-from s3feed.transfer.engine import Engine, Membership
+from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import InsufficientStorage
+from s3feed.transfer.fairshare import Membership
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.store import ObjectMeta, ObjectStore

@@ -174,7 +174,22 @@ async def test_an_early_get_of_another_etag_is_not_adopted(server: ObjectServer)
     assert sink.got == b"" and early.pos == 0
 
 
-class HeadSees(FakeObjectStore):
+class GetSeen(FakeObjectStore):
+    """`got` is set once a GET has had its whole answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.got = asyncio.Event()
+
+    async def get_range(
+        self, key: str, start: int, end: int | None, sink: BodySink, **kw: object
+    ) -> RangeMeta:
+        answer = await super().get_range(key, start, end, sink, **kw)  # type: ignore[arg-type]
+        self.got.set()
+        return answer
+
+
+class HeadSees(GetSeen):
     """The object is overwritten around the HEAD: `after_head` replaces it
     once the HEAD has looked (the GET then sees the new one); `before_head`
     holds the HEAD until the early GET has answered, then replaces it (the
@@ -183,7 +198,6 @@ class HeadSees(FakeObjectStore):
     def __init__(self, new: bytes, *, before_head: bool) -> None:
         super().__init__()
         self.new, self.before_head = new, before_head
-        self.got = asyncio.Event()
 
     async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:
         if self.before_head and self.head_calls == 0:
@@ -193,13 +207,6 @@ class HeadSees(FakeObjectStore):
         if not self.before_head and self.head_calls == 1:
             self.overwrite(key, self.new)
         return meta
-
-    async def get_range(
-        self, key: str, start: int, end: int | None, sink: BodySink, **kw: object
-    ) -> RangeMeta:
-        answer = await super().get_range(key, start, end, sink, **kw)  # type: ignore[arg-type]
-        self.got.set()
-        return answer
 
 
 async def test_a_newer_version_seen_by_the_early_get_is_never_served(
@@ -284,24 +291,16 @@ async def test_an_object_not_in_the_cache_gets_one(server: ObjectServer) -> None
     assert store.get_calls == 2
 
 
-class HeadFails(FakeObjectStore):
+class HeadFails(GetSeen):
     """Its HEAD answers `error` once the early GET has had its whole answer."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__()
         self.error = error
-        self.got = asyncio.Event()
 
     async def head(self, key: str, *, if_match: str | None = None) -> ObjectMeta:
         await self.got.wait()
         raise self.error
-
-    async def get_range(
-        self, key: str, start: int, end: int | None, sink: BodySink, **kw: object
-    ) -> RangeMeta:
-        answer = await super().get_range(key, start, end, sink, **kw)  # type: ignore[arg-type]
-        self.got.set()
-        return answer
 
 
 @pytest.mark.parametrize("error", [AccessDenied("Access Denied"), NoSuchKey("no such key")])

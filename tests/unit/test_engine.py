@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from s3feed.transfer.config import MiB, TransferConfig
-from s3feed.transfer.engine import Engine, FairLimiter, object_parts, plan_ranges, range_size
+from s3feed.transfer.engine import Engine, object_parts, plan_ranges, range_size
 from s3feed.transfer.errors import (
     AccessDenied,
     ChecksumMismatch,
@@ -20,6 +20,7 @@ from s3feed.transfer.errors import (
     S3Unavailable,
     SourceChanged,
 )
+from s3feed.transfer.fairshare import FairLimiter
 from s3feed.transfer.observer import NullTransferObserver
 from s3feed.transfer.progress import Progress, RangeSet
 from tests.fakes.store import FailingObjectStore, FakeObjectStore, Fault

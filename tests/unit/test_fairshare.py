@@ -1,4 +1,4 @@
-"""Transfers competing for `global_concurrency` share it (transfer/engine.py:
+"""Transfers competing for `global_concurrency` share it (transfer/fairshare.py:
 FairLimiter; docs/design.md, Transfers: In flight), on a fake store paced by a
 fake clock (tests/fakes/store.py: `Pace`), never wall time: every GET runs at
 the per-connection rate, so the link carries the rate x GETs in flight."""
@@ -12,7 +12,8 @@ import tempfile
 import pytest
 
 from s3feed.transfer.config import MiB, TransferConfig
-from s3feed.transfer.engine import Engine, FairLimiter
+from s3feed.transfer.engine import Engine
+from s3feed.transfer.fairshare import FairLimiter
 from s3feed.transfer.progress import Progress
 from tests.fakes.store import FakeObjectStore, Pace
 

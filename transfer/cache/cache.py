@@ -46,7 +46,7 @@ from s3feed.transfer.cache.reads import EntryReader, Hashed, OpenEntry
 from s3feed.transfer.cache.sidecar import Sidecar
 from s3feed.transfer.cache.sync import SYNC_DELAY, SYNC_RETRY, Syncer
 from s3feed.transfer.config import CacheConfig
-from s3feed.transfer.engine import Engine, Membership
+from s3feed.transfer.engine import Engine
 from s3feed.transfer.errors import (
     AccessDenied,
     AclUnsupported,
@@ -56,6 +56,7 @@ from s3feed.transfer.errors import (
     NoSuchKey,
     SourceChanged,
 )
+from s3feed.transfer.fairshare import Membership
 from s3feed.transfer.observer import TransferObserver
 from s3feed.transfer.progress import Progress
 from s3feed.transfer.retry import RetryBudget
