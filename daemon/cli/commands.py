@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
-import fcntl
 import os
 import pwd
 import shlex
@@ -33,7 +32,7 @@ from s3feed.daemon.cli.exits import (
     for_cli,
     local_error,
 )
-from s3feed.daemon.cli.moovcheck import MoovCheck, pump
+from s3feed.daemon.cli.moovcheck import MoovCheck, grow_pipe, pump
 
 
 def _print_json(doc: Any) -> None:
@@ -264,8 +263,8 @@ def _cat_watched(args: argparse.Namespace, client: Client, out: int, deliver: bo
     the bytes pass (daemon/cli/moovcheck.py): the daemon delivers into it (or
     the stream is spliced into it) in a thread, this one moves it on to stdout."""
     source, sink = os.pipe()
-    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
-        fcntl.fcntl(sink, fcntl.F_SETPIPE_SZ, 1024 * 1024)
+    grow_pipe(sink)
+    grow_pipe(out)
     failed: list[BaseException] = []
 
     def feed() -> None:

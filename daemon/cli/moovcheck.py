@@ -10,7 +10,7 @@ never copied into Python (to a socket or terminal they are copied through a
 1 MiB read) - except the few top-level box headers `MoovCheck` asks
 for (8 or 16 bytes each, usually three boxes in: `ftyp`, maybe `free`, then
 `moov` or `mdat`). Once it has a verdict, the rest is spliced in 1 MiB
-moves. Memory: the two pipes' buffers. The caller runs the feeding side in
+moves. Memory: the two pipes' buffers, both grown to 1 MiB (`grow_pipe`). The caller runs the feeding side in
 another thread; `pump` returns at the pipe's end, and a reader that closes
 stdout raises BrokenPipeError here, whereupon the caller closes the pipe
 and the feeding side fails too.
@@ -18,12 +18,14 @@ and the feeding side fails too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Callable
 
-MOVE = 1024 * 1024
+MOVE = 1024 * 1024  # per splice, and the size pipes are grown to
 # What an ISO BMFF (MP4) or QuickTime (MOV) file starts with; anything else
 # is not one, and is passed on without a look.
 FIRST_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"})
@@ -75,6 +77,17 @@ class MoovCheck:
             return
         self._start += size
         self.offset = self._start
+
+
+def grow_pipe(fd: int) -> None:
+    """A pipe to 1 MiB, as the daemon grows one passed to it (docs/design.md,
+    CLI): each `pump` splice then moves up to a MiB and the reader wakes once per MiB.
+    Left at 64 KiB, stdout held `cat | consume` at 16 pages a splice: the
+    daemon's writes into our pipe met it full, and cost 0.1-0.2 CPU-s per GiB
+    more across the CLI and the daemon (Performance notes: Pipes)."""
+    with contextlib.suppress(OSError):  # capped by /proc/sys/fs/pipe-max-size
+        if stat.S_ISFIFO(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < MOVE:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, MOVE)
 
 
 def pump(source: int, out: int, check: MoovCheck, verdict: Callable[[bool], None]) -> int:

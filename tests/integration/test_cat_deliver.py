@@ -5,6 +5,7 @@ the daemon writes the object into the caller's pipe or file itself
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import subprocess
 import sys
@@ -71,6 +72,28 @@ def test_cat_into_a_pipe_is_written_by_the_daemon(job: tuple[Daemon, Client]) ->
     assert out == DATA
     [record] = streams(client)
     assert record["State"] == "done" and record["BytesDone"] == len(DATA)
+
+
+@pytest.mark.parametrize("through_socket", [False, True])
+def test_cat_grows_the_readers_pipe_to_a_mib(
+    job: tuple[Daemon, Client], through_socket: bool
+) -> None:
+    # From byte 0 into a pipe, cat watches the box headers through a pipe of
+    # its own and splices on into stdout; left at 64 KiB, stdout held each
+    # splice to 16 pages (docs/design.md, Performance notes: Pipes).
+    daemon, _ = job
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as reader:
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == 64 * 1024
+        with os.fdopen(w, "wb") as writer:
+            proc = cat(
+                daemon, "v.bin", *(["--through-socket"] if through_socket else []), stdout=writer
+            )
+        got = reader.read()
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == MiB
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (0, b"")
+    assert got == DATA
 
 
 @pytest.mark.parametrize("through_socket", [False, True])

@@ -4,13 +4,15 @@ splice loop that moves the bytes on unchanged."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import threading
+from pathlib import Path
 
 import pytest
 
-from s3feed.daemon.cli.moovcheck import MAX_BOXES, MoovCheck, pump
+from s3feed.daemon.cli.moovcheck import MAX_BOXES, MOVE, MoovCheck, grow_pipe, pump
 
 
 def box(kind: bytes, payload: bytes = b"", large: bool = False) -> bytes:
@@ -109,3 +111,18 @@ def test_pump_raises_broken_pipe_when_the_reader_leaves() -> None:
         pump(src_r, out_w, MoovCheck(), lambda late: None)
     os.close(src_r)
     os.close(out_w)
+
+
+def test_grow_pipe_grows_a_pipe_only(tmp_path: Path) -> None:
+    r, w = os.pipe()
+    try:
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) < MOVE
+        grow_pipe(w)
+        assert fcntl.fcntl(r, fcntl.F_GETPIPE_SZ) == MOVE
+    finally:
+        os.close(r)
+        os.close(w)
+    with (tmp_path / "f").open("wb") as f:
+        grow_pipe(f.fileno())  # a file: nothing to grow, no error
+    with open(os.devnull, "wb") as null:
+        grow_pipe(null.fileno())  # a character device: the same
