@@ -4,13 +4,12 @@ socket); the requests are the ones client/calls.py describes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlencode
-
-import orjson
 
 if TYPE_CHECKING:
     import aiohttp  # imported when an AsyncClient opens: the CLI starts faster without it
@@ -24,6 +23,7 @@ from s3feed.client.calls import (
     _error,
     _fd_message,
     _split_head,
+    dumps,
     socket_path,
 )
 from s3feed.client.documents import (
@@ -73,13 +73,13 @@ class AsyncClient:
 
     async def _json(self, call: Call) -> Any:
         method, path, body = call
-        data = orjson.dumps(body) if body is not None else None
+        data = dumps(body) if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else None
         async with self.session.request(method, path, data=data, headers=headers) as resp:
             raw = await resp.read()
             if resp.status >= 400:
                 raise _error(resp.status, raw)
-            return orjson.loads(raw) if raw else None
+            return json.loads(raw) if raw else None
 
     async def create_job(
         self,
@@ -168,7 +168,7 @@ class AsyncClient:
             raw = await resp.read()
             if resp.status >= 400:
                 raise _error(resp.status, raw)
-            return cast(Upload, orjson.loads(raw))
+            return cast(Upload, json.loads(raw))
 
     async def read_object(
         self, job_id: str, key: str, byte_range: str | None = None

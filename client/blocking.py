@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
-
-import orjson
 
 from s3feed.client.body import Body, Progress, is_pipe, regular_size, send_body
 from s3feed.client.calls import (
@@ -36,6 +35,7 @@ from s3feed.client.calls import (
     _error,
     _fd_message,
     _split_head,
+    dumps,
     socket_path,
 )
 from s3feed.client.documents import (
@@ -79,7 +79,7 @@ class Client:
         conn = UnixHTTPConnection(self.socket, self.timeout)
         if unbuffered:
             conn.response_class = UnbufferedResponse
-        data = orjson.dumps(body) if body is not None else None
+        data = dumps(body) if body is not None else None
         hdrs = {"Content-Type": "application/json"} if data is not None else {}
         try:
             conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
@@ -123,7 +123,7 @@ class Client:
             body = resp.read()
             if resp.status >= 400:
                 raise _error(resp.status, body)
-            return cast(Upload, orjson.loads(body))
+            return cast(Upload, json.loads(body))
         finally:
             conn.close()
 
@@ -135,7 +135,7 @@ class Client:
             conn.close()
         if resp.status >= 400:
             raise _error(resp.status, body)
-        return orjson.loads(body) if body else None
+        return json.loads(body) if body else None
 
     def create_job(
         self,

@@ -5,15 +5,23 @@ SCM_RIGHTS: docs/design.md, Socket API)."""
 from __future__ import annotations
 
 import array
+import json
 import os
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import orjson
-
 from s3feed.client.documents import Destination
+
+
+def dumps(doc: Any) -> bytes:
+    """A request body: compact JSON in UTF-8. The standard library's json, not
+    orjson, in the client: the CLI imports it at every call, and orjson's own
+    imports cost more CPU than the small documents' parsing would save
+    (docs/design.md, Performance notes: CLI start-up)."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
 
 DEFAULT_SOCKET = "/run/s3feed/s3feed.sock"
 READ_CHUNK = 1024 * 1024
@@ -59,10 +67,10 @@ class S3feedError(Exception):
 
 def _error(status: int, body: bytes) -> S3feedError:
     try:
-        doc = orjson.loads(body)
+        doc = json.loads(body)
         err = doc["Error"]
         return S3feedError(status, err["Code"], err["Message"], doc.get("Fetch"), doc)
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return S3feedError(status, "HttpError", body[:200].decode(errors="replace"))
 
 
@@ -180,4 +188,4 @@ def _delivered(status: int, headers: dict[str, str], body: bytes) -> Any:
         raise S3feedError(502, "ShortRead", "the daemon's answer ended early")
     if status >= 400:
         raise _error(status, body[:length])
-    return orjson.loads(body[:length])
+    return json.loads(body[:length])

@@ -9,16 +9,17 @@ its outputs to, given to `create_job`.
 
 # No `from __future__ import annotations` here: Python 3.11's TypedDict sees
 # NotRequired only in evaluated annotations (`__optional_keys__`).
-from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 Encryption = Literal["AES256", "aws:kms"]
 
 
-@dataclass(frozen=True)
-class Destination:
+class Destination(NamedTuple):
     """A job's `Destination` (docs/design.md, Outputs): the folder outputs go to,
-    and optionally a role of its own, its session length, and how S3 encrypts them."""
+    and optionally a role of its own, its session length, and how S3 encrypts them.
+    A NamedTuple, not a dataclass: `dataclasses` (with `inspect`) cost every CLI
+    call about 9 ms of CPU to import (docs/design.md, Performance notes: CLI
+    start-up)."""
 
     uri_path: str
     role_arn: str | None = None  # default: the Source's role

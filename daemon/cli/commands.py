@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import json
 import os
 import pwd
 import shlex
@@ -17,8 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-import orjson
 
 from s3feed.client import Client, Destination, Fetch, Job, S3feedError, Upload
 from s3feed.daemon.cli.exits import (
@@ -36,7 +35,7 @@ from s3feed.daemon.cli.moovcheck import MoovCheck, grow_pipe, pump
 
 
 def _print_json(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def _human(n: float) -> str:
@@ -133,7 +132,11 @@ def cmd_ls(args: argparse.Namespace, client: Client) -> int:
         out = sys.stdout
         out.write('{\n  "Objects": [')
         for n, obj in enumerate(objects):
-            out.write(("," if n else "") + "\n    " + orjson.dumps(obj).decode())
+            out.write(
+                ("," if n else "")
+                + "\n    "
+                + json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+            )
         out.write("\n  ]\n}\n")
         return EXIT_OK
     for obj in objects:

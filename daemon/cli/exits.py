@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import errno
 import grp
+import json
 import os
 import pwd
 import select
 import sys
 from typing import Any
-
-import orjson
 
 EXIT_OK = 0
 EXIT_USAGE = 1
@@ -179,7 +178,7 @@ def for_cli(code: str, message: str) -> str:
 
 def report(code: str, message: str, document: Any, as_json: bool) -> None:
     if as_json:
-        sys.stderr.write(orjson.dumps(document).decode() + "\n")
+        sys.stderr.write(json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n")
     else:
         line = " ".join(message.split())  # one line, whatever the message holds
         sys.stderr.write(f"s3feed: {code}: {line}\n" if code else f"s3feed: {line}\n")
