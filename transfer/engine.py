@@ -40,6 +40,7 @@ cancels its siblings the same way. Limiter slots are released in `finally`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hashlib
 import os
@@ -49,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from s3feed.transfer.checksums import RangeDigest, Verifier, etag_parts
-from s3feed.transfer.config import TransferConfig
+from s3feed.transfer.config import MiB, TransferConfig
 from s3feed.transfer.errors import ChecksumMismatch, TransientError
 from s3feed.transfer.fairshare import FairLimiter
 from s3feed.transfer.linkrate import MIN_DOWNLOAD, InflightSlots, LinkRate
@@ -114,11 +115,29 @@ def range_size(config: TransferConfig, size: int, inflight: int) -> int:
     return config.part_size * max(1, min(parts, config.max_range // config.part_size))
 
 
+def tail_cut(s: int, e: int, unstarted: int, free: int, least: int) -> int:
+    """Where a range about to start ends: [s, e] whole, unless the bytes not
+    yet started (`unstarted`, this range's included) spread over the `free`
+    GET slots (this one and those not busy) give each less. Then a whole
+    number of MiB of that share, never under `least` (docs/design.md,
+    Transfers: Ranges, the tail)."""
+    share = max(least, -(-unstarted // max(1, free)))
+    share = -(-share // MiB) * MiB
+    return e if e - s + 1 <= share else s + share - 1
+
+
 async def run_inflight(
-    slots: InflightSlots, ranges: list[tuple[int, int]], fn: Callable[[int, int], Awaitable[None]]
+    slots: InflightSlots,
+    ranges: list[tuple[int, int]],
+    fn: Callable[[int, int], Awaitable[None]],
+    *,
+    tail: int | None = None,
 ) -> None:
     """Run fn over ranges, in order, each in a task of a TaskGroup started once
-    `slots` has room; the first failure cancels the rest and is raised as itself."""
+    `slots` has room; the first failure cancels the rest and is raised as itself.
+    With `tail`, a range is cut as it starts where the bytes left would give
+    each GET in flight less (`tail_cut`, at least `tail` bytes), so the last
+    GETs end together rather than in a wave of whole ranges."""
 
     async def run(s: int, e: int) -> None:
         try:
@@ -126,10 +145,20 @@ async def run_inflight(
         finally:
             slots.release()
 
+    pending = collections.deque(ranges)
+    unstarted = sum(e - s + 1 for s, e in ranges)
     try:
         async with asyncio.TaskGroup() as tg:
-            for s, e in ranges:
+            while pending:
                 await slots.acquire()
+                s, e = pending.popleft()
+                if tail is not None:
+                    free = slots.limit() - slots.active + 1  # this GET's slot and the idle ones
+                    cut = tail_cut(s, e, unstarted, free, tail)
+                    if cut < e:
+                        pending.appendleft((cut + 1, e))
+                        e = cut
+                unstarted -= e - s + 1
                 tg.create_task(run(s, e))
     except BaseExceptionGroup as group:
         raise first_error(group) from None
@@ -443,7 +472,9 @@ class Engine:
                     if on_range_done is not None and sink.reported <= me:
                         on_range_done(sink.reported, me)
 
-            await run_inflight(InflightSlots(self.download_inflight, self.link), todo, fetch)
+            await run_inflight(
+                InflightSlots(self.download_inflight, self.link), todo, fetch, tail=part // 2
+            )
             try:
                 verified = await self.verify_file(fd, verifier)
             except ChecksumMismatch as exc:

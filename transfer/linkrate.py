@@ -111,6 +111,10 @@ class InflightSlots:
         if link is not None:
             link.watch(self)
 
+    def limit(self) -> int:
+        """GETs in flight this transfer may have now."""
+        return self._limit()
+
     async def acquire(self) -> None:
         while self.active >= self._limit():
             await self._freed.wait()

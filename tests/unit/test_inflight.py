@@ -9,6 +9,7 @@ and a `shared` one splits one rate between them, as loopback does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import tempfile
@@ -18,7 +19,7 @@ import pytest
 
 from s3feed.transfer.cache.cache import Cache
 from s3feed.transfer.config import CacheConfig, MiB, TransferConfig
-from s3feed.transfer.engine import Engine
+from s3feed.transfer.engine import Engine, run_inflight, tail_cut
 from s3feed.transfer.linkrate import (
     INITIAL,
     MIN_COUNT,
@@ -308,3 +309,42 @@ async def test_a_url_reads_read_ahead_over_a_slow_link_is_not_held_to_three_gets
     assert 3 < pace.peak <= 16
     assert 3 * MiB < engine.stream_memory.peak <= 16 * MiB  # the depth: a piece per GET
     assert engine.stream_memory.used == 0
+
+
+@pytest.mark.parametrize(
+    ("s", "e", "unstarted", "free", "least", "end"),
+    [
+        (0, 16 * MiB - 1, 256 * MiB, 8, 8 * MiB, 16 * MiB - 1),  # a share of 32 MiB: whole
+        (0, 16 * MiB - 1, 128 * MiB, 32, 8 * MiB, 8 * MiB - 1),  # 4 MiB each, but not under 8
+        (0, 16 * MiB - 1, 110 * MiB + 5, 10, MiB, 12 * MiB - 1),  # 11 MiB + 1: a whole MiB more
+        (5, 5 + 3 * MiB, 40 * MiB, 32, 2 * MiB, 5 + 2 * MiB - 1),  # from where it starts
+        (0, MiB - 1, MiB, 64, 8 * MiB, MiB - 1),  # smaller than `least`: whole
+    ],
+)
+def test_tail_cut_gives_each_free_slot_its_share(
+    s: int, e: int, unstarted: int, free: int, least: int, end: int
+) -> None:
+    assert tail_cut(s, e, unstarted, free, least) == end
+
+
+async def test_a_fetchs_last_ranges_are_cut_so_its_gets_end_together() -> None:
+    """The count rises from 8 to 32 once 64 MiB of 16 MiB ranges have started
+    (a fresh daemon learning a slow link): the 64 MiB left go out as 8 MiB
+    ranges, half a part each, not as four more whole ones. While the count
+    stays, whole ranges fill it (the GETs run until the end: none released)."""
+    started: list[tuple[int, int]] = []
+    # No GET ends before the last one starts; the count rises after the fourth.
+    slots = InflightSlots(lambda: 8 if slots.active <= 4 else 32)
+
+    async def fetch(s: int, e: int) -> None:
+        started.append((s, e))
+
+    ranges = [(s, s + 16 * MiB - 1) for s in range(0, 128 * MiB, 16 * MiB)]
+    await run_inflight(slots, ranges, fetch, tail=8 * MiB)
+    assert [e - s + 1 for s, e in started] == [16 * MiB] * 4 + [8 * MiB] * 8
+    assert started == sorted(started) and started[0][0] == 0 and started[-1][1] == 128 * MiB - 1
+    assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(started))
+    for tail in (8 * MiB, None):  # the count stays: whole ranges, as planned
+        started.clear()
+        await run_inflight(InflightSlots(lambda: 8), ranges, fetch, tail=tail)
+        assert started == ranges
