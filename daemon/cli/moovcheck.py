@@ -10,10 +10,10 @@ never copied into Python (to a socket or terminal they are copied through a
 1 MiB read) - except the few top-level box headers `MoovCheck` asks
 for (8 or 16 bytes each, usually three boxes in: `ftyp`, maybe `free`, then
 `moov` or `mdat`). Once it has a verdict, the rest is spliced in 1 MiB
-moves. Memory: the two pipes' buffers, both grown to 1 MiB (`grow_pipe`). The caller runs the feeding side in
-another thread; `pump` returns at the pipe's end, and a reader that closes
-stdout raises BrokenPipeError here, whereupon the caller closes the pipe
-and the feeding side fails too.
+moves. Memory: the two pipes' buffers, both grown to 1 MiB (`grow_pipe`).
+The caller runs the feeding side in another thread; `pump` returns at the
+pipe's end, and a reader that closes stdout raises BrokenPipeError here,
+whereupon the caller closes the pipe and the feeding side fails too.
 """
 
 from __future__ import annotations
