@@ -27,6 +27,7 @@ from s3feed.daemon.cli.exits import (
     EXIT_USAGE,
     CliError,
     Interrupted,
+    compact_json,
     exit_code,
     for_cli,
     local_error,
@@ -132,11 +133,7 @@ def cmd_ls(args: argparse.Namespace, client: Client) -> int:
         out = sys.stdout
         out.write('{\n  "Objects": [')
         for n, obj in enumerate(objects):
-            out.write(
-                ("," if n else "")
-                + "\n    "
-                + json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
-            )
+            out.write(("," if n else "") + "\n    " + compact_json(obj))
         out.write("\n  ]\n}\n")
         return EXIT_OK
     for obj in objects:

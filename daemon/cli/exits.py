@@ -176,9 +176,15 @@ def for_cli(code: str, message: str) -> str:
     return message.replace(api, cli) if api else message
 
 
+def compact_json(doc: Any) -> str:
+    """`doc` as compact JSON on one line (`--json` output: error documents,
+    `ls` entries)."""
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
 def report(code: str, message: str, document: Any, as_json: bool) -> None:
     if as_json:
-        sys.stderr.write(json.dumps(document, separators=(",", ":"), ensure_ascii=False) + "\n")
+        sys.stderr.write(compact_json(document) + "\n")
     else:
         line = " ".join(message.split())  # one line, whatever the message holds
         sys.stderr.write(f"s3feed: {code}: {line}\n" if code else f"s3feed: {line}\n")
